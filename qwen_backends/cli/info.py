@@ -1,0 +1,101 @@
+"""``qwen-backends info``: resolved settings, installed extras, accelerators, backend readiness."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from qwen_backends.cli._options import add_backend_options, settings_from_args
+from qwen_backends.factory import BACKENDS, missing_modules
+from qwen_backends.settings import Settings
+
+#: pip extra -> a module whose presence shows the extra is installed.
+_EXTRA_PROBES = {
+    "hf": "transformers",
+    "ollama": "ollama",
+    "vllm": "openai",
+    "offline": "dashscope",
+    "vocab": "wordfreq",
+    "finetune": "peft",
+    "unsloth": "unsloth",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``info`` subcommand."""
+    parser = subparsers.add_parser("info", help="show settings, extras and what can run here")
+    add_backend_options(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report."""
+    settings = settings_from_args(args)
+    report = collect(settings)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"backend: {settings.backend}  model: {settings.model_name}")
+    print("settings:")
+    print(json.dumps(report["settings"], indent=2))
+    extras = report["extras"]
+    print("extras: " + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in extras.items()))
+    print(f"accelerators: {report['accelerators']}")
+    print("backends:")
+    for name, status in report["backends"].items():
+        print(f"  {name:<8} {status}")
+    return 0
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    """Everything ``info`` shows, as plain data (secrets masked)."""
+    return {
+        "settings": settings.redacted(),
+        "extras": {
+            extra: importlib.util.find_spec(module) is not None
+            for extra, module in _EXTRA_PROBES.items()
+        },
+        "accelerators": accelerators(),
+        "backends": {name: backend_status(name, settings) for name in BACKENDS},
+    }
+
+
+def accelerators() -> dict[str, bool | str]:
+    """CUDA / MPS availability (needs torch; reports its absence otherwise)."""
+    if importlib.util.find_spec("torch") is None:
+        return {"cuda": "unknown (torch not installed)", "mps": "unknown (torch not installed)"}
+    import torch
+
+    return {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+
+
+def backend_status(name: str, settings: Settings) -> str:
+    """A short verdict on whether backend ``name`` can start on this machine."""
+    missing = missing_modules(name)
+    if missing:
+        extra = BACKENDS[name].extra
+        return f"cannot start: missing {', '.join(missing)} (pip install 'qwen-backends[{extra}]')"
+    if name == "unsloth":
+        cuda = accelerators()["cuda"]
+        return "ready" if cuda is True else "cannot start: needs an NVIDIA, AMD or Intel GPU"
+    if name == "ollama":
+        return _probe(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
+    if name == "vllm":
+        return _probe(settings.vllm.base_url.rstrip("/") + "/models", "vllm serve MODEL")
+    return "ready"
+
+
+def _probe(url: str, how_to_start: str) -> str:
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        with urllib.request.urlopen(url, timeout=1.0):
+            return f"ready (server answers at {url})"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"installed; no server at {url} ({reason}); start one with `{how_to_start}`"

@@ -1,0 +1,27 @@
+"""``qwen-backends make-test-model DIR``: write a random-weight Qwen3 checkpoint for tests."""
+
+from __future__ import annotations
+
+import argparse
+
+from qwen_backends.testing import CHECKPOINT_SIZES, build_checkpoint
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``make-test-model`` subcommand."""
+    parser = subparsers.add_parser(
+        "make-test-model",
+        help="write a tiny random-weight Qwen3 checkpoint (for tests and demos)",
+        description="Write a random-weight Qwen3 checkpoint with Qwen3-4B's tokenizer and chat "
+        "template. Its output is gibberish; it exists to exercise the real loading code offline.",
+    )
+    parser.add_argument("directory", help="where to write it")
+    parser.add_argument("--size", choices=sorted(CHECKPOINT_SIZES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the checkpoint and print its path."""
+    print(build_checkpoint(args.directory, size=args.size, seed=args.seed))
+    return 0

@@ -1,0 +1,176 @@
+"""The one sampling object every backend maps: :class:`SamplingParams`.
+
+Defaults are Qwen3's recommended NON-THINKING values (temperature 0.7, top_p 0.8, top_k 20,
+min_p 0). The model's own ``generation_config.json`` carries the *thinking* values (0.6 / 0.95),
+which is why backends pass every field explicitly instead of leaning on runtime defaults.
+
+All ranges are checked in one place (:meth:`SamplingParams._check_ranges`); a violation names
+the parameter, the offending value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qwen_backends.errors import ConfigurationError, ThinkingModeError
+
+__all__ = ["PRESETS", "SamplingParams", "reject_thinking", "validation_message"]
+
+#: Keys that would switch Qwen3 into thinking mode in one runtime or another.
+THINKING_KEYS = frozenset({"enable_thinking", "thinking", "think", "reasoning", "reasoning_effort"})
+
+
+def reject_thinking(options: dict[str, Any], where: str) -> None:
+    """Raise :class:`ThinkingModeError` if ``options`` asks for thinking mode.
+
+    A key from :data:`THINKING_KEYS` set to anything but ``False``/``None`` is an error; the
+    key set to ``False`` is accepted (it agrees with the policy) and removed by the caller.
+    """
+    for key in THINKING_KEYS & options.keys():
+        if options[key] not in (False, None, "false", "False", 0):
+            raise ThinkingModeError(
+                f"{where}: {key}={options[key]!r} asks for Qwen3's thinking mode, which "
+                "qwen-backends never enables; remove it (every backend runs non-thinking)"
+            )
+
+
+def validation_message(exc: ValidationError, prefix: str) -> str:
+    """Flatten a pydantic ``ValidationError`` into one line naming each bad field."""
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "is not a known setting (check the spelling)"
+        elif error["type"] != "value_error" and "input" in error:
+            message = f"{message} (got {error['input']!r})"
+        if error["type"] == "value_error" and location.rsplit(".", 1)[-1] in message:
+            parts.append(message)
+        else:
+            parts.append(f"{location}: {message}" if location else message)
+    return f"invalid {prefix}: " + "; ".join(parts)
+
+
+class SamplingParams(BaseModel):
+    """How to pick tokens, shared by every backend.
+
+    Construct with keyword arguments (``SamplingParams(temperature=0.2)``), from a preset
+    (``SamplingParams.preset("greedy")``), or derive a copy (``params.replace(seed=1)``).
+    Invalid values raise :class:`~qwen_backends.errors.ConfigurationError` (a ``ValueError``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(
+        0.7, description="Softmax temperature, 0 <= t <= 2. 0 means greedy decoding."
+    )
+    top_p: float = Field(0.8, description="Nucleus sampling mass, 0 < p <= 1. 1 turns it off.")
+    top_k: int = Field(20, description="Keep the k most likely tokens, k >= 0. 0 turns it off.")
+    min_p: float = Field(
+        0.0, description="Drop tokens below min_p x the top probability, 0 <= p <= 1. 0 is off."
+    )
+    max_new_tokens: int = Field(
+        1024, description="Most tokens to generate, 1 <= n <= 131072 (the YaRN context)."
+    )
+    presence_penalty: float = Field(
+        0.0,
+        description="Subtract this from the logit of every token already generated, 0..2. "
+        "Qwen suggests 1.5 for quantized models that repeat themselves. 0 is off.",
+    )
+    repetition_penalty: float = Field(
+        1.0, description="Multiplicative (CTRL-style) penalty, 0 < r <= 2. 1 is off."
+    )
+    seed: int | None = Field(
+        None, description="Per-call random seed, 0 <= seed < 2**32. None draws a fresh one."
+    )
+    stop: tuple[str, ...] = Field(
+        (), description="Stop when any of these strings is produced (not included in the text)."
+    )
+    english_only: bool = Field(
+        False,
+        description="Restrict sampling to the English-tier tokens of the vocabulary "
+        "(see qwen_backends.vocab). Backends that cannot do this raise instead.",
+    )
+
+    #: (minimum, maximum, minimum-is-exclusive) per numeric field.
+    _BOUNDS: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "temperature": (0.0, 2.0, False),
+        "top_p": (0.0, 1.0, True),
+        "top_k": (0, 1_000_000, False),
+        "min_p": (0.0, 1.0, False),
+        "max_new_tokens": (1, 131_072, False),
+        "presence_penalty": (0.0, 2.0, False),
+        "repetition_penalty": (0.0, 2.0, True),
+        "seed": (0, 2**32 - 1, False),
+    }
+
+    def __init__(self, **data: Any) -> None:
+        reject_thinking(data, "SamplingParams")
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(validation_message(exc, "sampling parameters")) from None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SamplingParams:
+        for name, (low, high, exclusive) in self._BOUNDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            too_low = value <= low if exclusive else value < low
+            if too_low or value > high or (isinstance(value, float) and math.isnan(value)):
+                opener = "<" if exclusive else "<="
+                raise ValueError(
+                    f"{name}={value!r} is out of range; allowed: "
+                    f"{_fmt(low)} {opener} {name} <= {_fmt(high)}"
+                )
+        for text in self.stop:
+            if not text:
+                raise ValueError("stop contains an empty string; remove it")
+        return self
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when decoding always takes the most likely token (temperature 0)."""
+        return self.temperature == 0.0
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """Return a validated copy with ``changes`` applied."""
+        return SamplingParams(**{**self.model_dump(), **changes})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SamplingParams:
+        """Return the named preset (see :data:`PRESETS`), optionally with overrides."""
+        try:
+            values = PRESETS[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, PRESETS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigurationError(
+                f"unknown sampling preset {name!r}; {hint}choose one of {', '.join(PRESETS)}"
+            ) from None
+        return cls(**{**values, **overrides})
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+#: Named sampling presets. ``non_thinking`` is Qwen3's recommendation for non-thinking mode and
+#: equals the defaults; ``greedy`` always takes the most likely token (deterministic).
+PRESETS: dict[str, dict[str, Any]] = {
+    "non_thinking": {},
+    "greedy": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0},
+    "quantized": {"presence_penalty": 1.5},
+}
