@@ -12,7 +12,7 @@ the template honoured the switch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import regex
 
@@ -42,7 +42,7 @@ _THINKING_KEYS = frozenset({"thinking", "reasoning_content", "reasoning"})
 
 Message = dict[str, Any]
 #: A conversation: a list of ``{"role", "content"}`` dicts, or a bare string (one user turn).
-Conversation = Union[str, Sequence[Mapping[str, Any]]]
+Conversation = str | Sequence[Mapping[str, Any]]
 
 
 def validate_messages(messages: Conversation) -> list[Message]:
@@ -76,9 +76,7 @@ def validate_messages(messages: Conversation) -> list[Message]:
             )
         role = message.get("role")
         if role not in ROLES:
-            raise InvalidMessagesError(
-                f"{where} has role {role!r}; use one of {', '.join(ROLES)}"
-            )
+            raise InvalidMessagesError(f"{where} has role {role!r}; use one of {', '.join(ROLES)}")
         content = message.get("content")
         if not isinstance(content, str):
             raise InvalidMessagesError(

@@ -95,10 +95,7 @@ def create_backend(settings: Settings | None = None, **overrides: Any) -> ModelB
     >>> backend = create_backend(backend="hf", model="Qwen/Qwen3-4B")  # doctest: +SKIP
     >>> backend.generate("What is 2+2?").text  # doctest: +SKIP
     """
-    if settings is None:
-        settings = Settings(**overrides)
-    else:
-        settings = settings.replace(**overrides)
+    settings = Settings(**overrides) if settings is None else settings.replace(**overrides)
     return backend_class(settings.backend)(settings)
 
 

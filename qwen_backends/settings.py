@@ -160,10 +160,10 @@ class Settings(BaseSettings):
     enable_thinking: Literal[False] = Field(
         False, description="Always false: Qwen3 runs in non-thinking mode only."
     )
-    hf: HFSettings = Field(default_factory=HFSettings)  # type: ignore[arg-type]
-    ollama: OllamaSettings = Field(default_factory=OllamaSettings)  # type: ignore[arg-type]
-    unsloth: UnslothSettings = Field(default_factory=UnslothSettings)  # type: ignore[arg-type]
-    vllm: VLLMSettings = Field(default_factory=VLLMSettings)  # type: ignore[arg-type]
+    hf: HFSettings = Field(default_factory=HFSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     def __init__(self, **values: Any) -> None:

@@ -8,7 +8,12 @@ from typing import Any
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import BACKEND_NAMES, Settings
 
-__all__ = ["add_backend_options", "add_sampling_options", "sampling_from_args", "settings_from_args"]
+__all__ = [
+    "add_backend_options",
+    "add_sampling_options",
+    "sampling_from_args",
+    "settings_from_args",
+]
 
 _SAMPLING_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("temperature", float, "0..2; 0 = greedy"),

@@ -1,0 +1,89 @@
+"""The CLI through a subprocess: info, make-test-model, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_backends.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_info_reports_settings_extras_and_backends() -> None:
+    result = cli(
+        "info",
+        "--json",
+        env={
+            "QWEN_HF__TOKEN": "hf_topsecret",
+            "QWEN_BACKEND": "ollama",
+            "QWEN_OLLAMA__HOST": "http://127.0.0.1:9",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["settings"]["backend"] == "ollama"
+    assert report["settings"]["hf"]["token"] == "**********"
+    assert "hf_topsecret" not in result.stdout
+    assert report["extras"]["hf"] is True
+    assert report["accelerators"]["cuda"] is False
+    assert report["backends"]["hf"] == "ready"
+    assert "no server at http://127.0.0.1:9/api/version" in report["backends"]["ollama"]
+    assert "ollama serve" in report["backends"]["ollama"]
+
+
+def test_info_human_output() -> None:
+    result = cli("info", "--backend", "vllm", "--model", "served-name")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("backend: vllm  model: served-name")
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "fragment"),
+    [
+        ({"QWEN_SAMPLING__TOP_P": "3"}, ("info",), "top_p=3.0 is out of range"),
+        ({"QWEN_BACKEND": "olama"}, ("info",), "did you mean 'ollama'"),
+        ({"QWEN_ENABLE_THINKING": "1"}, ("info",), "thinking mode"),
+        ({"QWEN_CONFIG": "/nonexistent/config.yaml"}, ("info",), "QWEN_CONFIG names"),
+        ({}, ("info", "--config", "/nonexistent.yaml"), "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(
+    env: dict[str, str], args: tuple[str, ...], fragment: str
+) -> None:
+    assert_one_line_error(cli(*args, env=env), fragment)
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    result = cli("frobnicate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_make_test_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    result = cli("make-test-model", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip().splitlines()[-1]) == tmp_path / "m"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()
+    }

@@ -1,0 +1,179 @@
+"""Chat formatting: message validation, the non-thinking render, and strip_thinking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qwen_backends.chat import (
+    EMPTY_THINK_BLOCK,
+    render_prompt,
+    render_prompt_ids,
+    strip_thinking,
+    validate_messages,
+)
+from qwen_backends.errors import ChatTemplateError, InvalidMessagesError, ThinkingModeError
+
+SYSTEM_USER = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is 2+2?"},
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([], "messages is empty"),
+        ({"role": "user", "content": "hi"}, "must be a list"),
+        (42, "must be a list"),
+        (["hi"], "message 0 is a str"),
+        (
+            [{"role": "bot", "content": "hi"}],
+            "role 'bot'; use one of system, user, assistant, tool",
+        ),
+        ([{"content": "hi"}], "role None"),
+        ([{"role": "user", "content": None}], "content of type NoneType"),
+        ([{"role": "user", "content": ["a"]}], "content must be a string"),
+        ([{"role": "user", "content": "  "}], "empty content"),
+        ([{"role": "user", "content": "hi", "colour": 1}], "unknown field(s) colour"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            "last message is from assistant",
+        ),
+        ([{"role": "system", "content": "be brief"}], "last message is from system"),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "<think>only thoughts</think>"},
+                {"role": "user", "content": "b"},
+            ],
+            "message 1 (assistant) has empty content",
+        ),
+    ],
+)
+def test_bad_conversations_get_a_one_line_error(messages: Any, fragment: str) -> None:
+    with pytest.raises(InvalidMessagesError) as caught:
+        validate_messages(messages)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_string_is_one_user_turn_and_history_loses_its_thinking() -> None:
+    assert validate_messages("hi") == [{"role": "user", "content": "hi"}]
+    clean = validate_messages(
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>x</think>\n\nB", "reasoning_content": "x"},
+            {"role": "user", "content": "c"},
+        ]
+    )
+    assert clean[1] == {"role": "assistant", "content": "B"}
+
+
+def test_tool_turn_may_end_the_conversation() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": {}}}],
+        },
+        {"role": "tool", "content": "sunny"},
+    ]
+    assert validate_messages(messages)[-1]["role"] == "tool"
+
+
+def test_render_is_non_thinking_and_byte_exact(offline_tokenizer: Any) -> None:
+    prompt = render_prompt(offline_tokenizer, SYSTEM_USER)
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n" + EMPTY_THINK_BLOCK
+    )
+    assert render_prompt_ids(offline_tokenizer, SYSTEM_USER) == [
+        151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
+        3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271,
+    ]  # fmt: skip
+    assert render_prompt_ids(offline_tokenizer, "hi") == [
+        151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271
+    ]  # fmt: skip
+
+
+def test_render_drops_thinking_from_history(offline_tokenizer: Any) -> None:
+    prompt = render_prompt(
+        offline_tokenizer,
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>secret plan</think>\n\nanswer"},
+            {"role": "user", "content": "b"},
+        ],
+    )
+    assert "secret plan" not in prompt
+    assert prompt.count("<think>") == 1 and prompt.endswith(EMPTY_THINK_BLOCK)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"enable_thinking": True}, {"think": True}, {"enable_thinking": "yes"}]
+)
+def test_asking_the_template_for_thinking_is_an_error(offline_tokenizer: Any, kwargs: dict) -> None:
+    with pytest.raises(ThinkingModeError):
+        render_prompt(offline_tokenizer, "hi", **kwargs)
+
+
+def test_enable_thinking_false_is_accepted(offline_tokenizer: Any) -> None:
+    assert render_prompt(offline_tokenizer, "hi", enable_thinking=False).endswith(EMPTY_THINK_BLOCK)
+
+
+def test_a_template_that_ignores_the_switch_is_refused() -> None:
+    from qwen_backends.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("offline")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(ChatTemplateError, match="ignores enable_thinking=False"):
+        render_prompt(tokenizer, "hi")
+    tokenizer.chat_template = None
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_prompt(tokenizer, "hi")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("<think>\n\n</think>\n\nHello", "Hello"),
+        ("<think>plan</think>Hi <think>more</think>there", "Hi there"),
+        ("<think>never closed", ""),
+        ("reasoning first</think>\n\nanswer", "answer"),
+        ("plain answer", "plain answer"),
+        ("<thi<think></think>nk>", ""),
+        ("a </think", "a </think"),
+    ],
+)
+def test_strip_thinking_examples(raw: str, expected: str) -> None:
+    assert strip_thinking(raw) == expected
+
+
+_pieces = st.lists(
+    st.sampled_from(
+        ["<think>", "</think>", "<thi", "nk>", "</", "think>", "x", " ", "\n", "<", ">"]
+    )
+    | st.text(max_size=5),
+    max_size=12,
+).map("".join)
+
+
+@given(_pieces)
+def test_strip_thinking_is_idempotent_and_leaves_no_tags(text: str) -> None:
+    once = strip_thinking(text)
+    assert strip_thinking(once) == once
+    assert "<think>" not in once and "</think>" not in once
+
+
+@given(st.text().filter(lambda t: "think>" not in t))
+def test_text_without_tags_is_unchanged(text: str) -> None:
+    assert strip_thinking(text) == text

@@ -1,0 +1,59 @@
+"""The factory: registry lookups, errors, and a light top-level import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qwen_backends import factory
+from qwen_backends.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
+from qwen_backends.factory import BACKENDS, BackendInfo, backend_class, create_backend
+
+
+def test_registry_names_every_backend_lazily() -> None:
+    assert set(BACKENDS) == {"hf", "ollama", "unsloth", "vllm"}
+    for info in BACKENDS.values():
+        module, _, cls = info.target.partition(":")
+        assert module.startswith("qwen_backends.backends.") and cls
+
+
+def test_unknown_backend_has_a_did_you_mean() -> None:
+    with pytest.raises(UnknownBackendError, match="did you mean 'vllm'"):
+        backend_class("vlm")
+    with pytest.raises(ConfigurationError, match="did you mean 'ollama'"):
+        create_backend(backend="olama")
+
+
+def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        factory.BACKENDS,
+        "hf",
+        BackendInfo("qwen_backends.backends.hf:HFBackend", "hf", ("no_such_module_xyz",)),
+    )
+    with pytest.raises(MissingDependencyError) as caught:
+        create_backend(backend="hf")
+    assert "no_such_module_xyz" in str(caught.value)
+    assert "pip install 'qwen-backends[hf]'" in str(caught.value)
+
+
+def test_unsloth_without_the_package_names_its_extra() -> None:
+    pytest.importorskip("torch")
+    if factory.missing_modules("unsloth") != ["unsloth"]:
+        pytest.skip("unsloth is installed here")
+    with pytest.raises(MissingDependencyError, match=r"qwen-backends\[unsloth\]"):
+        create_backend(backend="unsloth")
+
+
+def test_import_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, qwen_backends, qwen_backends.factory, qwen_backends.cli;"
+        "heavy = [m for m in ('torch', 'transformers', 'ollama', 'unsloth', 'openai', 'numpy',"
+        " 'trl', 'peft', 'tokenizers') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -1,0 +1,184 @@
+"""Settings: sources and their precedence, nested overrides, the model override, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen_backends.errors import ConfigurationError, ThinkingModeError
+from qwen_backends.settings import Settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_qwen3_4b_non_thinking() -> None:
+    settings = Settings()
+    assert settings.backend == "hf"
+    assert settings.model_name == "Qwen/Qwen3-4B"
+    assert settings.hf.context_window == 32_768
+    assert (settings.sampling.temperature, settings.sampling.top_p) == (0.7, 0.8)
+    assert (settings.sampling.top_k, settings.sampling.min_p) == (20, 0.0)
+    assert settings.unsloth.model == "unsloth/Qwen3-4B"
+
+
+def test_yarn_quadruples_the_context() -> None:
+    assert Settings(hf={"yarn": True}).hf.context_window == 131_072
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        ({"yaml"}, "yaml"),
+        ({"yaml", "dotenv"}, "dotenv"),
+        ({"yaml", "dotenv", "env"}, "env"),
+        ({"yaml", "dotenv", "env", "argument"}, "argument"),
+        ({"dotenv", "argument"}, "argument"),
+        ({"yaml", "env"}, "env"),
+    ],
+)
+def test_precedence_argument_env_dotenv_yaml(
+    layers: set[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = {name: f"model-from-{name}" for name in ("yaml", "dotenv", "env", "argument")}
+    monkeypatch.chdir(tmp_path)
+    if "yaml" in layers:
+        config = write(tmp_path / "c.yaml", f"hf:\n  model: {models['yaml']}\n")
+        monkeypatch.setenv("QWEN_CONFIG", str(config))
+    if "dotenv" in layers:
+        write(tmp_path / ".env", f"QWEN_HF__MODEL={models['dotenv']}\n")
+    if "env" in layers:
+        monkeypatch.setenv("QWEN_HF__MODEL", models["env"])
+    kwargs = {"hf": {"model": models["argument"]}} if "argument" in layers else {}
+    assert Settings(**kwargs).hf.model == models[expected]
+
+
+def test_default_yaml_is_read_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    write(tmp_path / "configs" / "default.yaml", "backend: ollama\nollama:\n  num_ctx: 4096\n")
+    settings = Settings()
+    assert settings.backend == "ollama"
+    assert settings.ollama.num_ctx == 4096
+
+
+def test_every_section_can_be_overridden_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {
+        "QWEN_HF__DTYPE": ("hf", "dtype", "float16"),
+        "QWEN_HF__LOCAL_FILES_ONLY": ("hf", "local_files_only", True),
+        "QWEN_OLLAMA__TIMEOUT": ("ollama", "timeout", 5.0),
+        "QWEN_OLLAMA__KEEP_ALIVE": ("ollama", "keep_alive", "0"),
+        "QWEN_UNSLOTH__LOAD_IN_4BIT": ("unsloth", "load_in_4bit", False),
+        "QWEN_UNSLOTH__MAX_SEQ_LENGTH": ("unsloth", "max_seq_length", 4096),
+        "QWEN_VLLM__BASE_URL": ("vllm", "base_url", "http://10.0.0.1:8000/v1"),
+        "QWEN_SAMPLING__TEMPERATURE": ("sampling", "temperature", 0.0),
+        "QWEN_SAMPLING__SEED": ("sampling", "seed", 7),
+    }
+    for name, (_, _, value) in values.items():
+        monkeypatch.setenv(name, str(value).lower() if isinstance(value, bool) else str(value))
+    settings = Settings()
+    for section, field, value in values.values():
+        assert getattr(getattr(settings, section), field) == value, (section, field)
+
+
+def test_nested_yaml_keeps_unrelated_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(tmp_path / "c.yaml", "sampling:\n  temperature: 0.1\n")
+    settings = Settings.from_file(config)
+    assert settings.sampling.temperature == 0.1
+    assert settings.sampling.top_p == 0.8
+
+
+def test_qwen_model_overrides_the_selected_backend_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_BACKEND", "ollama")
+    monkeypatch.setenv("QWEN_MODEL", "my-tag:latest")
+    settings = Settings()
+    assert settings.model_name == "my-tag:latest"
+    assert settings.hf.model == "Qwen/Qwen3-4B"
+    assert settings.replace(backend="hf").model_name == "my-tag:latest"
+
+
+def test_model_may_be_written_as_a_name_mapping(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "model:\n  name: ./local-dir\n")
+    assert Settings.from_file(config).model_name == "./local-dir"
+
+
+def test_ollama_host_falls_back_to_ollama_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://192.0.2.5:11434")
+    assert Settings().ollama.host == "http://192.0.2.5:11434"
+    monkeypatch.setenv("QWEN_OLLAMA__HOST", "http://127.0.0.1:9")
+    assert Settings().ollama.host == "http://127.0.0.1:9"
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_HF__TOKEN", "hf_secret_value")
+    settings = Settings()
+    assert settings.hf.token is not None
+    assert settings.hf.token.get_secret_value() == "hf_secret_value"
+    assert "hf_secret_value" not in repr(settings)
+    assert "hf_secret_value" not in str(settings.redacted())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"backend": "olama"}, "did you mean 'ollama'"),
+        ({"hf": {"dtype": "f16"}}, "hf.dtype"),
+        ({"hf": {"modle": "x"}}, "hf.modle: is not a known setting"),
+        ({"colour": "blue"}, "colour: is not a known setting"),
+        ({"sampling": {"top_p": 1.5}}, "top_p=1.5 is out of range"),
+        ({"ollama": {"timeout": 0}}, "ollama.timeout"),
+    ],
+)
+def test_invalid_settings_give_one_line_errors(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**kwargs)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("QWEN_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigurationError, match=r"QWEN_CONFIG names .*nope\.yaml"):
+        Settings()
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        Settings.from_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("source", ["argument", "env", "yaml"])
+def test_thinking_cannot_be_enabled_from_any_source(
+    source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kwargs = {}
+    if source == "argument":
+        kwargs = {"enable_thinking": True}
+    elif source == "env":
+        monkeypatch.setenv("QWEN_ENABLE_THINKING", "true")
+    else:
+        monkeypatch.setenv(
+            "QWEN_CONFIG", str(write(tmp_path / "c.yaml", "enable_thinking: true\n"))
+        )
+    with pytest.raises(ThinkingModeError):
+        Settings(**kwargs)
+    with pytest.raises(ValueError):  # ThinkingModeError is a ValueError
+        Settings(**kwargs)
+
+
+def test_thinking_in_sampling_section_is_refused() -> None:
+    with pytest.raises(ThinkingModeError):
+        Settings(sampling={"enable_thinking": True})
+
+
+def test_replace_merges_nested_sections() -> None:
+    settings = Settings(hf={"dtype": "float32"})
+    changed = settings.replace(hf={"device": "cpu"}, sampling={"seed": 3})
+    assert (changed.hf.dtype, changed.hf.device, changed.sampling.seed) == ("float32", "cpu", 3)
+    assert settings.hf.device == "auto"
