@@ -225,4 +225,3 @@ class ModelBackend(ABC):
     ) -> list[Generation]:
         """Batch hook; the default answers one conversation after another."""
         return [self._generate(messages, sampling) for messages in conversations]
-
