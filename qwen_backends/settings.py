@@ -44,6 +44,8 @@ from qwen_backends.sampling import SamplingParams, reject_thinking, validation_m
 __all__ = [
     "BACKEND_NAMES",
     "DEFAULT_CONFIG_FILE",
+    "OLLAMA_NON_THINKING_TAGS",
+    "EvaluationSettings",
     "HFSettings",
     "OllamaSettings",
     "Settings",
@@ -102,11 +104,16 @@ class HFSettings(_Section):
         return int(self.max_context * YARN_FACTOR) if self.yarn else self.max_context
 
 
+#: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
+#: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
+OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
+
+
 class OllamaSettings(_Section):
     """The Ollama backend (``backend="ollama"``)."""
 
     model: str = Field(
-        "qwen3:4b-instruct-2507-q4_K_M",
+        OLLAMA_NON_THINKING_TAGS[0],
         description="Ollama tag. NOT plain qwen3:4b, which now points to a thinking-only build.",
     )
     host: str = Field(
@@ -139,6 +146,29 @@ class VLLMSettings(_Section):
     api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key (--api-key of vllm).")
     timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned.")
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer for english_only (hub id, directory or 'offline'); default: the "
+        "model name (set it when the server uses --served-model-name).",
+    )
+
+
+class EvaluationSettings(_Section):
+    """The evaluation runner (``qwen-backends eval``); relative paths are from the working dir."""
+
+    prompts: Path = Field(
+        Path("configs/evaluation/prompts.jsonl"),
+        description="JSONL prompt set: one {id, messages, expected?} object a line.",
+    )
+    output_dir: Path = Field(
+        Path("runs/evaluation"), description="Directory that holds one folder per run."
+    )
+    run_name: str | None = Field(
+        None,
+        description="Folder of this run under output_dir (default: the backend name). "
+        "Running again with the same name resumes the run.",
+    )
+    limit: int | None = Field(None, ge=1, description="Run only the first N prompts of the set.")
 
 
 class Settings(BaseSettings):
@@ -164,6 +194,7 @@ class Settings(BaseSettings):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     def __init__(self, **values: Any) -> None:

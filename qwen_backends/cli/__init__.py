@@ -18,7 +18,14 @@ from qwen_backends.errors import ConfigurationError, QwenBackendsError
 __all__ = ["COMMAND_MODULES", "main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("info", "make_test_model")
+COMMAND_MODULES: tuple[str, ...] = (
+    "info",
+    "generate",
+    "make_test_model",
+    "eval",
+    "vocab",
+    "finetune",
+)
 
 #: Exit status for a user mistake (bad argument, setting or input).
 EXIT_USAGE = 2

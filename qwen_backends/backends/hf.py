@@ -1,0 +1,1129 @@
+"""Qwen3-4B on Hugging Face transformers (``backend="hf"``): CPU, CUDA or Apple MPS.
+
+Loading (:meth:`HFBackend._load`, the one step a subclass such as the Unsloth backend replaces):
+``AutoTokenizer`` / ``AutoModelForCausalLM`` from ``settings.model_name`` (a hub id or a local
+directory) with the revision, ``local_files_only``, the token, safetensors-only weights unless
+``trust_remote_code``, the resolved device and dtype (:func:`resolve_device`,
+:func:`resolve_dtype`), the attention kernel, optional bitsandbytes 4/8-bit weights (CUDA only)
+and YaRN rope scaling. Every loading failure is translated in :func:`_translating_load_errors`.
+
+Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
+
+- every :class:`~qwen_backends.sampling.SamplingParams` value reaches ``model.generate`` through
+  a :class:`~transformers.GenerationConfig` built from scratch (:func:`generation_config_for`),
+  so the thinking-mode defaults in Qwen3-4B's ``generation_config.json`` never apply;
+- ``presence_penalty`` and ``english_only`` are small vectorised logits processors
+  (:class:`PresencePenaltyLogitsProcessor`, :class:`AllowedTokensLogitsProcessor`);
+- a per-call seed runs inside :func:`torch.random.fork_rng`, so the caller's global RNG state is
+  the same after the call as before it (a call without a seed draws a fresh one the same way);
+- text goes through one pipeline (stop strings, then thinking removal, then
+  :func:`~qwen_backends.chat.strip_thinking`) that gives the same result however the text is cut
+  into pieces, which is why ``"".join(stream(...)) == generate(...).text`` for the same seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
+from qwen_backends.chat import Message, render_prompt_ids, strip_thinking
+from qwen_backends.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ContextLengthError,
+    GenerationError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    QwenBackendsError,
+    UnsupportedFeatureError,
+)
+from qwen_backends.sampling import SamplingParams
+from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from qwen_backends.settings import Settings
+
+__all__ = [
+    "AllowedTokensLogitsProcessor",
+    "DeviceProbes",
+    "HFBackend",
+    "LowMemoryWarning",
+    "PresencePenaltyLogitsProcessor",
+    "check_load_options",
+    "generation_config_for",
+    "memory_warning",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_TAGS = (THINK_OPEN, THINK_CLOSE)
+#: Bytes per parameter of each weight format (bitsandbytes keeps norms and embeddings wider,
+#: so the 4/8-bit figures are lower bounds).
+_BYTES_PER_PARAMETER = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.0, "4bit": 0.5}
+#: Room on top of the weights for activations, the KV cache and the runtime.
+_MEMORY_HEADROOM = 1.2
+_GIB = 1024**3
+
+
+class LowMemoryWarning(UserWarning):
+    """The chosen device probably has too little free memory for the model in this dtype."""
+
+
+# -- device and dtype ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceProbes:
+    """What the machine offers; tests inject their own, :meth:`detect` asks torch.
+
+    Attributes
+    ----------
+    cuda_available, mps_available
+        Whether a CUDA / Apple MPS device can be used.
+    cuda_device_count
+        How many CUDA devices there are.
+    cuda_bf16_supported
+        Whether the CUDA device computes in bfloat16.
+    free_memory
+        Bytes free on a device (``"cuda:0"``, ``"mps"``, ``"cpu"``), or ``None`` if unknown.
+    module_available
+        Whether an importable module (``"flash_attn"``, ``"bitsandbytes"``) is installed.
+    """
+
+    cuda_available: Callable[[], bool]
+    mps_available: Callable[[], bool]
+    cuda_device_count: Callable[[], int]
+    cuda_bf16_supported: Callable[[], bool]
+    free_memory: Callable[[str], int | None]
+    module_available: Callable[[str], bool]
+
+    @classmethod
+    def detect(cls) -> DeviceProbes:
+        """Probes that ask torch (and the import system) about this machine."""
+        import torch
+
+        def mps_available() -> bool:
+            mps = getattr(torch.backends, "mps", None)
+            return bool(mps is not None and mps.is_available())
+
+        return cls(
+            cuda_available=torch.cuda.is_available,
+            mps_available=mps_available,
+            cuda_device_count=torch.cuda.device_count,
+            cuda_bf16_supported=lambda: bool(torch.cuda.is_bf16_supported()),
+            free_memory=_free_memory,
+            module_available=lambda name: importlib.util.find_spec(name) is not None,
+        )
+
+
+def _free_memory(device: str) -> int | None:
+    import torch
+
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    if device == "mps":
+        # Unified memory: the Metal limit is what a model can use.
+        return int(torch.mps.recommended_max_memory())
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass  # not Linux: fall back to sysconf
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return None
+
+
+def resolve_device(requested: str, probes: DeviceProbes) -> str:
+    """The device to load on: ``"cuda:N"``, ``"mps"`` or ``"cpu"``.
+
+    ``auto`` picks CUDA, then Apple MPS, then CPU. A forced device that is not available is an
+    error naming the alternatives.
+
+    Raises
+    ------
+    ConfigurationError
+        For an unknown name or a device this machine does not have.
+    """
+    name = requested.strip().lower()
+    if name == "auto":
+        if probes.cuda_available():
+            return "cuda:0"
+        return "mps" if probes.mps_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "mps":
+        if not probes.mps_available():
+            raise ConfigurationError(
+                "device=mps but Apple MPS is not available here; set QWEN_HF__DEVICE=auto or cpu"
+            )
+        return "mps"
+    if name == "cuda" or name.startswith("cuda:"):
+        index_text = name.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise ConfigurationError(
+                f"device={requested!r} is not a valid CUDA device; write cuda or cuda:N"
+            )
+        if not probes.cuda_available():
+            raise ConfigurationError(
+                f"device={requested} but CUDA is not available here (no NVIDIA GPU or a CPU-only "
+                "torch build); set QWEN_HF__DEVICE=auto or cpu"
+            )
+        index, count = int(index_text), probes.cuda_device_count()
+        if index >= count:
+            raise ConfigurationError(
+                f"device={requested} but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1}); pick one of those"
+            )
+        return f"cuda:{index}"
+    raise ConfigurationError(
+        f"unknown device {requested!r}; use auto, cuda, cuda:N, mps or cpu (QWEN_HF__DEVICE)"
+    )
+
+
+def resolve_dtype(requested: str, device: str, probes: DeviceProbes) -> str:
+    """The weight dtype: ``auto`` is bfloat16 on CUDA that supports it (else float16), float16
+    on MPS and float32 on CPU; any other value is used as given."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bfloat16" if probes.cuda_bf16_supported() else "float16"
+    return "float16" if device == "mps" else "float32"
+
+
+def check_load_options(hf: HFSettings, device: str, probes: DeviceProbes) -> None:
+    """Refuse option combinations that cannot load here, before touching any weights.
+
+    Raises
+    ------
+    UnsupportedFeatureError
+        For bitsandbytes quantization or flash-attention off CUDA.
+    MissingDependencyError
+        When bitsandbytes or flash-attn is needed but not installed.
+    """
+    on_cuda = device.startswith("cuda")
+    if hf.quantization != "none":
+        if not on_cuda:
+            raise UnsupportedFeatureError(
+                "hf",
+                f"quantization={hf.quantization}",
+                f"bitsandbytes {hf.quantization} weights need a CUDA GPU and the device is "
+                f"{device}; set QWEN_HF__QUANTIZATION=none, or use the ollama backend for "
+                "quantized inference on this machine",
+            )
+        if not probes.module_available("bitsandbytes"):
+            raise MissingDependencyError(
+                f"quantization={hf.quantization} needs bitsandbytes, which is not installed; "
+                "pip install bitsandbytes (or set QWEN_HF__QUANTIZATION=none)"
+            )
+    if hf.attn_implementation == "flash_attention_2":
+        if not on_cuda:
+            raise UnsupportedFeatureError(
+                "hf",
+                "attn_implementation=flash_attention_2",
+                f"flash-attention runs on CUDA only and the device is {device}; set "
+                "QWEN_HF__ATTN_IMPLEMENTATION=sdpa",
+            )
+        if not probes.module_available("flash_attn"):
+            raise MissingDependencyError(
+                "attn_implementation=flash_attention_2 needs the flash-attn package, which is not "
+                "installed; pip install flash-attn --no-build-isolation, or set "
+                "QWEN_HF__ATTN_IMPLEMENTATION=sdpa"
+            )
+
+
+def memory_warning(
+    parameters: int, weight_format: str, device: str, free_bytes: int | None
+) -> str | None:
+    """The warning text when ``parameters`` in ``weight_format`` will not fit ``free_bytes``.
+
+    ``weight_format`` is a dtype name or ``"4bit"``/``"8bit"``; ``None`` means it fits (or the
+    free memory is unknown).
+    """
+    if free_bytes is None:
+        return None
+    needed = parameters * _BYTES_PER_PARAMETER[weight_format] * _MEMORY_HEADROOM
+    if needed <= free_bytes:
+        return None
+    if device == "cpu":
+        advice = "use a machine with more RAM, a GPU, or the ollama backend (quantized)"
+    elif weight_format == "float32":
+        advice = "set QWEN_HF__DTYPE=bfloat16 (or float16) to halve it"
+    elif device.startswith("cuda") and weight_format not in ("4bit",):
+        advice = "set QWEN_HF__QUANTIZATION=4bit (bitsandbytes) or free the GPU"
+    else:
+        advice = "free memory on the device, or set QWEN_HF__DEVICE=cpu"
+    return (
+        f"the model has {parameters / 1e9:.2f}B parameters: about {needed / _GIB:.1f} GiB in "
+        f"{weight_format} with working room, but only {free_bytes / _GIB:.1f} GiB is free on "
+        f"{device}; loading may fail or swap; {advice}"
+    )
+
+
+# -- sampling -> transformers ------------------------------------------------------------------
+
+
+def generation_config_for(
+    sampling: SamplingParams, *, eos_token_ids: Sequence[int], pad_token_id: int
+) -> GenerationConfig:
+    """A ``GenerationConfig`` carrying every value of ``sampling`` explicitly.
+
+    ``presence_penalty``, ``seed``, ``stop`` and ``english_only`` have no field here: they are
+    logits processors, an RNG scope and a cached ``StopStringCriteria`` (see
+    :meth:`HFBackend._generate_kwargs`).
+    Temperature 0 is greedy decoding (``do_sample=False``); the sampling-only fields are then set
+    to transformers' neutral values so the model's own (thinking-mode) values cannot fill them.
+    """
+    from transformers import GenerationConfig
+
+    if sampling.is_greedy:
+        mode: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
+    else:
+        mode = {
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+        }
+    return GenerationConfig(
+        **mode,
+        max_new_tokens=sampling.max_new_tokens,
+        repetition_penalty=sampling.repetition_penalty,
+        num_beams=1,
+        num_return_sequences=1,
+        eos_token_id=list(eos_token_ids),
+        pad_token_id=pad_token_id,
+    )
+
+
+class PresencePenaltyLogitsProcessor:
+    """Subtract ``penalty`` from the logit of every token already *generated* (not the prompt).
+
+    OpenAI-style presence penalty: a flat amount per token that occurred at least once, whatever
+    the count. One scatter and one subtraction per step, no Python loop over tokens.
+
+    Parameters
+    ----------
+    penalty
+        Amount to subtract, > 0.
+    prompt_length
+        Columns of ``input_ids`` that belong to the (padded) prompt.
+    """
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty = penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Return the penalised scores (a new tensor)."""
+        generated = input_ids[:, self.prompt_length :]
+        if generated.shape[1] == 0:
+            return scores
+        seen = scores.new_zeros(scores.shape).scatter_(1, generated, 1.0)
+        return scores - self.penalty * seen  # type: ignore[return-value]
+
+
+class AllowedTokensLogitsProcessor:
+    """Keep only the tokens of a precomputed mask (``english_only``): one ``masked_fill`` a step.
+
+    Parameters
+    ----------
+    blocked
+        Boolean tensor of the model's vocabulary size (on the model's device), ``True`` for every
+        token that must never be sampled.
+    """
+
+    def __init__(self, blocked: torch.Tensor) -> None:
+        self.blocked = blocked
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Return scores with every blocked token at ``-inf``."""
+        return scores.masked_fill(self.blocked, float("-inf"))  # type: ignore[return-value]
+
+
+class _CancelCriterion:
+    """Stop every row once ``event`` is set (the stream's consumer went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        import torch
+
+        done = self.event.is_set()
+        return torch.full(  # type: ignore[return-value]
+            (input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device
+        )
+
+
+# -- text pipeline: stop strings, then thinking removal -----------------------------------------
+
+
+class _StopTrimmer:
+    """Pass text through until the earliest stop string; hold back what could start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buffer = self.pending + text
+        hits = [index for index in (buffer.find(stop) for stop in self.stops) if index >= 0]
+        if hits:
+            self.stopped = True
+            self.pending = ""
+            return buffer[: min(hits)]
+        keep = _longest_suffix_prefix(buffer, self.stops)
+        self.pending = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        text, self.pending = self.pending, ""
+        return "" if self.stopped else text
+
+
+class _ThinkingFilter:
+    """Remove thinking from text that arrives in pieces, with the same result however it is cut.
+
+    A ``<think>`` block is dropped up to its ``</think>`` (or to the end if it never closes) with
+    the whitespace after it; an orphan ``</think>`` is dropped with the whitespace after it; and
+    tag text that only forms once a block is gone (``<th<think>..</think>ink>``) is removed too.
+    Text is held back only while it could still be the start of a tag.
+    """
+
+    def __init__(self) -> None:
+        self.state = "out"  # "out", "in" (inside a block) or "gap" (whitespace after a block)
+        self.pending = ""
+        self.guard = ""  # output not yet released (see _release)
+
+    def feed(self, text: str) -> str:
+        return self._release(self._blocks(text), final=False)
+
+    def flush(self) -> str:
+        tail = self.pending if self.state == "out" else ""
+        self.pending = ""
+        return self._release(tail, final=True)
+
+    def _blocks(self, text: str) -> str:
+        buffer, self.pending = self.pending + text, ""
+        out: list[str] = []
+        index = 0
+        while index < len(buffer):
+            if self.state == "gap":
+                while index < len(buffer) and buffer[index].isspace():
+                    index += 1
+                if index < len(buffer):
+                    self.state = "out"
+                continue
+            if self.state == "in":
+                end = buffer.find(THINK_CLOSE, index)
+                if end < 0:
+                    keep = _longest_suffix_prefix(buffer[index:], (THINK_CLOSE,))
+                    self.pending = buffer[len(buffer) - keep :] if keep else ""
+                    return "".join(out)
+                index, self.state = end + len(THINK_CLOSE), "gap"
+                continue
+            start = buffer.find("<", index)
+            while start >= 0:
+                rest = buffer[start:]
+                if rest.startswith(THINK_OPEN) or rest.startswith(THINK_CLOSE):
+                    break
+                if any(tag.startswith(rest) for tag in _TAGS):
+                    out.append(buffer[index:start])
+                    self.pending = rest
+                    return "".join(out)
+                start = buffer.find("<", start + 1)
+            if start < 0:
+                out.append(buffer[index:])
+                break
+            out.append(buffer[index:start])
+            if buffer.startswith(THINK_OPEN, start):
+                index, self.state = start + len(THINK_OPEN), "in"
+            else:
+                index, self.state = start + len(THINK_CLOSE), "gap"
+        return "".join(out)
+
+    def _release(self, text: str, *, final: bool) -> str:
+        # Tags are deleted until none is left; output never ends in the start of a tag, so no
+        # tag can form across what was already released and what comes later.
+        buffer = self.guard + text
+        while True:
+            cleaned = buffer.replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
+            if cleaned == buffer:
+                break
+            buffer = cleaned
+        if final:
+            self.guard = ""
+            return buffer
+        cut = len(buffer)
+        while cut > 0:
+            keep = _longest_suffix_prefix(buffer[:cut], _TAGS)
+            if not keep:
+                break
+            cut -= keep
+        self.guard = buffer[cut:]
+        return buffer[:cut]
+
+
+def _longest_suffix_prefix(text: str, patterns: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``."""
+    longest = 0
+    for pattern in patterns:
+        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
+            if text.endswith(pattern[:size]):
+                longest = size
+                break
+    return longest
+
+
+class _TextPipeline:
+    """Raw decoded text -> what the caller sees: stop strings cut first, then thinking removed."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stopper = _StopTrimmer(stops)
+        self.thinking = _ThinkingFilter()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop string was found (everything after it is dropped)."""
+        return self.stopper.stopped
+
+    def feed(self, text: str) -> str:
+        return self.thinking.feed(self.stopper.feed(text))
+
+    def flush(self) -> str:
+        return self.thinking.feed(self.stopper.flush()) + self.thinking.flush()
+
+    @classmethod
+    def whole(cls, text: str, stops: Sequence[str]) -> tuple[str, bool]:
+        """Run the pipeline over one complete text; returns ``(visible, stopped)``."""
+        pipeline = cls(stops)
+        visible = pipeline.feed(text) + pipeline.flush()
+        return strip_thinking(visible), pipeline.stopped
+
+
+def _streamer_class() -> type:
+    """A ``TextIteratorStreamer`` whose pieces concatenate to exactly the one-shot decode."""
+    from transformers import TextIteratorStreamer
+
+    class _ExactStreamer(TextIteratorStreamer):
+        """Decodes a window of tokens since the last complete character and emits the new text;
+        a trailing incomplete UTF-8 sequence (U+FFFD) waits for the next token."""
+
+        def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+            super().__init__(tokenizer, skip_prompt=True)
+            self.window: list[int] = []
+            self.sent = 0
+            self.ended = False
+
+        def put(self, value: torch.Tensor) -> None:
+            if self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            if value.dim() > 1:
+                if value.shape[0] > 1:
+                    raise ValueError("the stream handles one sequence at a time")
+                value = value[0]
+            self.window.extend(value.tolist())
+            text = _decode(self.tokenizer, self.window)
+            ready = text.rstrip("\ufffd")
+            if len(ready) > self.sent:
+                self.on_finalized_text(ready[self.sent :])
+            if ready == text:
+                self.window, self.sent = [], 0
+            else:
+                self.sent = max(self.sent, len(ready))
+
+        def end(self) -> None:
+            if self.ended:
+                return
+            self.ended = True
+            text = _decode(self.tokenizer, self.window) if self.window else ""
+            self.window, self.sent, tail = [], 0, text[self.sent :]
+            self.on_finalized_text(tail, stream_end=True)
+
+    return _ExactStreamer
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return str(text)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).expanduser().exists()
+    )
+
+
+@contextlib.contextmanager
+def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
+    """The one place loading failures become :mod:`qwen_backends.errors` types."""
+    try:
+        yield
+    except QwenBackendsError:
+        raise
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"loading {source!r} needs a package that is not installed ({_first_line(exc)}); "
+            "pip install 'qwen-backends[hf]' (and bitsandbytes / flash-attn if you enabled them)"
+        ) from exc
+    except (OSError, ValueError, KeyError) as exc:
+        detail = _first_line(exc)
+        offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+        )
+        if isinstance(exc, KeyError) or "does not recognize this architecture" in detail:
+            raise ModelNotFoundError(
+                f"transformers cannot build {source!r} ({detail}); Qwen3 needs transformers "
+                ">= 4.51: pip install -U 'qwen-backends[hf]'"
+            ) from exc
+        if "safetensors" in detail and not hf.trust_remote_code:
+            hint = (
+                "only safetensors weights are loaded by default; convert the checkpoint to "
+                "safetensors, or set QWEN_HF__TRUST_REMOTE_CODE=true if you trust its files"
+            )
+        elif offline:
+            hint = (
+                "downloads are off (HF_HUB_OFFLINE or QWEN_HF__LOCAL_FILES_ONLY) and the model is "
+                "not in the local cache; point QWEN_MODEL / --model at a local directory holding "
+                f"it, or download it once while online: hf download {source}"
+            )
+        else:
+            hint = (
+                "check the hub id or local path (and QWEN_HF__REVISION), the network, and "
+                "QWEN_HF__TOKEN / HF_TOKEN for gated or private models; without network use a "
+                "local directory and QWEN_HF__LOCAL_FILES_ONLY=true"
+            )
+        raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise BackendUnavailableError(
+                f"ran out of memory loading {source!r}; use a smaller dtype "
+                "(QWEN_HF__DTYPE=bfloat16), QWEN_HF__QUANTIZATION=4bit on CUDA, or another device",
+                retryable=False,
+            ) from exc
+        raise ModelNotFoundError(
+            f"cannot load model {source!r} ({_first_line(exc)}); check that it is a Qwen3 "
+            "checkpoint that transformers can read"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- the backend -----------------------------------------------------------------------------------
+
+
+class HFBackend(ModelBackend):
+    """Qwen3-4B through Hugging Face transformers, non-thinking, on CUDA, MPS or CPU.
+
+    Build it with ``create_backend(backend="hf", model=...)``; settings come from
+    ``settings.hf`` and the model from ``settings.model_name``.
+
+    One generation at a time: a lock serialises :meth:`generate`, :meth:`generate_batch` and
+    :meth:`stream` on one instance (other threads wait; a stream holds the lock from its first
+    piece until it is exhausted or closed). Starting another generation on the same thread while
+    one of its streams is still open raises :class:`~qwen_backends.errors.GenerationError`
+    instead of deadlocking. Use :meth:`generate_batch` for throughput.
+
+    Sampling calls fork torch's global RNG for their duration (seeded with ``sampling.seed`` or a
+    fresh random seed) and restore it afterwards, so results do not depend on, and do not change,
+    the caller's RNG state.
+
+    Subclasses that load the model differently (the Unsloth backend) override :meth:`_load` and,
+    if their context differs, :attr:`context_window`; everything else works on
+    :attr:`model` / :attr:`tokenizer`.
+
+    Parameters
+    ----------
+    settings
+        Resolved settings.
+    probes
+        Hardware probes for device/dtype/memory decisions (tests inject fakes); default: torch.
+
+    Attributes
+    ----------
+    model
+        The loaded ``PreTrainedModel`` (in eval mode).
+    tokenizer
+        Its tokenizer.
+    device
+        The ``torch.device`` inputs are placed on.
+    """
+
+    name = "hf"
+    extra = "hf"
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "accelerate")
+    capabilities = Capabilities(english_only=True, native_batching=True, renders_locally=True)
+
+    def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
+        super().__init__(settings)
+        self._probes = probes
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._blocked_tokens: torch.Tensor | None = None
+        self._stop_criteria: dict[tuple[str, ...], Any] = {}
+        self.model, self.tokenizer = self._load()
+        self._prepare()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @property
+    def probes(self) -> DeviceProbes:
+        """The hardware probes in use (detected from torch unless injected)."""
+        if self._probes is None:
+            self._probes = DeviceProbes.detect()
+        return self._probes
+
+    @property
+    def context_window(self) -> int:
+        """Most tokens (prompt + new) one call may use: ``settings.hf.context_window``."""
+        return self.settings.hf.context_window
+
+    def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Load ``(model, tokenizer)``; the one step a subclass replaces to load differently."""
+        hf = self.settings.hf
+        source = self.model_name
+        if _looks_like_path(source):
+            if not Path(source).expanduser().is_dir():
+                raise ModelNotFoundError(
+                    f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
+                    f"--model, or give a hub id such as {HFSettings.model_fields['model'].default}"
+                )
+            source = str(Path(source).expanduser())
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        device = resolve_device(hf.device, self.probes)
+        dtype = resolve_dtype(hf.dtype, device, self.probes)
+        check_load_options(hf, device, self.probes)
+        common: dict[str, Any] = {
+            "revision": hf.revision,
+            "local_files_only": hf.local_files_only,
+            "token": hf.token.get_secret_value() if hf.token is not None else None,
+            "trust_remote_code": hf.trust_remote_code,
+        }
+        with _translating_load_errors(source, hf):
+            tokenizer = AutoTokenizer.from_pretrained(source, **common)
+            config = AutoConfig.from_pretrained(source, **common)
+            if hf.yarn:
+                _apply_yarn(config, hf.max_context)
+            weight_format = dtype if hf.quantization == "none" else hf.quantization
+            message = memory_warning(
+                _count_parameters(config, hf.trust_remote_code),
+                weight_format,
+                device,
+                self.probes.free_memory(device),
+            )
+            if message:
+                warnings.warn(message, LowMemoryWarning, stacklevel=3)
+            options: dict[str, Any] = {
+                "config": config,
+                "dtype": getattr(torch, dtype),
+                "attn_implementation": hf.attn_implementation,
+                # safetensors only, unless the user trusts the repository's code anyway
+                "use_safetensors": None if hf.trust_remote_code else True,
+            }
+            if hf.quantization != "none":
+                options["quantization_config"] = _bitsandbytes_config(hf.quantization, dtype)
+            if device.startswith("cuda"):
+                options["device_map"] = {"": device}
+            model = AutoModelForCausalLM.from_pretrained(source, **common, **options)
+            if "device_map" not in options:
+                model.to(torch.device(device))  # type: ignore[arg-type]
+        return model, tokenizer
+
+    def _prepare(self) -> None:
+        """Derive what generation needs from the loaded model and tokenizer."""
+        import torch
+
+        self.model.eval()
+        ids = {}
+        for token in ("<|im_end|>", "<|endoftext|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
+                raise ModelNotFoundError(
+                    f"the tokenizer of {self.model_name!r} has no {token} token, so it is not a "
+                    "Qwen3 tokenizer; load Qwen3-4B (or a fine-tune of it)"
+                )
+            ids[token] = token_id
+        self.eos_token_ids: tuple[int, ...] = (ids["<|im_end|>"], ids["<|endoftext|>"])
+        self.pad_token_id: int = ids["<|endoftext|>"]
+        try:
+            self.device: torch.device = next(self.model.parameters()).device
+        except StopIteration:  # pragma: no cover - a model always has parameters
+            self.device = torch.device("cpu")
+
+    # -- generation hooks ---------------------------------------------------------------------
+
+    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
+        return self._run_batch([self._prompt_ids(messages, sampling)], sampling)[0]
+
+    def _generate_batch(
+        self, conversations: list[list[Message]], sampling: SamplingParams
+    ) -> list[Generation]:
+        """All conversations in one ``model.generate`` call (left padding, one forward per step).
+
+        Each :class:`Generation` reports the wall time of the whole batch.
+        """
+        prompts = [self._prompt_ids(messages, sampling) for messages in conversations]
+        return self._run_batch(prompts, sampling)
+
+    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
+        # Checks (and the context error) happen now, not at the first next().
+        prompt_ids = self._prompt_ids(messages, sampling)
+        return self._stream_tokens(prompt_ids, sampling)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _prompt_ids(self, messages: list[Message], sampling: SamplingParams) -> list[int]:
+        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
+        if self._closed:
+            raise GenerationError(
+                "this hf backend was closed; create a new one with create_backend()"
+            )
+        prompt_ids = render_prompt_ids(self.tokenizer, messages)
+        total = len(prompt_ids) + sampling.max_new_tokens
+        window = self.context_window
+        if total > window:
+            yarn = (
+                ""
+                if window > NATIVE_CONTEXT
+                else f", or set QWEN_HF__YARN=true for {int(NATIVE_CONTEXT * YARN_FACTOR):,} tokens"
+            )
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_ids):,} tokens and max_new_tokens is "
+                f"{sampling.max_new_tokens:,}: {total:,} exceeds the context window of "
+                f"{window:,} tokens; shorten the prompt or lower max_new_tokens{yarn}"
+            )
+        return prompt_ids
+
+    def _logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
+        """Processors for what ``GenerationConfig`` cannot express (run before temperature,
+        top-k, top-p and min-p, which transformers appends after custom processors)."""
+        processors: list[Any] = []
+        if sampling.presence_penalty > 0:
+            processors.append(
+                PresencePenaltyLogitsProcessor(sampling.presence_penalty, prompt_length)
+            )
+        if sampling.english_only:
+            processors.append(AllowedTokensLogitsProcessor(self._english_blocked()))
+        return processors
+
+    def _generate_kwargs(self, sampling: SamplingParams, prompt_length: int) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` besides the inputs."""
+        from transformers import LogitsProcessorList
+
+        kwargs: dict[str, Any] = {
+            "generation_config": generation_config_for(
+                sampling, eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id
+            ),
+            "logits_processor": LogitsProcessorList(
+                self._logits_processors(sampling, prompt_length)
+            ),
+        }
+        if sampling.stop:
+            kwargs["stopping_criteria"] = [self._stop_criterion(sampling.stop)]
+        return kwargs
+
+    def _stop_criterion(self, stops: tuple[str, ...]) -> Any:
+        """transformers' stop-string criterion for ``stops``, built once per set of strings.
+
+        ``GenerationConfig.stop_strings`` would rebuild it on every call, and that scans the whole
+        151k-token vocabulary (about a second); the criterion itself is stateless.
+        """
+        criterion = self._stop_criteria.pop(stops, None)
+        if criterion is None:
+            from transformers import StopStringCriteria
+
+            criterion = StopStringCriteria(self.tokenizer, list(stops))
+        self._stop_criteria[stops] = criterion  # most recently used last
+        while len(self._stop_criteria) > 16:
+            del self._stop_criteria[next(iter(self._stop_criteria))]
+        return criterion
+
+    def _english_blocked(self) -> torch.Tensor:
+        """Mask of tokens ``english_only`` forbids, built once per instance."""
+        if self._blocked_tokens is None:
+            import torch
+
+            from qwen_backends.vocab import allowed_token_ids
+
+            size = _vocab_rows(self.model)  # 151,936 logits: more than the tokenizer's 151,669
+            allowed = [i for i in allowed_token_ids(self.tokenizer, tier="english") if i < size]
+            blocked = torch.ones(size, dtype=torch.bool)
+            blocked[torch.tensor(allowed, dtype=torch.long)] = False
+            self._blocked_tokens = blocked.to(self.device)
+        return self._blocked_tokens
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():
+            raise GenerationError(
+                "a generation is already running on this thread (an unfinished stream?); "
+                "finish or close() that stream first"
+            )
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    @contextlib.contextmanager
+    def _rng_scope(self, sampling: SamplingParams) -> Iterator[None]:
+        """Seed sampling for this call only; the global RNG state is restored afterwards."""
+        if sampling.is_greedy:
+            yield
+            return
+        import torch
+
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        kind = self.device.type
+        devices = [self.device.index or 0] if kind in ("cuda", "mps") else []
+        with torch.random.fork_rng(devices=devices, device_type=kind if devices else None):
+            torch.random.default_generator.manual_seed(seed)
+            if kind == "cuda":
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
+            elif kind == "mps":
+                torch.mps.manual_seed(seed)
+            yield
+
+    def _model_generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """``model.generate`` with runtime failures translated (the generation choke point)."""
+        try:
+            generate: Callable[..., torch.Tensor] = getattr(self.model, "generate")  # noqa: B009
+            output = generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        except QwenBackendsError:
+            raise
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise GenerationError(
+                    f"out of memory while generating on {self.device}; lower max_new_tokens, "
+                    "send fewer conversations per batch, or use a smaller dtype / quantization",
+                ) from exc
+            raise GenerationError(f"generation failed: {_first_line(exc)}") from exc
+        return output
+
+    def _run_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+        import torch
+
+        start = time.perf_counter()
+        width = max(len(ids) for ids in prompts)
+        # Left padding: every prompt ends at the same column, so one forward per step serves all.
+        input_ids = torch.tensor(
+            [[self.pad_token_id] * (width - len(ids)) + ids for ids in prompts],
+            dtype=torch.long,
+            device=self.device,
+        )
+        attention_mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
+            dtype=torch.long,
+            device=self.device,
+        )
+        with self._exclusive(), self._rng_scope(sampling):
+            output = self._model_generate(
+                input_ids, attention_mask, **self._generate_kwargs(sampling, width)
+            )
+        rows = output[:, width:].tolist()
+        seconds = time.perf_counter() - start
+        return [
+            self._finish(row, len(ids), sampling, seconds)
+            for row, ids in zip(rows, prompts, strict=True)
+        ]
+
+    def _finish(
+        self, new_ids: list[int], prompt_tokens: int, sampling: SamplingParams, seconds: float
+    ) -> Generation:
+        """Turn one row of generated ids into a :class:`Generation` (counts include the
+        end-of-turn token; for a stop string, up to the token that completed it)."""
+        eos = set(self.eos_token_ids)
+        ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
+        ids = new_ids if ended is None else new_ids[: ended + 1]
+        text, stopped = _TextPipeline.whole(_decode(self.tokenizer, ids), sampling.stop)
+        count = len(ids)
+        if stopped:
+            count = self._tokens_to_stop(ids, sampling.stop)
+        reason: FinishReason = "stop" if stopped or ended is not None else "length"
+        return Generation(
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=count,
+            seconds=seconds,
+        )
+
+    def _tokens_to_stop(self, ids: list[int], stops: Sequence[str]) -> int:
+        """Fewest leading tokens whose text contains a stop string (binary search)."""
+        low, high = 1, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            text = _decode(self.tokenizer, ids[:middle])
+            if any(stop in text for stop in stops):
+                high = middle
+            else:
+                low = middle + 1
+        return high
+
+    def _stream_tokens(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str]:
+        import torch
+
+        with self._exclusive():
+            cancel = threading.Event()
+            streamer = _streamer_class()(self.tokenizer)
+            failure: list[BaseException] = []
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            kwargs = self._generate_kwargs(sampling, len(prompt_ids))
+
+            def work() -> None:
+                try:
+                    with self._rng_scope(sampling):
+                        self._model_generate(
+                            input_ids,
+                            torch.ones_like(input_ids),
+                            streamer=streamer,
+                            **{
+                                **kwargs,
+                                "stopping_criteria": [
+                                    *kwargs.get("stopping_criteria", []),
+                                    _CancelCriterion(cancel),
+                                ],
+                            },
+                        )
+                except BaseException as exc:  # re-raised on the consumer's thread
+                    failure.append(exc)
+                finally:
+                    streamer.end()
+
+            worker = threading.Thread(target=work, name="qwen-hf-stream", daemon=True)
+            worker.start()
+            pipeline = _TextPipeline(sampling.stop)
+            produced: list[str] = []
+            try:
+                for piece in streamer:
+                    visible = pipeline.feed(piece)
+                    if visible:
+                        produced.append(visible)
+                        yield visible
+                    if pipeline.stopped:
+                        break
+                tail = pipeline.flush()
+                if tail:
+                    produced.append(tail)
+                    yield tail
+            finally:
+                cancel.set()
+                worker.join()
+            if failure:
+                error = failure[0]
+                if isinstance(error, GenerationError):
+                    error.partial_text = "".join(produced)
+                    raise error
+                raise GenerationError(
+                    f"generation failed: {_first_line(error)}", partial_text="".join(produced)
+                ) from error
+
+    def close(self) -> None:
+        """Drop the model and tokenizer and free accelerator memory. Safe to call twice.
+
+        Waits for a generation running on another thread. A stream still open on *this* thread
+        keeps its own references and finishes normally (the memory is freed after it).
+        """
+        if self._closed:
+            return
+        same_thread = self._owner == threading.get_ident()
+        with contextlib.nullcontext() if same_thread else self._lock:
+            super().close()
+            device_type = getattr(getattr(self, "device", None), "type", "cpu")
+            self.model = None  # type: ignore[assignment]
+            self.tokenizer = None  # type: ignore[assignment]
+            self._blocked_tokens = None
+        if device_type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _apply_yarn(config: Any, native: int) -> None:
+    """Turn on YaRN (factor 4) on a loaded config, keeping its rope_theta."""
+    yarn = {
+        "rope_type": "yarn",
+        "factor": YARN_FACTOR,
+        "original_max_position_embeddings": native,
+    }
+    if hasattr(config, "rope_parameters"):
+        config.rope_parameters = {**(config.rope_parameters or {}), **yarn}
+    else:  # transformers < 5 keeps rope_theta outside the scaling dict
+        config.rope_scaling = yarn
+
+
+def _count_parameters(config: Any, trust_remote_code: bool) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(parameter.numel() for parameter in skeleton.parameters())
+
+
+def _bitsandbytes_config(quantization: str, dtype: str) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, dtype),
+    )
+
+
+def _vocab_rows(model: Any) -> int:
+    embeddings = model.get_output_embeddings()
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return int(embeddings.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)

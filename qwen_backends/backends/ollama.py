@@ -1,0 +1,770 @@
+"""Quantized local inference through an Ollama server (``backend="ollama"``).
+
+Uses the official ``ollama`` client (:class:`ollama.Client` for sync calls, a short-lived
+:class:`ollama.AsyncClient` per async call) and keeps Qwen3 non-thinking on every request:
+
+- every chat request carries ``think=False`` at the top level (servers since 0.12.4 switch
+  thinking ON when the field is omitted);
+- on first use the server version (``/api/version``) and the model (``/api/show``) are checked:
+  servers older than 0.9.0 cannot switch thinking off and are refused, and so is a
+  thinking-only build such as today's plain ``qwen3:4b`` tag (Qwen3-4B-Thinking-2507);
+- any thinking that still comes back (``message.thinking`` or a ``<think>`` block) is removed
+  from the returned text and a warning is logged.
+
+Sampling is sent as a plain ``options`` dict (``ollama.Options`` silently drops ``min_p``).
+Errors from the client (``ResponseError``, the builtin ``ConnectionError``, raw ``httpx``
+exceptions) are translated in :meth:`OllamaBackend._translate`; 5xx answers, timeouts and broken
+connections are retried ``settings.ollama.max_retries`` times with exponential backoff, 4xx
+answers never.
+
+The default tag, ``qwen3:4b-instruct-2507-q4_K_M`` (alias ``qwen3:4b-instruct``), is
+Qwen3-4B-Instruct-2507: a non-thinking-only build, so no server version or template quirk can
+make it think.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from qwen_backends.backends.base import (
+    Capabilities,
+    FinishReason,
+    Generation,
+    ModelBackend,
+    SamplingLike,
+)
+from qwen_backends.chat import Conversation, Message, strip_thinking, validate_messages
+from qwen_backends.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    GenerationError,
+    ModelNotFoundError,
+    QwenBackendsError,
+    ThinkingModeError,
+)
+from qwen_backends.sampling import SamplingParams
+from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS
+
+if TYPE_CHECKING:
+    import ssl
+
+    import ollama
+
+    from qwen_backends.settings import OllamaSettings, Settings
+
+__all__ = [
+    "INSTRUCT_TAGS",
+    "MIN_THINK_VERSION",
+    "OllamaBackend",
+    "chat_request",
+    "parse_version",
+    "sampling_options",
+    "thinking_only_reason",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Tags of Qwen3-4B-Instruct-2507, the non-thinking build the maintainers recommend.
+INSTRUCT_TAGS: tuple[str, ...] = OLLAMA_NON_THINKING_TAGS
+#: The first server version that understands the top-level ``think`` field.
+MIN_THINK_VERSION: tuple[int, int, int] = (0, 9, 0)
+#: Most requests :meth:`OllamaBackend.generate_batch` keeps in flight at once.
+BATCH_CONCURRENCY = 8
+
+_VERSION = re.compile(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_TAGS = ("<think>", "</think>")
+#: How an Ollama template reads the request's think field (``.Thinking`` is history, not it).
+_THINK_SWITCH = re.compile(r"\.(Think|IsThinkSet)\b")
+
+
+# -- request building (shared by the sync and async paths) -----------------------------------
+
+
+def sampling_options(sampling: SamplingParams, num_ctx: int) -> dict[str, Any]:
+    """Ollama ``options`` for ``sampling``, as a plain dict.
+
+    Every sampling value is sent, so the model's Modelfile defaults (Qwen3's *thinking*
+    values) never apply. ``seed`` is left out when it is ``None`` (the server then draws a
+    fresh one) and ``stop`` when it is empty (so the Modelfile's stop strings stay in force).
+
+    Parameters
+    ----------
+    sampling
+        Checked sampling parameters.
+    num_ctx
+        Context window the server allocates for the model.
+    """
+    options: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        "num_predict": sampling.max_new_tokens,
+        "presence_penalty": sampling.presence_penalty,
+        "repeat_penalty": sampling.repetition_penalty,
+        "num_ctx": num_ctx,
+    }
+    if sampling.seed is not None:
+        options["seed"] = sampling.seed
+    if sampling.stop:
+        options["stop"] = list(sampling.stop)
+    return options
+
+
+def chat_request(
+    model: str,
+    messages: Sequence[Message],
+    sampling: SamplingParams,
+    settings: OllamaSettings,
+    *,
+    stream: bool,
+) -> dict[str, Any]:
+    """Keyword arguments for ``Client.chat`` / ``AsyncClient.chat``.
+
+    ``think`` is always ``False``: the one line that keeps Qwen3 non-thinking on Ollama.
+
+    Parameters
+    ----------
+    model
+        The Ollama tag.
+    messages
+        Validated messages (see :func:`qwen_backends.chat.validate_messages`).
+    sampling
+        Checked sampling parameters.
+    settings
+        The ``ollama`` settings section (``num_ctx``, ``keep_alive``).
+    stream
+        Whether the answer is streamed as NDJSON.
+    """
+    return {
+        "model": model,
+        "messages": [_ollama_message(message) for message in messages],
+        "think": False,
+        "options": sampling_options(sampling, settings.num_ctx),
+        "keep_alive": _keep_alive(settings.keep_alive),
+        "stream": stream,
+    }
+
+
+def _ollama_message(message: Message) -> dict[str, Any]:
+    converted: dict[str, Any] = {"role": message["role"], "content": message["content"]}
+    if message["role"] == "tool" and message.get("name"):
+        converted["tool_name"] = message["name"]
+    if message.get("tool_calls"):
+        converted["tool_calls"] = [_ollama_tool_call(call) for call in message["tool_calls"]]
+    return converted
+
+
+def _ollama_tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    import json
+
+    function = dict(call.get("function", call))
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):
+        # OpenAI-style history carries arguments as a JSON string; Ollama wants an object.
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise ConfigurationError(
+                f"tool call {function.get('name')!r} has arguments that are not JSON; "
+                "pass them as a dict"
+            ) from None
+    return {"function": {"name": function.get("name"), "arguments": arguments}}
+
+
+def _keep_alive(value: str) -> str | float:
+    # Ollama parses a string as a Go duration, so a bare "-1" or "300" needs to go as a number.
+    return float(value) if _NUMBER.fullmatch(value.strip()) else value
+
+
+# -- server and model checks -----------------------------------------------------------------
+
+
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """``"0.12.4"`` -> ``(0, 12, 4)``; ``None`` for a missing or unreadable version.
+
+    Development builds report ``0.0.0``; that is treated as unknown too.
+    """
+    match = _VERSION.match(text or "")
+    if not match:
+        return None
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return None if (major, minor, patch) == (0, 0, 0) else (major, minor, patch)
+
+
+def thinking_only_reason(model: str, show: Mapping[str, Any]) -> str | None:
+    """Why ``model`` looks like a thinking-only build, or ``None`` if it can answer directly.
+
+    ``show`` is the ``/api/show`` answer (``capabilities``, ``template``, ``model_info``). A
+    model is thinking-only when it has the ``thinking`` capability and either its name or its
+    GGUF metadata says "thinking" (e.g. ``general.finetune: Thinking-2507``), or its ChatML
+    template has none of the ``$.Think`` / ``$.IsThinkSet`` switches that honour
+    ``think=false``.
+    """
+    if "thinking" not in (show.get("capabilities") or []):
+        return None
+    info = show.get("model_info") or show.get("modelinfo") or {}
+    labels = [model] + [
+        str(info[key]) for key in ("general.name", "general.finetune") if info.get(key)
+    ]
+    for label in labels:
+        lowered = label.lower()
+        if "thinking" in lowered and "instruct" not in lowered:
+            return f"it is labelled {label!r}"
+    template = show.get("template") or ""
+    if "<|im_start|>" in template and not _THINK_SWITCH.search(template):
+        return "its chat template has no switch for think=false"
+    return None
+
+
+# -- thinking removal while streaming ------------------------------------------------------
+
+
+class _ThinkingFilter:
+    """Incremental :func:`strip_thinking` for a stream of content pieces.
+
+    Text that could be the start of a ``<think>``/``</think>`` tag is held back until the next
+    piece decides it, and nothing is shown while a leading ``<think>`` block is open, so
+    ``"".join`` of the pieces equals ``strip_thinking`` of the whole content. The exception is
+    thinking that arrives with no opening tag (text, then a stray ``</think>``): text already
+    shown cannot be taken back, so the pieces then hold that text followed by the answer.
+    """
+
+    def __init__(self) -> None:
+        self.raw = ""
+        #: The clean text the pieces so far correspond to.
+        self.shown = ""
+        #: Everything emitted so far.
+        self.text = ""
+        self.tagged = False
+        self.leaked = False
+
+    def feed(self, piece: str) -> str:
+        """Add raw content; return the clean text that can be shown now."""
+        self.raw += piece
+        if not self.tagged and any(tag in self.raw[-len(piece) - 8 :] for tag in _TAGS):
+            self.tagged = self.leaked = True
+        held = _partial_tag_length(self.raw)
+        if not self.tagged and not held:
+            return self._advance(self.raw)
+        decided = self.raw[: len(self.raw) - held]
+        opened = decided.rfind("<think>")
+        if opened >= 0 and "</think>" not in decided[opened:]:
+            decided = decided[:opened]  # an open block may still be closed
+        return self._advance(strip_thinking(decided))
+
+    def finish(self) -> str:
+        """The clean text still held back at the end of the stream."""
+        return self._advance(strip_thinking(self.raw) if self.tagged else self.raw)
+
+    def _advance(self, clean: str) -> str:
+        if clean.startswith(self.shown):
+            new = clean[len(self.shown) :]
+        else:
+            common = next(
+                (i for i, (a, b) in enumerate(zip(clean, self.shown, strict=False)) if a != b),
+                min(len(clean), len(self.shown)),
+            )
+            new = clean[common:]
+        self.shown = clean
+        self.text += new
+        return new
+
+
+def _partial_tag_length(text: str) -> int:
+    for size in range(min(len(text), 8), 0, -1):
+        if any(tag.startswith(text[-size:]) and tag != text[-size:] for tag in _TAGS):
+            return size
+    return 0
+
+
+class _StreamState:
+    """Folds streamed ``ChatResponse`` chunks into text pieces and the final counts."""
+
+    def __init__(self) -> None:
+        self.filter = _ThinkingFilter()
+        self.thinking_chars = 0
+        self.final: Any = None
+
+    @property
+    def text(self) -> str:
+        return self.filter.text
+
+    def feed(self, chunk: Any) -> str:
+        message = chunk.message
+        self.thinking_chars += len(message.thinking or "")
+        if chunk.done:
+            self.final = chunk
+        return self.filter.feed(message.content or "")
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+
+class OllamaBackend(ModelBackend):
+    """Qwen3-4B on an Ollama server, always non-thinking.
+
+    Reads ``settings.ollama`` (``host``, ``timeout``, ``keep_alive``, ``num_ctx``,
+    ``max_retries``) and the tag from ``settings.model_name``. Nothing is sent until the first
+    call; the first generation checks the server version and the model (see the module docs).
+
+    Parameters
+    ----------
+    settings
+        The resolved settings.
+
+    Attributes
+    ----------
+    retry_backoff
+        Seconds before the first retry; doubled for each further one (capped at 8 s).
+    """
+
+    name = "ollama"
+    requires = ("ollama",)
+    extra = "ollama"
+    capabilities = Capabilities(native_async=True)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        import httpx
+        import ollama
+
+        config = settings.ollama
+        self.retry_backoff = 0.5
+        # One TLS context for every client: building it loads the CA bundle (~35 ms), which
+        # would otherwise dominate each short-lived AsyncClient.
+        self._ssl: ssl.SSLContext = httpx.create_ssl_context()
+        self._client = ollama.Client(host=config.host, timeout=config.timeout, verify=self._ssl)
+        self._checked = False
+        self._check_lock = threading.Lock()
+
+    # -- public API beyond the base class -------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The server address from the settings."""
+        return self.settings.ollama.host
+
+    def list_models(self) -> list[str]:
+        """Names of the models the server has pulled (``/api/tags``).
+
+        Raises
+        ------
+        BackendUnavailableError
+            If the server cannot be reached (never an empty list in that case).
+        """
+        listing = self._with_retries(self._client.list)
+        return [model.model for model in listing.models if model.model]
+
+    def ensure_model(self, pull: bool = True, *, progress: bool = True) -> bool:
+        """Make sure the configured model is on the server, pulling it if allowed.
+
+        Parameters
+        ----------
+        pull
+            Pull a missing model (``/api/pull``); with ``False`` a missing model is an error.
+        progress
+            Show a tqdm progress bar from the pull stream.
+
+        Returns
+        -------
+        bool
+            ``True`` if the model was pulled, ``False`` if it was already there.
+
+        Raises
+        ------
+        ModelNotFoundError
+            If the model is missing and ``pull`` is false, or the registry has no such tag.
+        """
+        try:
+            self._with_retries(lambda: self._client.show(self.model_name))
+            return False
+        except ModelNotFoundError:
+            if not pull:
+                raise
+        self._pull(progress)
+        return True
+
+    async def agenerate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
+        """Async :meth:`generate` on a native :class:`ollama.AsyncClient` (real concurrency)."""
+        request = self._request(messages, sampling, stream=False)
+        async with self._async_client() as client:
+            await self._aensure_checked(client)
+            start = time.perf_counter()
+            response = await self._awith_retries(lambda: client.chat(**request))
+            return self._generation(response, time.perf_counter() - start)
+
+    async def astream(
+        self, messages: Conversation, sampling: SamplingLike = None
+    ) -> AsyncIterator[str]:
+        """Async :meth:`stream` on a native :class:`ollama.AsyncClient`."""
+        request = self._request(messages, sampling, stream=True)
+        async with self._async_client() as client:
+            await self._aensure_checked(client)
+            chunks, first = await self._awith_retries(lambda: _aopen(client.chat(**request)))
+            state = _StreamState()
+            try:
+                chunk = first
+                while chunk is not None:
+                    piece = state.feed(chunk)
+                    if piece:
+                        yield piece
+                    chunk = await anext(chunks, None)
+                tail = self._finish_stream(state)
+                if tail:
+                    yield tail
+            except QwenBackendsError:
+                raise
+            except Exception as exc:
+                raise self._stream_error(exc, state) from exc
+            finally:
+                await chunks.aclose()
+
+    def close(self) -> None:
+        """Close the HTTP connection pool. Safe to call twice."""
+        if not self._closed:
+            self._client.close()
+        super().close()
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
+        self._ensure_checked()
+        request = self._build(messages, sampling, stream=False)
+        start = time.perf_counter()
+        response = self._with_retries(lambda: self._client.chat(**request))
+        return self._generation(response, time.perf_counter() - start)
+
+    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
+        self._ensure_checked()
+        request = self._build(messages, sampling, stream=True)
+        chunks, first = self._with_retries(lambda: _open(self._client.chat(**request)))
+        state = _StreamState()
+        try:
+            chunk = first
+            while chunk is not None:
+                piece = state.feed(chunk)
+                if piece:
+                    yield piece
+                chunk = next(chunks, None)
+            tail = self._finish_stream(state)
+            if tail:
+                yield tail
+        except QwenBackendsError:
+            raise
+        except Exception as exc:
+            raise self._stream_error(exc, state) from exc
+        finally:
+            chunks.close()
+
+    def _generate_batch(
+        self, conversations: list[list[Message]], sampling: SamplingParams
+    ) -> list[Generation]:
+        # The server runs parallel requests together (OLLAMA_NUM_PARALLEL) and queues the rest;
+        # httpx.Client is thread-safe, so worker threads share its connection pool.
+        self._ensure_checked()
+        workers = min(len(conversations), BATCH_CONCURRENCY)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ollama") as pool:
+            return list(
+                pool.map(lambda messages: self._generate(messages, sampling), conversations)
+            )
+
+    # -- request and response handling --------------------------------------------------
+
+    def _request(
+        self, messages: Conversation, sampling: SamplingLike, *, stream: bool
+    ) -> dict[str, Any]:
+        return self._build(
+            validate_messages(messages), self.resolve_sampling(sampling), stream=stream
+        )
+
+    def _build(
+        self, messages: list[Message], sampling: SamplingParams, *, stream: bool
+    ) -> dict[str, Any]:
+        return chat_request(
+            self.model_name, messages, sampling, self.settings.ollama, stream=stream
+        )
+
+    def _generation(self, response: Any, seconds: float) -> Generation:
+        content = response.message.content or ""
+        text = strip_thinking(content)
+        self._warn_thinking(len(response.message.thinking or ""), text != content)
+        return Generation(
+            text=text,
+            finish_reason=_finish_reason(response.done_reason),
+            prompt_tokens=response.prompt_eval_count or 0,
+            completion_tokens=response.eval_count or 0,
+            seconds=seconds,
+        )
+
+    def _finish_stream(self, state: _StreamState) -> str:
+        tail = state.filter.finish()
+        self._warn_thinking(state.thinking_chars, state.filter.leaked)
+        if state.final is None:
+            raise GenerationError(
+                f"the Ollama stream for {self.model_name} ended without its final message; "
+                "check the server log",
+                partial_text=state.text,
+                retryable=True,
+            )
+        return tail
+
+    def _warn_thinking(self, thinking_chars: int, tags: bool) -> None:
+        if thinking_chars or tags:
+            where = "message.thinking" if thinking_chars else "a <think> block in the content"
+            logger.warning(
+                "Ollama model %s returned thinking (%s) despite think=false; it was removed "
+                "from the answer. Use a non-thinking tag such as %s.",
+                self.model_name,
+                where,
+                INSTRUCT_TAGS[0],
+            )
+
+    # -- first-use checks ---------------------------------------------------------------
+
+    def _ensure_checked(self) -> None:
+        if self._checked:
+            return
+        with self._check_lock:
+            if self._checked:
+                return
+            version = self._with_retries(lambda: _version(self._client._request_raw))
+            self._check_version(version)
+            show = self._with_retries(lambda: self._client.show(self.model_name))
+            self._check_model(show)
+            self._checked = True
+
+    async def _aensure_checked(self, client: ollama.AsyncClient) -> None:
+        if self._checked:
+            return
+        response = await self._awith_retries(lambda: client._request_raw("GET", "/api/version"))
+        self._check_version(response.json().get("version"))
+        self._check_model(await self._awith_retries(lambda: client.show(self.model_name)))
+        self._checked = True
+
+    def _check_version(self, version: str | None) -> None:
+        parsed = parse_version(version)
+        if parsed is None:
+            logger.warning(
+                "could not read the Ollama server version (%r) at %s; assuming it honours "
+                "think=false (needs 0.9.0 or newer)",
+                version,
+                self.host,
+            )
+        elif parsed < MIN_THINK_VERSION:
+            raise BackendUnavailableError(
+                f"Ollama {version} at {self.host} is older than 0.9.0 and ignores think=false, "
+                "so Qwen3 could think; upgrade Ollama (https://ollama.com/download)",
+                retryable=False,
+            )
+
+    def _check_model(self, show: Any) -> None:
+        details = {
+            "capabilities": show.capabilities,
+            "template": show.template,
+            "model_info": show.modelinfo,
+        }
+        reason = thinking_only_reason(self.model_name, details)
+        if reason:
+            raise ThinkingModeError(
+                f"Ollama model {self.model_name} is a thinking-only build ({reason}); "
+                f"think=false has no effect on it. Use a non-thinking tag: `ollama pull "
+                f"{INSTRUCT_TAGS[0]}` (alias {INSTRUCT_TAGS[1]}) and set "
+                f"QWEN_OLLAMA__MODEL={INSTRUCT_TAGS[0]}"
+            )
+
+    # -- pulling -------------------------------------------------------------------------
+
+    def _pull(self, progress: bool) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            desc=f"pulling {self.model_name}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        )
+        try:
+            for update in self._client.pull(self.model_name, stream=True):
+                if update.total:
+                    if bar.total != update.total:
+                        bar.reset(total=update.total)
+                    bar.update((update.completed or 0) - bar.n)
+                if update.status:
+                    bar.set_postfix_str(update.status, refresh=False)
+        except Exception as exc:
+            raise self._pull_error(exc) from exc
+        finally:
+            bar.close()
+
+    def _pull_error(self, exc: Exception) -> QwenBackendsError:
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError) and exc.status_code in (-1, 404):
+            return ModelNotFoundError(
+                f"could not pull {self.model_name}: {exc.error}; check the tag (e.g. "
+                f"{INSTRUCT_TAGS[0]}) at https://ollama.com/library/qwen3/tags"
+            )
+        return self._translate(exc) or GenerationError(f"pulling {self.model_name} failed: {exc}")
+
+    # -- the choke point: errors and retries ------------------------------------------------
+
+    def _translate(self, exc: BaseException) -> QwenBackendsError | None:
+        """The qwen-backends error for a client exception (``None``: not a client error)."""
+        import httpx
+        import ollama
+
+        model, host = self.model_name, self.host
+        if isinstance(exc, QwenBackendsError):
+            return exc
+        if isinstance(exc, ollama.ResponseError):
+            code, message = exc.status_code, exc.error
+            if code == -1:
+                return GenerationError(
+                    f"Ollama reported an error while generating with {model}: {message}"
+                )
+            if code == 404:
+                return ModelNotFoundError(
+                    f"model {model} not found on the Ollama server at {host}; "
+                    f"run `ollama pull {model}`"
+                )
+            if code >= 500:
+                return BackendUnavailableError(
+                    f"Ollama at {host} failed with HTTP {code} ({message}); check the server "
+                    "log of `ollama serve`"
+                )
+            if code == 400:
+                return ConfigurationError(
+                    f"Ollama rejected the request for {model} (HTTP 400: {message}); check the "
+                    "model tag and sampling settings"
+                )
+            return GenerationError(
+                f"Ollama refused the request for {model} (HTTP {code}: {message})",
+                retryable=code == 429,
+            )
+        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+            return BackendUnavailableError(
+                f"Ollama is not reachable at {host}; start it with `ollama serve`"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendUnavailableError(
+                f"Ollama at {host} did not answer within {self.settings.ollama.timeout:g} s; "
+                "raise QWEN_OLLAMA__TIMEOUT or check the server"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return BackendUnavailableError(
+                f"the connection to Ollama at {host} broke ({type(exc).__name__}: {exc}); "
+                "check the server"
+            )
+        return None
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        import httpx
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError):
+            return exc.status_code >= 500
+        # A refused connection fails fast: waiting rarely helps and the message says what to do.
+        return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError)
+
+    def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before retry ``attempt`` (0-based), or ``None`` to give up."""
+        if attempt >= self.settings.ollama.max_retries or not self._should_retry(exc):
+            return None
+        delay = min(self.retry_backoff * 2**attempt, 8.0)
+        logger.warning(
+            "Ollama request failed (%s); retry %d of %d in %.2f s",
+            exc,
+            attempt + 1,
+            self.settings.ollama.max_retries,
+            delay,
+        )
+        return delay
+
+    def _give_up(self, exc: Exception, attempts: int) -> NoReturn:
+        error = self._translate(exc)
+        if error is None or error is exc:
+            raise exc
+        if attempts:
+            error = type(error)(f"{error} (gave up after {attempts} retries)")
+        raise error from exc
+
+    def _stream_error(self, exc: Exception, state: _StreamState) -> Exception:
+        error = self._translate(exc)
+        if error is None:
+            return exc
+        return GenerationError(
+            f"{error} (the stream broke after {len(state.text)} characters; they are kept in "
+            "the error's partial_text)",
+            partial_text=state.text,
+            retryable=error.retryable,
+        )
+
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    self._give_up(exc, attempt)
+                attempt += 1
+                time.sleep(delay)
+
+    async def _awith_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    self._give_up(exc, attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _async_client(self) -> AsyncIterator[ollama.AsyncClient]:
+        # One client per call: an httpx.AsyncClient belongs to the event loop that used it, and
+        # callers may run several loops (asyncio.run per batch) over one backend.
+        import ollama
+
+        config = self.settings.ollama
+        client = ollama.AsyncClient(host=config.host, timeout=config.timeout, verify=self._ssl)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def _finish_reason(done_reason: str | None) -> FinishReason:
+    return "length" if done_reason == "length" else "stop"
+
+
+def _version(request_raw: Callable[..., Any]) -> str | None:
+    # The client has no version() call in 0.6.x; its raw request keeps its error behaviour.
+    version: str | None = request_raw("GET", "/api/version").json().get("version")
+    return version
+
+
+def _open(chunks: Any) -> tuple[Any, Any]:
+    """Start a stream so connection and HTTP errors surface inside the retry loop."""
+    return chunks, next(chunks, None)
+
+
+async def _aopen(chunks: Awaitable[Any]) -> tuple[Any, Any]:
+    iterator = await chunks
+    return iterator, await anext(iterator, None)

@@ -1,0 +1,130 @@
+"""``qwen-backends generate PROMPT`` and ``qwen-backends chat``: one answer, or a conversation.
+
+Both stream the answer to stdout as it is produced, with any backend (``--backend``), in
+non-thinking mode; ``generate --json`` prints the whole
+:class:`~qwen_backends.backends.base.Generation` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from qwen_backends.chat import Message, strip_thinking
+from qwen_backends.cli._options import (
+    add_backend_options,
+    add_sampling_options,
+    sampling_from_args,
+    settings_from_args,
+)
+from qwen_backends.errors import QwenBackendsError
+from qwen_backends.factory import create_backend
+
+if TYPE_CHECKING:
+    from qwen_backends.backends.base import ModelBackend
+    from qwen_backends.sampling import SamplingParams
+
+#: REPL commands of ``chat``.
+RESET, EXIT = "/reset", "/exit"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``generate`` and ``chat`` subcommands."""
+    generate = subparsers.add_parser(
+        "generate",
+        help="answer one prompt (streams to stdout)",
+        description="Answer one user message with the configured backend, non-thinking.",
+    )
+    generate.add_argument("prompt", help="the user message ('-' reads it from stdin)")
+    generate.add_argument("--system", help="a system message")
+    generate.add_argument(
+        "--json", action="store_true", help="print the full result as JSON instead of streaming"
+    )
+    add_backend_options(generate)
+    add_sampling_options(generate)
+    generate.set_defaults(handler=run)
+
+    chat = subparsers.add_parser(
+        "chat",
+        help="talk to the model in a REPL that keeps the history",
+        description=f"A conversation in the terminal. {RESET} clears the history, {EXIT} (or "
+        "Ctrl-D) quits. Thinking never enters the history.",
+    )
+    chat.add_argument("--system", help="a system message kept at the start of the history")
+    add_backend_options(chat)
+    add_sampling_options(chat)
+    chat.set_defaults(handler=run_chat)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Answer ``args.prompt``: stream it, or print the Generation as JSON."""
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    settings = settings_from_args(args)
+    sampling = sampling_from_args(args, settings.sampling)
+    messages = [*_opening(args.system), {"role": "user", "content": prompt}]
+    with create_backend(settings) as backend:
+        if args.json:
+            print(json.dumps(backend.generate(messages, sampling).to_dict(), ensure_ascii=False))
+        else:
+            _stream_to_stdout(backend, messages, sampling)
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """Read user turns from stdin until ``/exit`` or end of input."""
+    settings = settings_from_args(args)
+    sampling = sampling_from_args(args, settings.sampling)
+    opening = _opening(args.system)
+    history = list(opening)
+    with create_backend(settings) as backend:
+        print(
+            f"chatting with {backend.model_name} ({settings.backend}); {RESET} clears the "
+            f"history, {EXIT} or Ctrl-D quits",
+            file=sys.stderr,
+        )
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                print()
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text == EXIT:
+                return 0
+            if text == RESET:
+                history = list(opening)
+                print("(history cleared)")
+                continue
+            history.append({"role": "user", "content": line})
+            try:
+                answer = strip_thinking(_stream_to_stdout(backend, history, sampling))
+            except QwenBackendsError as exc:
+                history.pop()
+                print(f"\nerror: {exc} ({RESET} starts over)", file=sys.stderr)
+                continue
+            if answer.strip():
+                history.append({"role": "assistant", "content": answer})
+            else:  # an empty turn cannot go back into a chat template
+                history.pop()
+                print("(empty answer; that turn is not kept)", file=sys.stderr)
+
+
+def _opening(system: str | None) -> list[Message]:
+    return [{"role": "system", "content": system}] if system else []
+
+
+def _stream_to_stdout(
+    backend: ModelBackend, messages: list[Message], sampling: SamplingParams
+) -> str:
+    pieces: list[str] = []
+    for piece in backend.stream(messages, sampling):
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(pieces)

@@ -1,0 +1,286 @@
+"""Compare two runs side by side, with a prompt-parity check: :func:`compare_runs`.
+
+Parity asks whether every shared conversation reached both runtimes as the same prompt:
+
+- when both runs rendered prompts in this process (``prompt_sha256`` in their records: the
+  hf and unsloth backends), the sha256 of the rendered non-thinking prompt text must match;
+- otherwise (a server renders the prompt: ollama, vllm) the prompt token counts the runtimes
+  report must match -- a cheaper check that still catches a missing empty think block, a
+  ``/no_think`` suffix or a different template.
+
+Conversations themselves are compared by ``messages_sha256`` first: a different conversation
+under the same id is reported as such, not as a rendering difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwen_backends.errors import ConfigurationError
+from qwen_backends.evaluation.metrics import format_rate, summarize
+from qwen_backends.evaluation.runner import MANIFEST_FILE, OUTPUTS_FILE
+from qwen_backends.evaluation.store import OutputsFile
+
+__all__ = ["Comparison", "ParityCheck", "RunData", "compare_runs", "load_run"]
+
+#: Longest output text shown in a report cell.
+TEXT_LIMIT = 240
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run read back from disk.
+
+    Attributes
+    ----------
+    path
+        The run directory.
+    manifest
+        ``run.json`` (empty when missing).
+    records
+        Output records by id, in file order.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+
+    def identity(self, key: str) -> Any:
+        """``backend`` / ``model`` / ``sampling`` from the manifest, else from a record."""
+        if key in self.manifest:
+            return self.manifest[key]
+        first = next(iter(self.records.values()), {})
+        return first.get(key)
+
+
+@dataclass
+class ParityCheck:
+    """Outcome of the prompt-parity check.
+
+    Attributes
+    ----------
+    compared
+        Shared ids whose prompts were compared.
+    by_hash, by_tokens
+        How many were compared by rendered-prompt sha256, and by prompt token count.
+    mismatches
+        ``(id, what differs)`` for every shared id whose prompt differs.
+    only_a, only_b
+        Ids present in one run only.
+    """
+
+    compared: int = 0
+    by_hash: int = 0
+    by_tokens: int = 0
+    mismatches: list[tuple[str, str]] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        """True when every shared prompt matched and there was at least one."""
+        return self.compared > 0 and not self.mismatches
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`compare_runs`: the markdown report and the parity verdict."""
+
+    markdown: str
+    parity: ParityCheck
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read a run directory (or its ``outputs.jsonl``) without modifying it.
+
+    Raises
+    ------
+    ConfigurationError
+        When there is no ``outputs.jsonl`` there, or it is damaged.
+    """
+    path = Path(path)
+    run_dir = path.parent if path.is_file() else path
+    outputs = run_dir / OUTPUTS_FILE
+    if not outputs.is_file():
+        raise ConfigurationError(
+            f"{path} is not an evaluation run (no {OUTPUTS_FILE} in {run_dir}); pass a run "
+            "directory written by `qwen-backends eval`"
+        )
+    records = OutputsFile(outputs).recover(repair=False)
+    manifest: dict[str, Any] = {}
+    manifest_path = run_dir / MANIFEST_FILE
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            manifest = {}
+    return RunData(run_dir, manifest, {record["id"]: record for record in records})
+
+
+def check_parity(a: RunData, b: RunData) -> ParityCheck:
+    """Compare the prompts of the ids both runs answered (see the module docs)."""
+    check = ParityCheck(
+        only_a=[i for i in a.records if i not in b.records],
+        only_b=[i for i in b.records if i not in a.records],
+    )
+    for key, left in a.records.items():
+        right = b.records.get(key)
+        if right is None:
+            continue
+        check.compared += 1
+        if left.get("messages_sha256") != right.get("messages_sha256"):
+            check.mismatches.append((key, "different conversations under the same id"))
+        elif left.get("prompt_sha256") and right.get("prompt_sha256"):
+            check.by_hash += 1
+            if left["prompt_sha256"] != right["prompt_sha256"]:
+                check.mismatches.append((key, "rendered prompt text differs (sha256)"))
+        else:
+            check.by_tokens += 1
+            if left.get("prompt_tokens") != right.get("prompt_tokens"):
+                check.mismatches.append(
+                    (
+                        key,
+                        f"prompt token counts differ ({left.get('prompt_tokens')} vs "
+                        f"{right.get('prompt_tokens')})",
+                    )
+                )
+    return check
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path) -> Comparison:
+    """Build the side-by-side markdown report of two runs and check prompt parity."""
+    a, b = load_run(run_a), load_run(run_b)
+    parity = check_parity(a, b)
+    sections = [
+        "# Evaluation comparison",
+        "",
+        f"- **A**: `{a.path}`",
+        f"- **B**: `{b.path}`",
+        "",
+        "## Summary",
+        "",
+        *_summary_table(a, b),
+        "",
+        "## Prompt parity",
+        "",
+        *_parity_section(parity),
+        "",
+        "## Outputs",
+        "",
+        *_outputs_table(a, b),
+    ]
+    return Comparison("\n".join(sections) + "\n", parity)
+
+
+def _summary_table(a: RunData, b: RunData) -> list[str]:
+    sa = summarize(list(a.records.values()), len(a.records))
+    sb = summarize(list(b.records.values()), len(b.records))
+    rows: list[tuple[str, str, str]] = [
+        ("backend", str(a.identity("backend")), str(b.identity("backend"))),
+        ("model", str(a.identity("model")), str(b.identity("model"))),
+    ]
+    sampling_a = a.identity("sampling") or {}
+    sampling_b = b.identity("sampling") or {}
+    differing = sorted(k for k in set(sampling_a) | set(sampling_b) if _differs(k, a, b))
+    if not differing:
+        rows.append(("sampling", "same", "same"))
+    for key in differing:
+        rows.append((f"sampling.{key}", str(sampling_a.get(key)), str(sampling_b.get(key))))
+    rows += [
+        ("answered", str(sa["completed"]), str(sb["completed"])),
+        ("prompt tokens", str(sa["prompt_tokens"]), str(sb["prompt_tokens"])),
+        ("completion tokens", str(sa["completion_tokens"]), str(sb["completion_tokens"])),
+        ("tokens/s", f"{sa['tokens_per_second']:.2f}", f"{sb['tokens_per_second']:.2f}"),
+    ]
+    for q in ("p50", "p90", "p99"):
+        rows.append(
+            (f"latency {q}", _secs(sa["latency_seconds"][q]), _secs(sb["latency_seconds"][q]))
+        )
+    for key, label in (
+        ("exact_match_rate", "exact match"),
+        ("contains_match_rate", "contains match"),
+    ):
+        rows.append((label, format_rate(sa[key], sa["scored"]), format_rate(sb[key], sb["scored"])))
+    rows.append(("finish reasons", _reasons(sa), _reasons(sb)))
+    lines = ["| | A | B |", "|---|---|---|"]
+    lines += [f"| {name} | {_cell(left)} | {_cell(right)} |" for name, left, right in rows]
+    return lines
+
+
+def _differs(key: str, a: RunData, b: RunData) -> bool:
+    left: Mapping[str, Any] = a.identity("sampling") or {}
+    right: Mapping[str, Any] = b.identity("sampling") or {}
+    return left.get(key) != right.get(key)
+
+
+def _parity_section(parity: ParityCheck) -> list[str]:
+    how = (
+        f"{parity.by_hash} by sha256 of the rendered non-thinking prompt, "
+        f"{parity.by_tokens} by prompt token count"
+    )
+    if parity.compared == 0:
+        lines = ["**not checked**: the runs share no prompt ids."]
+    elif parity.identical:
+        lines = [f"**identical**: all {parity.compared} shared prompts match ({how})."]
+    else:
+        lines = [
+            f"**MISMATCH**: {len(parity.mismatches)} of {parity.compared} shared prompts "
+            f"differ ({how}).",
+            "",
+            "| id | difference |",
+            "|---|---|",
+            *(f"| {_cell(key)} | {_cell(reason)} |" for key, reason in parity.mismatches),
+        ]
+    for label, ids in (("only in A", parity.only_a), ("only in B", parity.only_b)):
+        if ids:
+            lines += ["", f"{label} ({len(ids)}): " + ", ".join(f"`{i}`" for i in ids)]
+    return lines
+
+
+def _outputs_table(a: RunData, b: RunData) -> list[str]:
+    ids = list(a.records) + [key for key in b.records if key not in a.records]
+    lines = ["| id | expected | A | B |", "|---|---|---|---|"]
+    for key in ids:
+        left, right = a.records.get(key), b.records.get(key)
+        expected = (left or right or {}).get("expected") or []
+        lines.append(
+            f"| {_cell(key)} | {_cell(' / '.join(expected)) or '-'} | {_answer(left)} "
+            f"| {_answer(right)} |"
+        )
+    return lines
+
+
+def _answer(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "_(not run)_"
+    text = str(record.get("text", "")).strip()
+    if len(text) > TEXT_LIMIT:
+        text = text[:TEXT_LIMIT] + "…"
+    mark = ""
+    if record.get("exact_match"):
+        mark = "**[exact]** "
+    elif record.get("contains_match"):
+        mark = "**[contains]** "
+    elif record.get("exact_match") is False:
+        mark = "**[miss]** "
+    stats = (
+        f"({record.get('completion_tokens')} tok, {float(record.get('seconds', 0)):.2f}s, "
+        f"{record.get('finish_reason')})"
+    )
+    return f"{mark}{_cell(text)} {stats}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _reasons(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(summary["finish_reasons"].items())) or "-"

@@ -1,0 +1,152 @@
+"""Read a JSONL prompt set: one ``{"id", "messages", "expected"?}`` object per line.
+
+``messages`` is a conversation as :func:`qwen_backends.chat.validate_messages` accepts it (a list
+of ``{"role", "content"}`` dicts, or a string for one user turn). ``expected`` is an optional
+answer (a string, or a list of acceptable strings) that the runner scores outputs against.
+Every problem is reported as ``FILE:LINE: what is wrong``, so the line can be fixed directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwen_backends.chat import Message, validate_messages
+from qwen_backends.errors import ConfigurationError
+
+__all__ = ["PromptCase", "load_prompts", "messages_digest"]
+
+_KEYS = ("id", "messages", "expected")
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """One conversation of a prompt set.
+
+    Attributes
+    ----------
+    id
+        Unique name of the prompt within its set (outputs are keyed by it).
+    messages
+        The validated conversation.
+    expected
+        Acceptable answers; empty when the prompt is not scored.
+    line
+        1-based line number in the prompt file (for error messages).
+    """
+
+    id: str
+    messages: tuple[Message, ...]
+    expected: tuple[str, ...]
+    line: int
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the conversation (detects a prompt edited between resumed runs)."""
+        return messages_digest(self.messages)
+
+
+def messages_digest(messages: tuple[Message, ...] | list[Message]) -> str:
+    """sha256 hex digest of a conversation's canonical JSON form."""
+    canonical = json.dumps(list(messages), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_prompts(path: str | Path) -> list[PromptCase]:
+    """Read and validate the prompt set at ``path``.
+
+    Blank lines are skipped. Ids must be unique non-empty strings (integers are accepted and
+    turned into strings).
+
+    Raises
+    ------
+    ConfigurationError
+        When the file is missing or empty, or a line is not valid JSON, has an unknown key, a
+        bad id, a bad conversation, a bad ``expected`` value or a duplicate id; the message
+        names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"prompt set {path} does not exist; set evaluation.prompts (or "
+            "QWEN_EVALUATION__PROMPTS) to a JSONL file with one {id, messages} object a line"
+        )
+    cases: list[PromptCase] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            case = _parse_line(raw, f"{path}:{number}", number)
+            if case.id in seen:
+                raise ConfigurationError(
+                    f"{path}:{number}: id {case.id!r} is already used on line {seen[case.id]}; "
+                    "give every prompt its own id"
+                )
+            seen[case.id] = number
+            cases.append(case)
+    if not cases:
+        raise ConfigurationError(f"prompt set {path} is empty; add one JSON object a line")
+    return cases
+
+
+def _parse_line(raw: str, where: str, number: int) -> PromptCase:
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object "
+            "per line"
+        ) from None
+    if not isinstance(record, dict):
+        raise ConfigurationError(
+            f"{where}: expected a JSON object with id and messages, got {type(record).__name__}"
+        )
+    unknown = sorted(set(record) - set(_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_KEYS)}"
+        )
+    return PromptCase(
+        id=_parse_id(record.get("id"), where),
+        messages=_parse_messages(record.get("messages"), where),
+        expected=_parse_expected(record.get("expected"), where),
+        line=number,
+    )
+
+
+def _parse_id(value: Any, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where}: id must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_messages(value: Any, where: str) -> tuple[Message, ...]:
+    if value is None:
+        raise ConfigurationError(
+            f'{where}: messages is missing; add "messages": [{{"role": "user", "content": ...}}]'
+        )
+    try:
+        return tuple(validate_messages(value))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+
+
+def _parse_expected(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    answers = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(answers, list)
+        or not answers
+        or not all(isinstance(a, str) and a.strip() for a in answers)
+    ):
+        raise ConfigurationError(
+            f"{where}: expected must be a non-empty string or a list of them, got {value!r}"
+        )
+    return tuple(answers)

@@ -1,0 +1,354 @@
+"""Training data: read conversations, and turn each assistant turn into one training example.
+
+Train/infer parity is the point of this module. An assistant turn that follows ``history`` is
+trained as exactly the token sequence the model sees and produces at inference time::
+
+    render_prompt_ids(tokenizer, history)  +  ids(answer)  +  [<|im_end|>]
+
+so the training *text* is ``render_prompt(tokenizer, history) + answer + "<|im_end|>"``: the
+non-thinking prompt (ending with the empty think block) that every backend renders, the answer,
+and the end-of-turn token at which generation stops. The template's newline after
+``<|im_end|>`` is not part of the example: inference stops before it, so nothing would learn to
+produce it. Labels are ``-100`` on every prompt token (system, user, earlier turns, the role
+header and the empty think block) and equal the ids on the answer and ``<|im_end|>``.
+
+A conversation with several assistant turns gives one example per turn, each rendered from its
+own history, because the chat template renders earlier assistant turns *without* the empty think
+block: one long sequence would train turns in a format inference never shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwen_backends.chat import Message, render_prompt, render_prompt_ids, strip_thinking
+from qwen_backends.errors import ConfigurationError, InvalidMessagesError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from qwen_backends.finetune.config import DataConfig
+
+__all__ = [
+    "END_OF_TURN",
+    "IGNORE_INDEX",
+    "EncodedExample",
+    "PadCollator",
+    "assistant_turns",
+    "encode_conversations",
+    "encode_turn",
+    "load_conversations",
+    "normalize_conversation",
+    "read_jsonl",
+    "training_text",
+]
+
+#: Label value that the loss ignores (PyTorch's cross-entropy default).
+IGNORE_INDEX = -100
+#: The token that ends an assistant turn (Qwen3's chat EOS).
+END_OF_TURN = "<|im_end|>"
+
+#: ShareGPT ``from`` values and the chat role each one means.
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "tool": "tool",
+    "function_response": "tool",
+    "observation": "tool",
+}
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One training example: token ids and labels of the same length.
+
+    Attributes
+    ----------
+    input_ids
+        Prompt ids followed by answer ids and the ``<|im_end|>`` id.
+    labels
+        :data:`IGNORE_INDEX` on the prompt, the ids themselves on answer and end of turn.
+    prompt_length
+        How many leading tokens are prompt (masked).
+    truncated
+        Whether the example was cut to ``max_seq_length``.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int
+    truncated: bool = False
+
+    def as_row(self) -> dict[str, list[int]]:
+        """The columns a trainer dataset needs."""
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON Lines file (blank lines are skipped).
+
+    Raises
+    ------
+    ConfigurationError
+        If the file is missing or a line is not a JSON object (with its line number).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigurationError(f"training data {file} does not exist; check data.path")
+    records: list[dict[str, Any]] = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(
+                    f"{file} line {number} is not valid JSON ({exc.msg}); write one JSON object "
+                    "per line"
+                ) from None
+            if not isinstance(record, dict):
+                raise ConfigurationError(
+                    f"{file} line {number} is a {type(record).__name__}; each line must be an "
+                    "object with 'messages' or 'conversations'"
+                )
+            records.append(record)
+    if not records:
+        raise ConfigurationError(f"training data {file} is empty; add conversations")
+    return records
+
+
+def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> list[Message]:
+    """Return the ``role``/``content`` messages of one dataset record.
+
+    Accepts ``{"messages": [{"role", "content"}, ...]}`` and ShareGPT
+    ``{"conversations": [{"from", "value"}, ...]}`` (``human``/``gpt``/``system``/...).
+
+    Raises
+    ------
+    InvalidMessagesError
+        If the record has neither shape, or a turn has an unknown speaker.
+    """
+    if "messages" in record:
+        turns = record["messages"]
+        kind = "messages"
+    elif "conversations" in record:
+        turns = record["conversations"]
+        kind = "conversations"
+    else:
+        raise InvalidMessagesError(
+            f"{where} has neither 'messages' nor 'conversations' (keys: "
+            f"{', '.join(map(str, record)) or 'none'}); use one of the two formats"
+        )
+    if not isinstance(turns, Sequence) or isinstance(turns, str | bytes):
+        raise InvalidMessagesError(f"{where}: '{kind}' must be a list of turns")
+    messages: list[Message] = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise InvalidMessagesError(f"{where}, turn {index}: each turn must be an object")
+        if "from" in turn or "value" in turn:
+            speaker = str(turn.get("from", "")).lower()
+            role = _SHAREGPT_ROLES.get(speaker)
+            if role is None:
+                raise InvalidMessagesError(
+                    f"{where}, turn {index}: unknown ShareGPT speaker {turn.get('from')!r}; use "
+                    f"one of {', '.join(sorted(_SHAREGPT_ROLES))}"
+                )
+            messages.append({"role": role, "content": turn.get("value")})
+        else:
+            messages.append(dict(turn))
+    return messages
+
+
+def assistant_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[list[Message], str]]:
+    """Split a conversation into ``(history, answer)`` pairs, one per assistant turn.
+
+    ``history`` is everything before the turn (it must end with a user or tool message, as at
+    inference); ``answer`` is the turn's text with any thinking removed.
+
+    Raises
+    ------
+    InvalidMessagesError
+        If the conversation has no assistant turn, a turn has empty content or tool calls, or
+        a history is not a valid conversation.
+    """
+    pairs: list[tuple[list[Message], str]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") != "assistant":
+            continue
+        if message.get("tool_calls"):
+            raise InvalidMessagesError(
+                f"assistant turn {index} has tool_calls; training on tool calls is not "
+                "supported, remove those turns"
+            )
+        content = message.get("content")
+        if not isinstance(content, str) or not strip_thinking(content).strip():
+            raise InvalidMessagesError(f"assistant turn {index} has no text to train on")
+        if index == 0:
+            raise InvalidMessagesError(
+                "the conversation starts with an assistant turn; it must follow a user message"
+            )
+        pairs.append(([dict(m) for m in messages[:index]], strip_thinking(content)))
+    if not pairs:
+        raise InvalidMessagesError("the conversation has no assistant turn to learn from")
+    return pairs
+
+
+def training_text(
+    tokenizer: PreTrainedTokenizerBase, history: Sequence[Mapping[str, Any]], answer: str
+) -> str:
+    """The text an assistant turn is trained as: ``render_prompt(history) + answer + <|im_end|>``.
+
+    This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking,
+    ending with the empty think block) followed by what the model should generate.
+    """
+    return render_prompt(tokenizer, list(history)) + strip_thinking(answer) + END_OF_TURN
+
+
+def encode_turn(
+    tokenizer: PreTrainedTokenizerBase,
+    history: Sequence[Mapping[str, Any]],
+    answer: str,
+    max_seq_length: int | None = None,
+) -> EncodedExample:
+    """Token ids and assistant-only labels of one turn (see the module docs).
+
+    The prompt is tokenized exactly as backends tokenize it (:func:`render_prompt_ids`) and the
+    answer separately, so the prompt ids are a prefix of the example whatever the answer starts
+    with; decoding ``input_ids`` gives :func:`training_text`.
+    """
+    prompt_ids = render_prompt_ids(tokenizer, list(history))
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if not isinstance(end_id, int) or end_id == tokenizer.unk_token_id:
+        raise ConfigurationError(f"the tokenizer has no {END_OF_TURN} token; use Qwen3's tokenizer")
+    answer_ids = list(tokenizer(strip_thinking(answer), add_special_tokens=False)["input_ids"])
+    input_ids = [*prompt_ids, *answer_ids, end_id]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + [*answer_ids, end_id]
+    truncated = max_seq_length is not None and len(input_ids) > max_seq_length
+    if truncated:
+        input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
+    return EncodedExample(input_ids, labels, len(prompt_ids), truncated)
+
+
+def encode_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Iterable[Sequence[Mapping[str, Any]]],
+    max_seq_length: int | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[list[EncodedExample], int]:
+    """Encode every assistant turn of every conversation.
+
+    Returns
+    -------
+    examples, dropped
+        The examples, and how many turns were dropped because truncation to
+        ``max_seq_length`` left no answer token.
+    """
+    from tqdm.auto import tqdm
+
+    examples: list[EncodedExample] = []
+    dropped = 0
+    items = list(conversations)
+    for index, conversation in enumerate(
+        tqdm(items, desc="Encoding conversations", disable=not progress, unit="conv")
+    ):
+        try:
+            turns = assistant_turns(conversation)
+            for history, answer in turns:
+                example = encode_turn(tokenizer, history, answer, max_seq_length)
+                if all(label == IGNORE_INDEX for label in example.labels):
+                    dropped += 1
+                else:
+                    examples.append(example)
+        except InvalidMessagesError as exc:
+            raise InvalidMessagesError(f"training conversation {index}: {exc}") from None
+    if not examples:
+        raise ConfigurationError(
+            "no training example is left (every answer was cut off by max_seq_length "
+            f"{max_seq_length}); raise max_seq_length"
+        )
+    return examples, dropped
+
+
+def load_conversations(config: DataConfig) -> list[list[Message]]:
+    """The conversations a :class:`~qwen_backends.finetune.config.DataConfig` names.
+
+    Raises
+    ------
+    ConfigurationError
+        If the file or dataset cannot be read.
+    InvalidMessagesError
+        If a record is neither a ``messages`` nor a ShareGPT ``conversations`` record.
+    """
+    if config.path is not None:
+        records: Iterable[Mapping[str, Any]] = read_jsonl(config.path)
+        source = config.path
+    else:
+        records = _hub_records(str(config.hub_dataset), config.split)
+        source = str(config.hub_dataset)
+    conversations: list[list[Message]] = []
+    for index, record in enumerate(records):
+        if config.limit is not None and len(conversations) >= config.limit:
+            break
+        conversations.append(normalize_conversation(record, f"{source} record {index}"))
+    return conversations
+
+
+def _hub_records(name: str, split: str) -> Iterable[Mapping[str, Any]]:
+    try:
+        from datasets import load_dataset
+    except ImportError as exc:
+        from qwen_backends.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "datasets is not installed; install it with: pip install 'qwen-backends[finetune]'"
+        ) from exc
+    try:
+        dataset = load_dataset(name, split=split)
+    except Exception as exc:  # datasets raises many unrelated types for a bad id or no network
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigurationError(
+            f"cannot load dataset {name!r} split {split!r} ({first_line}); check the id and "
+            "your network, or use a local JSONL file with data.path"
+        ) from exc
+    return iter(dataset)
+
+
+class PadCollator:
+    """Batch examples: right-pad ``input_ids`` with the pad id and ``labels`` with -100.
+
+    Parameters
+    ----------
+    pad_token_id
+        The tokenizer's pad id (``<|endoftext|>`` for Qwen3).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        """Return ``input_ids``, ``attention_mask`` and ``labels`` tensors of equal shape."""
+        import torch
+
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            length = len(row["input_ids"])
+            input_ids[index, :length] = torch.tensor(list(row["input_ids"]), dtype=torch.long)
+            labels[index, :length] = torch.tensor(list(row["labels"]), dtype=torch.long)
+            attention_mask[index, :length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,628 @@
+"""The ollama backend against a loopback Ollama stand-in (real sockets, the real client).
+
+The stand-in (``ollama_server.py``) answers with tokens from the tiny random-weight Qwen3
+checkpoint, so token counts, seeds and streaming are real; it records every request, so these
+tests assert exactly what the backend sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ollama_server import (
+    HYBRID_TAG,
+    INSTRUCT_TAG,
+    THINKING_TAG,
+    OllamaServer,
+    TinyQwen,
+    hybrid_model,
+    instruct_model,
+    thinking_model,
+)
+
+from qwen_backends import SamplingParams, create_backend
+from qwen_backends.backends.ollama import (
+    OllamaBackend,
+    _ThinkingFilter,
+    chat_request,
+    parse_version,
+    sampling_options,
+    thinking_only_reason,
+)
+from qwen_backends.chat import render_prompt_ids, strip_thinking
+from qwen_backends.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    GenerationError,
+    ModelNotFoundError,
+    ThinkingModeError,
+    UnsupportedFeatureError,
+)
+from qwen_backends.settings import OllamaSettings
+
+# Read before the autouse fixture in conftest.py clears OLLAMA_HOST.
+REAL_OLLAMA_HOST = os.environ.get("OLLAMA_HOST")
+
+SHORT = SamplingParams(max_new_tokens=6, seed=7)
+HI = [{"role": "user", "content": "Say hi."}]
+LOGGER = "qwen_backends.backends.ollama"
+PULLABLE = "qwen3:4b-instruct"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> TinyQwen:
+    return TinyQwen(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def running(engine: TinyQwen) -> Iterator[OllamaServer]:
+    with OllamaServer(engine) as server:
+        yield server
+
+
+@pytest.fixture
+def server(running: OllamaServer) -> OllamaServer:
+    running.reset()
+    running.models = {m.name: m for m in (instruct_model(), thinking_model(), hybrid_model())}
+    running.pullable = {PULLABLE: instruct_model(PULLABLE)}
+    return running
+
+
+def make_backend(server: OllamaServer, model: str = INSTRUCT_TAG, **ollama: Any) -> OllamaBackend:
+    backend = create_backend(backend="ollama", model=model, ollama={"host": server.url, **ollama})
+    assert isinstance(backend, OllamaBackend)
+    backend.retry_backoff = 0.0
+    return backend
+
+
+@pytest.fixture
+def backend(server: OllamaServer) -> Iterator[OllamaBackend]:
+    with make_backend(server) as built:
+        yield built
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def collect(stream: Any) -> list[str]:
+    return [piece async for piece in stream]
+
+
+# -- what is sent ----------------------------------------------------------------------------
+
+
+def test_every_chat_request_says_think_false(server: OllamaServer, backend: OllamaBackend) -> None:
+    backend.generate(HI, SHORT)
+    list(backend.stream(HI, SHORT))
+    backend.generate_batch([HI, "Another question."], SHORT)
+    asyncio.run(backend.agenerate(HI, SHORT))
+    asyncio.run(collect(backend.astream(HI, SHORT)))
+    chats = server.chats()
+    assert len(chats) == 6
+    assert all(body["think"] is False for body in chats)
+    assert [body["stream"] for body in chats] == [False, True, False, False, False, True]
+
+
+def test_first_use_checks_version_and_model_once(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    backend.generate(HI, SHORT)
+    backend.generate(HI, SHORT)
+    assert server.paths() == ["/api/version", "/api/show", "/api/chat", "/api/chat"]
+    assert server.requests[1].body == {"model": INSTRUCT_TAG}
+
+
+def test_request_carries_every_sampling_value_as_a_plain_dict(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    sampling = SamplingParams(
+        temperature=0.3,
+        top_p=0.9,
+        top_k=7,
+        min_p=0.05,
+        max_new_tokens=5,
+        presence_penalty=1.5,
+        repetition_penalty=1.1,
+        seed=42,
+        stop=["\x00never"],
+    )
+    backend.generate([{"role": "system", "content": "Be brief."}, *HI], sampling)
+    assert server.chats()[-1] == {
+        "model": INSTRUCT_TAG,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Say hi."},
+        ],
+        "tools": [],  # added by the client
+        "think": False,
+        "options": {
+            "temperature": 0.3,
+            "top_p": 0.9,
+            "top_k": 7,
+            "min_p": 0.05,
+            "num_predict": 5,
+            "presence_penalty": 1.5,
+            "repeat_penalty": 1.1,
+            "seed": 42,
+            "stop": ["\x00never"],
+            "num_ctx": 8192,
+        },
+        "keep_alive": "5m",
+        "stream": False,
+    }
+
+
+def test_defaults_are_qwen3_non_thinking_values_and_settings_reach_the_request(
+    server: OllamaServer,
+) -> None:
+    with make_backend(server, num_ctx=4096, keep_alive="-1") as backend:
+        backend.generate(HI, {"max_new_tokens": 3})
+    body = server.chats()[-1]
+    assert body["options"] == {
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": 20,
+        "min_p": 0.0,
+        "num_predict": 3,
+        "presence_penalty": 0.0,
+        "repeat_penalty": 1.0,
+        "num_ctx": 4096,
+    }
+    assert body["keep_alive"] == -1.0  # a bare number must not go as a Go duration string
+
+
+def test_sync_and_async_build_the_same_request(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    backend.generate(HI, SHORT)
+    asyncio.run(backend.agenerate(HI, SHORT))
+    first, second = server.chats()
+    assert first == second
+    expected = chat_request(INSTRUCT_TAG, HI, SHORT, OllamaSettings(), stream=False)
+    assert first == {**expected, "tools": []}
+
+
+def test_tool_messages_are_converted_to_ollama_fields(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    call = {"type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    messages = [
+        {"role": "user", "content": "Add 1 and 2."},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": "add", "content": "3"},
+    ]
+    backend.generate(messages, SHORT)
+    sent = server.chats()[-1]["messages"]
+    assert sent[1]["tool_calls"] == [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]
+    assert sent[2] == {"role": "tool", "content": "3", "tool_name": "add"}
+
+
+def test_english_only_is_refused_before_anything_is_sent(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    with pytest.raises(UnsupportedFeatureError, match="ollama backend does not support english"):
+        backend.generate(HI, {"english_only": True})
+    assert server.requests == []
+
+
+# -- what comes back ----------------------------------------------------------------------------
+
+
+def test_generation_reports_the_servers_text_and_real_token_counts(
+    server: OllamaServer, backend: OllamaBackend, engine: TinyQwen
+) -> None:
+    result = backend.generate(HI, SHORT)
+    answer = server.answers[-1]
+    assert result.text == answer["content"] and result.text
+    assert result.completion_tokens == answer["eval_count"] == 6
+    assert result.prompt_tokens == len(render_prompt_ids(engine.tokenizer, HI))
+    assert result.finish_reason == "length"
+    assert result.seconds > 0
+
+
+def test_seed_makes_answers_reproducible(backend: OllamaBackend) -> None:
+    first = backend.generate(HI, SHORT.replace(max_new_tokens=12))
+    again = backend.generate(HI, SHORT.replace(max_new_tokens=12))
+    other = backend.generate(HI, SHORT.replace(max_new_tokens=12, seed=8))
+    assert first.text == again.text
+    assert other.text != first.text
+
+
+def test_stop_strings_end_the_answer(backend: OllamaBackend) -> None:
+    greedy = SamplingParams.preset("greedy", max_new_tokens=12)
+    full = backend.generate(HI, greedy).text
+    stop = full[len(full) // 2 :][:2]
+    cut = backend.generate(HI, greedy.replace(stop=[stop]))
+    assert cut.text == full[: full.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_stream_yields_pieces_that_join_to_the_generated_text(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    sampling = SHORT.replace(max_new_tokens=10)
+    pieces = list(backend.stream(HI, sampling))
+    assert len(pieces) > 1
+    assert "".join(pieces) == server.answers[-1]["content"]
+    assert "".join(pieces) == backend.generate(HI, sampling).text
+
+
+def test_stopping_a_stream_early_closes_the_request(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    stream = backend.stream(HI, SHORT.replace(max_new_tokens=4000))
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 20  # 4000 tokens would take far longer than this
+    while not server.answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.answers and server.answers[0].get("cancelled")  # the server saw it go
+    backend.generate(HI, SHORT)  # the pool is usable again
+    assert len(server.chats()) == 2
+
+
+def test_batch_answers_in_input_order_and_runs_concurrently(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    conversations = ["One.", "Two, please.", [{"role": "user", "content": "Three?"}]]
+    singles = [backend.generate(c, SHORT).text for c in conversations]
+    server.gate = threading.Barrier(3, timeout=10)  # only passes with 3 requests in flight
+    batch = backend.generate_batch(conversations, SHORT)
+    assert [g.text for g in batch] == singles
+    assert server.max_in_flight == 3
+
+
+def test_agenerate_runs_requests_concurrently(server: OllamaServer, backend: OllamaBackend) -> None:
+    server.gate = threading.Barrier(4, timeout=10)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(backend.agenerate(HI, SHORT) for _ in range(4)))
+
+    results = asyncio.run(main())
+    assert server.max_in_flight == 4
+    assert len({g.text for g in results}) == 1  # same seed, same prompt
+    assert all(g.completion_tokens == 6 for g in results)
+
+
+def test_astream_matches_agenerate(server: OllamaServer, backend: OllamaBackend) -> None:
+    pieces = asyncio.run(collect(backend.astream(HI, SHORT)))
+    assert len(pieces) > 1
+    assert "".join(pieces) == asyncio.run(backend.agenerate(HI, SHORT)).text
+
+
+# -- thinking ------------------------------------------------------------------------------
+
+
+def test_thinking_only_model_is_refused_with_working_tags(server: OllamaServer) -> None:
+    with (
+        make_backend(server, model=THINKING_TAG) as backend,
+        pytest.raises(ThinkingModeError) as caught,
+    ):
+        backend.generate(HI, SHORT)
+    message = str(caught.value)
+    assert "qwen3:4b is a thinking-only build" in message
+    assert "qwen3:4b-instruct-2507-q4_K_M" in message and "qwen3:4b-instruct" in message
+    assert "/api/chat" not in server.paths()
+
+
+def test_hybrid_model_answers_without_thinking(
+    server: OllamaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with make_backend(server, model=HYBRID_TAG) as backend:
+        result = backend.generate(HI, SHORT)
+    assert server.answers[-1]["thinking"] == ""
+    assert result.text == server.answers[-1]["content"]
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("leak", ["field", "tags"])
+def test_leaked_thinking_is_removed_and_logged(
+    server: OllamaServer, caplog: pytest.LogCaptureFixture, leak: str
+) -> None:
+    server.models[INSTRUCT_TAG] = replace(instruct_model(), leak=leak)
+    sampling = SHORT.replace(max_new_tokens=12)
+    with make_backend(server) as backend, caplog.at_level(logging.WARNING, LOGGER):
+        result = backend.generate(HI, sampling)
+        answer = server.answers[-1]
+        pieces = list(backend.stream(HI, sampling))
+    assert answer["thinking"] and answer["content"]
+    assert result.text == answer["content"]
+    assert "".join(pieces) == answer["content"]
+    assert answer["thinking"] not in result.text and "<think>" not in result.text
+    assert result.completion_tokens == 12  # thinking tokens still count as generated
+    warnings = [r for r in caplog.records if "despite think=false" in r.getMessage()]
+    assert len(warnings) == 2
+
+
+# -- server version ------------------------------------------------------------------------
+
+
+def test_servers_older_than_0_9_are_refused(server: OllamaServer, backend: OllamaBackend) -> None:
+    server.version = "0.8.0"
+    with pytest.raises(BackendUnavailableError, match=r"Ollama 0\.8\.0 .* older than 0\.9\.0"):
+        backend.generate(HI, SHORT)
+    assert "/api/chat" not in server.paths()
+
+
+def test_unknown_server_version_only_warns(
+    server: OllamaServer, backend: OllamaBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.version = "0.0.0"
+    with caplog.at_level(logging.WARNING, LOGGER):
+        assert backend.generate(HI, SHORT).text
+    assert "could not read the Ollama server version" in caplog.text
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_unreachable_server_is_one_clear_error_for_every_call() -> None:
+    host = f"http://127.0.0.1:{free_port()}"
+    expected = f"Ollama is not reachable at {host}; start it with `ollama serve`"
+    with create_backend(backend="ollama", ollama={"host": host}) as backend:
+        calls = [
+            lambda: backend.generate(HI),
+            lambda: list(backend.stream(HI)),
+            lambda: asyncio.run(backend.agenerate(HI)),
+            lambda: asyncio.run(collect(backend.astream(HI))),
+            backend.list_models,
+            backend.ensure_model,
+        ]
+        for call in calls:
+            with pytest.raises(BackendUnavailableError) as caught:
+                call()
+            assert str(caught.value) == expected
+
+
+def test_streaming_connect_error_after_checks_is_translated(engine: TinyQwen) -> None:
+    # With stream=True the client raises a raw httpx.ConnectError on the first next().
+    with OllamaServer(engine) as server:
+        backend = make_backend(server)
+        backend.generate(HI, SHORT)
+    for call in (
+        lambda: list(backend.stream(HI)),
+        lambda: asyncio.run(collect(backend.astream(HI))),
+    ):
+        with pytest.raises(BackendUnavailableError, match="not reachable"):
+            call()
+    backend.close()
+
+
+def test_missing_model_names_the_pull_command(server: OllamaServer) -> None:
+    with (
+        make_backend(server, model="qwen3:0.6b") as backend,
+        pytest.raises(ModelNotFoundError) as caught,
+    ):
+        backend.generate(HI, SHORT)
+    assert str(caught.value) == (
+        f"model qwen3:0.6b not found on the Ollama server at {server.url}; "
+        "run `ollama pull qwen3:0.6b`"
+    )
+
+
+def test_model_removed_after_the_check_gives_the_same_error(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    backend.generate(HI, SHORT)
+    del server.models[INSTRUCT_TAG]
+    with pytest.raises(ModelNotFoundError, match="ollama pull qwen3:4b-instruct-2507-q4_K_M"):
+        backend.generate(HI, SHORT)
+    with pytest.raises(ModelNotFoundError):
+        asyncio.run(backend.agenerate(HI, SHORT))
+
+
+def test_server_errors_are_retried_then_succeed(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    backend.generate(HI, SHORT)
+    server.fail_next = [500, 503]
+    assert backend.generate(HI, SHORT).text == server.answers[-1]["content"]
+    assert len(server.chats()) == 4
+    server.fail_next = [502]
+    assert asyncio.run(backend.agenerate(HI, SHORT)).text
+    assert len(server.chats()) == 6
+
+
+def test_retries_are_bounded(server: OllamaServer) -> None:
+    with make_backend(server, max_retries=2) as backend:
+        backend.generate(HI, SHORT)
+        server.fail_next = [500] * 10
+        with pytest.raises(BackendUnavailableError, match=r"HTTP 500.*gave up after 2 retries"):
+            backend.generate(HI, SHORT)
+    assert len(server.chats()) == 1 + 3
+
+
+def test_stream_opening_is_retried_too(server: OllamaServer, backend: OllamaBackend) -> None:
+    backend.generate(HI, SHORT)
+    server.fail_next = [503]
+    assert "".join(backend.stream(HI, SHORT)) == server.answers[-1]["content"]
+    assert len(server.chats()) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, ConfigurationError), (401, GenerationError), (429, GenerationError)]
+)
+def test_client_errors_are_never_retried(
+    server: OllamaServer, backend: OllamaBackend, status: int, error: type[Exception]
+) -> None:
+    backend.generate(HI, SHORT)
+    server.fail_next = [status, status]
+    with pytest.raises(error, match=f"HTTP {status}"):
+        backend.generate(HI, SHORT)
+    assert len(server.chats()) == 2
+
+
+def test_timeouts_are_retried_and_then_reported(server: OllamaServer) -> None:
+    with make_backend(server, timeout=0.2, max_retries=1) as backend:
+        backend.generate(HI, SHORT)
+        server.latency = 0.6
+        with pytest.raises(BackendUnavailableError, match=r"did not answer within 0\.2 s"):
+            backend.generate(HI, SHORT)
+    assert len(server.chats()) == 1 + 2
+
+
+def test_mid_stream_error_keeps_the_text_received(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    server.error_after = 2
+    received: list[str] = []
+    with pytest.raises(GenerationError) as caught:
+        for piece in backend.stream(HI, SHORT.replace(max_new_tokens=12)):
+            received.append(piece)
+    assert len(received) == 2
+    assert caught.value.partial_text == "".join(received) == server.answers[-1]["content"]
+    assert "an error was encountered while running the model" in str(caught.value)
+    assert len(server.chats()) == 1  # an error line after streaming began is not retried
+
+
+def test_async_mid_stream_error_keeps_the_text_received(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    server.error_after = 1
+    with pytest.raises(GenerationError) as caught:
+        asyncio.run(collect(backend.astream(HI, SHORT.replace(max_new_tokens=12))))
+    assert caught.value.partial_text
+    assert caught.value.partial_text == server.answers[-1]["content"]
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def test_list_models(server: OllamaServer, backend: OllamaBackend) -> None:
+    assert backend.list_models() == [INSTRUCT_TAG, THINKING_TAG, HYBRID_TAG]
+
+
+def test_ensure_model_pulls_a_missing_model_with_progress(
+    server: OllamaServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with make_backend(server, model=PULLABLE) as backend:
+        assert backend.ensure_model() is True
+        assert PULLABLE in backend.list_models()
+        assert backend.ensure_model() is False
+        assert backend.generate(HI, SHORT).text
+    pulls = [r.body for r in server.requests if r.path == "/api/pull"]
+    assert pulls == [{"model": PULLABLE, "insecure": False, "stream": True}]
+    assert "pulling qwen3:4b-instruct" in capsys.readouterr().err
+
+
+def test_ensure_model_without_pull_or_with_an_unknown_tag(server: OllamaServer) -> None:
+    missing = make_backend(server, model=PULLABLE)
+    with missing, pytest.raises(ModelNotFoundError, match="ollama pull qwen3:4b-instruct"):
+        missing.ensure_model(pull=False)
+    unknown = make_backend(server, model="qwen3:4b-nonsense")
+    with unknown, pytest.raises(ModelNotFoundError, match="could not pull qwen3:4b-nonsense"):
+        unknown.ensure_model(progress=False)
+
+
+def test_importing_the_module_does_not_import_the_client() -> None:
+    code = "import sys, qwen_backends.backends.ollama; print('ollama' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("0.12.4", (0, 12, 4)), ("0.9.0-rc1", (0, 9, 0)), ("v0.8", (0, 8, 0)), ("0.0.0", None)],
+)
+def test_parse_version(text: str, parsed: tuple[int, int, int] | None) -> None:
+    assert parse_version(text) == parsed
+
+
+def test_thinking_only_detection() -> None:
+    hybrid = {"capabilities": ["completion", "thinking"], "template": "<|im_start|>{{ .Think }}"}
+    bare = {"capabilities": ["completion", "thinking"], "template": "<|im_start|>{{ .Prompt }}"}
+    renderer = {"capabilities": ["completion", "thinking"], "template": "{{ .Prompt }}"}
+    assert thinking_only_reason("qwen3:4b-q4_K_M", hybrid) is None
+    assert thinking_only_reason("qwen3:4b", {"capabilities": ["completion"]}) is None
+    assert "no switch" in (thinking_only_reason("qwen3:4b", bare) or "")
+    history = {**bare, "template": "<|im_start|>{{ if .Thinking }}{{ .Thinking }}{{ end }}"}
+    assert thinking_only_reason("qwen3:4b", history)
+    assert thinking_only_reason("qwen3:4b", renderer) is None
+    assert "Thinking" in (
+        thinking_only_reason("x", {**renderer, "model_info": {"general.finetune": "Thinking-2507"}})
+        or ""
+    )
+    assert thinking_only_reason("qwen3:4b-thinking-2507-q4_K_M", renderer)
+
+
+def test_options_leave_out_an_unset_seed_and_empty_stop() -> None:
+    options = sampling_options(SamplingParams(), 2048)
+    assert "seed" not in options and "stop" not in options
+    assert options["num_ctx"] == 2048
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "plain answer without tags",
+        "<think>\nreasoning here\n</think>\n\nThe answer.",
+        "<think>unfinished thoughts",
+        "a < b and <thin ice>",
+        "The answer <think>aside</think> goes on.",
+    ],
+)
+def test_thinking_filter_matches_strip_thinking_for_every_split(raw: str) -> None:
+    for cut in range(len(raw) + 1):
+        for second in range(cut, len(raw) + 1, 3):
+            stream = _ThinkingFilter()
+            out = "".join(stream.feed(p) for p in (raw[:cut], raw[cut:second], raw[second:]))
+            assert out + stream.finish() == strip_thinking(raw), (cut, second)
+
+
+def test_thinking_filter_keeps_the_answer_after_unopened_thinking() -> None:
+    raw = "reasoning that never opened</think>\n\nThe answer."
+    whole = _ThinkingFilter()
+    assert whole.feed(raw) + whole.finish() == "The answer."
+    split = _ThinkingFilter()
+    out = split.feed(raw[:9]) + split.feed(raw[9:]) + split.finish()
+    assert out == "reasoningThe answer."  # shown text cannot be taken back
+    assert split.leaked
+
+
+# -- a real server -------------------------------------------------------------------------
+
+
+def _real_server() -> str | None:
+    host = REAL_OLLAMA_HOST or "http://127.0.0.1:11434"
+    url = host if "://" in host else f"http://{host}"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/version", timeout=1.0):
+            return host
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.ollama
+def test_real_ollama_server_answers_without_thinking() -> None:
+    host = _real_server()
+    if host is None:
+        pytest.skip("no Ollama server answers at OLLAMA_HOST (start one with `ollama serve`)")
+    with create_backend(backend="ollama", ollama={"host": host}) as backend:
+        assert isinstance(backend, OllamaBackend)
+        if backend.model_name not in backend.list_models():
+            pytest.skip(f"the server has no {backend.model_name}; `ollama pull` it first")
+        result = backend.generate("What is 2+2? Answer with one number.", {"max_new_tokens": 32})
+        streamed = "".join(backend.stream("Name one colour.", {"max_new_tokens": 16}))
+    assert result.text.strip() and "<think>" not in result.text
+    assert result.completion_tokens > 0 and result.prompt_tokens > 0
+    assert streamed.strip() and "<think>" not in streamed

@@ -1,0 +1,202 @@
+"""Training data: train/infer parity of the rendered text and assistant-only labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen_backends.chat import EMPTY_THINK_BLOCK, render_prompt, render_prompt_ids
+from qwen_backends.errors import ConfigurationError, InvalidMessagesError
+from qwen_backends.finetune.config import DataConfig
+from qwen_backends.finetune.data import (
+    IGNORE_INDEX,
+    PadCollator,
+    assistant_turns,
+    encode_conversations,
+    encode_turn,
+    load_conversations,
+    normalize_conversation,
+    read_jsonl,
+    training_text,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "sample_chats.jsonl"
+IM_START, IM_END, THINK, END_THINK, PAD = 151644, 151645, 151667, 151668, 151643
+
+
+@pytest.fixture(scope="module")
+def conversations() -> list[list[dict[str, Any]]]:
+    return load_conversations(DataConfig(path=str(SAMPLE)))
+
+
+def test_sample_data_has_eight_chats_in_both_formats(
+    conversations: list[list[dict[str, Any]]],
+) -> None:
+    raw = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert len(conversations) == 8
+    assert {"messages", "conversations"} <= {key for record in raw for key in record}
+    assert all(m.keys() == {"role", "content"} for c in conversations for m in c)
+    assert sum(len(assistant_turns(c)) for c in conversations) == 9
+
+
+def test_training_text_is_the_inference_prompt_plus_answer_and_end_of_turn(
+    offline_tokenizer: Any, conversations: list[list[dict[str, Any]]]
+) -> None:
+    for conversation in conversations:
+        for history, answer in assistant_turns(conversation):
+            text = training_text(offline_tokenizer, history, answer)
+            prompt = render_prompt(offline_tokenizer, history)
+            assert text == prompt + answer + "<|im_end|>"
+            assert prompt.endswith("<|im_start|>assistant\n" + EMPTY_THINK_BLOCK)
+            # the example's ids decode to exactly that text, and start with the ids backends send
+            example = encode_turn(offline_tokenizer, history, answer)
+            assert offline_tokenizer.decode(example.input_ids) == text
+            prompt_ids = render_prompt_ids(offline_tokenizer, history)
+            assert example.input_ids[: len(prompt_ids)] == prompt_ids
+            assert example.prompt_length == len(prompt_ids)
+
+
+def test_the_trailing_template_newline_is_not_trained(offline_tokenizer: Any) -> None:
+    history = [{"role": "user", "content": "hi"}]
+    full = offline_tokenizer.apply_chat_template(
+        [*history, {"role": "assistant", "content": "Hello."}], tokenize=False
+    )
+    text = training_text(offline_tokenizer, history, "Hello.")
+    # The full-conversation render ends "<|im_end|>\n"; generation stops at <|im_end|>.
+    assert full.endswith("Hello.<|im_end|>\n")
+    assert text.endswith("Hello.<|im_end|>")
+    example = encode_turn(offline_tokenizer, history, "Hello.")
+    assert example.input_ids[-1] == IM_END
+    assert example.labels[-1] == IM_END
+
+
+def test_labels_mask_every_prompt_token_and_keep_every_answer_token(
+    offline_tokenizer: Any, conversations: list[list[dict[str, Any]]]
+) -> None:
+    examples, dropped = encode_conversations(offline_tokenizer, conversations)
+    assert dropped == 0
+    answers = [answer for c in conversations for _, answer in assistant_turns(c)]
+    for example, answer in zip(examples, answers, strict=True):
+        cut = example.prompt_length
+        assert example.labels[:cut] == [IGNORE_INDEX] * cut
+        assert example.labels[cut:] == example.input_ids[cut:]
+        trained = [token for token in example.labels if token != IGNORE_INDEX]
+        assert offline_tokenizer.decode(trained) == answer + "<|im_end|>"
+        # role headers, the empty think block (<think>, "\n\n" = 271, </think>) stay masked
+        prompt = example.input_ids[:cut]
+        assert prompt[-4:] == [THINK, 271, END_THINK, 271]
+        assert {IM_START, THINK, END_THINK} <= set(prompt)
+        assert not {IM_START, THINK, END_THINK} & set(trained)
+
+
+def test_collated_tensors_mask_prompt_and_padding(
+    offline_tokenizer: Any, conversations: list[list[dict[str, Any]]]
+) -> None:
+    examples, _ = encode_conversations(offline_tokenizer, conversations)
+    batch = PadCollator(PAD)([example.as_row() for example in examples])
+    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert input_ids.shape == labels.shape == mask.shape
+    assert input_ids.shape[0] == len(examples)
+    for row, example in enumerate(examples):
+        length, cut = len(example.input_ids), example.prompt_length
+        assert input_ids[row, :length].tolist() == example.input_ids
+        assert mask[row].tolist() == [1] * length + [0] * (input_ids.shape[1] - length)
+        assert (input_ids[row, length:] == PAD).all()
+        assert (labels[row, :cut] == IGNORE_INDEX).all()
+        assert (labels[row, length:] == IGNORE_INDEX).all()
+        assert labels[row, cut:length].tolist() == example.input_ids[cut:]
+    # exactly the answer tokens (answer + <|im_end|>) carry a label
+    trained = int((labels != IGNORE_INDEX).sum())
+    assert trained == sum(len(e.input_ids) - e.prompt_length for e in examples)
+
+
+def test_each_assistant_turn_is_trained_from_its_own_history(offline_tokenizer: Any) -> None:
+    conversation = [
+        {"role": "user", "content": "Name a primary colour."},
+        {"role": "assistant", "content": "<think>\nany\n</think>\n\nRed."},
+        {"role": "user", "content": "And another one?"},
+        {"role": "assistant", "content": "Yellow."},
+    ]
+    (first_history, first), (second_history, second) = assistant_turns(conversation)
+    assert (first, second) == ("Red.", "Yellow.")
+    assert len(first_history) == 1 and len(second_history) == 3
+    later = encode_turn(offline_tokenizer, second_history, second)
+    text = offline_tokenizer.decode(later.input_ids)
+    # the first answer is history now: no thinking, no empty think block, and not trained
+    assert "<|im_start|>assistant\nRed.<|im_end|>" in text
+    assert text.count("<think>") == 1
+    trained = [token for token in later.labels if token != IGNORE_INDEX]
+    assert offline_tokenizer.decode(trained) == "Yellow.<|im_end|>"
+
+
+def test_sharegpt_records_become_role_content_messages() -> None:
+    record = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello."},
+        ]
+    }
+    assert normalize_conversation(record) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        ({"text": "hi"}, "neither 'messages' nor 'conversations'"),
+        ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown ShareGPT speaker 'robot'"),
+        ({"messages": "hi"}, "must be a list of turns"),
+    ],
+)
+def test_bad_records_name_the_problem(record: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=fragment):
+        normalize_conversation(record, "record 3")
+
+
+def test_conversations_without_a_usable_answer_are_rejected(offline_tokenizer: Any) -> None:
+    with pytest.raises(InvalidMessagesError, match="no assistant turn"):
+        assistant_turns([{"role": "user", "content": "hi"}])
+    with pytest.raises(InvalidMessagesError, match="starts with an assistant turn"):
+        assistant_turns([{"role": "assistant", "content": "hi"}])
+    with pytest.raises(InvalidMessagesError, match="training conversation 1"):
+        encode_conversations(
+            offline_tokenizer,
+            [
+                [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ],
+            ],
+        )
+
+
+def test_jsonl_errors_give_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n\nnot json\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="line 3 is not valid JSON"):
+        read_jsonl(bad)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_truncation_drops_turns_with_no_answer_left(offline_tokenizer: Any) -> None:
+    conversation = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ]
+    (history, answer) = assistant_turns(conversation)[0]
+    prompt_length = len(render_prompt_ids(offline_tokenizer, history))
+    cut = encode_turn(offline_tokenizer, history, answer, max_seq_length=prompt_length + 2)
+    assert cut.truncated and len(cut.input_ids) == prompt_length + 2
+    assert [t for t in cut.labels if t != IGNORE_INDEX] == cut.input_ids[prompt_length:]
+    with pytest.raises(ConfigurationError, match="raise max_seq_length"):
+        encode_conversations(offline_tokenizer, [conversation], max_seq_length=prompt_length)
