@@ -26,6 +26,8 @@ __all__ = [
     "EMPTY_THINK_BLOCK",
     "Conversation",
     "Message",
+    "ThinkingStreamFilter",
+    "longest_partial_suffix",
     "render_prompt",
     "render_prompt_ids",
     "strip_thinking",
@@ -177,3 +179,111 @@ def strip_thinking(text: str) -> str:
         if stripped == text:
             return stripped
         text = stripped
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_TAGS = (THINK_OPEN, THINK_CLOSE)
+
+
+class ThinkingStreamFilter:
+    """Remove thinking from text that arrives in pieces, with the same result however it is cut.
+
+    A ``<think>`` block is dropped up to its ``</think>`` (or to the end if it never closes) with
+    the whitespace after it; an orphan ``</think>`` is dropped with the whitespace after it; and
+    tag text that only forms once a block is gone (``<th<think>..</think>ink>``) is removed too.
+    Text is held back only while it could still be the start of a tag. Every streaming backend
+    uses it, so ``"".join`` of a stream never contains a tag, however the runtime cuts the text.
+
+    Attributes
+    ----------
+    removed
+        Whether any thinking (a tag or a block) was removed so far; backends log a warning.
+    """
+
+    def __init__(self) -> None:
+        self.state = "out"  # "out", "in" (inside a block) or "gap" (whitespace after a block)
+        self.pending = ""
+        self.guard = ""  # output not yet released (see _release)
+        self.removed = False
+
+    def feed(self, text: str) -> str:
+        """Add raw text; return the clean text that can be shown now."""
+        return self._release(self._blocks(text), final=False)
+
+    def flush(self) -> str:
+        """Return the clean text still held back; call once at the end of the stream."""
+        tail = self.pending if self.state == "out" else ""
+        self.pending = ""
+        return self._release(tail, final=True)
+
+    def _blocks(self, text: str) -> str:
+        buffer, self.pending = self.pending + text, ""
+        out: list[str] = []
+        index = 0
+        while index < len(buffer):
+            if self.state == "gap":
+                while index < len(buffer) and buffer[index].isspace():
+                    index += 1
+                if index < len(buffer):
+                    self.state = "out"
+                continue
+            if self.state == "in":
+                end = buffer.find(THINK_CLOSE, index)
+                if end < 0:
+                    keep = longest_partial_suffix(buffer[index:], (THINK_CLOSE,))
+                    self.pending = buffer[len(buffer) - keep :] if keep else ""
+                    return "".join(out)
+                index, self.state = end + len(THINK_CLOSE), "gap"
+                continue
+            start = buffer.find("<", index)
+            while start >= 0:
+                rest = buffer[start:]
+                if rest.startswith(THINK_OPEN) or rest.startswith(THINK_CLOSE):
+                    break
+                if any(tag.startswith(rest) for tag in _TAGS):
+                    out.append(buffer[index:start])
+                    self.pending = rest
+                    return "".join(out)
+                start = buffer.find("<", start + 1)
+            if start < 0:
+                out.append(buffer[index:])
+                break
+            out.append(buffer[index:start])
+            self.removed = True
+            if buffer.startswith(THINK_OPEN, start):
+                index, self.state = start + len(THINK_OPEN), "in"
+            else:
+                index, self.state = start + len(THINK_CLOSE), "gap"
+        return "".join(out)
+
+    def _release(self, text: str, *, final: bool) -> str:
+        # Tags are deleted until none is left; output never ends in the start of a tag, so no
+        # tag can form across what was already released and what comes later.
+        buffer = self.guard + text
+        while True:
+            cleaned = buffer.replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
+            if cleaned == buffer:
+                break
+            buffer, self.removed = cleaned, True
+        if final:
+            self.guard = ""
+            return buffer
+        cut = len(buffer)
+        while cut > 0:
+            keep = longest_partial_suffix(buffer[:cut], _TAGS)
+            if not keep:
+                break
+            cut -= keep
+        self.guard = buffer[cut:]
+        return buffer[:cut]
+
+
+def longest_partial_suffix(text: str, patterns: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``."""
+    longest = 0
+    for pattern in patterns:
+        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
+            if text.endswith(pattern[:size]):
+                longest = size
+                break
+    return longest

@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""
         if not overrides:
             return self
-        return Settings(**_deep_merge(self.model_dump(), overrides))
+        return Settings(**deep_merge(self.model_dump(), overrides))
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked (safe to print or log)."""
@@ -311,11 +311,12 @@ def config_file_path() -> Path | None:
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
-def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied; nested dicts merge key by key instead of replacing."""
     merged = dict(base)
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

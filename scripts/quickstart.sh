@@ -16,6 +16,11 @@ prompt=${1:-"Name three primary colours."}
 
 echo
 echo "== generate with the configured backend"
+# Without a route to the model hub, say so up front instead of letting downloads retry for a minute.
+if ! .venv/bin/python -c "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=5)" 2>/dev/null; then
+  echo "(the model hub is not reachable from here: loading from the local cache only)"
+  export HF_HUB_OFFLINE=1
+fi
 if ! "$cli" generate "$prompt" --max-new-tokens 128; then
   echo
   echo "== the configured model is not available here; using a tiny random-weight Qwen3 checkpoint"

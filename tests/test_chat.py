@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from qwen_backends.chat import (
     EMPTY_THINK_BLOCK,
+    ThinkingStreamFilter,
     render_prompt,
     render_prompt_ids,
     strip_thinking,
@@ -177,3 +178,25 @@ def test_strip_thinking_is_idempotent_and_leaves_no_tags(text: str) -> None:
 @given(st.text().filter(lambda t: "think>" not in t))
 def test_text_without_tags_is_unchanged(text: str) -> None:
     assert strip_thinking(text) == text
+
+
+def _filtered(pieces: list[str]) -> tuple[str, bool]:
+    stream = ThinkingStreamFilter()
+    text = "".join(stream.feed(piece) for piece in pieces) + stream.flush()
+    return text, stream.removed
+
+
+@given(_pieces, st.lists(st.integers(0, 60), max_size=4))
+def test_stream_filter_result_does_not_depend_on_the_cuts(text: str, cuts: list[int]) -> None:
+    bounds = sorted({min(cut, len(text)) for cut in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)], strict=True)]
+    whole, removed = _filtered([text])
+    assert _filtered(pieces) == (whole, removed)
+    assert "<think>" not in whole and "</think>" not in whole
+    assert removed == ("<think>" in text or "</think>" in text or whole != text)
+
+
+def test_stream_filter_examples() -> None:
+    assert _filtered(["<thi", "nk>\nplan\n</th", "ink>\n\nAnswer"]) == ("Answer", True)
+    assert _filtered(["plain ", "<b>bold</b> 1 < 2"]) == ("plain <b>bold</b> 1 < 2", False)
+    assert _filtered(["open <think>never closed"]) == ("open ", True)

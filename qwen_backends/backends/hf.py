@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
-from qwen_backends.chat import Message, render_prompt_ids, strip_thinking
+from qwen_backends.chat import (
+    Message,
+    ThinkingStreamFilter,
+    longest_partial_suffix,
+    render_prompt_ids,
+    strip_thinking,
+)
 from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -69,9 +75,6 @@ __all__ = [
     "resolve_dtype",
 ]
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-_TAGS = (THINK_OPEN, THINK_CLOSE)
 #: Bytes per parameter of each weight format (bitsandbytes keeps norms and embeddings wider,
 #: so the 4/8-bit figures are lower bounds).
 _BYTES_PER_PARAMETER = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.0, "4bit": 0.5}
@@ -399,7 +402,7 @@ class _StopTrimmer:
             self.stopped = True
             self.pending = ""
             return buffer[: min(hits)]
-        keep = _longest_suffix_prefix(buffer, self.stops)
+        keep = longest_partial_suffix(buffer, self.stops)
         self.pending = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
 
@@ -408,106 +411,12 @@ class _StopTrimmer:
         return "" if self.stopped else text
 
 
-class _ThinkingFilter:
-    """Remove thinking from text that arrives in pieces, with the same result however it is cut.
-
-    A ``<think>`` block is dropped up to its ``</think>`` (or to the end if it never closes) with
-    the whitespace after it; an orphan ``</think>`` is dropped with the whitespace after it; and
-    tag text that only forms once a block is gone (``<th<think>..</think>ink>``) is removed too.
-    Text is held back only while it could still be the start of a tag.
-    """
-
-    def __init__(self) -> None:
-        self.state = "out"  # "out", "in" (inside a block) or "gap" (whitespace after a block)
-        self.pending = ""
-        self.guard = ""  # output not yet released (see _release)
-
-    def feed(self, text: str) -> str:
-        return self._release(self._blocks(text), final=False)
-
-    def flush(self) -> str:
-        tail = self.pending if self.state == "out" else ""
-        self.pending = ""
-        return self._release(tail, final=True)
-
-    def _blocks(self, text: str) -> str:
-        buffer, self.pending = self.pending + text, ""
-        out: list[str] = []
-        index = 0
-        while index < len(buffer):
-            if self.state == "gap":
-                while index < len(buffer) and buffer[index].isspace():
-                    index += 1
-                if index < len(buffer):
-                    self.state = "out"
-                continue
-            if self.state == "in":
-                end = buffer.find(THINK_CLOSE, index)
-                if end < 0:
-                    keep = _longest_suffix_prefix(buffer[index:], (THINK_CLOSE,))
-                    self.pending = buffer[len(buffer) - keep :] if keep else ""
-                    return "".join(out)
-                index, self.state = end + len(THINK_CLOSE), "gap"
-                continue
-            start = buffer.find("<", index)
-            while start >= 0:
-                rest = buffer[start:]
-                if rest.startswith(THINK_OPEN) or rest.startswith(THINK_CLOSE):
-                    break
-                if any(tag.startswith(rest) for tag in _TAGS):
-                    out.append(buffer[index:start])
-                    self.pending = rest
-                    return "".join(out)
-                start = buffer.find("<", start + 1)
-            if start < 0:
-                out.append(buffer[index:])
-                break
-            out.append(buffer[index:start])
-            if buffer.startswith(THINK_OPEN, start):
-                index, self.state = start + len(THINK_OPEN), "in"
-            else:
-                index, self.state = start + len(THINK_CLOSE), "gap"
-        return "".join(out)
-
-    def _release(self, text: str, *, final: bool) -> str:
-        # Tags are deleted until none is left; output never ends in the start of a tag, so no
-        # tag can form across what was already released and what comes later.
-        buffer = self.guard + text
-        while True:
-            cleaned = buffer.replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
-            if cleaned == buffer:
-                break
-            buffer = cleaned
-        if final:
-            self.guard = ""
-            return buffer
-        cut = len(buffer)
-        while cut > 0:
-            keep = _longest_suffix_prefix(buffer[:cut], _TAGS)
-            if not keep:
-                break
-            cut -= keep
-        self.guard = buffer[cut:]
-        return buffer[:cut]
-
-
-def _longest_suffix_prefix(text: str, patterns: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``."""
-    longest = 0
-    for pattern in patterns:
-        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
-            if text.endswith(pattern[:size]):
-                longest = size
-                break
-    return longest
-
-
 class _TextPipeline:
     """Raw decoded text -> what the caller sees: stop strings cut first, then thinking removed."""
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stopper = _StopTrimmer(stops)
-        self.thinking = _ThinkingFilter()
+        self.thinking = ThinkingStreamFilter()
 
     @property
     def stopped(self) -> bool:

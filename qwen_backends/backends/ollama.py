@@ -41,7 +41,13 @@ from qwen_backends.backends.base import (
     ModelBackend,
     SamplingLike,
 )
-from qwen_backends.chat import Conversation, Message, strip_thinking, validate_messages
+from qwen_backends.chat import (
+    Conversation,
+    Message,
+    ThinkingStreamFilter,
+    strip_thinking,
+    validate_messages,
+)
 from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -83,7 +89,6 @@ BATCH_CONCURRENCY = 8
 
 _VERSION = re.compile(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
-_TAGS = ("<think>", "</think>")
 #: How an Ollama template reads the request's think field (``.Thinking`` is history, not it).
 _THINK_SWITCH = re.compile(r"\.(Think|IsThinkSet)\b")
 
@@ -228,85 +233,32 @@ def thinking_only_reason(model: str, show: Mapping[str, Any]) -> str | None:
     return None
 
 
-# -- thinking removal while streaming ------------------------------------------------------
-
-
-class _ThinkingFilter:
-    """Incremental :func:`strip_thinking` for a stream of content pieces.
-
-    Text that could be the start of a ``<think>``/``</think>`` tag is held back until the next
-    piece decides it, and nothing is shown while a leading ``<think>`` block is open, so
-    ``"".join`` of the pieces equals ``strip_thinking`` of the whole content. The exception is
-    thinking that arrives with no opening tag (text, then a stray ``</think>``): text already
-    shown cannot be taken back, so the pieces then hold that text followed by the answer.
-    """
-
-    def __init__(self) -> None:
-        self.raw = ""
-        #: The clean text the pieces so far correspond to.
-        self.shown = ""
-        #: Everything emitted so far.
-        self.text = ""
-        self.tagged = False
-        self.leaked = False
-
-    def feed(self, piece: str) -> str:
-        """Add raw content; return the clean text that can be shown now."""
-        self.raw += piece
-        if not self.tagged and any(tag in self.raw[-len(piece) - 8 :] for tag in _TAGS):
-            self.tagged = self.leaked = True
-        held = _partial_tag_length(self.raw)
-        if not self.tagged and not held:
-            return self._advance(self.raw)
-        decided = self.raw[: len(self.raw) - held]
-        opened = decided.rfind("<think>")
-        if opened >= 0 and "</think>" not in decided[opened:]:
-            decided = decided[:opened]  # an open block may still be closed
-        return self._advance(strip_thinking(decided))
-
-    def finish(self) -> str:
-        """The clean text still held back at the end of the stream."""
-        return self._advance(strip_thinking(self.raw) if self.tagged else self.raw)
-
-    def _advance(self, clean: str) -> str:
-        if clean.startswith(self.shown):
-            new = clean[len(self.shown) :]
-        else:
-            common = next(
-                (i for i, (a, b) in enumerate(zip(clean, self.shown, strict=False)) if a != b),
-                min(len(clean), len(self.shown)),
-            )
-            new = clean[common:]
-        self.shown = clean
-        self.text += new
-        return new
-
-
-def _partial_tag_length(text: str) -> int:
-    for size in range(min(len(text), 8), 0, -1):
-        if any(tag.startswith(text[-size:]) and tag != text[-size:] for tag in _TAGS):
-            return size
-    return 0
+# -- streaming ---------------------------------------------------------------------------
 
 
 class _StreamState:
     """Folds streamed ``ChatResponse`` chunks into text pieces and the final counts."""
 
     def __init__(self) -> None:
-        self.filter = _ThinkingFilter()
+        self.filter = ThinkingStreamFilter()
         self.thinking_chars = 0
         self.final: Any = None
-
-    @property
-    def text(self) -> str:
-        return self.filter.text
+        #: Everything handed out so far (kept in a GenerationError if the stream breaks).
+        self.text = ""
 
     def feed(self, chunk: Any) -> str:
         message = chunk.message
         self.thinking_chars += len(message.thinking or "")
         if chunk.done:
             self.final = chunk
-        return self.filter.feed(message.content or "")
+        return self._emit(self.filter.feed(message.content or ""))
+
+    def finish(self) -> str:
+        return self._emit(self.filter.flush())
+
+    def _emit(self, piece: str) -> str:
+        self.text += piece
+        return piece
 
 
 # -- the backend ---------------------------------------------------------------------------
@@ -509,8 +461,8 @@ class OllamaBackend(ModelBackend):
         )
 
     def _finish_stream(self, state: _StreamState) -> str:
-        tail = state.filter.finish()
-        self._warn_thinking(state.thinking_chars, state.filter.leaked)
+        tail = state.finish()
+        self._warn_thinking(state.thinking_chars, state.filter.removed)
         if state.final is None:
             raise GenerationError(
                 f"the Ollama stream for {self.model_name} ended without its final message; "

@@ -28,7 +28,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
-from qwen_backends.chat import Conversation, Message, strip_thinking, validate_messages
+from qwen_backends.chat import (
+    Conversation,
+    Message,
+    ThinkingStreamFilter,
+    strip_thinking,
+    validate_messages,
+)
 from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -455,21 +461,15 @@ class VLLMBackend(ModelBackend):
 class _StreamAssembler:
     """Turns chat-completion chunks into text pieces, removing any thinking on the way.
 
-    A ``<think>`` block is withheld until it closes and is then dropped with the whitespace after
-    it (an unclosed one is dropped at the end), as :func:`~qwen_backends.chat.strip_thinking`
-    does on a whole text; a stray ``</think>`` is dropped (text already handed out cannot be taken
-    back). A tag split across chunks is held back until it can be recognised.
+    Content goes through the shared :class:`~qwen_backends.chat.ThinkingStreamFilter`; a
+    reasoning field or removed ``<think>`` text is logged once.
     """
-
-    _OPEN, _CLOSE = "<think>", "</think>"
 
     def __init__(self) -> None:
         self.text = ""  # what was handed out so far
         self.finish_reason: str | None = None
         self.usage: Any = None
-        self._pending = ""
-        self._thinking = False
-        self._skip_space = False
+        self._filter = ThinkingStreamFilter()
         self._warned = False
 
     def feed(self, chunk: Any) -> str:
@@ -484,10 +484,9 @@ class _StreamAssembler:
         delta = choice.delta
         if delta is None:
             return ""
-        if _reasoning_of(delta) and not self._warned:
+        if _reasoning_of(delta):
             self._warn("a reasoning field")
-        self._pending += delta.content or ""
-        return self._emit(self._drain())
+        return self._emit(self._filter.feed(delta.content or ""))
 
     def finish(self) -> str:
         """Whatever is left at the end of the stream (an unclosed think block is dropped).
@@ -497,44 +496,13 @@ class _StreamAssembler:
         GenerationError
             If the server ended the stream for another reason than a stop or the length limit.
         """
-        rest = "" if self._thinking else self._pending
-        self._pending = ""
+        rest = self._filter.flush()
         _finish_reason(self.finish_reason, self.text + rest)
         return self._emit(rest)
 
-    def _drain(self) -> str:
-        out = []
-        while True:
-            if self._skip_space:
-                self._pending = self._pending.lstrip()
-                if not self._pending:
-                    break
-                self._skip_space = False
-            if self._thinking:
-                end = self._pending.find(self._CLOSE)
-                if end < 0:
-                    self._pending = self._pending[-len(self._CLOSE) :]
-                    break
-                self._pending = self._pending[end + len(self._CLOSE) :]
-                self._thinking, self._skip_space = False, True
-                continue
-            hits = [
-                (self._pending.find(t), t) for t in (self._OPEN, self._CLOSE) if t in self._pending
-            ]
-            if not hits:
-                keep = _partial_tag_length(self._pending, (self._OPEN, self._CLOSE))
-                out.append(self._pending[: len(self._pending) - keep])
-                self._pending = self._pending[len(self._pending) - keep :]
-                break
-            start, tag = min(hits)
-            self._warn("<think> text")
-            out.append(self._pending[:start])
-            self._pending = self._pending[start + len(tag) :]
-            self._thinking = tag == self._OPEN
-            self._skip_space = tag == self._CLOSE
-        return "".join(out)
-
     def _emit(self, piece: str) -> str:
+        if self._filter.removed:
+            self._warn("<think> text")
         self.text += piece
         return piece
 
@@ -544,14 +512,6 @@ class _StreamAssembler:
             logger.warning(
                 "the vLLM server streamed %s despite enable_thinking=False; removed", what
             )
-
-
-def _partial_tag_length(text: str, tags: tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that may be the start of one of ``tags``."""
-    for size in range(min(len(text), max(map(len, tags)) - 1), 0, -1):
-        if any(tag.startswith(text[-size:]) for tag in tags):
-            return size
-    return 0
 
 
 def _generation(response: Any, seconds: float) -> Generation:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.sampling import validation_message
+from qwen_backends.settings import deep_merge
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -220,7 +221,7 @@ class FinetuneConfig(BaseModel):
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         """Return a validated copy with ``changes`` merged in (nested dicts merge)."""
-        merged = _deep_merge(self.model_dump(), changes)
+        merged = deep_merge(self.model_dump(), changes)
         if isinstance(merged.get("token"), SecretStr):
             merged["token"] = merged["token"].get_secret_value()
         return FinetuneConfig(**merged)
@@ -266,14 +267,4 @@ def load_config(path: str | Path, **changes: Any) -> FinetuneConfig:
         data_path = Path(data["path"]).expanduser()
         if not data_path.is_absolute():
             data["path"] = str((config_path.parent / data_path).resolve())
-    return FinetuneConfig(**_deep_merge(raw, changes))
-
-
-def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return FinetuneConfig(**deep_merge(raw, changes))

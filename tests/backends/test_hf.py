@@ -24,13 +24,13 @@ from qwen_backends.backends.hf import (
     LowMemoryWarning,
     PresencePenaltyLogitsProcessor,
     _TextPipeline,
-    _ThinkingFilter,
     check_load_options,
     generation_config_for,
     memory_warning,
     resolve_device,
     resolve_dtype,
 )
+from qwen_backends.chat import ThinkingStreamFilter
 from qwen_backends.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -442,7 +442,7 @@ def test_thinking_filter_is_independent_of_how_text_is_cut() -> None:
         assert "<think>" not in whole and "</think>" not in whole
         for cut in range(len(text) + 1):
             for second in range(cut, len(text) + 1):
-                parts = _ThinkingFilter()
+                parts = ThinkingStreamFilter()
                 joined = (
                     "".join(
                         parts.feed(piece) for piece in (text[:cut], text[cut:second], text[second:])

@@ -36,13 +36,12 @@ from ollama_server import (
 from qwen_backends import SamplingParams, create_backend
 from qwen_backends.backends.ollama import (
     OllamaBackend,
-    _ThinkingFilter,
     chat_request,
     parse_version,
     sampling_options,
     thinking_only_reason,
 )
-from qwen_backends.chat import render_prompt_ids, strip_thinking
+from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -569,34 +568,6 @@ def test_options_leave_out_an_unset_seed_and_empty_stop() -> None:
     options = sampling_options(SamplingParams(), 2048)
     assert "seed" not in options and "stop" not in options
     assert options["num_ctx"] == 2048
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "plain answer without tags",
-        "<think>\nreasoning here\n</think>\n\nThe answer.",
-        "<think>unfinished thoughts",
-        "a < b and <thin ice>",
-        "The answer <think>aside</think> goes on.",
-    ],
-)
-def test_thinking_filter_matches_strip_thinking_for_every_split(raw: str) -> None:
-    for cut in range(len(raw) + 1):
-        for second in range(cut, len(raw) + 1, 3):
-            stream = _ThinkingFilter()
-            out = "".join(stream.feed(p) for p in (raw[:cut], raw[cut:second], raw[second:]))
-            assert out + stream.finish() == strip_thinking(raw), (cut, second)
-
-
-def test_thinking_filter_keeps_the_answer_after_unopened_thinking() -> None:
-    raw = "reasoning that never opened</think>\n\nThe answer."
-    whole = _ThinkingFilter()
-    assert whole.feed(raw) + whole.finish() == "The answer."
-    split = _ThinkingFilter()
-    out = split.feed(raw[:9]) + split.feed(raw[9:]) + split.finish()
-    assert out == "reasoningThe answer."  # shown text cannot be taken back
-    assert split.leaked
 
 
 # -- a real server -------------------------------------------------------------------------
