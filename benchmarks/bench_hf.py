@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from qwen_backends import create_backend
-from qwen_backends.backends.hf import HFBackend, generation_config_for
+from qwen_backends.backends.hf import HFBackend
+from qwen_backends.backends.transformers_sampling import generation_config_for
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.testing import tiny_checkpoint

@@ -108,7 +108,10 @@ def bench_extraction(repeats: int) -> None:
 def bench_generation(size: str, new_tokens: int, repeats: int, threads: int) -> None:
     import torch
 
-    from qwen_backends.backends.hf import AllowedTokensLogitsProcessor, generation_config_for
+    from qwen_backends.backends.transformers_sampling import (
+        AllowedTokensLogitsProcessor,
+        generation_config_for,
+    )
 
     model_dir = tiny_checkpoint(size)
     greedy = SamplingParams(

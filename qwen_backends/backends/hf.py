@@ -3,17 +3,20 @@
 Loading (:meth:`HFBackend._load`, the one step a subclass such as the Unsloth backend replaces):
 ``AutoTokenizer`` / ``AutoModelForCausalLM`` from ``settings.model_name`` (a hub id or a local
 directory) with the revision, ``local_files_only``, the token, safetensors-only weights unless
-``trust_remote_code``, the resolved device and dtype (:func:`resolve_device`,
-:func:`resolve_dtype`), the attention kernel, optional bitsandbytes 4/8-bit weights (CUDA only)
-and YaRN rope scaling. Every loading failure is translated in :func:`_translating_load_errors`.
+``trust_remote_code``, the resolved device and dtype
+(:func:`~qwen_backends.backends.torch_devices.resolve_device`,
+:func:`~qwen_backends.backends.torch_devices.resolve_dtype`), the attention kernel, optional
+bitsandbytes 4/8-bit weights (CUDA only) and YaRN rope scaling. Every loading failure is
+translated in :func:`_translating_load_errors`.
 
 Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
 
 - every :class:`~qwen_backends.sampling.SamplingParams` value reaches ``model.generate`` through
-  a :class:`~transformers.GenerationConfig` built from scratch (:func:`generation_config_for`),
-  so the thinking-mode defaults in Qwen3-4B's ``generation_config.json`` never apply;
-- ``presence_penalty`` and ``english_only`` are small vectorised logits processors
-  (:class:`PresencePenaltyLogitsProcessor`, :class:`AllowedTokensLogitsProcessor`);
+  a :class:`~transformers.GenerationConfig` built from scratch
+  (:func:`~qwen_backends.backends.transformers_sampling.generation_config_for`), so the
+  thinking-mode defaults in Qwen3-4B's ``generation_config.json`` never apply;
+- ``presence_penalty`` and ``english_only`` are small vectorised logits processors (see
+  :mod:`qwen_backends.backends.transformers_sampling`);
 - a per-call seed runs inside :func:`torch.random.fork_rng`, so the caller's global RNG state is
   the same after the call as before it (a call without a seed draws a fresh one the same way);
 - text goes through one pipeline (stop strings, then thinking removal, then
@@ -24,18 +27,32 @@ Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import secrets
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
+from qwen_backends.backends.torch_devices import (
+    DeviceProbes,
+    LowMemoryWarning,
+    bitsandbytes_config,
+    check_load_options,
+    count_parameters,
+    memory_warning,
+    resolve_device,
+    resolve_dtype,
+)
+from qwen_backends.backends.transformers_sampling import (
+    AllowedTokensLogitsProcessor,
+    CancelCriterion,
+    PresencePenaltyLogitsProcessor,
+    generation_config_for,
+)
 from qwen_backends.chat import (
     Message,
     ThinkingStreamFilter,
@@ -45,339 +62,22 @@ from qwen_backends.chat import (
 )
 from qwen_backends.errors import (
     BackendUnavailableError,
-    ConfigurationError,
     ContextLengthError,
     GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
-    UnsupportedFeatureError,
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 
 if TYPE_CHECKING:
     import torch
-    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from qwen_backends.settings import Settings
 
-__all__ = [
-    "AllowedTokensLogitsProcessor",
-    "DeviceProbes",
-    "HFBackend",
-    "LowMemoryWarning",
-    "PresencePenaltyLogitsProcessor",
-    "check_load_options",
-    "generation_config_for",
-    "memory_warning",
-    "resolve_device",
-    "resolve_dtype",
-]
-
-#: Bytes per parameter of each weight format (bitsandbytes keeps norms and embeddings wider,
-#: so the 4/8-bit figures are lower bounds).
-_BYTES_PER_PARAMETER = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.0, "4bit": 0.5}
-#: Room on top of the weights for activations, the KV cache and the runtime.
-_MEMORY_HEADROOM = 1.2
-_GIB = 1024**3
-
-
-class LowMemoryWarning(UserWarning):
-    """The chosen device probably has too little free memory for the model in this dtype."""
-
-
-# -- device and dtype ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceProbes:
-    """What the machine offers; tests inject their own, :meth:`detect` asks torch.
-
-    Attributes
-    ----------
-    cuda_available, mps_available
-        Whether a CUDA / Apple MPS device can be used.
-    cuda_device_count
-        How many CUDA devices there are.
-    cuda_bf16_supported
-        Whether the CUDA device computes in bfloat16.
-    free_memory
-        Bytes free on a device (``"cuda:0"``, ``"mps"``, ``"cpu"``), or ``None`` if unknown.
-    module_available
-        Whether an importable module (``"flash_attn"``, ``"bitsandbytes"``) is installed.
-    """
-
-    cuda_available: Callable[[], bool]
-    mps_available: Callable[[], bool]
-    cuda_device_count: Callable[[], int]
-    cuda_bf16_supported: Callable[[], bool]
-    free_memory: Callable[[str], int | None]
-    module_available: Callable[[str], bool]
-
-    @classmethod
-    def detect(cls) -> DeviceProbes:
-        """Probes that ask torch (and the import system) about this machine."""
-        import torch
-
-        def mps_available() -> bool:
-            mps = getattr(torch.backends, "mps", None)
-            return bool(mps is not None and mps.is_available())
-
-        return cls(
-            cuda_available=torch.cuda.is_available,
-            mps_available=mps_available,
-            cuda_device_count=torch.cuda.device_count,
-            cuda_bf16_supported=lambda: bool(torch.cuda.is_bf16_supported()),
-            free_memory=_free_memory,
-            module_available=lambda name: importlib.util.find_spec(name) is not None,
-        )
-
-
-def _free_memory(device: str) -> int | None:
-    import torch
-
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    if device == "mps":
-        # Unified memory: the Metal limit is what a model can use.
-        return int(torch.mps.recommended_max_memory())
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass  # not Linux: fall back to sysconf
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    return None
-
-
-def resolve_device(requested: str, probes: DeviceProbes) -> str:
-    """The device to load on: ``"cuda:N"``, ``"mps"`` or ``"cpu"``.
-
-    ``auto`` picks CUDA, then Apple MPS, then CPU. A forced device that is not available is an
-    error naming the alternatives.
-
-    Raises
-    ------
-    ConfigurationError
-        For an unknown name or a device this machine does not have.
-    """
-    name = requested.strip().lower()
-    if name == "auto":
-        if probes.cuda_available():
-            return "cuda:0"
-        return "mps" if probes.mps_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "mps":
-        if not probes.mps_available():
-            raise ConfigurationError(
-                "device=mps but Apple MPS is not available here; set QWEN_HF__DEVICE=auto or cpu"
-            )
-        return "mps"
-    if name == "cuda" or name.startswith("cuda:"):
-        index_text = name.partition(":")[2] or "0"
-        if not index_text.isdigit():
-            raise ConfigurationError(
-                f"device={requested!r} is not a valid CUDA device; write cuda or cuda:N"
-            )
-        if not probes.cuda_available():
-            raise ConfigurationError(
-                f"device={requested} but CUDA is not available here (no NVIDIA GPU or a CPU-only "
-                "torch build); set QWEN_HF__DEVICE=auto or cpu"
-            )
-        index, count = int(index_text), probes.cuda_device_count()
-        if index >= count:
-            raise ConfigurationError(
-                f"device={requested} but this machine has {count} CUDA device(s) "
-                f"(cuda:0..cuda:{count - 1}); pick one of those"
-            )
-        return f"cuda:{index}"
-    raise ConfigurationError(
-        f"unknown device {requested!r}; use auto, cuda, cuda:N, mps or cpu (QWEN_HF__DEVICE)"
-    )
-
-
-def resolve_dtype(requested: str, device: str, probes: DeviceProbes) -> str:
-    """The weight dtype: ``auto`` is bfloat16 on CUDA that supports it (else float16), float16
-    on MPS and float32 on CPU; any other value is used as given."""
-    if requested != "auto":
-        return requested
-    if device.startswith("cuda"):
-        return "bfloat16" if probes.cuda_bf16_supported() else "float16"
-    return "float16" if device == "mps" else "float32"
-
-
-def check_load_options(hf: HFSettings, device: str, probes: DeviceProbes) -> None:
-    """Refuse option combinations that cannot load here, before touching any weights.
-
-    Raises
-    ------
-    UnsupportedFeatureError
-        For bitsandbytes quantization or flash-attention off CUDA.
-    MissingDependencyError
-        When bitsandbytes or flash-attn is needed but not installed.
-    """
-    on_cuda = device.startswith("cuda")
-    if hf.quantization != "none":
-        if not on_cuda:
-            raise UnsupportedFeatureError(
-                "hf",
-                f"quantization={hf.quantization}",
-                f"bitsandbytes {hf.quantization} weights need a CUDA GPU and the device is "
-                f"{device}; set QWEN_HF__QUANTIZATION=none, or use the ollama backend for "
-                "quantized inference on this machine",
-            )
-        if not probes.module_available("bitsandbytes"):
-            raise MissingDependencyError(
-                f"quantization={hf.quantization} needs bitsandbytes, which is not installed; "
-                "pip install bitsandbytes (or set QWEN_HF__QUANTIZATION=none)"
-            )
-    if hf.attn_implementation == "flash_attention_2":
-        if not on_cuda:
-            raise UnsupportedFeatureError(
-                "hf",
-                "attn_implementation=flash_attention_2",
-                f"flash-attention runs on CUDA only and the device is {device}; set "
-                "QWEN_HF__ATTN_IMPLEMENTATION=sdpa",
-            )
-        if not probes.module_available("flash_attn"):
-            raise MissingDependencyError(
-                "attn_implementation=flash_attention_2 needs the flash-attn package, which is not "
-                "installed; pip install flash-attn --no-build-isolation, or set "
-                "QWEN_HF__ATTN_IMPLEMENTATION=sdpa"
-            )
-
-
-def memory_warning(
-    parameters: int, weight_format: str, device: str, free_bytes: int | None
-) -> str | None:
-    """The warning text when ``parameters`` in ``weight_format`` will not fit ``free_bytes``.
-
-    ``weight_format`` is a dtype name or ``"4bit"``/``"8bit"``; ``None`` means it fits (or the
-    free memory is unknown).
-    """
-    if free_bytes is None:
-        return None
-    needed = parameters * _BYTES_PER_PARAMETER[weight_format] * _MEMORY_HEADROOM
-    if needed <= free_bytes:
-        return None
-    if device == "cpu":
-        advice = "use a machine with more RAM, a GPU, or the ollama backend (quantized)"
-    elif weight_format == "float32":
-        advice = "set QWEN_HF__DTYPE=bfloat16 (or float16) to halve it"
-    elif device.startswith("cuda") and weight_format not in ("4bit",):
-        advice = "set QWEN_HF__QUANTIZATION=4bit (bitsandbytes) or free the GPU"
-    else:
-        advice = "free memory on the device, or set QWEN_HF__DEVICE=cpu"
-    return (
-        f"the model has {parameters / 1e9:.2f}B parameters: about {needed / _GIB:.1f} GiB in "
-        f"{weight_format} with working room, but only {free_bytes / _GIB:.1f} GiB is free on "
-        f"{device}; loading may fail or swap; {advice}"
-    )
-
-
-# -- sampling -> transformers ------------------------------------------------------------------
-
-
-def generation_config_for(
-    sampling: SamplingParams, *, eos_token_ids: Sequence[int], pad_token_id: int
-) -> GenerationConfig:
-    """A ``GenerationConfig`` carrying every value of ``sampling`` explicitly.
-
-    ``presence_penalty``, ``seed``, ``stop`` and ``english_only`` have no field here: they are
-    logits processors, an RNG scope and a cached ``StopStringCriteria`` (see
-    :meth:`HFBackend._generate_kwargs`).
-    Temperature 0 is greedy decoding (``do_sample=False``); the sampling-only fields are then set
-    to transformers' neutral values so the model's own (thinking-mode) values cannot fill them.
-    """
-    from transformers import GenerationConfig
-
-    if sampling.is_greedy:
-        mode: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
-    else:
-        mode = {
-            "do_sample": True,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k,
-            "min_p": sampling.min_p,
-        }
-    return GenerationConfig(
-        **mode,
-        max_new_tokens=sampling.max_new_tokens,
-        repetition_penalty=sampling.repetition_penalty,
-        num_beams=1,
-        num_return_sequences=1,
-        eos_token_id=list(eos_token_ids),
-        pad_token_id=pad_token_id,
-    )
-
-
-class PresencePenaltyLogitsProcessor:
-    """Subtract ``penalty`` from the logit of every token already *generated* (not the prompt).
-
-    OpenAI-style presence penalty: a flat amount per token that occurred at least once, whatever
-    the count. One scatter and one subtraction per step, no Python loop over tokens.
-
-    Parameters
-    ----------
-    penalty
-        Amount to subtract, > 0.
-    prompt_length
-        Columns of ``input_ids`` that belong to the (padded) prompt.
-    """
-
-    def __init__(self, penalty: float, prompt_length: int) -> None:
-        self.penalty = penalty
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Return the penalised scores (a new tensor)."""
-        generated = input_ids[:, self.prompt_length :]
-        if generated.shape[1] == 0:
-            return scores
-        seen = scores.new_zeros(scores.shape).scatter_(1, generated, 1.0)
-        return scores - self.penalty * seen  # type: ignore[return-value]
-
-
-class AllowedTokensLogitsProcessor:
-    """Keep only the tokens of a precomputed mask (``english_only``): one ``masked_fill`` a step.
-
-    Parameters
-    ----------
-    blocked
-        Boolean tensor of the model's vocabulary size (on the model's device), ``True`` for every
-        token that must never be sampled.
-    """
-
-    def __init__(self, blocked: torch.Tensor) -> None:
-        self.blocked = blocked
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Return scores with every blocked token at ``-inf``."""
-        return scores.masked_fill(self.blocked, float("-inf"))  # type: ignore[return-value]
-
-
-class _CancelCriterion:
-    """Stop every row once ``event`` is set (the stream's consumer went away)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        import torch
-
-        done = self.event.is_set()
-        return torch.full(  # type: ignore[return-value]
-            (input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device
-        )
+__all__ = ["HFBackend"]
 
 
 # -- text pipeline: stop strings, then thinking removal -----------------------------------------
@@ -657,7 +357,7 @@ class HFBackend(ModelBackend):
                 _apply_yarn(config, hf.max_context)
             weight_format = dtype if hf.quantization == "none" else hf.quantization
             message = memory_warning(
-                _count_parameters(config, hf.trust_remote_code),
+                count_parameters(config, hf.trust_remote_code),
                 weight_format,
                 device,
                 self.probes.free_memory(device),
@@ -672,7 +372,7 @@ class HFBackend(ModelBackend):
                 "use_safetensors": None if hf.trust_remote_code else True,
             }
             if hf.quantization != "none":
-                options["quantization_config"] = _bitsandbytes_config(hf.quantization, dtype)
+                options["quantization_config"] = bitsandbytes_config(hf.quantization, dtype)
             if device.startswith("cuda"):
                 options["device_map"] = {"": device}
             model = AutoModelForCausalLM.from_pretrained(source, **common, **options)
@@ -936,7 +636,7 @@ class HFBackend(ModelBackend):
                                 **kwargs,
                                 "stopping_criteria": [
                                     *kwargs.get("stopping_criteria", []),
-                                    _CancelCriterion(cancel),
+                                    CancelCriterion(cancel),
                                 ],
                             },
                         )
@@ -1005,30 +705,6 @@ def _apply_yarn(config: Any, native: int) -> None:
         config.rope_parameters = {**(config.rope_parameters or {}), **yarn}
     else:  # transformers < 5 keeps rope_theta outside the scaling dict
         config.rope_scaling = yarn
-
-
-def _count_parameters(config: Any, trust_remote_code: bool) -> int:
-    """Parameters of the model ``config`` describes, counted on the meta device (no memory)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return sum(parameter.numel() for parameter in skeleton.parameters())
-
-
-def _bitsandbytes_config(quantization: str, dtype: str) -> Any:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, dtype),
-    )
 
 
 def _vocab_rows(model: Any) -> int:

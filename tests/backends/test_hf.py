@@ -17,18 +17,19 @@ import pytest
 import torch
 
 from qwen_backends import create_backend
-from qwen_backends.backends.hf import (
-    AllowedTokensLogitsProcessor,
+from qwen_backends.backends.hf import HFBackend, _TextPipeline
+from qwen_backends.backends.torch_devices import (
     DeviceProbes,
-    HFBackend,
     LowMemoryWarning,
-    PresencePenaltyLogitsProcessor,
-    _TextPipeline,
     check_load_options,
-    generation_config_for,
     memory_warning,
     resolve_device,
     resolve_dtype,
+)
+from qwen_backends.backends.transformers_sampling import (
+    AllowedTokensLogitsProcessor,
+    PresencePenaltyLogitsProcessor,
+    generation_config_for,
 )
 from qwen_backends.chat import ThinkingStreamFilter
 from qwen_backends.errors import (
