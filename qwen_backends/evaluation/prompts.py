@@ -16,6 +16,7 @@ from typing import Any
 
 from qwen_backends.chat import Message, validate_messages
 from qwen_backends.errors import ConfigurationError
+from qwen_backends.jsonl import iter_jsonl_objects
 
 __all__ = ["PromptCase", "load_prompts", "messages_digest"]
 
@@ -69,42 +70,30 @@ def load_prompts(path: str | Path) -> list[PromptCase]:
         names the file and the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(
-            f"prompt set {path} does not exist; set evaluation.prompts (or "
-            "QWEN_EVALUATION__PROMPTS) to a JSONL file with one {id, messages} object a line"
-        )
     cases: list[PromptCase] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            case = _parse_line(raw, f"{path}:{number}", number)
-            if case.id in seen:
-                raise ConfigurationError(
-                    f"{path}:{number}: id {case.id!r} is already used on line {seen[case.id]}; "
-                    "give every prompt its own id"
-                )
-            seen[case.id] = number
-            cases.append(case)
+    records = iter_jsonl_objects(
+        path,
+        what="prompt set",
+        missing_hint="set evaluation.prompts (or QWEN_EVALUATION__PROMPTS) to a JSONL file with "
+        "one {id, messages} object a line",
+        fields_hint="id and messages",
+    )
+    for number, record in records:
+        case = _parse_record(record, f"{path}:{number}", number)
+        if case.id in seen:
+            raise ConfigurationError(
+                f"{path}:{number}: id {case.id!r} is already used on line {seen[case.id]}; "
+                "give every prompt its own id"
+            )
+        seen[case.id] = number
+        cases.append(case)
     if not cases:
         raise ConfigurationError(f"prompt set {path} is empty; add one JSON object a line")
     return cases
 
 
-def _parse_line(raw: str, where: str, number: int) -> PromptCase:
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(
-            f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object "
-            "per line"
-        ) from None
-    if not isinstance(record, dict):
-        raise ConfigurationError(
-            f"{where}: expected a JSON object with id and messages, got {type(record).__name__}"
-        )
+def _parse_record(record: dict[str, Any], where: str, number: int) -> PromptCase:
     unknown = sorted(set(record) - set(_KEYS))
     if unknown:
         raise ConfigurationError(

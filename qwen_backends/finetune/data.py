@@ -19,7 +19,6 @@ block: one long sequence would train turns in a format inference never shows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids, strip_thinking
 from qwen_backends.errors import ConfigurationError, InvalidMessagesError
+from qwen_backends.jsonl import iter_jsonl_objects
 
 if TYPE_CHECKING:
     import torch
@@ -104,26 +104,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         If the file is missing or a line is not a JSON object (with its line number).
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigurationError(f"training data {file} does not exist; check data.path")
-    records: list[dict[str, Any]] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(
-                    f"{file} line {number} is not valid JSON ({exc.msg}); write one JSON object "
-                    "per line"
-                ) from None
-            if not isinstance(record, dict):
-                raise ConfigurationError(
-                    f"{file} line {number} is a {type(record).__name__}; each line must be an "
-                    "object with 'messages' or 'conversations'"
-                )
-            records.append(record)
+    records = [
+        record
+        for _, record in iter_jsonl_objects(
+            file,
+            what="training data",
+            missing_hint="check data.path",
+            fields_hint="'messages' or 'conversations'",
+        )
+    ]
     if not records:
         raise ConfigurationError(f"training data {file} is empty; add conversations")
     return records

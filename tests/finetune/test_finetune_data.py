@@ -182,7 +182,7 @@ def test_conversations_without_a_usable_answer_are_rejected(offline_tokenizer: A
 def test_jsonl_errors_give_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n\nnot json\n', encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="line 3 is not valid JSON"):
+    with pytest.raises(ConfigurationError, match=r"bad\.jsonl:3: not valid JSON"):
         read_jsonl(bad)
     with pytest.raises(ConfigurationError, match="does not exist"):
         read_jsonl(tmp_path / "missing.jsonl")
