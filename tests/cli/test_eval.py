@@ -12,32 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import assert_one_line_error, cli
 
 from qwen_backends.cli import main
 
 PROMPTS = [{"id": f"q{i:02d}", "messages": f"Count to {i}."} for i in range(6)]
 PROMPTS[0]["expected"] = "1"
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "qwen_backends.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], result.stderr
 
 
 def write_config(path: Path, **sections: object) -> Path:
