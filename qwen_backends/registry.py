@@ -63,6 +63,12 @@ BACKENDS: dict[str, Registration] = {
         ("openai", "httpx"),
         "a vLLM OpenAI-compatible server (many users, several GPUs)",
     ),
+    "mlx": Registration(
+        "qwen_backends.backends.mlx:MLXBackend",
+        "mlx",
+        ("mlx", "mlx_lm"),
+        "mlx-lm in process (Apple silicon GPU on a Mac; CPU build on Linux)",
+    ),
 }
 
 

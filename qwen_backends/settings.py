@@ -44,9 +44,11 @@ from qwen_backends.thinking import reject_thinking
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "MLX_DEFAULT_MODEL",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
+    "MLXSettings",
     "OllamaSettings",
     "Section",
     "Settings",
@@ -155,6 +157,27 @@ class VLLMSettings(Section):
     )
 
 
+#: The mlx backend's default model: Qwen's own MLX 4-bit build of Qwen3-4B (hybrid, run
+#: non-thinking here).
+MLX_DEFAULT_MODEL = "Qwen/Qwen3-4B-MLX-4bit"
+
+
+class MLXSettings(Section):
+    """The MLX backend (``backend="mlx"``): mlx-lm in process (Apple GPU; CPU on Linux)."""
+
+    model: str = Field(
+        MLX_DEFAULT_MODEL,
+        description="Hub id or local directory of an MLX or Hugging Face-format Qwen3 model "
+        "(convert one with `qwen-backends export mlx`).",
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit to load.")
+    max_context: int = Field(
+        NATIVE_CONTEXT, ge=1, description="Context window in tokens (prompt + new tokens)."
+    )
+    local_files_only: bool = Field(False, description="Never touch the network; use the cache.")
+    token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
+
+
 class EvaluationSettings(Section):
     """The evaluation runner (``qwen-backends eval``); relative paths are from the working dir."""
 
@@ -196,6 +219,7 @@ class Settings(BaseSettings):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    mlx: MLXSettings = Field(default_factory=MLXSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 

@@ -25,6 +25,7 @@ __all__ = [
     "ExportConfig",
     "FinetuneConfig",
     "LoraConfigSection",
+    "MLXExportConfig",
     "TrainingConfig",
     "load_config",
 ]
@@ -129,6 +130,32 @@ class TrainingConfig(Section):
         return self
 
 
+class MLXExportConfig(Section):
+    """An MLX copy of the merged model (``export.mlx``), for the mlx backend on a Mac.
+
+    Written to ``output_dir/mlx`` with mlx-lm's converter, then loaded with the mlx backend and
+    checked against the merged model through the hf backend: identical prompt ids and greedy
+    answers on the first ``check_examples`` training questions.
+    """
+
+    quant: Literal["4bit", "8bit", "none"] = Field(
+        "4bit", description="Weights: 4bit (what Qwen publishes for MLX), 8bit, or none (float)."
+    )
+    group_size: Literal[32, 64, 128] = Field(
+        64, description="Weights per quantization scale (32 for tiny test models)."
+    )
+    check_examples: int = Field(
+        4, ge=0, description="Training questions answered through both backends (0: no check)."
+    )
+    min_agreement: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of checked answers that must be identical; quantized exports of "
+        "long answers may need less.",
+    )
+
+
 class ExportConfig(Section):
     """What is written after training, all under ``output_dir``."""
 
@@ -152,6 +179,11 @@ class ExportConfig(Section):
     )
     num_ctx: int | None = Field(
         None, ge=1, description="PARAMETER num_ctx in the Modelfile (None: Ollama's default)."
+    )
+    mlx: MLXExportConfig | None = Field(
+        None,
+        description="Also write an MLX copy to output_dir/mlx, e.g. {quant: 4bit} (needs "
+        "export.merge and the mlx extra).",
     )
 
 
@@ -202,6 +234,11 @@ class FinetuneConfig(BaseModel):
                 "export.gguf needs the unsloth engine (it converts with Unsloth's llama.cpp "
                 "tooling); remove export.gguf for the peft engine, the Modelfile then imports "
                 "the merged safetensors folder"
+            )
+        if self.export.mlx is not None and not self.export.merge:
+            raise ValueError(
+                "export.mlx converts the merged model; set export.merge: true (or remove "
+                "export.mlx)"
             )
         if self.export.modelfile and not (self.export.merge or self.export.gguf):
             raise ValueError(

@@ -9,7 +9,10 @@ Steps, in order (``engine`` is the only thing that differs between Unsloth and P
 4. ``engine.add_lora()``; measure the assistant-token loss on a few examples;
 5. train with TRL's ``SFTTrainer`` (progress bars, checkpoints, resume);
 6. measure the loss again; save the adapter (``lora/``), the merged 16-bit model
-   (``merged/``), GGUF files (Unsloth) and a non-thinking Ollama ``Modelfile``.
+   (``merged/``), GGUF files (Unsloth) and a non-thinking Ollama ``Modelfile``;
+7. with ``export.mlx``, once the training model is released: an MLX copy (``mlx/``), loaded
+   with the mlx backend and checked against ``merged/`` through the hf backend (identical
+   prompt ids, greedy answers to the first training questions).
 
 :meth:`FinetuneResult.load_backend` then reloads the merged model with the hf backend through
 :func:`qwen_backends.create_backend`, so the fine-tuned model answers through the same interface.
@@ -26,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import ConfigurationError
+from qwen_backends.errors import ConfigurationError, MissingDependencyError
 from qwen_backends.finetune.config import FinetuneConfig
 from qwen_backends.finetune.data import (
     IGNORE_INDEX,
     EncodedExample,
     PadCollator,
+    assistant_turns,
     encode_conversations,
     load_conversations,
 )
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 
     from qwen_backends.backends.base import ModelBackend
     from qwen_backends.chat import Message
+    from qwen_backends.export.mlx import MLXCheck
 
 __all__ = ["FinetuneResult", "answer_token_loss", "assistant_loss", "run_finetune"]
 
@@ -75,6 +80,10 @@ class FinetuneResult:
         The trainer's logged records (loss, learning rate, ... per logging step).
     ollama_name
         The model name suggested for ``ollama create``.
+    mlx_dir
+        The MLX copy (``export.mlx``), or ``None``.
+    mlx_check
+        How the MLX copy compared with the merged model (``export.mlx``), or ``None``.
     """
 
     output_dir: Path
@@ -90,6 +99,8 @@ class FinetuneResult:
     train_seconds: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
     ollama_name: str = "qwen3-finetuned"
+    mlx_dir: Path | None = None
+    mlx_check: MLXCheck | None = None
 
     def load_backend(self, **overrides: Any) -> ModelBackend:
         """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
@@ -123,6 +134,15 @@ class FinetuneResult:
             merged = _shown(self.merged_dir)
             lines.append(f"merged model: {merged}  (QWEN_BACKEND=hf QWEN_MODEL={merged})")
         lines += [f"GGUF: {_shown(path)}" for path in self.gguf_files]
+        if self.mlx_dir:
+            mlx = _shown(self.mlx_dir)
+            checked = ""
+            if self.mlx_check is not None and self.mlx_check.answers:
+                checked = (
+                    f"; answers {self.mlx_check.matched}/{len(self.mlx_check.answers)} checked "
+                    "questions like the merged model"
+                )
+            lines.append(f"MLX: {mlx}  (QWEN_BACKEND=mlx QWEN_MODEL={mlx}){checked}")
         if self.modelfile:
             lines.append(
                 f"Ollama: cd {_shown(self.modelfile.parent)} && "
@@ -155,8 +175,57 @@ def run_finetune(
     engine = create_engine(config)
     engine.check_training_options()
     _check_resume(config)
+    if config.export.mlx is not None:
+        _check_mlx_installed()
+        if conversations is None:
+            conversations = load_conversations(config.data)
     with _cpu_threads(config.training.cpu_threads):
-        return _run(config, engine, conversations)
+        result = _run(config, engine, conversations)
+    if config.export.mlx is not None and result.merged_dir is not None:
+        _export_mlx(config, result, conversations or [])
+    return result
+
+
+def _check_mlx_installed() -> None:
+    """Refuse ``export.mlx`` before training when mlx-lm is not installed."""
+    from qwen_backends.registry import missing_modules
+
+    missing = missing_modules("mlx")
+    if missing:
+        raise MissingDependencyError(
+            f"export.mlx needs {', '.join(missing)}, which is not installed; pip install "
+            "'qwen-backends[mlx]' (Apple silicon Mac, or Linux with glibc >= 2.35), or remove "
+            "export.mlx"
+        )
+
+
+def _export_mlx(
+    config: FinetuneConfig, result: FinetuneResult, conversations: Sequence[Sequence[Message]]
+) -> None:
+    """Write ``output_dir/mlx`` from the merged model and check it (step 7)."""
+    import gc
+
+    from qwen_backends.export.mlx import check_mlx_export, export_mlx
+
+    options = config.export.mlx
+    assert options is not None and result.merged_dir is not None
+    gc.collect()  # the trainer's model cycle: free it before loading two more copies
+    target = config.output_dir / "mlx"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    result.mlx_dir = export_mlx(
+        result.merged_dir, target, quant=options.quant, group_size=options.group_size
+    )
+    questions = [assistant_turns(chat)[-1][0] for chat in conversations[: options.check_examples]]
+    if questions:
+        result.mlx_check = check_mlx_export(
+            result.mlx_dir,
+            result.merged_dir,
+            questions,
+            min_agreement=options.min_agreement,
+        )
 
 
 def _run(

@@ -1,0 +1,7 @@
+"""Converting a Qwen3 checkpoint for another runtime (``qwen-backends export ...``).
+
+- :func:`qwen_backends.export.mlx.export_mlx` -- an MLX copy (optionally 4- or 8-bit) for the
+  mlx backend, checked with :func:`qwen_backends.export.mlx.check_mlx_export`.
+
+Heavy imports (mlx, mlx-lm) happen inside the functions.
+"""
