@@ -523,17 +523,24 @@ class HFBackend(ModelBackend):
         ]
 
     def _finish(
-        self, new_ids: list[int], prompt_tokens: int, sampling: SamplingParams, seconds: float
+        self,
+        new_ids: list[int],
+        prompt_tokens: int,
+        sampling: SamplingParams,
+        seconds: float,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> Generation:
         """Turn one row of generated ids into a :class:`Generation` (counts include the
         end-of-turn token; for a stop string, up to the token that completed it)."""
         eos = set(self.eos_token_ids)
         ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
         ids = new_ids if ended is None else new_ids[: ended + 1]
-        text, stopped = TextPipeline.whole(_decode(self.tokenizer, ids), sampling.stop)
+        # A stream keeps the tokenizer it started with (close() may have run meanwhile).
+        tokenizer = tokenizer or self.tokenizer
+        text, stopped = TextPipeline.whole(_decode(tokenizer, ids), sampling.stop)
         count = len(ids)
         if stopped:
-            count = self._tokens_to_stop(ids, sampling.stop)
+            count = _tokens_to_stop(tokenizer, ids, sampling.stop)
         reason: FinishReason = "stop" if stopped or ended is not None else "length"
         return Generation(
             text=text,
@@ -543,18 +550,6 @@ class HFBackend(ModelBackend):
             seconds=seconds,
         )
 
-    def _tokens_to_stop(self, ids: list[int], stops: Sequence[str]) -> int:
-        """Fewest leading tokens whose text contains a stop string (binary search)."""
-        low, high = 1, len(ids)
-        while low < high:
-            middle = (low + high) // 2
-            text = _decode(self.tokenizer, ids[:middle])
-            if any(stop in text for stop in stops):
-                high = middle
-            else:
-                low = middle + 1
-        return high
-
     def _stream_tokens(
         self, prompt_ids: list[int], sampling: SamplingParams
     ) -> Iterator[str | Generation]:
@@ -562,6 +557,7 @@ class HFBackend(ModelBackend):
 
         with self._exclusive():
             start = time.perf_counter()
+            tokenizer = self.tokenizer
             cancel = threading.Event()
             streamer = _streamer_class()(self.tokenizer)
             failure: list[BaseException] = []
@@ -619,7 +615,8 @@ class HFBackend(ModelBackend):
                 ) from error
             if outputs:
                 row = outputs[0][0, len(prompt_ids) :].tolist()
-                result = self._finish(row, len(prompt_ids), sampling, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                result = self._finish(row, len(prompt_ids), sampling, seconds, tokenizer)
                 yield dataclasses.replace(result, text="".join(produced))
 
     def close(self) -> None:
@@ -665,3 +662,18 @@ def _vocab_rows(model: Any) -> int:
 
 def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return {"tools": list(tools)} if tools else {}
+
+
+def _tokens_to_stop(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
+) -> int:
+    """Fewest leading tokens whose text contains a stop string (binary search)."""
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        text = _decode(tokenizer, ids[:middle])
+        if any(stop in text for stop in stops):
+            high = middle
+        else:
+            low = middle + 1
+    return high
