@@ -176,6 +176,8 @@ class Remote:
         self.timeout = timeout
         self.timeout_setting = timeout_setting
         self.max_retries = max_retries
+        #: First backoff delay in seconds (tests set 0 to retry at once).
+        self.backoff = BACKOFF_SECONDS
         self.sleep: Callable[[float], None] = time.sleep
 
     # -- the table ---------------------------------------------------------------------------
@@ -298,7 +300,7 @@ class Remote:
         )
         if not retryable:
             return None
-        backoff = min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2**attempt)
+        backoff = min(MAX_BACKOFF_SECONDS, self.backoff * 2**attempt)
         delay = backoff * (1 + random.random() / 4)
         if failure.retry_after is not None:
             if failure.retry_after > MAX_RETRY_AFTER:

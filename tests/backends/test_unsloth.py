@@ -21,6 +21,7 @@ from qwen_backends.backends.unsloth import GPU_REQUIRED, UnslothBackend, import_
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import BackendUnavailableError, MissingDependencyError
 from qwen_backends.factory import backend_class, create_backend
+from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
 
@@ -37,7 +38,9 @@ def test_the_gpu_message_is_the_one_sentence_users_see() -> None:
 
 def test_unsloth_backend_reuses_the_hf_backend() -> None:
     assert issubclass(UnslothBackend, HFBackend)
-    assert (UnslothBackend.name, UnslothBackend.extra) == ("unsloth", "unsloth")
+    registration = BACKENDS["unsloth"]
+    assert registration.target == "qwen_backends.backends.unsloth:UnslothBackend"
+    assert (UnslothBackend.name, registration.extra) == ("unsloth", "unsloth")
     assert UnslothBackend.capabilities.english_only
     # only loading is replaced: generation, streaming and batching are inherited
     for hook in ("_generate", "_stream", "_generate_batch", "_prepare"):
