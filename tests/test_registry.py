@@ -66,3 +66,20 @@ def test_configuration_docs_cover_every_backend_section() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     for name in BACKENDS:
         assert f"QWEN_{name.upper()}__MODEL" in text, name
+
+
+def test_fine_tuning_engines_are_registered_the_same_way() -> None:
+    from qwen_backends.finetune.config import FinetuneConfig
+    from qwen_backends.finetune.engines import ENGINES, engine_class
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for name, registration in ENGINES.items():
+        assert isinstance(registration, Registration)
+        module_name, _, class_name = registration.target.partition(":")
+        assert getattr(importlib.import_module(module_name), class_name).name == name
+        assert registration.extra in extras
+    assert engine_class("peft").name == "peft"
+    with pytest.raises(Exception, match="did you mean 'peft'"):
+        FinetuneConfig(engine="pef", data={"path": "x.jsonl"})

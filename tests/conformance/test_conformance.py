@@ -32,7 +32,8 @@ from qwen_backends.errors import (
 )
 from qwen_backends.sampling import SamplingParams
 
-GREEDY = SamplingParams.preset("greedy", max_new_tokens=12)
+#: Greedy with a presence penalty: plain greedy on random weights repeats one token ("\n").
+GREEDY = SamplingParams.preset("greedy", presence_penalty=2.0, max_new_tokens=12)
 HOT = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=12, seed=7)
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
