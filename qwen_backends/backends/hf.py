@@ -120,7 +120,7 @@ def _streamer_class() -> type:
             if self.ended:
                 return
             self.ended = True
-            text = _decode(self.tokenizer, self.window) if self.window else ""
+            text = _complete(_decode(self.tokenizer, self.window)) if self.window else ""
             self.window, self.sent, tail = [], 0, text[self.sent :]
             self.on_finalized_text(tail, stream_end=True)
 
@@ -130,6 +130,15 @@ def _streamer_class() -> type:
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return str(text)
+
+
+def _complete(text: str) -> str:
+    """``text`` without a trailing incomplete UTF-8 sequence (decoded as U+FFFD).
+
+    An answer can end half-way through a character (``max_new_tokens`` reached after the first
+    byte of a multi-byte character); like vLLM and Ollama, the caller gets complete characters.
+    """
+    return text.rstrip("\ufffd")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -540,7 +549,7 @@ class HFBackend(ModelBackend):
         eos = set(self.eos_token_ids)
         ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
         ids = new_ids if ended is None else new_ids[: ended + 1]
-        text, stopped = TextPipeline.whole(_decode(tokenizer, ids), sampling.stop)
+        text, stopped = TextPipeline.whole(_complete(_decode(tokenizer, ids)), sampling.stop)
         count = len(ids)
         if stopped:
             count = self._tokens_to_stop(tokenizer, ids, sampling.stop)
