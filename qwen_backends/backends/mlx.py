@@ -37,13 +37,14 @@ the same seed. Counts follow the contract: ``completion_tokens`` includes the en
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -405,6 +406,51 @@ class MLXBackend(ModelBackend):
         prompt_ids = self._checked_prompt(request)
         return self._run(prompt_ids, request.sampling)
 
+    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        """The sync stream on one dedicated thread, its items handed over through a queue.
+
+        MLX's stream contexts must be entered and left on the same thread, so the generation
+        cannot hop between worker threads the way the default hook's ``next()`` calls do.
+        Closing the async stream stops the generation after the current token.
+        """
+        iterator = await asyncio.to_thread(self._stream, request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def hand_over(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                for item in iterator:
+                    hand_over(item)
+                    if stop.is_set():
+                        break
+            except BaseException as exc:  # re-raised on the consumer's side
+                hand_over(_Failure(exc))
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+                hand_over(done)
+
+        worker = threading.Thread(target=produce, name="qwen-mlx-astream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            await asyncio.to_thread(worker.join)
+
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
         return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
@@ -547,6 +593,13 @@ class MLXBackend(ModelBackend):
                 completion_tokens=count,
                 seconds=time.perf_counter() - start,
             )
+
+
+class _Failure:
+    """An exception raised on the producing thread, carried to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 def _vocab_rows(model: Any) -> int:

@@ -347,6 +347,19 @@ def test_async_stream_and_generate_equal_generate(backend: MLXBackend) -> None:
     assert streamed == generated == backend.generate("Hello", VARIED).text
 
 
+def test_async_stream_closed_early_stops_on_its_own_thread(backend: MLXBackend) -> None:
+    # MLX stream contexts must be left on the thread that entered them; a generation hopping
+    # between worker threads fails when it is closed ("destroyed in a different thread").
+    async def first_pieces() -> list[str]:
+        stream = backend.astream("Hello", VARIED.replace(max_new_tokens=400))
+        pieces = [await anext(stream), await anext(stream)]
+        await stream.aclose()
+        return pieces
+
+    assert all(asyncio.run(first_pieces()))
+    assert backend.generate("Hello", VARIED.replace(max_new_tokens=3)).completion_tokens == 3
+
+
 def test_closing_a_stream_early_frees_the_backend(backend: MLXBackend) -> None:
     with backend.stream("Hello", VARIED) as stream:
         next(stream)

@@ -7,7 +7,9 @@ unchanged against it.
 
 - ``hf``: the ``tiny`` random-weight checkpoint in process;
 - ``ollama``: the loopback Ollama stand-in (tests/backends/ollama_server.py);
-- ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment).
+- ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment);
+- ``mlx``: the ``tiny`` checkpoint through mlx-lm in process (MLX's CPU build on Linux; skipped
+  without the mlx extra).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from qwen_backends.backends.base import ModelBackend
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
-HARNESSES = ["hf", "ollama", "vllm"]
+HARNESSES = ["hf", "ollama", "vllm", "mlx"]
 #: Those that talk to a server (the fault tests run against these).
 SERVER_HARNESSES = ["ollama", "vllm"]
 #: Qwen3's end-of-turn token.
@@ -244,3 +246,53 @@ def _vllm(request: pytest.FixtureRequest) -> Harness:
         upstream=root,
         through=through,
     )
+
+
+# -- mlx: in process, the tiny checkpoint through mlx-lm ----------------------------------------
+
+
+@harness("mlx")
+def _mlx(request: pytest.FixtureRequest) -> Harness:
+    pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
+    from qwen_backends.backends.mlx import MLXBackend
+    from qwen_backends.testing import tiny_checkpoint
+
+    model = str(tiny_checkpoint("tiny"))
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend="mlx", model=model, mlx=section)
+
+    shared = make()
+    assert isinstance(shared, MLXBackend)
+    tokenizer = shared.tokenizer
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        """The shared model, made to emit ``script`` first (a logit bias per step)."""
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared.logits_processors
+
+            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
+                def force(tokens: Any, logits: Any) -> Any:
+                    step = tokens.size - prompt_length
+                    if step < len(script):
+                        logits[:, script[step]] = logits.max() + 1e4
+                    return logits
+
+                return [force, *original(sampling, prompt_length)]
+
+            patch.setattr(shared, "logits_processors", processors)
+            yield shared
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        raw = "<think>\nsecret plan\n</think>\n\nHello world"
+        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
+        assert len(script) > 6
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
+        return forcing([IM_END])
+
+    return Harness("mlx", shared, make, tokenizer, leaking, ending)
