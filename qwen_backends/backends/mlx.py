@@ -205,8 +205,13 @@ class IncrementalDecoder:
         return piece
 
     def flush(self) -> str:
-        """The text still held back (an incomplete character at the very end)."""
-        text = _decode(self.tokenizer, self.window)[self.sent :] if self.window else ""
+        """The end of the text: an answer cut inside a character ends at the last complete one
+        (as on the hf backend, vLLM and Ollama), so this is normally empty."""
+        text = (
+            _decode(self.tokenizer, self.window).rstrip("\ufffd")[self.sent :]
+            if self.window
+            else ""
+        )
         self.window, self.sent = [], 0
         return text
 
