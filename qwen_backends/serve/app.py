@@ -282,6 +282,7 @@ class _Answer(Response):
         self.client_gone = False
         self.finished = False
         self.started = False
+        self.headers_sent = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -296,8 +297,12 @@ class _Answer(Response):
         except _ClientGone:
             self.client_gone = True
         except asyncio.CancelledError:
-            if not self.client_gone:
-                raise
+            # The client went away, or a stopping server cancelled the request after its grace
+            # period: either way the answer ends here, cleanly (an unfinished stream has already
+            # sent its shutdown event).
+            if not self.client_gone and not self.headers_sent:
+                with contextlib.suppress(Exception):
+                    await self._send_json(send, 503, _shutdown_error(), {"Retry-After": "5"})
         finally:
             watcher.cancel()
             self.state.tasks.discard(task)
@@ -312,6 +317,8 @@ class _Answer(Response):
                 return
 
     async def _send(self, send: Send, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.headers_sent = True
         try:
             await send(message)
         except OSError as exc:  # ASGI 2.4 servers raise on a closed connection
@@ -408,7 +415,7 @@ class _Answer(Response):
                 return
             await self._finish(send, stream.generation)
         except asyncio.CancelledError:
-            if not self.client_gone and self.started:
+            if not self.client_gone and self.started and not self.finished:
                 # Shutdown (not the client) cancelled the stream: say so before closing.
                 with contextlib.suppress(Exception):
                     await self._event(send, _shutdown_error())
