@@ -385,3 +385,44 @@ def test_mid_stream_backend_error_is_an_sse_error_event(
     error = json.loads(events[-2])["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "server_error"
+
+
+def test_unreachable_backend_server_is_a_503_with_retry_after(ollama_server: OllamaServer) -> None:
+    from conftest import free_port
+
+    from qwen_backends import create_backend
+
+    dead = create_backend(
+        backend="ollama", ollama={"host": f"http://127.0.0.1:{free_port()}", "max_retries": 0}
+    )
+    with dead, Served(dead) as served:
+        for stream in (False, True):
+            response = httpx.post(
+                f"{served.base_url}/chat/completions",
+                json={"model": served.model, "messages": HI, "max_tokens": 2, "stream": stream},
+                timeout=30,
+            )
+            assert response.status_code == 503
+            assert int(response.headers["retry-after"]) >= 1
+            error = response.json()["error"]
+            assert error["code"] == "backend_unavailable"
+            assert "ollama serve" in error["message"]
+
+
+def test_backend_timeout_is_a_504(ollama_server: OllamaServer) -> None:
+    from qwen_backends import create_backend
+
+    slow = create_backend(
+        backend="ollama", ollama={"host": ollama_server.url, "timeout": 0.5, "max_retries": 0}
+    )
+    slow.retry_backoff = 0.0  # type: ignore[attr-defined]
+    with slow, Served(slow) as served:
+        served.client().chat.completions.create(model=served.model, messages=HI, max_tokens=1)
+        ollama_server.latency = 2.0
+        with pytest.raises(openai.APIStatusError) as caught:
+            served.client(timeout=30).chat.completions.create(
+                model=served.model, messages=HI, max_tokens=2
+            )
+    assert caught.value.status_code == 504
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "backend_timeout"
