@@ -134,3 +134,12 @@ def test_sigterm_mid_stream_ends_the_stream_cleanly_and_frees_the_backend(
     assert "Traceback" not in stderr, stderr
     assert "serving" in stderr
     assert "Application shutdown complete" in stderr
+
+
+def test_info_reports_the_serve_extra() -> None:
+    from qwen_backends.cli.info import collect
+    from qwen_backends.settings import Settings
+
+    report = collect(Settings())
+    assert report["extras"]["serve"] is True
+    assert report["settings"]["serve"]["host"] == "127.0.0.1"
