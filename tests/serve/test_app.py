@@ -14,6 +14,7 @@ from conftest import Served
 from ollama_server import OllamaServer
 
 from qwen_backends.backends.base import ModelBackend
+from qwen_backends.errors import OutputValidationError
 
 HI = [{"role": "user", "content": "Say hi."}]
 SEEDS = (1, 2, 3)
@@ -202,25 +203,78 @@ def test_raw_http_errors_are_openai_shaped(served: Served) -> None:
         assert "Traceback" not in response.text
 
 
-def test_response_format_and_tools_are_refused_where_unsupported(served: Served) -> None:
-    """Until the backend has the capability, the request is a 400 naming it (never dropped)."""
-    if served.backend.capabilities.structured_output:
-        pytest.skip("this backend supports structured output; tested in the backend's tests")
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+    },
+}
+
+
+def test_response_format_goes_to_the_backend(served: Served) -> None:
+    """The schema reaches backend.generate(response_format=...): the served answer equals the
+    library's; a backend without structured output refuses with a 400 naming the field."""
     client = served.client()
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(
-            model=served.model,
-            messages=HI,
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
-        )
-    assert isinstance(caught.value.body, dict)
-    assert caught.value.body["param"] == "response_format"
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    if not served.backend.capabilities.tools:
-        with pytest.raises(openai.BadRequestError) as refused:
-            client.chat.completions.create(model=served.model, messages=HI, tools=[tool])
+    fields: dict[str, Any] = {
+        "model": served.model,
+        "messages": HI,
+        "max_tokens": 48,
+        "seed": 1,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA}},
+    }
+    if not served.backend.capabilities.structured_output:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(**fields)
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "response_format"
+        assert caught.value.body["code"] == "unsupported_feature"
+        return
+    params = served.backend.settings.sampling.replace(seed=1, max_new_tokens=48)
+    try:
+        expected = served.backend.generate(HI, params, response_format=SCHEMA)
+    except OutputValidationError as exc:
+        # Not valid for the schema (e.g. cut by max_tokens): the server says so the same way.
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            client.chat.completions.create(**fields)
         assert isinstance(refused.value.body, dict)
-        assert refused.value.body["param"] == "tools"
+        assert refused.value.body["code"] == "output_validation_failed"
+        assert refused.value.body["message"] == str(exc)
+        return
+    answer = client.chat.completions.create(**fields)
+    assert answer.choices[0].message.content == expected.text
+    assert isinstance(json.loads(expected.text)["n"], int)
+
+
+def test_tools_go_to_the_backend(served: Served) -> None:
+    """Tools reach backend.generate(tools=...): the same text and tool calls as the library; a
+    backend without tools refuses with a 400 naming the field."""
+    client = served.client()
+    fields: dict[str, Any] = {
+        "model": served.model,
+        "messages": HI,
+        "max_tokens": 24,
+        "seed": 1,
+        "tools": [TOOL],
+    }
+    if not served.backend.capabilities.tools:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(**fields)
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "tools"
+        return
+    answer = client.chat.completions.create(**fields)
+    params = served.backend.settings.sampling.replace(seed=1, max_new_tokens=24)
+    expected = served.backend.generate(HI, params, tools=[TOOL])
+    choice = answer.choices[0]
+    assert (choice.message.content or "") == expected.text
+    assert choice.finish_reason == expected.finish_reason
+    calls = [
+        (c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []
+    ]
+    assert calls == [(c.name, c.arguments) for c in expected.tool_calls]
 
 
 def test_tokenize_counts_the_rendered_prompt(served: Served) -> None:
