@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     check_bind(serve.host, key)
     backend = create_backend(settings)
     app = create_app(backend, serve)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # The library's own messages (and uvicorn's, configured by uvicorn); other libraries only
+    # warn (httpx would log every backend request at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(message)s")
+    logging.getLogger("qwen_backends").setLevel(logging.INFO)
     print(
         f"qwen-backends: serving {backend.model_name} ({settings.backend} backend, "
         f"non-thinking) at http://{_url_host(serve.host)}:{serve.port}/v1"
