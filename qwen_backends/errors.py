@@ -16,6 +16,7 @@ __all__ = [
     "ChatTemplateError",
     "ConfigurationError",
     "ContextLengthError",
+    "DiskFullError",
     "GenerationError",
     "InvalidMessagesError",
     "MissingDependencyError",
@@ -109,3 +110,11 @@ class GenerationError(QwenBackendsError):
     ) -> None:
         self.partial_text = partial_text
         super().__init__(message, retryable=retryable)
+
+
+class DiskFullError(QwenBackendsError):
+    """A write failed because the disk (or the user's quota) is full.
+
+    Whatever was written before stays valid (e.g. an evaluation run stays resumable); free some
+    space and run the same command again.
+    """

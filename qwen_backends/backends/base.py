@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Capabilities", "FinishReason", "Generation", "ModelBackend", "SamplingLike"]
 
 FinishReason = Literal["stop", "length"]
-SamplingLike = SamplingParams | Mapping[str, Any] | None
+SamplingLike = SamplingParams | Mapping[str, Any] | str | None
 
 
 @dataclass(frozen=True)
@@ -128,23 +128,23 @@ class ModelBackend(ABC):
             A list of ``{"role", "content"}`` dicts ending with a user (or tool) turn, or a
             string (one user turn).
         sampling
-            A :class:`SamplingParams`, a mapping of its fields, or ``None`` for
-            ``settings.sampling``.
+            A :class:`SamplingParams`, a mapping of its fields, a preset name (``"greedy"``),
+            or ``None`` for ``settings.sampling``.
         """
-        return self._generate(validate_messages(messages), self.resolve_sampling(sampling))
+        return self._generate(self._validate(messages), self.resolve_sampling(sampling))
 
     def stream(self, messages: Conversation, sampling: SamplingLike = None) -> Iterator[str]:
         """Yield the answer's text as it is produced; ``"".join`` equals ``generate().text``.
 
         Stopping the iteration early (``break`` or ``close()``) stops the generation.
         """
-        return self._stream(validate_messages(messages), self.resolve_sampling(sampling))
+        return self._stream(self._validate(messages), self.resolve_sampling(sampling))
 
     def generate_batch(
         self, conversations: Sequence[Conversation], sampling: SamplingLike = None
     ) -> list[Generation]:
         """Answer several conversations with the same sampling, results in input order."""
-        clean = [validate_messages(messages) for messages in conversations]
+        clean = [self._validate(messages) for messages in conversations]
         if not clean:
             return []
         return self._generate_batch(clean, self.resolve_sampling(sampling))
@@ -170,6 +170,10 @@ class ModelBackend(ABC):
             if close is not None:
                 close()
 
+    def _validate(self, messages: Conversation) -> list[Message]:
+        # Control-token text is refused unless the settings opt in (allow_control_tokens).
+        return validate_messages(messages, allow_control_tokens=self.settings.allow_control_tokens)
+
     def resolve_sampling(self, sampling: SamplingLike) -> SamplingParams:
         """Turn ``sampling`` into validated :class:`SamplingParams` this backend can honour.
 
@@ -178,12 +182,7 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             If it asks for something this backend cannot do (nothing is dropped silently).
         """
-        if sampling is None:
-            resolved = self.settings.sampling
-        elif isinstance(sampling, SamplingParams):
-            resolved = sampling
-        else:
-            resolved = SamplingParams(**dict(sampling))
+        resolved = SamplingParams.coerce(sampling, default=self.settings.sampling)
         if resolved.english_only and not self.capabilities.english_only:
             raise UnsupportedFeatureError(
                 self.name,

@@ -27,6 +27,7 @@ Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import threading
@@ -211,6 +212,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         ) from exc
     except (OSError, ValueError, KeyError) as exc:
         detail = _first_line(exc)
+        if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
+            raise _local_load_error(Path(source), exc) from exc
         offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
             "1",
             "true",
@@ -241,6 +244,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             )
         raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
     except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower() and Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
         if "out of memory" in str(exc).lower():
             raise BackendUnavailableError(
                 f"ran out of memory loading {source!r}; use a smaller dtype "
@@ -251,6 +256,65 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             f"cannot load model {source!r} ({_first_line(exc)}); check that it is a Qwen3 "
             "checkpoint that transformers can read"
         ) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error is no OSError
+            raise
+        if Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
+        raise ModelNotFoundError(
+            f"the weights of {source!r} are damaged ({_first_line(exc)}); delete its folder from "
+            "the Hugging Face cache (~/.cache/huggingface/hub) and download it again"
+        ) from exc
+
+
+def _local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
+    """Say what is wrong with a local checkpoint directory that failed to load."""
+    detail = _first_line(exc)
+    fix = "copy or download the checkpoint again"
+    if isinstance(exc, PermissionError):
+        name = getattr(exc, "filename", None) or directory
+        return ModelNotFoundError(
+            f"cannot read {name} ({exc.strerror}); check the permissions of the model directory "
+            f"{directory}"
+        )
+    config = directory / "config.json"
+    if not config.is_file():
+        return ModelNotFoundError(
+            f"{directory} holds no model (no config.json); point QWEN_MODEL / --model at a Qwen3 "
+            "checkpoint directory (config.json, tokenizer files, *.safetensors), or give a hub id"
+        )
+    try:
+        json.loads(config.read_bytes())
+    except (OSError, ValueError) as problem:
+        return ModelNotFoundError(
+            f"{config} is damaged or truncated ({_first_line(problem)}); {fix}"
+        )
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        return ModelNotFoundError(
+            f"{directory} holds no tokenizer (no tokenizer.json or tokenizer_config.json); copy "
+            "Qwen3-4B's tokenizer files into it"
+        )
+    lowered = detail.lower()
+    if "tokenizer" in lowered:
+        return ModelNotFoundError(
+            f"the tokenizer files in {directory} cannot be loaded ({detail}); {fix}"
+        )
+    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
+    if not any(path.is_file() for path in weights):
+        return ModelNotFoundError(f"{directory} has no weight files (*.safetensors); {fix}")
+    if "permission denied" in lowered:
+        return ModelNotFoundError(
+            f"cannot read the weights in {directory} ({detail}); check the files' permissions"
+        )
+    if any(word in lowered for word in ("safetensor", "deserializ", "header", "incomplete")):
+        return ModelNotFoundError(
+            f"the weights in {directory} are damaged or truncated ({detail}); {fix}"
+        )
+    return ModelNotFoundError(
+        f"cannot load the model in {directory} ({detail}); check that it is a complete Qwen3 "
+        f"checkpoint, or {fix}"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -429,7 +493,9 @@ class HFBackend(ModelBackend):
             raise GenerationError(
                 "this hf backend was closed; create a new one with create_backend()"
             )
-        prompt_ids = render_prompt_ids(self.tokenizer, messages)
+        prompt_ids = render_prompt_ids(
+            self.tokenizer, messages, allow_control_tokens=self.settings.allow_control_tokens
+        )
         total = len(prompt_ids) + sampling.max_new_tokens
         window = self.context_window
         if total > window:

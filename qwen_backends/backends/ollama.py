@@ -46,7 +46,6 @@ from qwen_backends.chat import (
     Message,
     ThinkingStreamFilter,
     strip_thinking,
-    validate_messages,
 )
 from qwen_backends.errors import (
     BackendUnavailableError,
@@ -57,7 +56,7 @@ from qwen_backends.errors import (
     ThinkingModeError,
 )
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS
+from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS, mask_url
 
 if TYPE_CHECKING:
     import ssl
@@ -437,9 +436,7 @@ class OllamaBackend(ModelBackend):
     def _request(
         self, messages: Conversation, sampling: SamplingLike, *, stream: bool
     ) -> dict[str, Any]:
-        return self._build(
-            validate_messages(messages), self.resolve_sampling(sampling), stream=stream
-        )
+        return self._build(self._validate(messages), self.resolve_sampling(sampling), stream=stream)
 
     def _build(
         self, messages: list[Message], sampling: SamplingParams, *, stream: bool
@@ -512,12 +509,12 @@ class OllamaBackend(ModelBackend):
                 "could not read the Ollama server version (%r) at %s; assuming it honours "
                 "think=false (needs 0.9.0 or newer)",
                 version,
-                self.host,
+                mask_url(self.host),
             )
         elif parsed < MIN_THINK_VERSION:
             raise BackendUnavailableError(
-                f"Ollama {version} at {self.host} is older than 0.9.0 and ignores think=false, "
-                "so Qwen3 could think; upgrade Ollama (https://ollama.com/download)",
+                f"Ollama {version} at {mask_url(self.host)} is older than 0.9.0 and ignores "
+                "think=false, so Qwen3 could think; upgrade Ollama (https://ollama.com/download)",
                 retryable=False,
             )
 
@@ -578,7 +575,7 @@ class OllamaBackend(ModelBackend):
         import httpx
         import ollama
 
-        model, host = self.model_name, self.host
+        model, host = self.model_name, mask_url(self.host)
         if isinstance(exc, QwenBackendsError):
             return exc
         if isinstance(exc, ollama.ResponseError):

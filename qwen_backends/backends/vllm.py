@@ -33,7 +33,6 @@ from qwen_backends.chat import (
     Message,
     ThinkingStreamFilter,
     strip_thinking,
-    validate_messages,
 )
 from qwen_backends.errors import (
     BackendUnavailableError,
@@ -43,6 +42,7 @@ from qwen_backends.errors import (
     ModelNotFoundError,
     QwenBackendsError,
 )
+from qwen_backends.settings import mask_url
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
@@ -135,6 +135,8 @@ def translate_error(
     """
     import openai
 
+    base_url = mask_url(base_url)  # credentials in the URL never reach a message
+
     if isinstance(exc, QwenBackendsError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
@@ -225,7 +227,7 @@ class VLLMBackend(ModelBackend):
 
     async def agenerate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
         """Async :meth:`generate` on the native async client (requests run concurrently)."""
-        clean, params = validate_messages(messages), self.resolve_sampling(sampling)
+        clean, params = self._validate(messages), self.resolve_sampling(sampling)
         request = await self._arequest(clean, params, stream=False)
         started = time.perf_counter()
         response = await self._acall(lambda client: client.chat.completions.create(**request))
@@ -235,7 +237,7 @@ class VLLMBackend(ModelBackend):
         self, messages: Conversation, sampling: SamplingLike = None
     ) -> AsyncIterator[str]:
         """Async :meth:`stream` on the native async client."""
-        clean, params = validate_messages(messages), self.resolve_sampling(sampling)
+        clean, params = self._validate(messages), self.resolve_sampling(sampling)
         request = await self._arequest(clean, params, stream=True)
         chunks = await self._acall(lambda client: client.chat.completions.create(**request))
         assembler = _StreamAssembler()

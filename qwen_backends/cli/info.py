@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.util
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from qwen_backends.cli._options import add_backend_options, settings_from_args
 from qwen_backends.factory import BACKENDS, missing_modules
-from qwen_backends.settings import Settings
+from qwen_backends.settings import Settings, mask_url
 
 #: pip extra -> a module whose presence shows the extra is installed.
 _EXTRA_PROBES = {
@@ -84,18 +86,49 @@ def backend_status(name: str, settings: Settings) -> str:
         cuda = accelerators()["cuda"]
         return "ready" if cuda is True else "cannot start: needs an NVIDIA, AMD or Intel GPU"
     if name == "ollama":
-        return _probe(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
+        return probe_server(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
     if name == "vllm":
-        return _probe(settings.vllm.base_url.rstrip("/") + "/models", "vllm serve MODEL")
+        key = settings.vllm.api_key.get_secret_value()
+        return probe_server(
+            settings.vllm.base_url.rstrip("/") + "/models",
+            "vllm serve MODEL",
+            api_key=None if key in ("", "EMPTY") else key,
+            key_setting="QWEN_VLLM__API_KEY",
+        )
     return "ready"
 
 
-def _probe(url: str, how_to_start: str) -> str:
-    if "://" not in url:
-        url = "http://" + url
+def probe_server(
+    url: str, how_to_start: str, *, api_key: str | None = None, key_setting: str = ""
+) -> str:
+    """One short GET of ``url``: is a server there, and does it accept our credentials?
+
+    Credentials in the URL (``http://user:pass@host``) are sent as HTTP basic auth, as the
+    backends' HTTP clients do, and ``api_key`` as a bearer token; every URL in the verdict is
+    masked with :func:`~qwen_backends.settings.mask_url`.
+    """
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    shown = mask_url(parts.geturl())
+    headers = {}
+    if parts.username is not None or parts.password is not None:
+        user = urllib.parse.unquote(parts.username or "")
+        secret = urllib.parse.unquote(parts.password or "")
+        basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        headers["Authorization"] = f"Basic {basic}"
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(parts.geturl(), headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=1.0):
-            return f"ready (server answers at {url})"
+        with urllib.request.urlopen(request, timeout=1.0):
+            return f"ready (server answers at {shown})"
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            fix = f"set {key_setting}" if key_setting else "check the credentials in the URL"
+            return (
+                f"a server answers at {shown} but refuses the credentials (HTTP {exc.code}); {fix}"
+            )
+        return f"a server answers at {shown} with HTTP {exc.code}; check the address"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"installed; no server at {url} ({reason}); start one with `{how_to_start}`"
+        return f"installed; no server at {shown} ({reason}); start one with `{how_to_start}`"

@@ -60,6 +60,11 @@ class DataConfig(_Section):
     )
     split: str = Field("train", description="Split of hub_dataset, e.g. 'train' or 'train[:500]'.")
     limit: int | None = Field(None, ge=1, description="Use at most this many conversations.")
+    allow_control_tokens: bool = Field(
+        False,
+        description="Train on text holding Qwen3 control-token text such as <|im_end|> (it is "
+        "tokenized as the real control token); off: such conversations are refused with FILE:LINE.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

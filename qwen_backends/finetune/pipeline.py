@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwen_backends._files import ensure_directory
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.finetune.config import FinetuneConfig
 from qwen_backends.finetune.data import (
@@ -155,6 +156,10 @@ def run_finetune(
     engine = create_engine(config)
     engine.check_training_options()
     _check_resume(config)
+    # A bad output path fails now, not after training.
+    ensure_directory(
+        config.output_dir, "the fine-tuning outputs", "export.output_dir (--output-dir)"
+    )
     with _cpu_threads(config.training.cpu_threads):
         return _run(config, engine, conversations)
 
@@ -162,12 +167,16 @@ def run_finetune(
 def _run(
     config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]] | None
 ) -> FinetuneResult:
-    model, tokenizer = engine.load()
-    if conversations is None:
+    if conversations is None:  # before loading the model: bad data fails fast
         conversations = load_conversations(config.data)
+    model, tokenizer = engine.load()
     training = config.training
     encoded, dropped = encode_conversations(
-        tokenizer, conversations, config.max_seq_length, progress=training.progress_bar
+        tokenizer,
+        conversations,
+        config.max_seq_length,
+        progress=training.progress_bar,
+        allow_control_tokens=config.data.allow_control_tokens,
     )
     if dropped:
         logger.warning(
