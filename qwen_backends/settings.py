@@ -22,7 +22,6 @@ an unknown ``QWEN_`` name is an error. Server addresses may carry credentials
 from __future__ import annotations
 
 import contextvars
-import difflib
 import io
 import os
 import urllib.parse
@@ -46,24 +45,24 @@ from pydantic_settings import (
 )
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
-from qwen_backends.errors import ConfigurationError, ThinkingModeError
-from qwen_backends.sampling import SamplingParams, reject_thinking, validation_message
+from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
+from qwen_backends.registry import BACKENDS
+from qwen_backends.sampling import SamplingParams, validation_message
+from qwen_backends.thinking import reject_thinking
 
 __all__ = [
-    "BACKEND_NAMES",
     "DEFAULT_CONFIG_FILE",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
     "OllamaSettings",
+    "Section",
     "Settings",
     "UnslothSettings",
     "VLLMSettings",
     "mask_url",
 ]
 
-BackendName = Literal["hf", "ollama", "unsloth", "vllm"]
-BACKEND_NAMES: tuple[str, ...] = ("hf", "ollama", "unsloth", "vllm")
 DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
 #: The dotenv file read from the working directory (only its ``QWEN_`` lines).
 ENV_FILE = Path(".env")
@@ -76,11 +75,13 @@ _config_file_override: contextvars.ContextVar[Path | None] = contextvars.Context
 )
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class HFSettings(_Section):
+class HFSettings(Section):
     """The Hugging Face transformers backend (``backend="hf"``)."""
 
     model: str = Field(
@@ -122,7 +123,7 @@ class HFSettings(_Section):
 OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
 
 
-class OllamaSettings(_Section):
+class OllamaSettings(Section):
     """The Ollama backend (``backend="ollama"``)."""
 
     model: str = Field(
@@ -150,7 +151,7 @@ class OllamaSettings(_Section):
         return _check_http_url(value, "ollama.host", "http://127.0.0.1:11434")
 
 
-class UnslothSettings(_Section):
+class UnslothSettings(Section):
     """The Unsloth backend (``backend="unsloth"``, GPU only)."""
 
     model: str = Field("unsloth/Qwen3-4B", min_length=1, description="Hub id or local directory.")
@@ -162,7 +163,7 @@ class UnslothSettings(_Section):
     token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
 
 
-class VLLMSettings(_Section):
+class VLLMSettings(Section):
     """The vLLM backend (``backend="vllm"``): an OpenAI-compatible vLLM server."""
 
     model: str = Field("Qwen/Qwen3-4B", min_length=1, description="Model name the server serves.")
@@ -186,7 +187,7 @@ class VLLMSettings(_Section):
         return _check_http_url(value, "vllm.base_url", "http://127.0.0.1:8000/v1")
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     """The evaluation runner (``qwen-backends eval``); relative paths are from the working dir."""
 
     prompts: Path = Field(
@@ -216,7 +217,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    backend: BackendName = Field("hf", description="Which runtime to use.")
+    backend: str = Field("hf", description="Which runtime to use: " + ", ".join(BACKENDS) + ".")
     model: str | None = Field(
         None, description="Overrides the model of the selected backend (QWEN_MODEL)."
     )
@@ -255,11 +256,10 @@ class Settings(BaseSettings):
     @field_validator("backend", mode="before")
     @classmethod
     def _known_backend(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in BACKEND_NAMES:
-            close = difflib.get_close_matches(value, BACKEND_NAMES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+        if isinstance(value, str) and value not in BACKENDS:
             raise ValueError(
-                f"unknown backend {value!r}; {hint}choose one of {', '.join(BACKEND_NAMES)}"
+                f"unknown backend {value!r}; {did_you_mean(value, BACKENDS)}"
+                f"choose one of {', '.join(BACKENDS)}"
             )
         return value
 
@@ -289,17 +289,16 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def selected(self) -> HFSettings | OllamaSettings | UnslothSettings | VLLMSettings:
-        """The settings section of the selected backend."""
-        section: HFSettings | OllamaSettings | UnslothSettings | VLLMSettings = getattr(
-            self, self.backend
-        )
+    def selected(self) -> Section:
+        """The settings section of the selected backend (the field named like the backend)."""
+        section: Section = getattr(self, self.backend)
         return section
 
     @property
     def model_name(self) -> str:
         """The model the selected backend loads: ``model`` (QWEN_MODEL) if set, else its own."""
-        return self.model or self.selected.model
+        model: str = self.model or getattr(self.selected, "model")  # noqa: B009
+        return model
 
     def replace(self, **overrides: Any) -> Settings:
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""
@@ -394,6 +393,8 @@ def mask_url(url: str) -> str:
     >>> mask_url("https://bob:hunter2@gpu.example.com:8000/v1?api_key=abc&x=1")
     'https://***@gpu.example.com:8000/v1?api_key=***&x=1'
     """
+    if "://" not in url and "@" in url:  # host:port without a scheme (Ollama's convention)
+        return mask_url("http://" + url).removeprefix("http://")
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -446,7 +447,7 @@ class _QwenDotEnvSource(DotEnvSettingsSource):
         self._qwen_env_file = env_file
         super().__init__(settings_cls, env_file=env_file)
 
-    def _load_env_vars(self) -> dict[str, str | None]:  # type: ignore[override]
+    def _load_env_vars(self) -> dict[str, str | None]:
         files = self._qwen_env_file
         if files is None:
             return {}

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from qwen_backends._files import decode_utf8
-from qwen_backends.chat import Message, strip_thinking
+from qwen_backends.chat import Message
 from qwen_backends.cli._options import (
     add_backend_options,
     add_sampling_options,
@@ -22,6 +22,7 @@ from qwen_backends.cli._options import (
 )
 from qwen_backends.errors import ConfigurationError, QwenBackendsError
 from qwen_backends.factory import create_backend
+from qwen_backends.thinking import strip_thinking
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import ModelBackend

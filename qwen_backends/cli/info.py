@@ -12,19 +12,12 @@ import urllib.request
 from typing import Any
 
 from qwen_backends.cli._options import add_backend_options, settings_from_args
-from qwen_backends.factory import BACKENDS, missing_modules
-from qwen_backends.settings import Settings, mask_url
+from qwen_backends.factory import backend_class
+from qwen_backends.registry import BACKENDS, missing_modules
+from qwen_backends.settings import Settings
 
-#: pip extra -> a module whose presence shows the extra is installed.
-_EXTRA_PROBES = {
-    "hf": "transformers",
-    "ollama": "ollama",
-    "vllm": "openai",
-    "offline": "dashscope",
-    "vocab": "wordfreq",
-    "finetune": "peft",
-    "unsloth": "unsloth",
-}
+#: Extras that are not a backend -> a module whose presence shows the extra is installed.
+_OTHER_EXTRAS = {"offline": "dashscope", "vocab": "wordfreq", "finetune": "peft"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,8 +52,14 @@ def collect(settings: Settings) -> dict[str, Any]:
     return {
         "settings": settings.redacted(),
         "extras": {
-            extra: importlib.util.find_spec(module) is not None
-            for extra, module in _EXTRA_PROBES.items()
+            **{
+                registration.extra: not missing_modules(name)
+                for name, registration in BACKENDS.items()
+            },
+            **{
+                extra: importlib.util.find_spec(module) is not None
+                for extra, module in _OTHER_EXTRAS.items()
+            },
         },
         "accelerators": accelerators(),
         "backends": {name: backend_status(name, settings) for name in BACKENDS},
@@ -82,49 +81,38 @@ def backend_status(name: str, settings: Settings) -> str:
     if missing:
         extra = BACKENDS[name].extra
         return f"cannot start: missing {', '.join(missing)} (pip install 'qwen-backends[{extra}]')"
-    if name == "unsloth":
-        cuda = accelerators()["cuda"]
-        return "ready" if cuda is True else "cannot start: needs an NVIDIA, AMD or Intel GPU"
-    if name == "ollama":
-        return probe_server(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
-    if name == "vllm":
-        key = settings.vllm.api_key.get_secret_value()
-        return probe_server(
-            settings.vllm.base_url.rstrip("/") + "/models",
-            "vllm serve MODEL",
-            api_key=None if key in ("", "EMPTY") else key,
-            key_setting="QWEN_VLLM__API_KEY",
-        )
-    return "ready"
+    return backend_class(name).readiness(settings)
 
 
 def probe_server(
-    url: str, how_to_start: str, *, api_key: str | None = None, key_setting: str = ""
+    url: str, how_to_start: str, headers: dict[str, str] | None = None, key_setting: str = ""
 ) -> str:
-    """One short GET of ``url``: is a server there, and does it accept our credentials?
+    """``info``'s verdict on a server backend: does ``url`` answer (one short GET)?
 
-    Credentials in the URL (``http://user:pass@host``) are sent as HTTP basic auth, as the
-    backends' HTTP clients do, and ``api_key`` as a bearer token; every URL in the verdict is
-    masked with :func:`~qwen_backends.settings.mask_url`.
+    Credentials inside the URL (``http://user:pass@host``) are sent as HTTP basic auth, as the
+    backends' HTTP clients do, unless ``headers`` already has an ``Authorization``; every URL in
+    the verdict is masked with :func:`~qwen_backends.settings.mask_url`. ``key_setting`` names
+    the setting to fix when the server refuses the credentials.
     """
+    from qwen_backends.settings import mask_url
+
     parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
     shown = mask_url(parts.geturl())
-    headers = {}
+    sent = dict(headers or {})
     if parts.username is not None or parts.password is not None:
-        user = urllib.parse.unquote(parts.username or "")
-        secret = urllib.parse.unquote(parts.password or "")
-        basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
-        headers["Authorization"] = f"Basic {basic}"
+        if "Authorization" not in sent:
+            user = urllib.parse.unquote(parts.username or "")
+            secret = urllib.parse.unquote(parts.password or "")
+            basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            sent["Authorization"] = f"Basic {basic}"
         parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(parts.geturl(), headers=headers)
     try:
+        request = urllib.request.Request(parts.geturl(), headers=sent)
         with urllib.request.urlopen(request, timeout=1.0):
             return f"ready (server answers at {shown})"
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            fix = f"set {key_setting}" if key_setting else "check the credentials in the URL"
+            fix = f"set {key_setting}" if key_setting else "check the credentials"
             return (
                 f"a server answers at {shown} but refuses the credentials (HTTP {exc.code}); {fix}"
             )
