@@ -133,6 +133,7 @@ class OllamaSettings(Section):
     )
     host: str = Field(
         default_factory=lambda: os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434",
+        validate_default=True,
         description="Server address (default: OLLAMA_HOST, else http://127.0.0.1:11434); "
         "HOST:PORT without a scheme means http://HOST:PORT, as for Ollama itself.",
     )
@@ -147,7 +148,9 @@ class OllamaSettings(Section):
     @classmethod
     def _host_url(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() and "://" not in value:
-            value = "http://" + value.strip()  # Ollama's own convention for OLLAMA_HOST
+            # Ollama's own conventions for OLLAMA_HOST: no scheme means http, no host localhost.
+            value = value.strip()
+            value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
         return _check_http_url(value, "ollama.host", "http://127.0.0.1:11434")
 
 
