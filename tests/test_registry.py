@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from qwen_backends.cli import build_parser
 from qwen_backends.cli.info import collect

@@ -147,7 +147,7 @@ def test_bools_are_not_numbers(field: str) -> None:
 
 
 def test_integer_fields_refuse_fractions_but_take_numeric_text() -> None:
-    with pytest.raises(ConfigurationError, match="max_new_tokens.*fractional part"):
+    with pytest.raises(ConfigurationError, match=r"max_new_tokens.*fractional part"):
         SamplingParams(max_new_tokens=2.5)
     # Environment variables and config files deliver text.
     params = SamplingParams(max_new_tokens="7", top_k="3", temperature="0.5")

@@ -250,7 +250,7 @@ def test_yaml_that_is_not_utf8_or_a_directory(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigurationError, match="is a directory"):
         Settings.from_file("conf.d")
     monkeypatch.setenv("QWEN_CONFIG", "conf.d")
-    with pytest.raises(ConfigurationError, match="QWEN_CONFIG names conf.d, which is a directory"):
+    with pytest.raises(ConfigurationError, match=r"QWEN_CONFIG names conf\.d, which is a dir"):
         Settings()
 
 

@@ -298,7 +298,7 @@ def test_output_dir_that_is_a_file(
     blocker.write_text("not a directory", encoding="utf-8")
     with pytest.raises(ConfigurationError, match="is a file, not a directory for evaluation"):
         run_evaluation(make_settings(output_dir=blocker), backend=hf_backend, progress=False)
-    with pytest.raises(ConfigurationError, match="cannot create .*blocker/runs"):
+    with pytest.raises(ConfigurationError, match=r"cannot create .*blocker/runs"):
         run_evaluation(
             make_settings(output_dir=blocker / "runs"), backend=hf_backend, progress=False
         )
