@@ -464,6 +464,10 @@ class _QwenDotEnvSource(DotEnvSettingsSource):
         return values
 
 
+#: QWEN_ variables that are not settings: they are read before (or outside) the settings.
+_PROCESS_ONLY = frozenset({"QWEN_CONFIG", "QWEN_BACKENDS_CACHE"})
+
+
 def _read_dotenv(path: Path) -> dict[str, str | None]:
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
@@ -481,6 +485,11 @@ def _read_dotenv(path: Path) -> dict[str, str | None]:
                 )
             continue  # another tool's line
         key = binding.key
+        if key is not None and key.upper() in _PROCESS_ONLY:
+            raise ConfigurationError(
+                f"{path}:{binding.original.line}: {key} is read from the environment only, not "
+                f"from .env; export it (or, for QWEN_CONFIG, pass --config)"
+            )
         if key is not None and key.upper().startswith("QWEN_") and binding.value is None:
             raise ConfigurationError(
                 f"{path}:{binding.original.line}: {key} has no value; write {key}=value or "

@@ -334,3 +334,9 @@ def test_allow_control_tokens_is_off_unless_set(monkeypatch: pytest.MonkeyPatch)
 def test_ollama_host_port_only_means_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_HOST", ":11500")
     assert Settings().ollama.host == "http://127.0.0.1:11500"
+
+
+def test_process_only_variables_in_dotenv_say_so() -> None:
+    write(Path(".env"), "QWEN_CONFIG=other.yaml\n")
+    with pytest.raises(ConfigurationError, match=r"\.env:1: QWEN_CONFIG is read from the environ"):
+        Settings()

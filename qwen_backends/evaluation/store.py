@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qwen_backends._files import write_failure
+from qwen_backends._files import read_bytes, write_failure
 from qwen_backends.errors import ConfigurationError
 
 __all__ = ["LOCK_FILE", "OutputsFile", "RunLock", "write_json_atomic"]
@@ -68,15 +68,18 @@ class OutputsFile:
         self.dropped_bytes = 0
         if not self.path.is_file():
             return []
-        data = self.path.read_bytes()
+        data = read_bytes(self.path, "outputs file")
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             self.dropped_bytes = len(data) - complete
             if repair:
-                with self.path.open("r+b") as handle:
-                    handle.truncate(complete)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                try:
+                    with self.path.open("r+b") as handle:
+                        handle.truncate(complete)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                except OSError as exc:
+                    raise write_failure(exc, self.path, "outputs file", _RESUME) from exc
         records: list[dict[str, Any]] = []
         seen: set[str] = set()
         for number, line in enumerate(data[:complete].splitlines(), start=1):
