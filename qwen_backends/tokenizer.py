@@ -107,7 +107,8 @@ def load_tokenizer(
     if source.startswith((".", "/", "~", "\\")) and not local.exists():
         raise ModelNotFoundError(
             f"tokenizer directory {source!r} does not exist; fix the path, give a hub id, or use "
-            f"the byte-exact offline Qwen3-4B tokenizer: --tokenizer {OFFLINE}"
+            f"the byte-exact offline Qwen3-4B tokenizer: load_tokenizer('{OFFLINE}') / "
+            f"--tokenizer {OFFLINE}"
         )
     if local.is_file():
         raise ModelNotFoundError(
