@@ -103,6 +103,25 @@ def load_tokenizer(
         source = HFSettings.model_fields["model"].default
     if source == OFFLINE:
         return AutoTokenizer.from_pretrained(str(offline_tokenizer_dir()))
+    local = Path(source).expanduser()
+    if source.startswith((".", "/", "~", "\\")) and not local.exists():
+        raise ModelNotFoundError(
+            f"tokenizer directory {source!r} does not exist; fix the path, give a hub id, or use "
+            f"the byte-exact offline Qwen3-4B tokenizer: load_tokenizer('{OFFLINE}') / "
+            f"--tokenizer {OFFLINE}"
+        )
+    if local.is_file():
+        raise ModelNotFoundError(
+            f"{source!r} is a file; pass the directory that holds tokenizer.json (or a hub id, "
+            f"or {OFFLINE})"
+        )
+    if local.is_dir() and not any(
+        (local / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        raise ModelNotFoundError(
+            f"{source!r} holds no tokenizer (no tokenizer.json or tokenizer_config.json); pass "
+            f"a model or tokenizer directory, a hub id, or {OFFLINE}"
+        )
     try:
         return AutoTokenizer.from_pretrained(
             source, revision=revision, token=token, local_files_only=local_files_only

@@ -182,3 +182,161 @@ def test_replace_merges_nested_sections() -> None:
     changed = settings.replace(hf={"device": "cpu"}, sampling={"seed": 3})
     assert (changed.hf.dtype, changed.hf.device, changed.sampling.seed) == ("float32", "cpu", 3)
     assert settings.hf.device == "auto"
+
+
+# -- a shared .env, broken config files, loose values (issue 13) --------------------------------
+
+
+def test_dotenv_of_other_tools_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    write(
+        Path(".env"),
+        "OPENAI_API_KEY=sk-other-tool\nDATABASE_URL=postgres://u:p@db/x\n"
+        "this line is nobody's syntax\nexport QWEN_BACKEND=ollama\nQWEN_HF__DTYPE=float16\n",
+    )
+    settings = Settings()
+    assert settings.backend == "ollama"
+    assert settings.hf.dtype == "float16"
+
+
+def test_dotenv_unknown_qwen_name_is_still_an_error() -> None:
+    write(Path(".env"), "OPENAI_API_KEY=x\nQWEN_BACKEN=ollama\n")
+    with pytest.raises(ConfigurationError, match="QWEN_BACKEN: is not a known setting"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("A=1\nQWEN_BACKEND ollama\n", ".env:2: cannot parse 'QWEN_BACKEND ollama'"),
+        ("QWEN_BACKEND\n", ".env:1: QWEN_BACKEND has no value"),
+    ],
+)
+def test_broken_qwen_lines_in_dotenv_name_file_and_line(text: str, fragment: str) -> None:
+    write(Path(".env"), text)
+    with pytest.raises(ConfigurationError, match=fragment):
+        Settings()
+
+
+def test_dotenv_that_is_not_utf8_names_the_line() -> None:
+    Path(".env").write_bytes(b"A=1\nQWEN_BACKEND=\xff\n")
+    with pytest.raises(ConfigurationError, match=r"\.env:2: the env file is not UTF-8"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("backend: [hf\n", r"bad\.yaml:2:1: config file is not valid YAML \(expected ','"),
+        ("hf:\n  dtype: float16\n    device: cpu\n", r"bad\.yaml:3:\d+: config file is not valid"),
+        ("- hf\n- ollama\n", "top level of a config file must be a mapping .* got a list"),
+        ("just a string\n", "must be a mapping .* got a str"),
+    ],
+)
+def test_broken_yaml_is_one_line_with_file_and_line(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment) as caught:
+        Settings.from_file(write(Path("bad.yaml"), text))
+    assert "\n" not in str(caught.value)
+
+
+def test_empty_yaml_means_defaults() -> None:
+    assert Settings.from_file(write(Path("empty.yaml"), "")).backend == "hf"
+
+
+def test_yaml_that_is_not_utf8_or_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("latin1.yaml").write_bytes(b"backend: hf\n# caf\xe9\n")
+    with pytest.raises(ConfigurationError, match=r"latin1\.yaml:2: config file is not UTF-8"):
+        Settings.from_file("latin1.yaml")
+    Path("conf.d").mkdir()
+    with pytest.raises(ConfigurationError, match="is a directory"):
+        Settings.from_file("conf.d")
+    monkeypatch.setenv("QWEN_CONFIG", "conf.d")
+    with pytest.raises(ConfigurationError, match=r"QWEN_CONFIG names conf\.d, which is a dir"):
+        Settings()
+
+
+def test_unreadable_yaml_says_permissions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, for whom chmod 000 changes nothing: fail the read itself.
+    config = write(Path("locked.yaml"), "backend: hf\n")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigurationError, match=r"cannot read config file locked\.yaml .*"):
+        Settings.from_file(config)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("QWEN_OLLAMA__TIMEOUT", "inf", "ollama.timeout: Input should be a finite number"),
+        ("QWEN_OLLAMA__TIMEOUT", "nan", "ollama.timeout: Input should be a finite number"),
+        ("QWEN_VLLM__TIMEOUT", "Infinity", "vllm.timeout: Input should be a finite number"),
+        ("QWEN_MODEL", "", "model is empty"),
+        ("QWEN_MODEL", "  ", "model is empty"),
+        ("QWEN_HF__MODEL", "", "hf.model: String should have at least 1 character"),
+        ("QWEN_VLLM__BASE_URL", "localhost:8000/v1", "not an http:// or https:// URL"),
+        ("QWEN_VLLM__BASE_URL", "http://", "not an http:// or https:// URL with a host"),
+        ("QWEN_VLLM__BASE_URL", "http://host:port/v1", "is not a valid URL"),
+        ("QWEN_OLLAMA__HOST", "ftp://127.0.0.1", "not an http:// or https:// URL"),
+        ("QWEN_SAMPLING__TOP_K", "true", "top_k"),
+    ],
+)
+def test_loose_values_are_refused_at_validation(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=fragment):
+        Settings()
+
+
+def test_ollama_host_without_scheme_is_http_like_ollama_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:11434")
+    assert Settings().ollama.host == "http://0.0.0.0:11434"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("http://bob:hunter2@gpu.example:8000/v1", "http://***@gpu.example:8000/v1"),
+        ("https://sk-token@h/v1", "https://***@h/v1"),
+        ("bob:hunter2@h:11434", "***@h:11434"),
+        ("http://h:1/v1?api_key=abc&model=x", "http://h:1/v1?api_key=***&model=x"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    from qwen_backends.settings import mask_url
+
+    assert mask_url(url) == masked
+
+
+def test_redacted_masks_credentials_in_server_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_VLLM__BASE_URL", "http://bob:hunter2@gpu:8000/v1")
+    monkeypatch.setenv("QWEN_OLLAMA__HOST", "https://ann:s3cret@ollama.example")
+    redacted = Settings().redacted()
+    assert redacted["vllm"]["base_url"] == "http://***@gpu:8000/v1"
+    assert redacted["ollama"]["host"] == "https://***@ollama.example"
+    assert "hunter2" not in str(redacted) and "s3cret" not in str(redacted)
+    # The real values still reach the backends.
+    assert Settings().vllm.base_url == "http://bob:hunter2@gpu:8000/v1"
+
+
+def test_allow_control_tokens_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().allow_control_tokens is False
+    monkeypatch.setenv("QWEN_ALLOW_CONTROL_TOKENS", "true")
+    assert Settings().allow_control_tokens is True
+
+
+def test_ollama_host_port_only_means_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", ":11500")
+    assert Settings().ollama.host == "http://127.0.0.1:11500"
+
+
+def test_process_only_variables_in_dotenv_say_so() -> None:
+    write(Path(".env"), "QWEN_CONFIG=other.yaml\n")
+    with pytest.raises(ConfigurationError, match=r"\.env:1: QWEN_CONFIG is read from the environ"):
+        Settings()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import threading
@@ -158,6 +159,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         ) from exc
     except (OSError, ValueError, KeyError) as exc:
         detail = first_line(exc)
+        if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
+            raise _local_load_error(Path(source), exc) from exc
         offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
             "1",
             "true",
@@ -188,6 +191,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             )
         raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
     except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower() and Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
         if "out of memory" in str(exc).lower():
             raise BackendUnavailableError(
                 f"ran out of memory loading {source!r}; use a smaller dtype "
@@ -198,6 +203,65 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             f"cannot load model {source!r} ({first_line(exc)}); check that it is a Qwen3 "
             "checkpoint that transformers can read"
         ) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error is no OSError
+            raise
+        if Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
+        raise ModelNotFoundError(
+            f"the weights of {source!r} are damaged ({first_line(exc)}); delete its folder from "
+            "the Hugging Face cache (~/.cache/huggingface/hub) and download it again"
+        ) from exc
+
+
+def _local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
+    """Say what is wrong with a local checkpoint directory that failed to load."""
+    detail = first_line(exc)
+    fix = "copy or download the checkpoint again"
+    if isinstance(exc, PermissionError):
+        name = getattr(exc, "filename", None) or directory
+        return ModelNotFoundError(
+            f"cannot read {name} ({exc.strerror}); check the permissions of the model directory "
+            f"{directory}"
+        )
+    config = directory / "config.json"
+    if not config.is_file():
+        return ModelNotFoundError(
+            f"{directory} holds no model (no config.json); point QWEN_MODEL / --model at a Qwen3 "
+            "checkpoint directory (config.json, tokenizer files, *.safetensors), or give a hub id"
+        )
+    try:
+        json.loads(config.read_bytes())
+    except (OSError, ValueError) as problem:
+        return ModelNotFoundError(
+            f"{config} is damaged or truncated ({first_line(problem)}); {fix}"
+        )
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        return ModelNotFoundError(
+            f"{directory} holds no tokenizer (no tokenizer.json or tokenizer_config.json); copy "
+            "Qwen3-4B's tokenizer files into it"
+        )
+    lowered = detail.lower()
+    if "tokenizer" in lowered:
+        return ModelNotFoundError(
+            f"the tokenizer files in {directory} cannot be loaded ({detail}); {fix}"
+        )
+    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
+    if not any(path.is_file() for path in weights):
+        return ModelNotFoundError(f"{directory} has no weight files (*.safetensors); {fix}")
+    if "permission denied" in lowered:
+        return ModelNotFoundError(
+            f"cannot read the weights in {directory} ({detail}); check the files' permissions"
+        )
+    if any(word in lowered for word in ("safetensor", "deserializ", "header", "incomplete")):
+        return ModelNotFoundError(
+            f"the weights in {directory} are damaged or truncated ({detail}); {fix}"
+        )
+    return ModelNotFoundError(
+        f"cannot load the model in {directory} ({detail}); check that it is a complete Qwen3 "
+        f"checkpoint, or {fix}"
+    )
 
 
 # -- the backend -----------------------------------------------------------------------------------
@@ -361,11 +425,17 @@ class HFBackend(ModelBackend):
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
+        allow = self.settings.allow_control_tokens
+        return render_prompt_ids(
+            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+        )
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
-        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
+        allow = self.settings.allow_control_tokens
+        return render_prompt(
+            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+        )
 
     # -- internals -------------------------------------------------------------------------
 

@@ -163,6 +163,7 @@ class VLLMBackend(ModelBackend):
             settings.vllm.base_url.rstrip("/") + "/models",
             "vllm serve MODEL",
             headers={"Authorization": f"Bearer {key}"},
+            key_setting="QWEN_VLLM__API_KEY",
         )
 
     # -- public API ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from qwen_backends._files import ensure_directory
 from qwen_backends.testing import CHECKPOINT_SIZES, build_checkpoint
 
 
@@ -23,5 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the checkpoint and print its path."""
+    ensure_directory(args.directory, "the test checkpoint", "the DIRECTORY argument")
     print(build_checkpoint(args.directory, size=args.size, seed=args.seed))
     return 0

@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
         def step(name: str) -> None:
             bar.update(1)  # the previous step is done
-            bar.set_description(name)
+            bar.set_description(name, refresh=False)
 
-        bar.set_description("loading tokenizer")
+        # refresh=False: the bar stays hidden for its first second (delay), even on an error.
+        bar.set_description("loading tokenizer", refresh=False)
         tokenizer = load_tokenizer(args.tokenizer)
         _, summary = export_english_vocab(
             tokenizer, args.output, args.tier, validate=not args.no_validate, progress=step

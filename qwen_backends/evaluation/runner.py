@@ -8,22 +8,28 @@ A run lives in ``<evaluation.output_dir>/<run_name>/``:
 
 Running the same configuration again resumes: finished ids are skipped, an incomplete trailing
 record left by a kill is cut off, and a run directory made with different backend, model or
-sampling is refused rather than mixed.
+sampling is refused rather than mixed. One process at a time writes a run (a lock file in the
+run directory; a second writer gets a one-line error). When a write fails (a full disk) the
+records finished so far stay on disk and the same command resumes once the cause is fixed. A
+damaged ``run.json`` is rewritten from the saved records, which carry the same identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from qwen_backends._files import ensure_directory
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation.metrics import contains_match, exact_match, summarize
 from qwen_backends.evaluation.prompts import PromptCase, load_prompts
-from qwen_backends.evaluation.store import OutputsFile, write_json_atomic
+from qwen_backends.evaluation.store import OutputsFile, RunLock, write_json_atomic
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import Generation, ModelBackend
@@ -47,6 +53,8 @@ MANIFEST_FILE = "run.json"
 #: Manifest keys that must match for a run to be resumed.
 _IDENTITY = ("backend", "model", "sampling")
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class EvaluationResult:
@@ -64,6 +72,8 @@ class EvaluationResult:
         Prompts already finished by an earlier call (resumed).
     dropped_partial
         Whether an incomplete trailing record from an interrupted run was removed.
+    repaired_manifest
+        Whether a damaged ``run.json`` was rewritten from the saved records.
     """
 
     run_dir: Path
@@ -71,6 +81,7 @@ class EvaluationResult:
     generated: int = 0
     skipped: int = 0
     dropped_partial: bool = False
+    repaired_manifest: bool = False
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -127,14 +138,15 @@ def run_evaluation(
     Raises
     ------
     ConfigurationError
-        For a bad prompt set, a run directory made with other settings, or output records
-        that do not belong to this prompt set. Generation errors propagate after the
+        For a bad prompt set, a run directory made with other settings, output records that
+        do not belong to this prompt set, an output directory that cannot be created, or a run
+        another process is writing (its pid is named). Generation errors propagate after the
         records finished so far (and a partial summary) are safely on disk.
+    DiskFullError
+        When the disk fills up; every finished record is kept and the run resumes later.
     """
     config = settings.evaluation
-    prompts = load_prompts(config.prompts)
-    by_id = {case.id: case for case in prompts}
-    selected = prompts[: config.limit] if config.limit else prompts
+    prompts = load_prompts(config.prompts, allow_control_tokens=settings.allow_control_tokens)
     if backend is not None and backend.name != settings.backend:
         raise ConfigurationError(
             f"the backend passed ({backend.name}) is not the one the settings select "
@@ -142,9 +154,27 @@ def run_evaluation(
         )
     run_dir = run_directory(settings)
     manifest = _manifest(settings, config.prompts)
+    ensure_directory(config.output_dir, "evaluation runs", "evaluation.output_dir (--output-dir)")
+    ensure_directory(run_dir, "this evaluation run", "evaluation.run_name (--run-name)")
+    with RunLock(run_dir):
+        return _run_locked(settings, prompts, backend, progress, progress_file, run_dir, manifest)
+
+
+def _run_locked(
+    settings: Settings,
+    prompts: list[PromptCase],
+    backend: ModelBackend | None,
+    progress: bool,
+    progress_file: TextIO | None,
+    run_dir: Path,
+    manifest: dict[str, Any],
+) -> EvaluationResult:
+    config = settings.evaluation
+    by_id = {case.id: case for case in prompts}
+    selected = prompts[: config.limit] if config.limit else prompts
     outputs = OutputsFile(run_dir / OUTPUTS_FILE)
     records = outputs.recover()
-    _check_or_write_manifest(run_dir, manifest, records)
+    repaired = _check_or_write_manifest(run_dir, manifest, records)
     _check_records(records, by_id, outputs.path, config.prompts)
     done = {record["id"] for record in records}
     todo = [case for case in selected if case.id not in done]
@@ -153,6 +183,7 @@ def run_evaluation(
         summary={},
         skipped=len(selected) - len(todo),
         dropped_partial=outputs.dropped_bytes > 0,
+        repaired_manifest=repaired,
         records=records,
     )
     total = len({case.id for case in selected} | done)
@@ -171,11 +202,19 @@ def run_evaluation(
                 result,
                 bar=_progress_bar(total, total - len(todo), run_dir.name, progress, progress_file),
             )
-    finally:
+    except BaseException:
         outputs.close()
         if owned and backend is not None:
             backend.close()
-        result.summary = _write_summary(run_dir, manifest, records, total)
+        # A summary of what is saved helps, but it must not hide the error that stopped the
+        # run (on a full disk the summary cannot be written either; the next run writes it).
+        with contextlib.suppress(Exception):
+            result.summary = _write_summary(run_dir, manifest, records, total)
+        raise
+    outputs.close()
+    if owned and backend is not None:
+        backend.close()
+    result.summary = _write_summary(run_dir, manifest, records, total)
     return result
 
 
@@ -293,22 +332,25 @@ def _manifest(settings: Settings, prompts_file: Path) -> dict[str, Any]:
 
 def _check_or_write_manifest(
     run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]]
-) -> None:
+) -> bool:
+    """Check the run's identity; returns whether a damaged ``run.json`` was rewritten."""
     import json
 
     path = run_dir / MANIFEST_FILE
     if not records:
         # Nothing answered yet (e.g. the model failed to load): the new settings simply apply.
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, manifest)
-        return
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else records[0]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigurationError(
-            f"{path} is unreadable ({exc}); delete the run directory {run_dir} or choose "
-            "another evaluation.run_name"
-        ) from None
+        return False
+    stored: Any = records[0]  # every record carries backend, model and sampling too
+    damaged = False
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("%s is damaged (%s); checking the run against its records", path, exc)
+            stored, damaged = records[0], True
+        if not isinstance(stored, dict):
+            stored, damaged = records[0], True
     differences = _differences({k: stored.get(k) for k in _IDENTITY}, manifest)
     if differences:
         raise ConfigurationError(
@@ -316,8 +358,9 @@ def _check_or_write_manifest(
             "resume only with the same backend, model and sampling: set evaluation.run_name "
             "(or --run-name) to start a new run, or delete that directory"
         )
-    if not path.is_file():
+    if damaged or not path.is_file():
         write_json_atomic(path, manifest)
+    return damaged
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from qwen_backends._files import load_yaml_mapping
 from qwen_backends.errors import ConfigurationError, did_you_mean
 from qwen_backends.finetune.engines import ENGINES
 from qwen_backends.sampling import validation_message
@@ -66,6 +66,11 @@ class DataConfig(Section):
     )
     split: str = Field("train", description="Split of hub_dataset, e.g. 'train' or 'train[:500]'.")
     limit: int | None = Field(None, ge=1, description="Use at most this many conversations.")
+    allow_control_tokens: bool = Field(
+        False,
+        description="Train on text holding Qwen3 control-token text such as <|im_end|> (it is "
+        "tokenized as the real control token); off: such conversations are refused with FILE:LINE.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -301,20 +306,9 @@ def load_config(path: str | Path, **changes: Any) -> FinetuneConfig:
         If the file is missing, is not a YAML mapping, or holds an invalid value.
     """
     config_path = Path(path)
-    if not config_path.is_file():
+    if not config_path.exists():
         raise ConfigurationError(f"fine-tuning config {config_path} does not exist; check the path")
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigurationError(
-            f"fine-tuning config {config_path} is not valid YAML{where}; fix the syntax"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigurationError(
-            f"fine-tuning config {config_path} must be a YAML mapping (engine:, model:, data:, ...)"
-        )
+    raw = load_yaml_mapping(config_path, "fine-tuning config", "engine:, model:, data:, ...")
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data_path = Path(data["path"]).expanduser()

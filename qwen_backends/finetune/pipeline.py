@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwen_backends._files import ensure_directory
 from qwen_backends.errors import ConfigurationError, MissingDependencyError
 from qwen_backends.finetune.config import FinetuneConfig
 from qwen_backends.finetune.data import (
@@ -175,14 +176,18 @@ def run_finetune(
     engine = create_engine(config)
     engine.check_training_options()
     _check_resume(config)
+    # A bad output path fails now, not after training.
+    ensure_directory(
+        config.output_dir, "the fine-tuning outputs", "export.output_dir (--output-dir)"
+    )
     if config.export.mlx is not None:
         _check_mlx_installed()
-        if conversations is None:
-            conversations = load_conversations(config.data)
+    if conversations is None:  # before loading the model: bad data fails fast
+        conversations = load_conversations(config.data)
     with _cpu_threads(config.training.cpu_threads):
         result = _run(config, engine, conversations)
     if config.export.mlx is not None and result.merged_dir is not None:
-        _export_mlx(config, result, conversations or [])
+        _export_mlx(config, result, conversations)
     return result
 
 
@@ -229,14 +234,16 @@ def _export_mlx(
 
 
 def _run(
-    config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]] | None
+    config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]]
 ) -> FinetuneResult:
     model, tokenizer = engine.load()
-    if conversations is None:
-        conversations = load_conversations(config.data)
     training = config.training
     encoded, dropped = encode_conversations(
-        tokenizer, conversations, config.max_seq_length, progress=training.progress_bar
+        tokenizer,
+        conversations,
+        config.max_seq_length,
+        progress=training.progress_bar,
+        allow_control_tokens=config.data.allow_control_tokens,
     )
     if dropped:
         logger.warning(

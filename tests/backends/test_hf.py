@@ -8,6 +8,7 @@ deterministic under a seed.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -616,3 +617,67 @@ def _without_time(generation: Any) -> Any:
     from dataclasses import replace
 
     return replace(generation, seconds=0.0)
+
+
+# -- local checkpoints that cannot load say what is wrong with them (issue 13) -----------------
+
+
+def _damaged_copy(source: Path, target: Path, damage: dict[str, bytes | None]) -> Path:
+    """``source`` linked file by file into ``target``, with ``damage`` replacing (or, for
+    ``None``, removing) some files."""
+    target.mkdir()
+    for file in source.iterdir():
+        if file.name not in damage:
+            (target / file.name).symlink_to(file)
+    for name, content in damage.items():
+        if content is not None:
+            (target / name).write_bytes(content)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ({"config.json": None}, r"holds no model \(no config\.json\)"),
+        ("truncated-config", "config.json is damaged or truncated"),
+        ("truncated-weights", r"are damaged or truncated \(Error while deserializing header"),
+        ({"model.safetensors": b"\x00" * 8 + b"not a header"}, "weights in .* are damaged"),
+        ({"model.safetensors": None}, "has no weight files"),
+    ],
+)
+def test_damaged_local_checkpoint_names_the_problem(
+    isolated: None, tiny_model_dir: Path, tmp_path: Path, damage: Any, fragment: str
+) -> None:
+    if damage == "truncated-config":
+        damage = {"config.json": (tiny_model_dir / "config.json").read_bytes()[:100]}
+    elif damage == "truncated-weights":
+        damage = {"model.safetensors": (tiny_model_dir / "model.safetensors").read_bytes()[:1000]}
+    model = _damaged_copy(tiny_model_dir, tmp_path / "model", damage)
+    with pytest.raises(ModelNotFoundError) as caught:
+        create_backend(backend="hf", model=str(model))
+    message = str(caught.value)
+    assert re.search(fragment, message), message
+    assert "\n" not in message
+    for wrong_hint in ("hf download", "trust_remote_code", "TRUST_REMOTE_CODE", "hub id or"):
+        assert wrong_hint not in message
+
+
+def test_empty_directory_is_not_a_tokenizer_complaint(isolated: None, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as caught:
+        create_backend(backend="hf", model=str(tmp_path))
+    assert "holds no model (no config.json)" in str(caught.value)
+    assert "Couldn't instantiate" not in str(caught.value)
+
+
+def test_unreadable_weights_say_permissions(tmp_path: Path) -> None:
+    from qwen_backends.backends.hf import _local_load_error
+
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    denied = PermissionError(13, "Permission denied", str(tmp_path / "model.safetensors"))
+    message = str(_local_load_error(tmp_path, denied))
+    assert message == (
+        f"cannot read {tmp_path / 'model.safetensors'} (Permission denied); check the "
+        f"permissions of the model directory {tmp_path}"
+    )

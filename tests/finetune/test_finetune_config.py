@@ -81,9 +81,9 @@ def test_file_problems_are_reported(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("engine: [peft\n", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="not valid YAML"):
+    with pytest.raises(ConfigurationError, match=r"bad\.yaml:2:1: fine-tuning config is not valid"):
         load_config(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("peft\n", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="must be a YAML mapping"):
+    with pytest.raises(ConfigurationError, match="fine-tuning config must be a mapping"):
         load_config(scalar)
