@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import regex
 
 from qwen_backends.errors import ChatTemplateError, ThinkingModeError
+from qwen_backends.family import DEFAULT_FAMILY, FAMILIES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -48,7 +49,7 @@ EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 #: Where every Qwen3 generation prompt hands over to the model.
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 #: The non-thinking 4B model to use instead of a thinking-only one.
-INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+INSTRUCT_MODEL = FAMILIES["qwen3-4b-instruct-2507"].hf
 
 #: Keys that would switch Qwen3 into thinking mode in one runtime or another.
 THINKING_KEYS = frozenset({"enable_thinking", "thinking", "think", "reasoning", "reasoning_effort"})
@@ -166,7 +167,8 @@ def _refuse_thinking_only(mode: TemplateMode, source: str) -> TemplateMode:
         raise ThinkingModeError(
             f"{source!r} is a thinking-only model (its template opens <think> whatever "
             "enable_thinking says), and qwen-backends runs non-thinking only; use "
-            f"{INSTRUCT_MODEL} (QWEN_FAMILY=qwen3-4b-instruct-2507) or the hybrid Qwen/Qwen3-4B"
+            f"{INSTRUCT_MODEL} (QWEN_FAMILY=qwen3-4b-instruct-2507) or the hybrid "
+            f"{FAMILIES[DEFAULT_FAMILY].hf}"
         )
     return mode
 

@@ -72,6 +72,7 @@ from qwen_backends.errors import (
 )
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
+from qwen_backends.family import FAMILIES
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 from qwen_backends.thinking import TextPipeline
 
@@ -266,7 +267,7 @@ class HFBackend(ModelBackend):
             if not Path(source).expanduser().is_dir():
                 raise ModelNotFoundError(
                     f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
-                    f"--model, or give a hub id such as {HFSettings.model_fields['model'].default}"
+                    f"--model, or give a hub id such as {FAMILIES[self.settings.family].hf}"
                 )
             source = str(Path(source).expanduser())
         import torch

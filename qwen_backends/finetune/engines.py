@@ -124,7 +124,7 @@ class PeftEngine(Engine):
 
         from qwen_backends.errors import ModelNotFoundError
 
-        source = self.config.model
+        source = self.config.model_name
         if looks_like_path(source) and not Path(source).expanduser().is_dir():
             raise ModelNotFoundError(
                 f"model folder {source!r} does not exist; fix model: in the config (or "
@@ -138,7 +138,7 @@ class PeftEngine(Engine):
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(), token=token)
         except OSError as exc:
             raise ModelNotFoundError(
-                f"cannot load {self.config.model!r} ({first_line(exc)}); check the model id or "
+                f"cannot load {self.config.model_name!r} ({first_line(exc)}); check the model id or "
                 "folder, and HF_TOKEN for gated models"
             ) from exc
         return model, tokenizer
@@ -219,7 +219,7 @@ class UnslothEngine(Engine):
         dtype = None if self.config.dtype == "auto" else getattr(torch, self.config.dtype)
         token = self.config.token.get_secret_value() if self.config.token else None
         model, tokenizer = fast.from_pretrained(
-            model_name=self.config.model,
+            model_name=self.config.model_name,
             max_seq_length=self.config.max_seq_length,
             dtype=dtype,
             load_in_4bit=self.config.load_in_4bit,

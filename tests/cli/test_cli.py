@@ -66,3 +66,19 @@ def test_make_test_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "m").iterdir()
     }
+
+
+def test_info_shows_the_family_and_every_backend_model() -> None:
+    result = cli("info", "--json", env={"QWEN_FAMILY": "qwen3-4b-instruct-2507"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["family"]["name"] == "qwen3-4b-instruct-2507"
+    assert report["family"]["mode"] == "non-thinking"
+    assert report["models"]["hf"] == "Qwen/Qwen3-4B-Instruct-2507"
+    assert report["models"]["ollama"] == "qwen3:4b-instruct-2507-q4_K_M"
+    assert report["models"]["unsloth"] == "unsloth/Qwen3-4B-Instruct-2507"
+    human = cli("info", "--family", "qwen3-4b", "--backend", "vllm")
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("backend: vllm  model: Qwen/Qwen3-4B\n")
+    assert "family: qwen3-4b -- Qwen3-4B (hybrid" in human.stdout
+    assert "ollama   model qwen3-4b-nothink:q4_K_M:" in human.stdout
