@@ -37,6 +37,7 @@ from qwen_backends.finetune.data import (
 )
 from qwen_backends.finetune.engines import Engine, create_engine
 from qwen_backends.finetune.ollama import write_modelfile
+from qwen_backends.thinking import TemplateMode, template_mode
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,9 @@ class FinetuneResult:
         The trainer's logged records (loss, learning rate, ... per logging step).
     ollama_name
         The model name suggested for ``ollama create``.
+    template_mode
+        The base model's template mode (hybrid: the Modelfile pre-fills the empty think block;
+        non-thinking: Instruct-2507, it does not).
     """
 
     output_dir: Path
@@ -90,6 +94,7 @@ class FinetuneResult:
     train_seconds: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
     ollama_name: str = "qwen3-finetuned"
+    template_mode: TemplateMode = TemplateMode.HYBRID
 
     def load_backend(self, **overrides: Any) -> ModelBackend:
         """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
@@ -163,6 +168,8 @@ def _run(
     config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]] | None
 ) -> FinetuneResult:
     model, tokenizer = engine.load()
+    # Refuses a thinking-only base before any work; picks the Modelfile's think prefill.
+    mode = template_mode(tokenizer)
     if conversations is None:
         conversations = load_conversations(config.data)
     training = config.training
@@ -203,10 +210,15 @@ def _run(
     if config.export.modelfile:
         if gguf_files:
             modelfile = write_modelfile(
-                gguf_files[0].parent, f"./{gguf_files[0].name}", num_ctx=config.export.num_ctx
+                gguf_files[0].parent,
+                f"./{gguf_files[0].name}",
+                num_ctx=config.export.num_ctx,
+                mode=mode,
             )
         elif merged_dir is not None:
-            modelfile = write_modelfile(output, "./merged", num_ctx=config.export.num_ctx)
+            modelfile = write_modelfile(
+                output, "./merged", num_ctx=config.export.num_ctx, mode=mode
+            )
     return FinetuneResult(
         output_dir=output,
         adapter_dir=adapter_dir,
@@ -221,6 +233,7 @@ def _run(
         train_seconds=train_seconds,
         log_history=list(trainer.state.log_history),
         ollama_name=config.export.ollama_name,
+        template_mode=mode,
     )
 
 
