@@ -281,7 +281,7 @@ class Settings(BaseSettings):
         return self.model or self.default_model(self.backend)
 
     def default_model(self, backend: str) -> str:
-        """The model ``backend`` runs when ``QWEN_MODEL`` is not set: its section, else the family."""
+        """The model ``backend`` runs without ``QWEN_MODEL``: its section's, else the family's."""
         section = getattr(self, backend, None)
         own = getattr(section, "model", None)
         return own if isinstance(own, str) and own else FAMILIES[self.family].model_for(backend)

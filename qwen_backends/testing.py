@@ -80,9 +80,7 @@ def chat_template(template: str) -> str:
             "update qwen_backends.testing.chat_template"
         )
     # Thinking-2507 hands over to the model inside an opened think block.
-    return instruct.replace(
-        _GENERATION_PROMPT, "{{- '<|im_start|>assistant\\n<think>\\n' }}"
-    )
+    return instruct.replace(_GENERATION_PROMPT, "{{- '<|im_start|>assistant\\n<think>\\n' }}")
 
 
 def build_checkpoint(

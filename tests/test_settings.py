@@ -223,7 +223,7 @@ def test_switching_backend_never_switches_the_model_family() -> None:
     # the hybrid has no official Ollama tag: its Ollama model is built from a hub GGUF
     assert FAMILIES["qwen3-4b"].ollama_source is not None
     assert FAMILIES["qwen3-4b"].ollama_source.startswith("hf.co/")
-    assert "qwen3:4b" != FAMILIES["qwen3-4b"].ollama  # that tag is Thinking-2507 today
+    assert FAMILIES["qwen3-4b"].ollama != "qwen3:4b"  # that tag is Thinking-2507 today
 
 
 def test_explicit_models_win_over_the_family(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,9 +70,9 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
+from qwen_backends.family import FAMILIES
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.family import FAMILIES
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
 

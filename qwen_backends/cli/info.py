@@ -53,9 +53,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     family = FAMILIES[settings.family]
     return {
         "family": {"name": family.name, "title": family.title, "mode": family.mode},
-        "models": {
-            name: settings.model or settings.default_model(name) for name in BACKENDS
-        },
+        "models": {name: settings.model or settings.default_model(name) for name in BACKENDS},
         "settings": settings.redacted(),
         "extras": {
             **{

@@ -8,11 +8,11 @@ trained as exactly the token sequence the model sees and produces at inference t
 so the training *text* is ``render_prompt(tokenizer, history) + answer + "<|im_end|>"``: the
 non-thinking prompt that every backend renders (for the hybrid Qwen3-4B it ends with the empty
 think block; for Qwen3-4B-Instruct-2507 at ``<|im_start|>assistant\n``, as its template has no
-think block), the answer, and the end-of-turn token at which generation stops. The template's newline after
-``<|im_end|>`` is not part of the example: inference stops before it, so nothing would learn to
-produce it. Labels are ``-100`` on every prompt token (system, user, earlier turns, the role
-header and, for the hybrid, the empty think block) and equal the ids on the answer and
-``<|im_end|>``.
+think block), the answer, and the end-of-turn token at which generation stops. The template's
+newline after ``<|im_end|>`` is not part of the example: inference stops before it, so nothing
+would learn to produce it. Labels are ``-100`` on every prompt token (system, user, earlier
+turns, the role header and, for the hybrid, the empty think block) and equal the ids on the
+answer and ``<|im_end|>``.
 
 A conversation with several assistant turns gives one example per turn, each rendered from its
 own history, because the chat template renders earlier assistant turns *without* the empty think

@@ -138,8 +138,8 @@ class PeftEngine(Engine):
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(), token=token)
         except OSError as exc:
             raise ModelNotFoundError(
-                f"cannot load {self.config.model_name!r} ({first_line(exc)}); check the model id or "
-                "folder, and HF_TOKEN for gated models"
+                f"cannot load {self.config.model_name!r} ({first_line(exc)}); check the model id "
+                "or folder, and HF_TOKEN for gated models"
             ) from exc
         return model, tokenizer
 

@@ -10,7 +10,8 @@ has
   thinking in a separate ``Thinking`` field, which the template never prints), and a final
   ``<|im_start|>assistant`` header -- pre-filled with the empty think block for the hybrid
   Qwen3-4B (:attr:`~qwen_backends.thinking.TemplateMode.HYBRID`), left open for
-  Qwen3-4B-Instruct-2507, which never thinks (:attr:`~qwen_backends.thinking.TemplateMode.NON_THINKING`);
+  Qwen3-4B-Instruct-2507, which never thinks
+  (:attr:`~qwen_backends.thinking.TemplateMode.NON_THINKING`);
 - PARAMETERs with Qwen3's non-thinking values (those of :class:`~qwen_backends.SamplingParams`)
   and both ChatML stop tokens.
 
@@ -27,7 +28,6 @@ backend uses the same TEMPLATE to build the hybrid Qwen3-4B's Ollama model from 
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from qwen_backends.sampling import SamplingParams

@@ -32,6 +32,7 @@ from qwen_backends.backends.transformers_sampling import (
     PresencePenaltyLogitsProcessor,
     generation_config_for,
 )
+from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -41,7 +42,6 @@ from qwen_backends.errors import (
     ThinkingModeError,
     UnsupportedFeatureError,
 )
-from qwen_backends.chat import render_prompt_ids
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import HFSettings, Settings
 from qwen_backends.testing import tiny_checkpoint
@@ -618,7 +618,10 @@ HI_INSTRUCT = HI_HYBRID[:9]
 
 @pytest.mark.parametrize(
     ("template", "mode", "ids"),
-    [("hybrid", TemplateMode.HYBRID, HI_HYBRID), ("instruct-2507", TemplateMode.NON_THINKING, HI_INSTRUCT)],
+    [
+        ("hybrid", TemplateMode.HYBRID, HI_HYBRID),
+        ("instruct-2507", TemplateMode.NON_THINKING, HI_INSTRUCT),
+    ],
 )
 def test_hybrid_and_instruct_2507_checkpoints_generate_non_thinking(
     isolated: None, template: str, mode: TemplateMode, ids: list[int]
@@ -643,7 +646,7 @@ def test_thinking_2507_is_refused_before_the_weights_load(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, enable_thinking=False
     )
     raw_ids = raw["input_ids"] if isinstance(raw, Mapping) else raw
-    assert list(raw_ids) == HI_INSTRUCT + [THINK, 198]  # the template opens <think>\n regardless
+    assert list(raw_ids) == [*HI_INSTRUCT, THINK, 198]  # the template opens <think>\n regardless
 
     from transformers import AutoModelForCausalLM
 

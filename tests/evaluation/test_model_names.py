@@ -133,6 +133,13 @@ def test_family_detector() -> None:
         "phi-3",
         "qwen:4b",
     ]
-    clean = ["ollama serve", "convert with llama.cpp", "backend=llamacpp", "Qwen3-4B", "qwen3:4b-instruct", "GPT-4's"]
+    clean = [
+        "ollama serve",
+        "convert with llama.cpp",
+        "backend=llamacpp",
+        "Qwen3-4B",
+        "qwen3:4b-instruct",
+        "GPT-4's",
+    ]
     assert all(OTHER_FAMILIES.search(text) for text in flagged)
     assert not any(OTHER_FAMILIES.search(text) for text in clean)
