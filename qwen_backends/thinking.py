@@ -39,6 +39,7 @@ __all__ = [
     "ThinkingStreamFilter",
     "check_generation_prompt",
     "longest_partial_suffix",
+    "prompt_mode",
     "reject_thinking",
     "strip_thinking",
     "template_mode",
@@ -139,6 +140,17 @@ def check_generation_prompt(prompt: str, mode: TemplateMode, source: str) -> Non
             f"{expected!r} (it ends with {prompt[-40:]!r}), so the model could think; use "
             "Qwen3-4B's official template"
         )
+
+
+def prompt_mode(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
+    """The template mode a rendered probe ``prompt`` shows (for templates rendered elsewhere).
+
+    ``prompt`` is a one-user-turn conversation rendered with ``add_generation_prompt`` and
+    ``enable_thinking=False`` (e.g. by a vLLM server's ``/tokenize``); ``switchable`` says
+    whether the template has an ``enable_thinking`` switch (a hybrid that ignored it would
+    otherwise look like Instruct-2507). Same rules and errors as :func:`template_mode`.
+    """
+    return _refuse_thinking_only(_mode_of(prompt, switchable=switchable, source=source), source)
 
 
 def _mode_of(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
