@@ -82,3 +82,12 @@ def test_info_shows_the_family_and_every_backend_model() -> None:
     assert human.stdout.startswith("backend: vllm  model: Qwen/Qwen3-4B\n")
     assert "family: qwen3-4b -- Qwen3-4B (hybrid" in human.stdout
     assert "ollama   model qwen3-4b-nothink:q4_K_M:" in human.stdout
+
+
+def test_make_test_model_with_the_thinking_template_is_refused_by_generate(
+    tmp_path: Path,
+) -> None:
+    made = cli("make-test-model", str(tmp_path / "t"), "--template", "thinking-2507")
+    assert made.returncode == 0, made.stderr
+    result = cli("generate", "hi", "--backend", "hf", "--model", str(tmp_path / "t"))
+    assert_one_line_error(result, "thinking-only", "Qwen/Qwen3-4B-Instruct-2507")
