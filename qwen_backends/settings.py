@@ -48,6 +48,7 @@ from qwen_backends.thinking import reject_thinking
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "INSTRUCT_MODEL",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
@@ -112,6 +113,8 @@ class HFSettings(Section):
         return int(self.max_context * YARN_FACTOR) if self.yarn else self.max_context
 
 
+#: The non-thinking Qwen3-4B build to use instead of a thinking-only one (hub id).
+INSTRUCT_MODEL = FAMILIES["qwen3-4b-instruct-2507"].hf
 #: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
 #: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
 OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = (

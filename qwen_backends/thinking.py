@@ -10,7 +10,7 @@ Every backend and path calls into this module; none re-implements it:
 - :func:`strip_thinking` -- removes every trace of thinking from a finished text;
 - :class:`ThinkingStreamFilter` -- the same for text that arrives in pieces;
 - :class:`TextPipeline` -- raw generated text to what a caller sees: stop strings cut first, then
-  thinking removed; in-process backends (hf, unsloth, llamacpp, mlx) share it.
+  thinking removed; in-process backends (hf, unsloth, llama.cpp, MLX) share it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import regex
 
 from qwen_backends.errors import ChatTemplateError, ThinkingModeError
-from qwen_backends.family import DEFAULT_FAMILY, FAMILIES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = [
     "EMPTY_THINK_BLOCK",
     "GENERATION_PROMPT",
-    "INSTRUCT_MODEL",
     "THINKING_KEYS",
     "StopTrimmer",
     "TemplateMode",
@@ -49,8 +47,6 @@ __all__ = [
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 #: Where every Qwen3 generation prompt hands over to the model.
 GENERATION_PROMPT = "<|im_start|>assistant\n"
-#: The non-thinking 4B model to use instead of a thinking-only one.
-INSTRUCT_MODEL = FAMILIES["qwen3-4b-instruct-2507"].hf
 
 #: Keys that would switch Qwen3 into thinking mode in one runtime or another.
 THINKING_KEYS = frozenset({"enable_thinking", "thinking", "think", "reasoning", "reasoning_effort"})
@@ -176,10 +172,13 @@ def _mode_of(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
 
 def _refuse_thinking_only(mode: TemplateMode, source: str) -> TemplateMode:
     if mode is TemplateMode.THINKING_ONLY:
+        from qwen_backends.family import DEFAULT_FAMILY, FAMILIES
+
+        instruct = FAMILIES["qwen3-4b-instruct-2507"]
         raise ThinkingModeError(
             f"{source!r} is a thinking-only model (its template opens <think> whatever "
             "enable_thinking says), and qwen-backends runs non-thinking only; use "
-            f"{INSTRUCT_MODEL} (QWEN_FAMILY=qwen3-4b-instruct-2507) or the hybrid "
+            f"{instruct.hf} (QWEN_FAMILY={instruct.name}) or the hybrid "
             f"{FAMILIES[DEFAULT_FAMILY].hf}"
         )
     return mode

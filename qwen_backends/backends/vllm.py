@@ -85,7 +85,7 @@ _HISTORY_PROBE = [{"role": "user", "content": "hi"}, {"role": "assistant", "cont
 
 
 def _byte_decoder() -> dict[str, int]:
-    """Byte-level BPE's printable stand-ins -> the bytes they stand for (the usual byte-level mapping)."""
+    """Byte-level BPE's printable stand-ins -> the bytes they stand for."""
     kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     kept += range(ord("®"), ord("ÿ") + 1)
     mapping = {chr(byte): byte for byte in kept}

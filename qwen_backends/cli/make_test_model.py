@@ -30,7 +30,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the checkpoint and print its path."""
-    print(
-        build_checkpoint(args.directory, size=args.size, seed=args.seed, template=args.template)
-    )
+    print(build_checkpoint(args.directory, size=args.size, seed=args.seed, template=args.template))
     return 0

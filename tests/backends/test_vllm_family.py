@@ -3,8 +3,8 @@
 The server serves the ``vllm`` test checkpoint with Qwen3-4B-Instruct-2507's chat template (no
 think switch, no think block). It is started with ``--trust-request-chat-template`` so that a
 relay can make ``/tokenize`` render with the Thinking-2507 template instead, which proves a
-thinking-only model is refused before any answer. A separate module from ``test_vllm.py`` so the
-two servers never run at the same time.
+thinking-only model is refused before any answer. This server lives for this module only; the
+session's hybrid server (tests/conftest.py) may run next to it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_vllm import _VLLM_PYTHON, GREEDY, _arun, _backend, _Proxy, _root
+from test_vllm import GREEDY, _arun, _backend, _Proxy, _root
+from vllm_server import VLLMServer, vllm_python
 
 from qwen_backends.backends.vllm import VLLMBackend
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import ThinkingModeError
 from qwen_backends.testing import chat_template, tiny_checkpoint
 from qwen_backends.thinking import TemplateMode
-from qwen_backends.vllm_server import VLLMServer
 
 #: Instruct-2507's prompt ids for the single user message ``hi``: no empty think block.
 HI_INSTRUCT = [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198]
@@ -30,7 +30,7 @@ HI_INSTRUCT = [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198]
 def served_instruct() -> Iterator[tuple[str, str]]:
     """``(base_url, model)`` of a vLLM server serving the Instruct-2507-template checkpoint."""
     model = str(tiny_checkpoint("vllm", template="instruct-2507"))
-    if _VLLM_PYTHON is None:
+    if vllm_python() is None:
         pytest.skip(
             "no vLLM environment: run `bash scripts/setup.sh --with-vllm` or set QWEN_VLLM_PYTHON"
         )
