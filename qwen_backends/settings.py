@@ -10,8 +10,11 @@ Sources, highest precedence first:
    the working directory has one;
 5. the defaults below.
 
-``QWEN_MODEL`` (or ``model=``) replaces the model of whichever backend is selected; backends
-read :attr:`Settings.model_name`. Thinking mode
+``QWEN_FAMILY`` picks the Qwen3-4B release (hybrid ``qwen3-4b`` or ``qwen3-4b-instruct-2507``):
+every backend's default model comes from one table, :data:`qwen_backends.family.FAMILIES`, so
+switching backend switches only the runtime. A section's ``model`` (``QWEN_HF__MODEL``) overrides
+the table for that backend, and ``QWEN_MODEL`` (or ``model=``) replaces the model of whichever
+backend is selected; backends read :attr:`Settings.model_name`. Thinking mode
 cannot be switched on from any source: ``QWEN_ENABLE_THINKING=true`` is an error.
 
 Only ``QWEN_``-prefixed lines of ``.env`` are read (the file may hold other tools' variables);
@@ -46,6 +49,7 @@ from pydantic_settings import (
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
 from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
+from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
 from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams, validation_message
 from qwen_backends.thinking import reject_thinking
@@ -88,8 +92,10 @@ class Section(BaseModel):
 class HFSettings(Section):
     """The Hugging Face transformers backend (``backend="hf"``)."""
 
-    model: str = Field(
-        "Qwen/Qwen3-4B", min_length=1, description="Hub id or local directory of the model."
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id or local directory of the model (default: the family's).",
     )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load.")
     device: str = Field(
@@ -123,19 +129,23 @@ class HFSettings(Section):
 
 
 #: The non-thinking Qwen3-4B build to use instead of a thinking-only one (hub id).
-INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+INSTRUCT_MODEL = FAMILIES["qwen3-4b-instruct-2507"].hf
 #: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
 #: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
-OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
+OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = (
+    FAMILIES["qwen3-4b-instruct-2507"].ollama,
+    OLLAMA_INSTRUCT_ALIAS,
+)
 
 
 class OllamaSettings(Section):
     """The Ollama backend (``backend="ollama"``)."""
 
-    model: str = Field(
-        OLLAMA_NON_THINKING_TAGS[0],
+    model: str | None = Field(
+        None,
         min_length=1,
-        description="Ollama tag. NOT plain qwen3:4b, which now points to a thinking-only build.",
+        description="Ollama tag (default: the family's). NOT plain qwen3:4b, which now points "
+        "to a thinking-only build.",
     )
     host: str = Field(
         default_factory=lambda: os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434",
@@ -163,7 +173,11 @@ class OllamaSettings(Section):
 class UnslothSettings(Section):
     """The Unsloth backend (``backend="unsloth"``, GPU only)."""
 
-    model: str = Field("unsloth/Qwen3-4B", min_length=1, description="Hub id or local directory.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id or local directory (default: the family's Unsloth repo).",
+    )
     max_seq_length: int = Field(2048, ge=1, description="Longest sequence Unsloth prepares for.")
     load_in_4bit: bool = Field(True, description="Load weights in 4 bits (bitsandbytes).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -175,7 +189,11 @@ class UnslothSettings(Section):
 class VLLMSettings(Section):
     """The vLLM backend (``backend="vllm"``): an OpenAI-compatible vLLM server."""
 
-    model: str = Field("Qwen/Qwen3-4B", min_length=1, description="Model name the server serves.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name the server serves (default: the family's hub id).",
+    )
     base_url: str = Field(
         "http://127.0.0.1:8000/v1", description="Server's OpenAI API root (http:// or https://)."
     )
@@ -276,6 +294,12 @@ class Settings(BaseSettings):
     )
 
     backend: str = Field("hf", description="Which runtime to use: " + ", ".join(BACKENDS) + ".")
+    family: FamilyName = Field(
+        DEFAULT_FAMILY,
+        description="Which Qwen3-4B release every backend runs by default: qwen3-4b (the hybrid "
+        "Qwen/Qwen3-4B, run with enable_thinking=False) or qwen3-4b-instruct-2507 "
+        "(Qwen/Qwen3-4B-Instruct-2507, non-thinking only).",
+    )
     model: str | None = Field(
         None, description="Overrides the model of the selected backend (QWEN_MODEL)."
     )
@@ -356,9 +380,18 @@ class Settings(BaseSettings):
 
     @property
     def model_name(self) -> str:
-        """The model the selected backend loads: ``model`` (QWEN_MODEL) if set, else its own."""
-        model: str = self.model or getattr(self.selected, "model")  # noqa: B009
-        return model
+        """The model the selected backend loads.
+
+        ``model`` (QWEN_MODEL) if set, else the section's own ``model``, else the family's
+        default for the backend (:data:`qwen_backends.family.FAMILIES`).
+        """
+        return self.model or self.default_model(self.backend)
+
+    def default_model(self, backend: str) -> str:
+        """The model ``backend`` runs without ``QWEN_MODEL``: its section's, else the family's."""
+        section = getattr(self, backend, None)
+        own = getattr(section, "model", None)
+        return own if isinstance(own, str) and own else FAMILIES[self.family].model_for(backend)
 
     def replace(self, **overrides: Any) -> Settings:
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""

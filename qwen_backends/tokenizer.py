@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from qwen_backends._cache import build_once, cache_dir
 from qwen_backends.errors import MissingDependencyError, ModelNotFoundError
-from qwen_backends.settings import HFSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -84,7 +83,7 @@ def load_tokenizer(
     ----------
     source
         A hub id, a local directory, or ``"offline"``; ``None`` means the hf backend's default
-        model.
+        model (the family's, see :class:`~qwen_backends.settings.Settings`).
     revision, token, local_files_only
         Passed to ``AutoTokenizer.from_pretrained`` for hub sources.
 
@@ -100,7 +99,9 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     if source is None:
-        source = HFSettings.model_fields["model"].default
+        from qwen_backends.settings import Settings
+
+        source = Settings().default_model("hf")
     if source == OFFLINE:
         return AutoTokenizer.from_pretrained(str(offline_tokenizer_dir()))
     local = Path(source).expanduser()

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from qwen_backends.errors import ConfigurationError, ThinkingModeError
+from qwen_backends.family import FAMILIES, family_for_model
+from qwen_backends.registry import BACKENDS
 from qwen_backends.settings import Settings
 
 
@@ -22,7 +24,8 @@ def test_defaults_are_qwen3_4b_non_thinking() -> None:
     assert settings.hf.context_window == 32_768
     assert (settings.sampling.temperature, settings.sampling.top_p) == (0.7, 0.8)
     assert (settings.sampling.top_k, settings.sampling.min_p) == (20, 0.0)
-    assert settings.unsloth.model == "unsloth/Qwen3-4B"
+    assert settings.family == "qwen3-4b"
+    assert settings.default_model("unsloth") == "unsloth/Qwen3-4B"
 
 
 def test_yarn_quadruples_the_context() -> None:
@@ -102,7 +105,7 @@ def test_qwen_model_overrides_the_selected_backend_only(monkeypatch: pytest.Monk
     monkeypatch.setenv("QWEN_MODEL", "my-tag:latest")
     settings = Settings()
     assert settings.model_name == "my-tag:latest"
-    assert settings.hf.model == "Qwen/Qwen3-4B"
+    assert settings.default_model("hf") == "Qwen/Qwen3-4B"
     assert settings.replace(backend="hf").model_name == "my-tag:latest"
 
 
@@ -340,3 +343,59 @@ def test_process_only_variables_in_dotenv_say_so() -> None:
     write(Path(".env"), "QWEN_CONFIG=other.yaml\n")
     with pytest.raises(ConfigurationError, match=r"\.env:1: QWEN_CONFIG is read from the environ"):
         Settings()
+
+
+# -- the model family -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_backend_default_belongs_to_the_chosen_family(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QWEN_FAMILY", family)
+    chosen, other = FAMILIES[family], next(f for f in FAMILIES.values() if f.name != family)
+    for backend in BACKENDS:
+        settings = Settings(backend=backend)
+        assert settings.model_name in chosen.all_names(), backend
+        assert settings.model_name not in other.all_names(), backend
+        assert family_for_model(settings.model_name) is chosen
+    # the per-backend names, exactly
+    assert Settings(backend="hf").model_name == chosen.hf
+    assert Settings(backend="unsloth").model_name == chosen.unsloth
+    assert Settings(backend="vllm").model_name == chosen.vllm
+    assert Settings(backend="ollama").model_name == chosen.ollama
+
+
+def test_the_instruct_family_names_the_instruct_2507_model_everywhere() -> None:
+    settings = Settings(family="qwen3-4b-instruct-2507")
+    models = {backend: settings.replace(backend=backend).model_name for backend in BACKENDS}
+    assert models["hf"] == models["vllm"] == "Qwen/Qwen3-4B-Instruct-2507"
+    assert models["unsloth"] == "unsloth/Qwen3-4B-Instruct-2507"
+    assert models["ollama"] == "qwen3:4b-instruct-2507-q4_K_M"
+    assert all("Instruct-2507" in name or "instruct-2507" in name for name in models.values())
+
+
+def test_switching_backend_never_switches_the_model_family() -> None:
+    hybrid = {Settings(backend=b).model_name for b in BACKENDS}
+    assert {family_for_model(name) for name in hybrid} == {FAMILIES["qwen3-4b"]}
+    # the hybrid has no official Ollama tag: its Ollama model is built from a hub GGUF
+    assert FAMILIES["qwen3-4b"].ollama_source is not None
+    assert FAMILIES["qwen3-4b"].ollama_source.startswith("hf.co/")
+    assert FAMILIES["qwen3-4b"].ollama != "qwen3:4b"  # that tag is Thinking-2507 today
+
+
+def test_explicit_models_win_over_the_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_FAMILY", "qwen3-4b-instruct-2507")
+    monkeypatch.setenv("QWEN_VLLM__MODEL", "served-name")
+    assert Settings(backend="vllm").model_name == "served-name"
+    assert Settings(backend="hf").model_name == "Qwen/Qwen3-4B-Instruct-2507"
+    monkeypatch.setenv("QWEN_MODEL", "./local")
+    assert Settings(backend="vllm").model_name == "./local"
+    assert Settings(backend="hf").model_name == "./local"
+
+
+def test_an_unknown_family_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigurationError, match="family") as info:
+        Settings(family="qwen3-4b-thinking-2507")
+    assert "\n" not in str(info.value)
+    assert "qwen3-4b-instruct-2507" in str(info.value)

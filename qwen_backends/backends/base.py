@@ -32,6 +32,7 @@ from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from qwen_backends.settings import Settings
+    from qwen_backends.thinking import TemplateMode
 
 __all__ = [
     "AsyncTextStream",
@@ -258,6 +259,14 @@ class ModelBackend(ABC):
     def model_name(self) -> str:
         """The model this backend serves."""
         return self.settings.model_name
+
+    def template_mode(self) -> TemplateMode | None:
+        """The chat-template mode of the model served (hybrid or non-thinking), if known yet.
+
+        In-process backends know it once loaded; server backends once their first-use check
+        has run (before the first answer). ``None`` means not known (yet).
+        """
+        return None
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:

@@ -71,10 +71,11 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
+from qwen_backends.family import FAMILIES
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
-from qwen_backends.thinking import TextPipeline
+from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
 
 if TYPE_CHECKING:
     import torch
@@ -339,7 +340,7 @@ class HFBackend(ModelBackend):
             if not Path(source).expanduser().is_dir():
                 raise ModelNotFoundError(
                     f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
-                    f"--model, or give a hub id such as {HFSettings.model_fields['model'].default}"
+                    f"--model, or give a hub id such as {FAMILIES[self.settings.family].hf}"
                 )
             source = str(Path(source).expanduser())
         import torch
@@ -356,6 +357,8 @@ class HFBackend(ModelBackend):
         }
         with _translating_load_errors(source, hf):
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
+            # A thinking-only or foreign template is refused before gigabytes of weights load.
+            template_mode(tokenizer)
             config = AutoConfig.from_pretrained(source, **common)
             if hf.yarn:
                 _apply_yarn(config, hf.max_context)
@@ -388,6 +391,8 @@ class HFBackend(ModelBackend):
         """Derive what generation needs from the loaded model and tokenizer."""
         import torch
 
+        # Subclasses that load model and tokenizer together (Unsloth) are checked here.
+        self._template_mode = template_mode(self.tokenizer)
         self.model.eval()
         ids = {}
         for token in ("<|im_end|>", "<|endoftext|>"):
@@ -422,6 +427,10 @@ class HFBackend(ModelBackend):
         # Checks (and the context error) happen now, not at the first next().
         prompt_ids = self._checked_prompt(request)
         return self._stream_tokens(prompt_ids, request.sampling)
+
+    def template_mode(self) -> TemplateMode:
+        """The loaded tokenizer's template mode (hybrid or non-thinking)."""
+        return self._template_mode
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()

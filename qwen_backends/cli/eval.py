@@ -113,9 +113,13 @@ def run_compare(args: argparse.Namespace) -> int:
     verdict = (
         "identical"
         if parity.identical
+        else f"not checked ({parity.not_checked})"
+        if parity.not_checked
         else "not checked"
         if parity.compared == 0
         else f"{len(parity.mismatches)} of {parity.compared} prompts differ"
     )
     print(f"report written to {output}; prompt parity: {verdict}")
+    for warning in comparison.warnings:
+        print("warning: " + warning.replace("**", ""), file=sys.stderr)
     return 0

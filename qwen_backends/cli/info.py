@@ -13,6 +13,7 @@ from typing import Any
 
 from qwen_backends.cli._options import add_backend_options, settings_from_args
 from qwen_backends.factory import backend_class
+from qwen_backends.family import FAMILIES
 from qwen_backends.registry import BACKENDS, missing_modules
 from qwen_backends.settings import Settings
 
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"backend: {settings.backend}  model: {settings.model_name}")
+    family = report["family"]
+    print(f"family: {family['name']} -- {family['title']}")
     print("settings:")
     print(json.dumps(report["settings"], indent=2))
     extras = report["extras"]
@@ -48,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"accelerators: {report['accelerators']}")
     print("backends:")
     for name, status in report["backends"].items():
-        print(f"  {name:<8} {status}")
+        print(f"  {name:<8} model {report['models'][name]}: {status}")
     return 0
 
 
 def collect(settings: Settings) -> dict[str, Any]:
     """Everything ``info`` shows, as plain data (secrets masked)."""
+    family = FAMILIES[settings.family]
     return {
+        "family": {"name": family.name, "title": family.title, "mode": family.mode},
+        "models": {name: settings.model or settings.default_model(name) for name in BACKENDS},
         "settings": settings.redacted(),
         "extras": {
             **{

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer",
         metavar="SOURCE",
         help="hub id, local directory, or 'offline' for the byte-exact offline Qwen3-4B "
-        "tokenizer (default: the hf backend's model, setting hf.model)",
+        "tokenizer (default: the hf backend's model: hf.model, else the QWEN_FAMILY model)",
     )
     english.add_argument(
         "--tier", choices=TIER_NAMES, default="english", help="tier to extract (default english)"

@@ -2,7 +2,8 @@
 
 A run lives in ``<evaluation.output_dir>/<run_name>/``:
 
-- ``run.json`` -- what produced it (backend, model, sampling, prompt file);
+- ``run.json`` -- what produced it (backend, model, its template mode once known, sampling,
+  prompt file);
 - ``outputs.jsonl`` -- one record per finished prompt (see :func:`make_record`);
 - ``summary.json`` -- :func:`qwen_backends.evaluation.metrics.summarize` plus the run's identity.
 
@@ -209,11 +210,13 @@ def _run_locked(
         # A summary of what is saved helps, but it must not hide the error that stopped the
         # run (on a full disk the summary cannot be written either; the next run writes it).
         with contextlib.suppress(Exception):
+            manifest = _record_template_mode(run_dir, manifest, records)
             result.summary = _write_summary(run_dir, manifest, records, total)
         raise
     outputs.close()
     if owned and backend is not None:
         backend.close()
+    manifest = _record_template_mode(run_dir, manifest, records)
     result.summary = _write_summary(run_dir, manifest, records, total)
     return result
 
@@ -226,11 +229,13 @@ def make_record(
     model: str,
     sampling: SamplingParams,
     prompt_sha256: str | None,
+    template_mode: str | None = None,
 ) -> dict[str, Any]:
     """One ``outputs.jsonl`` record.
 
     Keys: ``id``, ``text``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
-    ``seconds``, ``backend``, ``model``, ``sampling``, ``expected`` (list or ``None``),
+    ``seconds``, ``backend``, ``model``, ``template_mode`` (``hybrid`` / ``non-thinking``, or
+    ``None`` when the backend could not tell), ``sampling``, ``expected`` (list or ``None``),
     ``exact_match`` / ``contains_match`` (``None`` when there is no expected answer),
     ``messages_sha256`` (the conversation) and ``prompt_sha256`` (the rendered non-thinking
     prompt when the backend renders it in this process, else ``None``).
@@ -245,6 +250,7 @@ def make_record(
         "seconds": round(generation.seconds, 6),
         "backend": backend,
         "model": model,
+        "template_mode": template_mode,
         "sampling": sampling.model_dump(mode="json"),
         "expected": list(case.expected) if scored else None,
         "exact_match": exact_match(generation.text, case.expected) if scored else None,
@@ -279,6 +285,7 @@ def _generate_all(
     try:
         for case in todo:
             generation = backend.generate(list(case.messages), sampling)
+            mode = backend.template_mode()  # known once the backend answered
             record = make_record(
                 case,
                 generation,
@@ -286,6 +293,7 @@ def _generate_all(
                 model=backend.model_name,
                 sampling=sampling,
                 prompt_sha256=prompt_fingerprint(backend, case),
+                template_mode=mode.value if mode is not None else None,
             )
             outputs.append(record)
             result.records.append(record)
@@ -391,11 +399,33 @@ def _check_records(
             )
 
 
+def _record_template_mode(
+    run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Add the template mode the records report to ``run.json`` (once it is known)."""
+    import json
+
+    modes = {record.get("template_mode") for record in records} - {None}
+    if len(modes) != 1:
+        return manifest
+    path = run_dir / MANIFEST_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else manifest
+    except (OSError, json.JSONDecodeError):
+        return manifest
+    mode = modes.pop()
+    if stored.get("template_mode") != mode:
+        stored = {**stored, "template_mode": mode}
+        write_json_atomic(path, stored)
+    return {**manifest, "template_mode": mode}
+
+
 def _write_summary(
     run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]], total: int
 ) -> dict[str, Any]:
     summary = {
         **{key: manifest[key] for key in ("run_name", "backend", "model", "sampling")},
+        "template_mode": manifest.get("template_mode"),
         "prompts_file": manifest["prompts_file"],
         **summarize(records, total),
     }

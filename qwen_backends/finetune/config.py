@@ -24,6 +24,7 @@ from pydantic import (
 
 from qwen_backends._files import load_yaml_mapping
 from qwen_backends.errors import ConfigurationError, did_you_mean
+from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, FamilyName
 from qwen_backends.finetune.engines import ENGINES
 from qwen_backends.sampling import validation_message
 from qwen_backends.settings import Section, deep_merge
@@ -215,7 +216,14 @@ class FinetuneConfig(BaseModel):
         description="unsloth: Unsloth on an NVIDIA/AMD/Intel GPU; peft: plain transformers + "
         "PEFT + TRL (CPU or GPU).",
     )
-    model: str = Field("unsloth/Qwen3-4B", description="Hub id or local folder of the base model.")
+    family: FamilyName = Field(
+        DEFAULT_FAMILY,
+        description="Qwen3-4B release whose Unsloth repo is the default base model: qwen3-4b "
+        "(hybrid) or qwen3-4b-instruct-2507 (non-thinking only).",
+    )
+    model: str | None = Field(
+        None, description="Hub id or local folder of the base model (default: the family's)."
+    )
     max_seq_length: int = Field(2048, ge=8, description="Longer examples are truncated.")
     load_in_4bit: bool = Field(
         False, description="QLoRA: load the base in 4 bits (unsloth engine only)."
@@ -271,6 +279,11 @@ class FinetuneConfig(BaseModel):
                 "export.gguf quantizations"
             )
         return self
+
+    @property
+    def model_name(self) -> str:
+        """The base model: ``model`` if set, else the family's Unsloth repository."""
+        return self.model or FAMILIES[self.family].unsloth
 
     @property
     def output_dir(self) -> Path:

@@ -6,11 +6,13 @@ trained as exactly the token sequence the model sees and produces at inference t
     render_prompt_ids(tokenizer, history)  +  ids(answer)  +  [<|im_end|>]
 
 so the training *text* is ``render_prompt(tokenizer, history) + answer + "<|im_end|>"``: the
-non-thinking prompt (ending with the empty think block) that every backend renders, the answer,
-and the end-of-turn token at which generation stops. The template's newline after
-``<|im_end|>`` is not part of the example: inference stops before it, so nothing would learn to
-produce it. Labels are ``-100`` on every prompt token (system, user, earlier turns, the role
-header and the empty think block) and equal the ids on the answer and ``<|im_end|>``.
+non-thinking prompt that every backend renders (for the hybrid Qwen3-4B it ends with the empty
+think block; for Qwen3-4B-Instruct-2507 at ``<|im_start|>assistant\n``, as its template has no
+think block), the answer, and the end-of-turn token at which generation stops. The template's
+newline after ``<|im_end|>`` is not part of the example: inference stops before it, so nothing
+would learn to produce it. Labels are ``-100`` on every prompt token (system, user, earlier
+turns, the role header and, for the hybrid, the empty think block) and equal the ids on the
+answer and ``<|im_end|>``.
 
 A conversation with several assistant turns gives one example per turn, each rendered from its
 own history, because the chat template renders earlier assistant turns *without* the empty think
@@ -196,8 +198,9 @@ def training_text(
 ) -> str:
     """The text an assistant turn is trained as: ``render_prompt(history) + answer + <|im_end|>``.
 
-    This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking,
-    ending with the empty think block) followed by what the model should generate.
+    This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking:
+    ending with the empty think block for the hybrid, at the assistant header for
+    Instruct-2507) followed by what the model should generate.
     """
     prompt = render_prompt(tokenizer, list(history), allow_control_tokens=allow_control_tokens)
     return prompt + strip_thinking(answer) + END_OF_TURN

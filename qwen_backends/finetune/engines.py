@@ -118,7 +118,7 @@ class PeftEngine(Engine):
 
         from qwen_backends.errors import ModelNotFoundError
 
-        source = self.config.model
+        source = self.config.model_name
         if looks_like_path(source) and not Path(source).expanduser().is_dir():
             raise ModelNotFoundError(
                 f"model folder {source!r} does not exist; fix model: in the config (or "
@@ -132,8 +132,8 @@ class PeftEngine(Engine):
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(), token=token)
         except OSError as exc:
             raise ModelNotFoundError(
-                f"cannot load {self.config.model!r} ({first_line(exc)}); check the model id or "
-                "folder, and HF_TOKEN for gated models"
+                f"cannot load {self.config.model_name!r} ({first_line(exc)}); check the model id "
+                "or folder, and HF_TOKEN for gated models"
             ) from exc
         return model, tokenizer
 
@@ -208,7 +208,7 @@ class UnslothEngine(Engine):
         from qwen_backends.backends.unsloth import load_unsloth_model
 
         return load_unsloth_model(
-            self.config.model,
+            self.config.model_name,
             max_seq_length=self.config.max_seq_length,
             dtype=self.config.dtype,
             load_in_4bit=self.config.load_in_4bit,

@@ -42,6 +42,7 @@ from qwen_backends.finetune.data import (
 )
 from qwen_backends.finetune.engines import Engine, create_engine
 from qwen_backends.finetune.ollama import write_modelfile
+from qwen_backends.thinking import TemplateMode, template_mode
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +86,9 @@ class FinetuneResult:
         The MLX copy (``export.mlx``), or ``None``.
     mlx_check
         How the MLX copy compared with the merged model (``export.mlx``), or ``None``.
+    template_mode
+        The base model's template mode (hybrid: the Modelfile pre-fills the empty think block;
+        non-thinking: Instruct-2507, it does not).
     """
 
     output_dir: Path
@@ -102,6 +106,7 @@ class FinetuneResult:
     ollama_name: str = "qwen3-finetuned"
     mlx_dir: Path | None = None
     mlx_check: MLXCheck | None = None
+    template_mode: TemplateMode = TemplateMode.HYBRID
 
     def load_backend(self, **overrides: Any) -> ModelBackend:
         """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
@@ -237,6 +242,8 @@ def _run(
     config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]]
 ) -> FinetuneResult:
     model, tokenizer = engine.load()
+    # Refuses a thinking-only base before any work; picks the Modelfile's think prefill.
+    mode = template_mode(tokenizer)
     training = config.training
     encoded, dropped = encode_conversations(
         tokenizer,
@@ -279,10 +286,15 @@ def _run(
     if config.export.modelfile:
         if gguf_files:
             modelfile = write_modelfile(
-                gguf_files[0].parent, f"./{gguf_files[0].name}", num_ctx=config.export.num_ctx
+                gguf_files[0].parent,
+                f"./{gguf_files[0].name}",
+                num_ctx=config.export.num_ctx,
+                mode=mode,
             )
         elif merged_dir is not None:
-            modelfile = write_modelfile(output, "./merged", num_ctx=config.export.num_ctx)
+            modelfile = write_modelfile(
+                output, "./merged", num_ctx=config.export.num_ctx, mode=mode
+            )
     return FinetuneResult(
         output_dir=output,
         adapter_dir=adapter_dir,
@@ -297,6 +309,7 @@ def _run(
         train_seconds=train_seconds,
         log_history=list(trainer.state.log_history),
         ollama_name=config.export.ollama_name,
+        template_mode=mode,
     )
 
 

@@ -213,3 +213,28 @@ def test_probe_sends_the_configured_key_and_masks_the_url() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_info_shows_the_family_and_every_backend_model() -> None:
+    result = cli("info", "--json", env={"QWEN_FAMILY": "qwen3-4b-instruct-2507"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["family"]["name"] == "qwen3-4b-instruct-2507"
+    assert report["family"]["mode"] == "non-thinking"
+    assert report["models"]["hf"] == "Qwen/Qwen3-4B-Instruct-2507"
+    assert report["models"]["ollama"] == "qwen3:4b-instruct-2507-q4_K_M"
+    assert report["models"]["unsloth"] == "unsloth/Qwen3-4B-Instruct-2507"
+    human = cli("info", "--family", "qwen3-4b", "--backend", "vllm")
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("backend: vllm  model: Qwen/Qwen3-4B\n")
+    assert "family: qwen3-4b -- Qwen3-4B (hybrid" in human.stdout
+    assert "ollama   model qwen3-4b-nothink:q4_K_M:" in human.stdout
+
+
+def test_make_test_model_with_the_thinking_template_is_refused_by_generate(
+    tmp_path: Path,
+) -> None:
+    made = cli("make-test-model", str(tmp_path / "t"), "--template", "thinking-2507")
+    assert made.returncode == 0, made.stderr
+    result = cli("generate", "hi", "--backend", "hf", "--model", str(tmp_path / "t"))
+    assert_one_line_error(result, "thinking-only", "Qwen/Qwen3-4B-Instruct-2507")

@@ -195,7 +195,8 @@ def _ollama(request: pytest.FixtureRequest) -> Harness:
         "ollama",
         shared,
         make,
-        server.engine.tokenizer,
+        # the instruct tag renders Instruct-2507's template (no empty think block)
+        server.engine.tokenizer_for("instruct-2507"),
         _leak_through_proxy(server.url, through, shared),
         ending,
         upstream=server.url,

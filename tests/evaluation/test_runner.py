@@ -27,6 +27,7 @@ from qwen_backends.settings import Settings
 
 RECORD_KEYS = {
     "id",
+    "template_mode",
     "text",
     "finish_reason",
     "prompt_tokens",

@@ -14,11 +14,15 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
 def test_colab_config_is_the_unsloth_notebook_recipe() -> None:
     config = load_config(CONFIGS / "colab.yaml")
-    assert (config.engine, config.model, config.load_in_4bit) == (
+    assert (config.engine, config.model_name, config.load_in_4bit) == (
         "unsloth",
         "unsloth/Qwen3-4B",
         True,
     )
+    assert config.family == "qwen3-4b" and config.model is None
+    instruct = load_config(CONFIGS / "colab.yaml", family="qwen3-4b-instruct-2507")
+    assert instruct.model_name == "unsloth/Qwen3-4B-Instruct-2507"
+    assert load_config(CONFIGS / "colab.yaml", model="./mine").model_name == "./mine"
     training = config.training
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (2, 4)
     assert (training.warmup_steps, training.max_steps, training.learning_rate) == (5, 30, 2e-4)
