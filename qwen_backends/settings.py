@@ -44,9 +44,12 @@ from qwen_backends.thinking import reject_thinking
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "LLAMACPP_DEFAULT_FILE",
+    "LLAMACPP_DEFAULT_REPO",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
+    "LlamaCppSettings",
     "OllamaSettings",
     "Section",
     "Settings",
@@ -155,6 +158,57 @@ class VLLMSettings(Section):
     )
 
 
+#: The default GGUF of the llamacpp backend: a hub repo of Qwen3-4B GGUFs and the file pattern
+#: (``Llama.from_pretrained``) picking its 4-bit Q4_K_M build (~2.5 GB). Its embedded template
+#: is checked when loaded (:func:`qwen_backends.thinking.template_mode`).
+LLAMACPP_DEFAULT_REPO = "unsloth/Qwen3-4B-GGUF"
+LLAMACPP_DEFAULT_FILE = "*Q4_K_M.gguf"
+
+
+class LlamaCppSettings(Section):
+    """The llama.cpp backend (``backend="llamacpp"``): a GGUF file run in process."""
+
+    model: str = Field(
+        LLAMACPP_DEFAULT_REPO,
+        description="A local .gguf file, or a hub repo holding GGUFs (with `filename`).",
+    )
+    filename: str = Field(
+        LLAMACPP_DEFAULT_FILE,
+        description="File name or glob pattern of the GGUF inside a hub repo `model`.",
+    )
+    tokenizer: str = Field(
+        "offline",
+        description="Vocabulary used to render prompts and decode answers when no Hugging Face "
+        "tokenizer folder sits beside the GGUF: 'offline' (byte-exact Qwen3), a hub id or a "
+        "folder. The chat template always comes from the GGUF itself.",
+    )
+    n_ctx: int = Field(
+        NATIVE_CONTEXT, ge=16, description="Context window in tokens (prompt + new tokens)."
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="Threads for generation (None: llama.cpp's choice)."
+    )
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="Threads for reading the prompt (None: llama.cpp's choice)."
+    )
+    n_gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description="Layers offloaded to Metal/CUDA when llama-cpp-python was built with them; "
+        "-1 offloads all, 0 runs on the CPU.",
+    )
+    last_n_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Window of generated tokens that presence_penalty and repetition_penalty "
+        "look at (None: every generated token; prompt tokens never count).",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
+    )
+    verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
+
+
 class EvaluationSettings(Section):
     """The evaluation runner (``qwen-backends eval``); relative paths are from the working dir."""
 
@@ -196,6 +250,7 @@ class Settings(BaseSettings):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 

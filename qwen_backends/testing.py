@@ -13,7 +13,13 @@ from pathlib import Path
 
 from qwen_backends._cache import build_once, cache_dir
 
-__all__ = ["CHECKPOINT_SIZES", "CheckpointSize", "build_checkpoint", "tiny_checkpoint"]
+__all__ = [
+    "CHECKPOINT_SIZES",
+    "CheckpointSize",
+    "build_checkpoint",
+    "tiny_checkpoint",
+    "tiny_gguf",
+]
 
 
 @dataclass(frozen=True)
@@ -101,3 +107,22 @@ def tiny_checkpoint(size: str = "tiny", seed: int = 0) -> Path:
 
 def _build_into(directory: Path, size: str, seed: int) -> None:
     build_checkpoint(directory, size=size, seed=seed)
+
+
+def tiny_gguf(quant: str = "q8_0", size: str = "tiny", seed: int = 0) -> Path:
+    """:func:`tiny_checkpoint` converted to GGUF with llama.cpp's converter (cached, built once).
+
+    For the ``llamacpp`` backend's tests and benchmarks: the same weights as the checkpoint, so
+    greedy answers can be compared with the hf backend. k-quants need the ``bench`` size (the
+    tiny model's tensors are too narrow and fall back to q5_0/q8_0).
+    """
+    from qwen_backends.export.gguf import LLAMA_CPP_VERSION, convert_to_gguf, normalize_type
+
+    quant = normalize_type(quant)
+    source = tiny_checkpoint(size, seed)
+    target = cache_dir() / "gguf" / f"{source.name}-{quant}-llama.cpp-{LLAMA_CPP_VERSION}"
+
+    def build(directory: Path) -> None:
+        convert_to_gguf(source, directory / "model.gguf", quant)
+
+    return build_once(target, build) / "model.gguf"

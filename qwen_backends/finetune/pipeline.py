@@ -9,7 +9,12 @@ Steps, in order (``engine`` is the only thing that differs between Unsloth and P
 4. ``engine.add_lora()``; measure the assistant-token loss on a few examples;
 5. train with TRL's ``SFTTrainer`` (progress bars, checkpoints, resume);
 6. measure the loss again; save the adapter (``lora/``), the merged 16-bit model
-   (``merged/``), GGUF files (Unsloth) and a non-thinking Ollama ``Modelfile``.
+   (``merged/``), GGUF files (``gguf/``) and a non-thinking Ollama ``Modelfile`` beside the
+   first GGUF;
+7. check every GGUF in a real engine (:func:`qwen_backends.export.gguf.verify_gguf`, the
+   llamacpp backend): its template renders the training prompts exactly, ``<|im_end|>`` ends
+   answers, and the trained answers come back greedy (as many as the merged model gets right
+   through the hf backend). A GGUF that fails raises :class:`~qwen_backends.errors.ExportError`.
 
 :meth:`FinetuneResult.load_backend` then reloads the merged model with the hf backend through
 :func:`qwen_backends.create_backend`, so the fine-tuned model answers through the same interface.
@@ -61,7 +66,8 @@ class FinetuneResult:
     adapter_dir, merged_dir, modelfile
         ``lora/``, ``merged/`` and the ``Modelfile``, or ``None`` when not written.
     gguf_files
-        GGUF files written (unsloth engine with ``export.gguf``).
+        GGUF files written (``export.gguf``), each checked in llama.cpp unless
+        ``export.verify_gguf`` is off.
     examples, dropped
         Training examples (one per assistant turn), and turns dropped by truncation.
     steps
@@ -199,6 +205,8 @@ def _run(
         engine.save_merged(model, tokenizer, output / "merged") if config.export.merge else None
     )
     gguf_files = engine.export_gguf(model, tokenizer, output / "gguf") if config.export.gguf else []
+    if gguf_files and config.export.verify_gguf:
+        _verify_ggufs(config, gguf_files, merged_dir, conversations)
     modelfile = None
     if config.export.modelfile:
         if gguf_files:
@@ -222,6 +230,52 @@ def _run(
         log_history=list(trainer.state.log_history),
         ollama_name=config.export.ollama_name,
     )
+
+
+def _verify_ggufs(
+    config: FinetuneConfig,
+    gguf_files: Sequence[Path],
+    merged_dir: Path | None,
+    conversations: Sequence[Sequence[Message]],
+) -> None:
+    """Check every GGUF in llama.cpp against the merged model (see the module docs, step 7)."""
+    from qwen_backends.export.gguf import verify_gguf
+    from qwen_backends.finetune.data import assistant_turns
+    from qwen_backends.sampling import SamplingParams
+
+    trained = [assistant_turns(chat)[-1] for chat in conversations][: config.export.verify_examples]
+    threads = config.training.cpu_threads or 1
+    reference = None
+    if merged_dir is not None and trained:
+        from qwen_backends.factory import create_backend
+
+        with create_backend(backend="hf", model=str(merged_dir.resolve())) as backend:
+            reference = 0
+            for history, answer in trained:
+                tokenizer: Any = getattr(backend, "tokenizer")  # noqa: B009 - the hf backend's
+                tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
+                budget = len(tokens) + 8  # the same budget verify_gguf gives the GGUF
+                result = backend.generate(
+                    history, SamplingParams.preset("greedy", max_new_tokens=budget)
+                )
+                reference += result.text.strip() == answer.strip()
+    for path, quant in zip(gguf_files, config.export.gguf, strict=False):
+        report = verify_gguf(
+            path,
+            tokenizer_dir=merged_dir,
+            trained=trained,
+            reference_matched=reference,
+            quant=quant if config.engine == "peft" else None,
+            threads=threads,
+        )
+        logger.info(
+            "%s checked in llama.cpp: %d prompts identical, %d/%d trained answers (merged: %s)",
+            path.name,
+            report.prompts_checked,
+            report.matched,
+            len(trained),
+            reference,
+        )
 
 
 def assistant_loss(
