@@ -153,11 +153,15 @@ class LlamaCppBackend(ModelBackend):
         self._owner: int | None = None
         self._english_mask: np.ndarray | None = None
         self.llama = self._load()
-        self.model_path = Path(self.llama.model_path)
-        meta = dict(self.llama.metadata or {})
-        self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
-        self.tokenizer, self.tokenizer_source = self._load_tokenizer()
-        self._prepare()
+        try:
+            self.model_path = Path(self.llama.model_path)
+            meta = dict(self.llama.metadata or {})
+            self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
+            self.tokenizer, self.tokenizer_source = self._load_tokenizer()
+            self._prepare()
+        except BaseException:
+            self.llama.close()
+            raise
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -303,8 +307,11 @@ class LlamaCppBackend(ModelBackend):
 
     @property
     def context_window(self) -> int:
-        """Most tokens (prompt + new) one call may use: ``settings.llamacpp.n_ctx``."""
-        return int(self.llama.n_ctx())
+        """Most tokens (prompt + new) one call may use: ``settings.llamacpp.n_ctx``.
+
+        (llama.cpp may round its context up; the setting is what is promised and checked.)
+        """
+        return min(self.settings.llamacpp.n_ctx, int(self.llama.n_ctx()))
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()

@@ -22,6 +22,7 @@ the model was trained on come back (greedy).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,14 +234,35 @@ def _quantize(source: Path, output: Path, quant: str, threads: int | None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _QUANTIZED[quant])
     params.nthread = threads or 0
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(output).encode(), llama_cpp.byref(params)
-    )
-    if status != 0 or not output.is_file():
-        raise ExportError(
-            f"llama.cpp could not quantize {source.name} to {quant} (status {status}); try "
-            "q8_0, or check free disk space"
+    with _quiet_stderr() as log:
+        status = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(output).encode(), llama_cpp.byref(params)
         )
+    if status != 0 or not output.is_file():
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        raise ExportError(
+            f"llama.cpp could not quantize {source.name} to {quant} (status {status}"
+            + (f": {lines[-1].strip()}" if lines else "")
+            + "); try q8_0, or check free disk space"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[Path]:
+    """Send file descriptor 2 (llama.cpp's C logging) to a temporary file for the block."""
+    sys.stderr.flush()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "llama.log"
+        saved = os.dup(2)
+        try:
+            with log.open("wb") as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield log
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
 
 
 def convert_to_gguf(
