@@ -7,7 +7,6 @@ actions of the same group (see :data:`ACTIONS`).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 __all__ = ["ACTIONS", "register"]
@@ -68,7 +67,6 @@ def run_gguf(args: argparse.Namespace) -> int:
 
     from qwen_backends.export.gguf import convert_to_gguf, verify_gguf
 
-    print(f"converting {args.model_dir} to {args.quant} ...", file=sys.stderr)
     path = convert_to_gguf(args.model_dir, args.output, args.quant, threads=args.threads)
     if not args.no_verify:
         report = verify_gguf(
@@ -76,8 +74,7 @@ def run_gguf(args: argparse.Namespace) -> int:
         )
         print(
             f"checked in llama.cpp: {report.prompts_checked} prompts render identically, "
-            "<|im_end|> ends generation",
-            file=sys.stderr,
+            "<|im_end|> ends generation"
         )
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:,.1f} MiB)")

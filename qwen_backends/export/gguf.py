@@ -239,7 +239,7 @@ def _quantize(source: Path, output: Path, quant: str, threads: int | None) -> No
             str(source).encode(), str(output).encode(), llama_cpp.byref(params)
         )
     if status != 0 or not output.is_file():
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = log
         raise ExportError(
             f"llama.cpp could not quantize {source.name} to {quant} (status {status}"
             + (f": {lines[-1].strip()}" if lines else "")
@@ -248,21 +248,26 @@ def _quantize(source: Path, output: Path, quant: str, threads: int | None) -> No
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[Path]:
-    """Send file descriptor 2 (llama.cpp's C logging) to a temporary file for the block."""
+def _quiet_stderr() -> Iterator[list[str]]:
+    """Send file descriptor 2 (llama.cpp's C logging) to a temporary file for the block.
+
+    Yields a list that holds the captured lines once the block has ended.
+    """
+    captured: list[str] = []
     sys.stderr.flush()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "llama.log"
+    with tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
         try:
-            with log.open("wb") as sink:
-                os.dup2(sink.fileno(), 2)
-                try:
-                    yield log
-                finally:
-                    os.dup2(saved, 2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                os.dup2(saved, 2)
         finally:
             os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+        captured.extend(line for line in text.splitlines() if line.strip())
 
 
 def convert_to_gguf(
