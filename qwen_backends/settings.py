@@ -183,7 +183,10 @@ class LlamaCppSettings(Section):
         "folder. The chat template always comes from the GGUF itself.",
     )
     n_ctx: int = Field(
-        NATIVE_CONTEXT, ge=16, description="Context window in tokens (prompt + new tokens)."
+        NATIVE_CONTEXT,
+        ge=16,
+        description="Context window in tokens (prompt + new tokens); llama.cpp allocates its "
+        "KV cache up front: ~4.5 GB for Qwen3-4B at 32,768 in f16, lower it on small machines.",
     )
     n_threads: int | None = Field(
         None, ge=1, description="Threads for generation (None: llama.cpp's choice)."

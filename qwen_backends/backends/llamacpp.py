@@ -168,7 +168,8 @@ class LlamaCppBackend(ModelBackend):
     @classmethod
     def readiness(cls, settings: Settings) -> str:
         """Ready when the GGUF file exists (local) or can be downloaded (hub repo)."""
-        source = settings.model if settings.model else settings.llamacpp.model
+        # QWEN_MODEL only applies to the selected backend.
+        source = settings.model_name if settings.backend == cls.name else settings.llamacpp.model
         if looks_like_path(source):
             path = Path(source).expanduser()
             return "ready" if path.is_file() else f"cannot start: no GGUF file at {source}"
@@ -405,10 +406,14 @@ class LlamaCppBackend(ModelBackend):
         import numpy as np
 
         mask = self._english()
-        if scores.shape[0] == mask.shape[0]:
-            np.add(scores, mask, out=scores)
-        else:  # a sampler ahead of this one shrank the candidates: index by id
-            scores += mask[: scores.shape[0]]
+        if scores.shape[0] != mask.shape[0]:  # the mask is by token id: it needs every logit
+            raise GenerationError(
+                f"english_only got {scores.shape[0]} candidate logits instead of the "
+                f"{mask.shape[0]} of the vocabulary; this llama-cpp-python version is not "
+                "supported (use 0.3.36)",
+                backend=self.name,
+            )
+        np.add(scores, mask, out=scores)
         return scores
 
     def _english(self) -> np.ndarray:
