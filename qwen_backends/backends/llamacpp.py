@@ -494,7 +494,8 @@ class _IncrementalDecoder:
     """Token ids -> text pieces whose concatenation equals decoding all ids at once.
 
     Decodes the ids since the last complete character; a trailing incomplete UTF-8 sequence
-    (U+FFFD) waits for the next token. Special tokens are skipped.
+    (U+FFFD) waits for the next token, and is dropped if none completes it (as the hf backend,
+    vLLM and Ollama do). Special tokens are skipped.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -521,8 +522,9 @@ class _IncrementalDecoder:
         return piece
 
     def flush(self) -> str:
+        """What is left; an answer cut inside a character ends at the last complete one."""
         if not self.window:
             return ""
-        text = self._decode(self.window)[self.sent :]
+        text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
         self.window, self.sent = [], 0
         return text

@@ -128,7 +128,10 @@ class FinetuneResult:
         if self.merged_dir:
             merged = _shown(self.merged_dir)
             lines.append(f"merged model: {merged}  (QWEN_BACKEND=hf QWEN_MODEL={merged})")
-        lines += [f"GGUF: {_shown(path)}" for path in self.gguf_files]
+        lines += [
+            f"GGUF: {_shown(path)}  (QWEN_BACKEND=llamacpp QWEN_MODEL={_shown(path)})"
+            for path in self.gguf_files
+        ]
         if self.modelfile:
             lines.append(
                 f"Ollama: cd {_shown(self.modelfile.parent)} && "

@@ -312,7 +312,7 @@ def test_a_token_longer_than_32_bytes_is_decoded(
     assert (result.completion_tokens, result.finish_reason) == (4, "stop")
 
 
-def test_thinking_is_removed_and_split_characters_are_joined(
+def test_thinking_is_removed_and_characters_are_never_split(
     q8: LlamaCppBackend, offline_tokenizer: Any
 ) -> None:
     ids = offline_tokenizer("<think>\nplan\n</think>\n\nOK 😀", add_special_tokens=False)[
@@ -325,6 +325,15 @@ def test_thinking_is_removed_and_split_characters_are_joined(
         undo()
     assert "".join(pieces) == "OK 😀"
     assert not any("\ufffd" in piece for piece in pieces)
+    # an answer cut inside a character ends at the last complete one
+    first_byte = offline_tokenizer("A𝔘", add_special_tokens=False)["input_ids"][:-1]
+    assert len(first_byte) == 2
+    undo = _scripted(q8, first_byte)
+    try:
+        cut = q8.generate("hi", GREEDY.replace(max_new_tokens=2))
+    finally:
+        undo()
+    assert (cut.text, cut.finish_reason, cut.completion_tokens) == ("A", "length", 2)
 
 
 # -- errors --------------------------------------------------------------------------------------

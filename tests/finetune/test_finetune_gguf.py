@@ -69,7 +69,7 @@ def test_the_modelfile_beside_the_gguf_imports_it(trained: FinetuneResult) -> No
     gguf = trained.gguf_files[0]
     assert trained.modelfile == gguf.parent / "Modelfile"
     assert f"FROM ./{gguf.name}\n" in trained.modelfile.read_text()
-    assert f"GGUF: ./{gguf}" in trained.summary() or f"GGUF: {gguf}" in trained.summary()
+    assert f"GGUF: {gguf}  (QWEN_BACKEND=llamacpp QWEN_MODEL={gguf})" in trained.summary()
 
 
 def test_the_cli_generates_with_the_gguf(trained: FinetuneResult) -> None:
