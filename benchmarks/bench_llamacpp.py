@@ -131,6 +131,35 @@ def text_cost(backend: LlamaCppBackend, tokens: int) -> float:
     return (time.perf_counter() - start) / (rounds * len(ids))
 
 
+def mask_cost(backend: LlamaCppBackend) -> float:
+    """Seconds per token that ``english_only`` adds, timed alone: what llama-cpp-python's custom
+    sampler does around a logits processor (a record array over the candidates, the processor,
+    the copy back), on an array shaped like the real one."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    size = backend.n_vocab
+    data = (llama_cpp.llama_token_data * size)()
+    dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+    view = np.recarray(shape=(size,), dtype=dtype, buf=data)
+    view.id[:] = np.arange(size)
+    view.logit[:] = np.random.default_rng(0).standard_normal(size)
+    backend._english()
+    rounds = 200
+    start = time.perf_counter()
+    for _ in range(rounds):
+        records = np.recarray(
+            shape=(size,),
+            dtype=dtype,
+            buf=(llama_cpp.llama_token_data * size).from_address(ctypes.addressof(data)),
+        )
+        records.logit[:] = backend._english_processor(None, records.logit)
+        view.logit[:] = 0.0  # undo the -inf so every round does the same work
+    return (time.perf_counter() - start) / rounds
+
+
 def english_cost(backend: LlamaCppBackend, tokens: int, pairs: int) -> dict[str, Any]:
     prompt = CONVERSATIONS[0]
     ratios, free, english = [], [], []
@@ -233,6 +262,12 @@ def main() -> None:
         print(f"backend's own work: {added * 1e6:.1f} us/token -> bound {(raw + added) / raw:.4f}")
         report["english_only_q8_0"] = english_cost(backend, args.tokens, args.pairs)
         print("english_only / unconstrained, per token:", report["english_only_q8_0"])
+        added = mask_cost(backend)
+        free = report["english_only_q8_0"]["free_ms_per_token"] / 1000
+        report["mask_cost_ms_per_token"] = added * 1000
+        report["english_only_bound"] = (free + added) / free
+        bound = (free + added) / free
+        print(f"english_only's own work: {added * 1000:.3f} ms/token -> bound {bound:.4f}")
     rates = speed(args.size, args.tokens, args.threads)
     report["tokens_per_second"] = rates
     report["speedup_vs_hf"] = {

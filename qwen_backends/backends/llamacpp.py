@@ -152,6 +152,7 @@ class LlamaCppBackend(ModelBackend):
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._english_mask: np.ndarray | None = None
+        self._mask_mismatch = 0
         self.llama = self._load()
         try:
             self.model_path = Path(self.llama.model_path)
@@ -382,6 +383,8 @@ class LlamaCppBackend(ModelBackend):
         """
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
         self.llama.set_seed(seed)
+        if sampling.english_only:
+            self._english()  # built once, before any token
         window = self.settings.llamacpp.last_n_tokens
         self.llama.last_n_tokens_size = window if window is not None else self.context_window
         return {
@@ -406,13 +409,11 @@ class LlamaCppBackend(ModelBackend):
         import numpy as np
 
         mask = self._english()
-        if scores.shape[0] != mask.shape[0]:  # the mask is by token id: it needs every logit
-            raise GenerationError(
-                f"english_only got {scores.shape[0]} candidate logits instead of the "
-                f"{mask.shape[0]} of the vocabulary; this llama-cpp-python version is not "
-                "supported (use 0.3.36)",
-                backend=self.name,
-            )
+        if scores.shape[0] != mask.shape[0]:
+            # The mask is by token id and needs every logit. An exception raised here would be
+            # swallowed by the ctypes callback, so _run raises it after the token.
+            self._mask_mismatch = scores.shape[0]
+            return scores
         np.add(scores, mask, out=scores)
         return scores
 
@@ -443,6 +444,14 @@ class LlamaCppBackend(ModelBackend):
             try:
                 for token in tokens:
                     count += 1
+                    if self._mask_mismatch:
+                        raise GenerationError(
+                            f"english_only got {self._mask_mismatch} candidate logits instead of "
+                            f"the {self.n_vocab} of the vocabulary; this llama-cpp-python "
+                            "version is not supported (use 0.3.36)",
+                            partial_text="".join(produced),
+                            backend=self.name,
+                        )
                     if token in self.end_ids:
                         reason = "stop"
                         break
