@@ -44,6 +44,7 @@ from qwen_backends.thinking import reject_thinking
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "INSTRUCT_MODEL",
     "LLAMACPP_DEFAULT_FILE",
     "LLAMACPP_DEFAULT_REPO",
     "OLLAMA_NON_THINKING_TAGS",
@@ -52,6 +53,7 @@ __all__ = [
     "LlamaCppSettings",
     "OllamaSettings",
     "Section",
+    "ServeSettings",
     "Settings",
     "UnslothSettings",
     "VLLMSettings",
@@ -109,6 +111,8 @@ class HFSettings(Section):
         return int(self.max_context * YARN_FACTOR) if self.yarn else self.max_context
 
 
+#: The non-thinking Qwen3-4B build to use instead of a thinking-only one (hub id).
+INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 #: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
 #: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
 OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
@@ -230,6 +234,34 @@ class EvaluationSettings(Section):
     limit: int | None = Field(None, ge=1, description="Run only the first N prompts of the set.")
 
 
+class ServeSettings(Section):
+    """The OpenAI-compatible server (``qwen-backends serve``)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind. Any address but loopback (127.0.0.1, ::1, localhost) "
+        "needs api_key.",
+    )
+    port: int = Field(8000, ge=0, le=65_535, description="TCP port (0 picks a free one).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Clients must send 'Authorization: Bearer KEY'; required for a non-loopback "
+        "host. Never logged.",
+    )
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="In-process backends run one generation at a time; this many more requests "
+        "may wait, further ones get 503 with Retry-After.",
+    )
+    shutdown_timeout: int = Field(
+        10,
+        ge=0,
+        description="Seconds a stopping server (SIGTERM, Ctrl-C) lets in-flight requests finish "
+        "before cancelling them.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything qwen-backends needs to know, resolved from all sources (see module docs)."""
 
@@ -255,6 +287,7 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     def __init__(self, **values: Any) -> None:

@@ -120,7 +120,7 @@ def _streamer_class() -> type:
             if self.ended:
                 return
             self.ended = True
-            text = _decode(self.tokenizer, self.window) if self.window else ""
+            text = _complete(_decode(self.tokenizer, self.window)) if self.window else ""
             self.window, self.sent, tail = [], 0, text[self.sent :]
             self.on_finalized_text(tail, stream_end=True)
 
@@ -130,6 +130,15 @@ def _streamer_class() -> type:
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return str(text)
+
+
+def _complete(text: str) -> str:
+    """``text`` without a trailing incomplete UTF-8 sequence (decoded as U+FFFD).
+
+    An answer can end half-way through a character (``max_new_tokens`` reached after the first
+    byte of a multi-byte character); like vLLM and Ollama, the caller gets complete characters.
+    """
+    return text.rstrip("\ufffd")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -523,17 +532,27 @@ class HFBackend(ModelBackend):
         ]
 
     def _finish(
-        self, new_ids: list[int], prompt_tokens: int, sampling: SamplingParams, seconds: float
+        self,
+        new_ids: list[int],
+        prompt_tokens: int,
+        sampling: SamplingParams,
+        seconds: float,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> Generation:
         """Turn one row of generated ids into a :class:`Generation` (counts include the
-        end-of-turn token; for a stop string, up to the token that completed it)."""
+        end-of-turn token; for a stop string, up to the token that completed it).
+
+        ``tokenizer`` defaults to :attr:`tokenizer`; a stream passes the one it started with,
+        since :meth:`close` may drop the attribute while the stream finishes.
+        """
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
         eos = set(self.eos_token_ids)
         ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
         ids = new_ids if ended is None else new_ids[: ended + 1]
-        text, stopped = TextPipeline.whole(_decode(self.tokenizer, ids), sampling.stop)
+        text, stopped = TextPipeline.whole(_complete(_decode(tokenizer, ids)), sampling.stop)
         count = len(ids)
         if stopped:
-            count = self._tokens_to_stop(ids, sampling.stop)
+            count = self._tokens_to_stop(tokenizer, ids, sampling.stop)
         reason: FinishReason = "stop" if stopped or ended is not None else "length"
         return Generation(
             text=text,
@@ -543,12 +562,15 @@ class HFBackend(ModelBackend):
             seconds=seconds,
         )
 
-    def _tokens_to_stop(self, ids: list[int], stops: Sequence[str]) -> int:
+    @staticmethod
+    def _tokens_to_stop(
+        tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
+    ) -> int:
         """Fewest leading tokens whose text contains a stop string (binary search)."""
         low, high = 1, len(ids)
         while low < high:
             middle = (low + high) // 2
-            text = _decode(self.tokenizer, ids[:middle])
+            text = _decode(tokenizer, ids[:middle])
             if any(stop in text for stop in stops):
                 high = middle
             else:
@@ -563,7 +585,8 @@ class HFBackend(ModelBackend):
         with self._exclusive():
             start = time.perf_counter()
             cancel = threading.Event()
-            streamer = _streamer_class()(self.tokenizer)
+            tokenizer = self.tokenizer  # close() on this thread drops the attribute
+            streamer = _streamer_class()(tokenizer)
             failure: list[BaseException] = []
             outputs: list[torch.Tensor] = []
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -619,7 +642,9 @@ class HFBackend(ModelBackend):
                 ) from error
             if outputs:
                 row = outputs[0][0, len(prompt_ids) :].tolist()
-                result = self._finish(row, len(prompt_ids), sampling, time.perf_counter() - start)
+                result = self._finish(
+                    row, len(prompt_ids), sampling, time.perf_counter() - start, tokenizer
+                )
                 yield dataclasses.replace(result, text="".join(produced))
 
     def close(self) -> None:

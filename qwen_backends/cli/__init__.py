@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vocab",
     "finetune",
     "export",
+    "serve",
 )
 
 #: Exit status for a user mistake (bad argument, setting or input).
