@@ -97,21 +97,36 @@ class FinetuneResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     ollama_name: str = "qwen3-finetuned"
 
-    def load_backend(self, **overrides: Any) -> ModelBackend:
-        """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
+    def load_backend(self, backend: str = "hf", **overrides: Any) -> ModelBackend:
+        """The result behind a backend: ``"hf"`` loads ``merged/``, ``"llamacpp"`` the first GGUF.
 
         Raises
         ------
         ConfigurationError
-            If the run did not merge (``export.merge: false``).
+            If the run did not write what that backend loads (``export.merge: false``, or no
+            ``export.gguf``).
         """
+        from qwen_backends.factory import create_backend
+
+        if backend == "llamacpp":
+            if not self.gguf_files:
+                raise ConfigurationError(
+                    "this run wrote no GGUF file; list quantizations in export.gguf (e.g. "
+                    "[q8_0]) to reload the result with the llamacpp backend"
+                )
+            return create_backend(
+                backend="llamacpp", model=str(self.gguf_files[0].resolve()), **overrides
+            )
+        if backend != "hf":
+            raise ConfigurationError(
+                f"load_backend loads the fine-tuned files with 'hf' (merged/) or 'llamacpp' "
+                f"(GGUF), not {backend!r}"
+            )
         if self.merged_dir is None:
             raise ConfigurationError(
                 "this run saved no merged model (export.merge: false); set export.merge: true "
                 "to reload the result with the hf backend"
             )
-        from qwen_backends.factory import create_backend
-
         return create_backend(backend="hf", model=str(self.merged_dir.resolve()), **overrides)
 
     def summary(self) -> str:

@@ -15,7 +15,6 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
 
-from qwen_backends.factory import create_backend
 from qwen_backends.finetune import FinetuneResult, load_config, run_finetune
 from qwen_backends.finetune.data import assistant_turns, load_conversations
 from qwen_backends.sampling import SamplingParams
@@ -45,14 +44,14 @@ def trained(
 def test_the_gguf_answers_exactly_as_the_merged_model(trained: FinetuneResult) -> None:
     assert trained.merged_dir is not None
     assert [p.name for p in trained.gguf_files] == ["qwen3-smoke.Q8_0.gguf"]
-    gguf = trained.gguf_files[0]
     config = load_config(CONFIGS / "cpu_smoke.yaml")
     questions = [assistant_turns(chat)[-1] for chat in load_conversations(config.data)]
     options = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 1024}
     with (
-        create_backend(backend="llamacpp", model=str(gguf), llamacpp=options) as ours,
-        create_backend(backend="hf", model=str(trained.merged_dir)) as merged,
+        trained.load_backend("llamacpp", llamacpp=options) as ours,
+        trained.load_backend() as merged,
     ):
+        assert (ours.name, merged.name) == ("llamacpp", "hf")
         correct = 0
         for history, answer in questions:
             got, expected = ours.generate(history, GREEDY), merged.generate(history, GREEDY)
