@@ -21,6 +21,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "DiskFullError",
+    "ExportError",
     "GenerationError",
     "InvalidMessagesError",
     "MissingDependencyError",
@@ -116,6 +117,10 @@ class ModelNotFoundError(QwenBackendsError):
 
 class ChatTemplateError(QwenBackendsError):
     """A tokenizer's chat template does not render Qwen3's non-thinking prompt."""
+
+
+class ExportError(QwenBackendsError):
+    """Writing a model in another format (GGUF ...) failed, or the result failed its checks."""
 
 
 class GenerationError(QwenBackendsError):

@@ -57,10 +57,10 @@ from qwen_backends.thinking import reject_thinking
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "INSTRUCT_MODEL",
-    "MLX_DEFAULT_MODEL",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
+    "LlamaCppSettings",
     "MLXSettings",
     "OllamaSettings",
     "Section",
@@ -214,18 +214,14 @@ class VLLMSettings(Section):
         return _check_http_url(value, "vllm.base_url", "http://127.0.0.1:8000/v1")
 
 
-#: The mlx backend's default model: Qwen's own MLX 4-bit build of Qwen3-4B (hybrid, run
-#: non-thinking here).
-MLX_DEFAULT_MODEL = "Qwen/Qwen3-4B-MLX-4bit"
-
-
 class MLXSettings(Section):
     """The MLX backend (``backend="mlx"``): mlx-lm in process (Apple GPU; CPU on Linux)."""
 
-    model: str = Field(
-        MLX_DEFAULT_MODEL,
+    model: str | None = Field(
+        None,
+        min_length=1,
         description="Hub id or local directory of an MLX or Hugging Face-format Qwen3 model "
-        "(convert one with `qwen-backends export mlx`).",
+        "(convert one with `qwen-backends export mlx`); default: the family's MLX 4-bit build.",
     )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load.")
     max_context: int = Field(
@@ -233,6 +229,57 @@ class MLXSettings(Section):
     )
     local_files_only: bool = Field(False, description="Never touch the network; use the cache.")
     token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
+
+
+class LlamaCppSettings(Section):
+    """The llama.cpp backend (``backend="llamacpp"``): a GGUF file run in process."""
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="A local .gguf file, or a hub repo holding GGUFs (with `filename`); default: "
+        "the family's Q4_K_M GGUF repo (its embedded template is checked when loaded).",
+    )
+    filename: str | None = Field(
+        None,
+        min_length=1,
+        description="File name or glob pattern of the GGUF inside a hub repo `model` "
+        "(default: the family's, *Q4_K_M.gguf).",
+    )
+    tokenizer: str = Field(
+        "offline",
+        description="Vocabulary used to render prompts and decode answers when no Hugging Face "
+        "tokenizer folder sits beside the GGUF: 'offline' (byte-exact Qwen3), a hub id or a "
+        "folder. The chat template always comes from the GGUF itself.",
+    )
+    n_ctx: int = Field(
+        NATIVE_CONTEXT,
+        ge=16,
+        description="Context window in tokens (prompt + new tokens); llama.cpp allocates its "
+        "KV cache up front: ~4.5 GB for Qwen3-4B at 32,768 in f16, lower it on small machines.",
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="Threads for generation (None: llama.cpp's choice)."
+    )
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="Threads for reading the prompt (None: llama.cpp's choice)."
+    )
+    n_gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description="Layers offloaded to Metal/CUDA when llama-cpp-python was built with them; "
+        "-1 offloads all, 0 runs on the CPU.",
+    )
+    last_n_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Window of generated tokens that presence_penalty and repetition_penalty "
+        "look at (None: every generated token; prompt tokens never count).",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
+    )
+    verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
 
 
 class EvaluationSettings(Section):
@@ -316,6 +363,7 @@ class Settings(BaseSettings):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
     mlx: MLXSettings = Field(default_factory=MLXSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
@@ -392,6 +440,12 @@ class Settings(BaseSettings):
         section = getattr(self, backend, None)
         own = getattr(section, "model", None)
         return own if isinstance(own, str) and own else FAMILIES[self.family].model_for(backend)
+
+    @property
+    def gguf_filename(self) -> str:
+        """The GGUF file pattern the llamacpp backend picks in a hub repo (its own, else the
+        family's)."""
+        return self.llamacpp.filename or FAMILIES[self.family].gguf_file
 
     def replace(self, **overrides: Any) -> Settings:
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""

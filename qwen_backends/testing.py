@@ -25,6 +25,7 @@ __all__ = [
     "build_checkpoint",
     "chat_template",
     "tiny_checkpoint",
+    "tiny_gguf",
 ]
 
 #: Chat templates a test checkpoint can carry, one per Qwen3-4B release.
@@ -158,3 +159,22 @@ def tiny_checkpoint(size: str = "tiny", seed: int = 0, template: str = "hybrid")
 
 def _build_into(directory: Path, size: str, seed: int, template: str) -> None:
     build_checkpoint(directory, size=size, seed=seed, template=template)
+
+
+def tiny_gguf(quant: str = "q8_0", size: str = "tiny", seed: int = 0) -> Path:
+    """:func:`tiny_checkpoint` converted to GGUF with llama.cpp's converter (cached, built once).
+
+    For the ``llamacpp`` backend's tests and benchmarks: the same weights as the checkpoint, so
+    greedy answers can be compared with the hf backend. k-quants need the ``bench`` size (the
+    tiny model's tensors are too narrow and fall back to q5_0/q8_0).
+    """
+    from qwen_backends.export.gguf import LLAMA_CPP_VERSION, convert_to_gguf, normalize_type
+
+    quant = normalize_type(quant)
+    source = tiny_checkpoint(size, seed)
+    target = cache_dir() / "gguf" / f"{source.name}-{quant}-llama.cpp-{LLAMA_CPP_VERSION}"
+
+    def build(directory: Path) -> None:
+        convert_to_gguf(source, directory / "model.gguf", quant)
+
+    return build_once(target, build) / "model.gguf"

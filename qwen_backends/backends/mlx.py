@@ -2,7 +2,7 @@
 
 Loading: a local directory (MLX format, e.g. written by ``qwen-backends export mlx``, or a plain
 Hugging Face Qwen3 checkpoint, which mlx-lm converts while loading) or a hub repository
-(default :data:`~qwen_backends.settings.MLX_DEFAULT_MODEL`, Qwen's MLX 4-bit build), fetched
+(default: the family's MLX 4-bit build, :data:`qwen_backends.family.FAMILIES`), fetched
 with ``huggingface_hub.snapshot_download`` so offline use fails with one clear
 :class:`~qwen_backends.errors.ModelNotFoundError`.
 
@@ -66,7 +66,6 @@ from qwen_backends.errors import (
 )
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.settings import MLX_DEFAULT_MODEL
 from qwen_backends.thinking import TextPipeline
 
 if TYPE_CHECKING:
@@ -244,7 +243,7 @@ def resolve_model_dir(source: str, settings: Settings) -> Path:
         if not path.is_dir():
             raise ModelNotFoundError(
                 f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
-                f"--model, or give a hub id such as {MLX_DEFAULT_MODEL}",
+                f"--model, or give a hub id such as {settings.default_model('mlx')}",
                 backend="mlx",
             )
         return path

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "vocab",
     "finetune",
+    "export",
     "serve",
     "export",
 )

@@ -183,8 +183,17 @@ class ExportConfig(Section):
     )
     gguf: list[str] = Field(
         default_factory=list,
-        description="GGUF quantizations to write with Unsloth (unsloth engine only), "
-        "e.g. [q4_k_m, q8_0].",
+        description="GGUF quantizations to write into output_dir/gguf, e.g. [q8_0, q4_k_m] "
+        "(peft: llama.cpp's converter and quantizer; unsloth: Unsloth's tooling). The first "
+        "one is what the Modelfile imports.",
+    )
+    verify_gguf: bool = Field(
+        True,
+        description="Load each GGUF with the llamacpp backend and check its template renders "
+        "the training prompts, <|im_end|> ends answers, and trained answers come back greedy.",
+    )
+    verify_examples: int = Field(
+        4, ge=0, description="How many trained answers the GGUF check asks for (0: none)."
     )
     modelfile: bool = Field(
         True, description="Write an Ollama Modelfile with the non-thinking template."
@@ -262,12 +271,15 @@ class FinetuneConfig(BaseModel):
                 "load_in_4bit is only supported by the unsloth engine; set load_in_4bit: false "
                 "for the peft engine (or engine: unsloth on a GPU)"
             )
-        if self.engine == "peft" and self.export.gguf:
-            raise ValueError(
-                "export.gguf needs the unsloth engine (it converts with Unsloth's llama.cpp "
-                "tooling); remove export.gguf for the peft engine, the Modelfile then imports "
-                "the merged safetensors folder"
-            )
+        if self.engine == "peft":
+            from qwen_backends.export.gguf import GGUF_TYPES
+
+            unknown = [q for q in self.export.gguf if q.lower() not in GGUF_TYPES]
+            if unknown:
+                raise ValueError(
+                    f"export.gguf has {', '.join(map(repr, unknown))}, which llama.cpp cannot "
+                    f"write here; use some of {', '.join(GGUF_TYPES)}"
+                )
         if self.export.mlx is not None and not self.export.merge:
             raise ValueError(
                 "export.mlx converts the merged model; set export.merge: true (or remove "

@@ -7,7 +7,8 @@ Everything else (data, rendering, labels, trainer, checkpoints, the Modelfile) i
 - :meth:`Engine.add_lora` -- the model with trainable LoRA adapters;
 - :meth:`Engine.trainer_flags` -- mixed precision and gradient checkpointing for the trainer;
 - :meth:`Engine.save_merged` -- adapters merged into 16-bit weights, saved with the tokenizer;
-- :meth:`Engine.export_gguf` -- GGUF files (Unsloth only).
+- :meth:`Engine.export_gguf` -- GGUF files (peft: llama.cpp's converter and quantizer via
+  :mod:`qwen_backends.export.gguf`; unsloth: Unsloth's own tooling).
 
 ``unsloth`` (:class:`UnslothEngine`) needs an NVIDIA, AMD or Intel GPU and imports Unsloth before
 anything else it patches. ``peft`` (:class:`PeftEngine`) is plain transformers + PEFT and runs on
@@ -185,6 +186,29 @@ class PeftEngine(Engine):
         merged.save_pretrained(str(directory))
         tokenizer.save_pretrained(str(directory))
         return directory
+
+    def export_gguf(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path
+    ) -> list[Path]:
+        """One ``<ollama_name>.<QUANT>.gguf`` per ``export.gguf`` type, from the merged folder.
+
+        Converts ``output_dir/merged`` (written just before) with llama.cpp's converter
+        (:func:`qwen_backends.export.gguf.convert_to_gguf`); without ``export.merge`` the
+        merged model is written to a temporary folder first.
+        """
+        import tempfile
+
+        from qwen_backends.export.gguf import convert_to_gguf, gguf_file_name
+
+        stem = self.config.export.ollama_name
+        merged = directory.parent / "merged"
+        with tempfile.TemporaryDirectory(prefix="merged-") as tmp:
+            if not (merged / "config.json").is_file():
+                merged = self.save_merged(model, tokenizer, Path(tmp))
+            return [
+                convert_to_gguf(merged, directory / gguf_file_name(stem, quant), quant)
+                for quant in self.config.export.gguf
+            ]
 
 
 class UnslothEngine(Engine):

@@ -9,8 +9,13 @@ Steps, in order (``engine`` is the only thing that differs between Unsloth and P
 4. ``engine.add_lora()``; measure the assistant-token loss on a few examples;
 5. train with TRL's ``SFTTrainer`` (progress bars, checkpoints, resume);
 6. measure the loss again; save the adapter (``lora/``), the merged 16-bit model
-   (``merged/``), GGUF files (Unsloth) and a non-thinking Ollama ``Modelfile``;
-7. with ``export.mlx``, once the training model is released: an MLX copy (``mlx/``), loaded
+   (``merged/``), GGUF files (``gguf/``) and a non-thinking Ollama ``Modelfile`` beside the
+   first GGUF;
+7. check every GGUF in a real engine (:func:`qwen_backends.export.gguf.verify_gguf`, the
+   llamacpp backend): its template renders the training prompts exactly, ``<|im_end|>`` ends
+   answers, and the trained answers come back greedy (as many as the merged model gets right
+   through the hf backend). A GGUF that fails raises :class:`~qwen_backends.errors.ExportError`;
+8. with ``export.mlx``, once the training model is released: an MLX copy (``mlx/``), loaded
    with the mlx backend and checked against ``merged/`` through the hf backend (identical
    prompt ids, greedy answers to the first training questions).
 
@@ -68,7 +73,8 @@ class FinetuneResult:
     adapter_dir, merged_dir, modelfile
         ``lora/``, ``merged/`` and the ``Modelfile``, or ``None`` when not written.
     gguf_files
-        GGUF files written (unsloth engine with ``export.gguf``).
+        GGUF files written (``export.gguf``), each checked in llama.cpp unless
+        ``export.verify_gguf`` is off.
     examples, dropped
         Training examples (one per assistant turn), and turns dropped by truncation.
     steps
@@ -108,21 +114,36 @@ class FinetuneResult:
     mlx_check: MLXCheck | None = None
     template_mode: TemplateMode = TemplateMode.HYBRID
 
-    def load_backend(self, **overrides: Any) -> ModelBackend:
-        """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
+    def load_backend(self, backend: str = "hf", **overrides: Any) -> ModelBackend:
+        """The result behind a backend: ``"hf"`` loads ``merged/``, ``"llamacpp"`` the first GGUF.
 
         Raises
         ------
         ConfigurationError
-            If the run did not merge (``export.merge: false``).
+            If the run did not write what that backend loads (``export.merge: false``, or no
+            ``export.gguf``).
         """
+        from qwen_backends.factory import create_backend
+
+        if backend == "llamacpp":
+            if not self.gguf_files:
+                raise ConfigurationError(
+                    "this run wrote no GGUF file; list quantizations in export.gguf (e.g. "
+                    "[q8_0]) to reload the result with the llamacpp backend"
+                )
+            return create_backend(
+                backend="llamacpp", model=str(self.gguf_files[0].resolve()), **overrides
+            )
+        if backend != "hf":
+            raise ConfigurationError(
+                f"load_backend loads the fine-tuned files with 'hf' (merged/) or 'llamacpp' "
+                f"(GGUF), not {backend!r}"
+            )
         if self.merged_dir is None:
             raise ConfigurationError(
                 "this run saved no merged model (export.merge: false); set export.merge: true "
                 "to reload the result with the hf backend"
             )
-        from qwen_backends.factory import create_backend
-
         return create_backend(backend="hf", model=str(self.merged_dir.resolve()), **overrides)
 
     def summary(self) -> str:
@@ -139,7 +160,10 @@ class FinetuneResult:
         if self.merged_dir:
             merged = _shown(self.merged_dir)
             lines.append(f"merged model: {merged}  (QWEN_BACKEND=hf QWEN_MODEL={merged})")
-        lines += [f"GGUF: {_shown(path)}" for path in self.gguf_files]
+        lines += [
+            f"GGUF: {_shown(path)}  (QWEN_BACKEND=llamacpp QWEN_MODEL={_shown(path)})"
+            for path in self.gguf_files
+        ]
         if self.mlx_dir:
             mlx = _shown(self.mlx_dir)
             checked = ""
@@ -282,6 +306,8 @@ def _run(
         engine.save_merged(model, tokenizer, output / "merged") if config.export.merge else None
     )
     gguf_files = engine.export_gguf(model, tokenizer, output / "gguf") if config.export.gguf else []
+    if gguf_files and config.export.verify_gguf:
+        _verify_ggufs(config, gguf_files, merged_dir, conversations)
     modelfile = None
     if config.export.modelfile:
         if gguf_files:
@@ -311,6 +337,52 @@ def _run(
         ollama_name=config.export.ollama_name,
         template_mode=mode,
     )
+
+
+def _verify_ggufs(
+    config: FinetuneConfig,
+    gguf_files: Sequence[Path],
+    merged_dir: Path | None,
+    conversations: Sequence[Sequence[Message]],
+) -> None:
+    """Check every GGUF in llama.cpp against the merged model (see the module docs, step 7)."""
+    from qwen_backends.export.gguf import verify_gguf
+    from qwen_backends.finetune.data import assistant_turns
+    from qwen_backends.sampling import SamplingParams
+
+    trained = [assistant_turns(chat)[-1] for chat in conversations][: config.export.verify_examples]
+    threads = config.training.cpu_threads or 1
+    reference = None
+    if merged_dir is not None and trained:
+        from qwen_backends.factory import create_backend
+
+        with create_backend(backend="hf", model=str(merged_dir.resolve())) as backend:
+            reference = 0
+            for history, answer in trained:
+                tokenizer: Any = getattr(backend, "tokenizer")  # noqa: B009 - the hf backend's
+                tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
+                budget = len(tokens) + 8  # the same budget verify_gguf gives the GGUF
+                result = backend.generate(
+                    history, SamplingParams.preset("greedy", max_new_tokens=budget)
+                )
+                reference += result.text.strip() == answer.strip()
+    for path, quant in zip(gguf_files, config.export.gguf, strict=False):
+        report = verify_gguf(
+            path,
+            tokenizer_dir=merged_dir,
+            trained=trained,
+            reference_matched=reference,
+            quant=quant if config.engine == "peft" else None,
+            threads=threads,
+        )
+        logger.info(
+            "%s checked in llama.cpp: %d prompts identical, %d/%d trained answers (merged: %s)",
+            path.name,
+            report.prompts_checked,
+            report.matched,
+            len(trained),
+            reference,
+        )
 
 
 def assistant_loss(

@@ -27,7 +27,7 @@ from qwen_backends.backends.base import ModelBackend
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
-HARNESSES = ["hf", "ollama", "vllm", "mlx"]
+HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm"]
 #: Those that talk to a server (the fault tests run against these).
 SERVER_HARNESSES = ["ollama", "vllm"]
 #: Qwen3's end-of-turn token.
@@ -145,6 +145,51 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
         return forcing([IM_END])
 
     return Harness("hf", shared, make, tokenizer, leaking, ending)
+
+
+# -- llamacpp: in process, a GGUF of the tiny checkpoint ---------------------------------------
+
+
+@harness("llamacpp")
+def _llamacpp(request: pytest.FixtureRequest) -> Harness:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
+    from qwen_backends.backends.llamacpp import LlamaCppBackend
+    from qwen_backends.testing import tiny_gguf
+
+    model = str(tiny_gguf("q8_0"))
+    options = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 2048}
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend="llamacpp", model=model, llamacpp={**options, **section})
+
+    shared = make()
+    assert isinstance(shared, LlamaCppBackend)
+    tokenizer = shared.tokenizer
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        """The shared model, made to emit ``script`` first (then the real model goes on)."""
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared.llama.generate
+
+            def generate(tokens: list[int], **kwargs: Any) -> Iterator[int]:
+                yield from script
+                yield from original([*tokens, *script], **kwargs)
+
+            patch.setattr(shared.llama, "generate", generate)
+            yield shared
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        raw = "<think>\nsecret plan\n</think>\n\nHello world"
+        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
+        return forcing([IM_END])
+
+    return Harness("llamacpp", shared, make, tokenizer, leaking, ending)
 
 
 class _Force:

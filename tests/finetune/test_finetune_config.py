@@ -62,7 +62,7 @@ def test_changes_override_the_file_and_merge_nested_sections() -> None:
     ("values", "fragment"),
     [
         ({"engine": "peft", "load_in_4bit": True}, "load_in_4bit is only supported by the unsloth"),
-        ({"engine": "peft", "export": {"gguf": ["q4_k_m"]}}, "export.gguf needs the unsloth"),
+        ({"engine": "peft", "export": {"gguf": ["q4_k_mm"]}}, "llama.cpp cannot write"),
         ({"data": {}}, "set exactly one of data.path"),
         ({"data": {"path": "a", "hub_dataset": "b"}}, "set exactly one of data.path"),
         ({"training": {"max_steps": 0}}, "training.max_steps=0 is invalid"),

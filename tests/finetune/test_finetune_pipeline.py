@@ -83,6 +83,8 @@ def test_result_reloads_with_the_hf_backend(trained: FinetuneResult) -> None:
     with trained.load_backend() as backend:
         assert backend.name == "hf"
         assert backend.generate("What is the capital of France?", GREEDY).text == "Paris."
+    with pytest.raises(ConfigurationError, match="wrote no GGUF file"):
+        trained.load_backend("llamacpp")
 
 
 def test_the_assistant_token_loss_falls(trained: FinetuneResult) -> None:
