@@ -50,6 +50,7 @@ __all__ = [
     "HFSettings",
     "OllamaSettings",
     "Section",
+    "ServeSettings",
     "Settings",
     "UnslothSettings",
     "VLLMSettings",
@@ -176,6 +177,34 @@ class EvaluationSettings(Section):
     limit: int | None = Field(None, ge=1, description="Run only the first N prompts of the set.")
 
 
+class ServeSettings(Section):
+    """The OpenAI-compatible server (``qwen-backends serve``)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind. Any address but loopback (127.0.0.1, ::1, localhost) "
+        "needs api_key.",
+    )
+    port: int = Field(8000, ge=0, le=65_535, description="TCP port (0 picks a free one).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Clients must send 'Authorization: Bearer KEY'; required for a non-loopback "
+        "host. Never logged.",
+    )
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="In-process backends run one generation at a time; this many more requests "
+        "may wait, further ones get 503 with Retry-After.",
+    )
+    shutdown_timeout: int = Field(
+        10,
+        ge=0,
+        description="Seconds a stopping server (SIGTERM, Ctrl-C) lets in-flight requests finish "
+        "before cancelling them.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything qwen-backends needs to know, resolved from all sources (see module docs)."""
 
@@ -200,6 +229,7 @@ class Settings(BaseSettings):
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     def __init__(self, **values: Any) -> None:

@@ -15,7 +15,12 @@ from qwen_backends.registry import BACKENDS, missing_modules
 from qwen_backends.settings import Settings
 
 #: Extras that are not a backend -> a module whose presence shows the extra is installed.
-_OTHER_EXTRAS = {"offline": "dashscope", "vocab": "wordfreq", "finetune": "peft"}
+_OTHER_EXTRAS = {
+    "offline": "dashscope",
+    "vocab": "wordfreq",
+    "finetune": "peft",
+    "serve": "uvicorn",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
