@@ -490,7 +490,7 @@ class HFBackend(ModelBackend):
         return kwargs
 
     def _english_bias(self) -> torch.Tensor:
-        """Additive 0 / -inf bias of the tokens ``english_only`` forbids, built once per instance."""
+        """Additive 0 / -inf bias for ``english_only``, built once per instance."""
         if self._english_bias_tensor is None:
             import torch
 

@@ -159,7 +159,7 @@ class TokenSampler:
         return out.scatter_(1, chosen[:, None], 0.0)  # type: ignore[return-value]
 
     def sample(self, scores: torch.Tensor) -> torch.Tensor:
-        """Draw one token id per row of ``scores`` (``(batch, vocab)`` logits); shape ``(batch,)``."""
+        """One drawn token id per row of ``scores`` (``(batch, vocab)`` logits)."""
         indices, weights = self.candidates(scores)
         picked = _draw(weights)
         return picked if indices is None else indices.gather(1, picked[:, None])[:, 0]
