@@ -11,7 +11,8 @@ rotating order so drift on a shared machine hits them alike.
 2. Sampled against greedy, both through the backend: goal <= 1.05.
 3. ``english_only`` against unconstrained (sampled), both through the backend: goal <= 1.01.
 4. 1,000 stop strings that never occur against none (sampled), both through the backend; and
-   what transformers' ``StopStringCriteria`` costs to build per string, for reference.
+   what transformers' ``StopStringCriteria`` costs to build per string, for reference. Also
+   ``stream`` against ``generate`` (same seed, so the same tokens).
 5. Batching: tokens per second of one ``generate_batch`` of 8 conversations against 8 sequential
    ``generate`` calls, sampled (goal >= 3.5x) and greedy.
 
@@ -48,8 +49,20 @@ CONVERSATIONS = [
 #: Stop strings that the random checkpoint never produces (so every answer runs to the end).
 STOPS = tuple(f"<<stop marker {i:04d}>>" for i in range(1_000))
 
-#: One round's measurement: (seconds, tokens generated).
-Run = Callable[[], tuple[float, int]]
+#: One round's measurement: (wall seconds, CPU seconds of this process, tokens generated).
+Run = Callable[[], tuple[float, float, int]]
+
+
+class Clock:
+    """Wall and process CPU time since creation (CPU time is the steadier figure on a shared
+    machine: time spent waiting for a core is not in it)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds elapsed."""
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def raw_generate(backend: HFBackend, prompt: list[int], sampling: SamplingParams) -> Run:
@@ -63,8 +76,8 @@ def raw_generate(backend: HFBackend, prompt: list[int], sampling: SamplingParams
         native_sampling=True,
     )
 
-    def run() -> tuple[float, int]:
-        start = time.perf_counter()
+    def run() -> tuple[float, float, int]:
+        clock = Clock()
         input_ids = torch.tensor([prompt], device=backend.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sampling.seed or 0)
@@ -73,7 +86,7 @@ def raw_generate(backend: HFBackend, prompt: list[int], sampling: SamplingParams
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=config,
             )
-        return time.perf_counter() - start, output.shape[1] - len(prompt)
+        return (*clock.read(), output.shape[1] - len(prompt))
 
     return run
 
@@ -81,26 +94,44 @@ def raw_generate(backend: HFBackend, prompt: list[int], sampling: SamplingParams
 def backend_generate(backend: HFBackend, prompt: str, sampling: SamplingParams) -> Run:
     """``backend.generate`` timed from the call to the returned ``Generation``."""
 
-    def run() -> tuple[float, int]:
-        start = time.perf_counter()
+    def run() -> tuple[float, float, int]:
+        clock = Clock()
         result = backend.generate(prompt, sampling)
-        return time.perf_counter() - start, result.completion_tokens
+        return (*clock.read(), result.completion_tokens)
 
     return run
 
 
-def per_token_rounds(runs: dict[str, Run], rounds: int) -> dict[str, list[float]]:
-    """Seconds per generated token of every side, ``rounds`` times, in rotating order."""
+def backend_stream(backend: HFBackend, prompt: str, sampling: SamplingParams) -> Run:
+    """``stream`` consumed to the end; the same seed gives ``generate``'s tokens, so its count."""
+    tokens = backend.generate(prompt, sampling).completion_tokens
+
+    def run() -> tuple[float, float, int]:
+        clock = Clock()
+        for _ in backend.stream(prompt, sampling):
+            pass
+        return (*clock.read(), tokens)
+
+    return run
+
+
+def per_token_rounds(
+    runs: dict[str, Run], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per generated token of every side, ``rounds`` times, in rotating
+    order."""
     for run in runs.values():  # warm-up
         run()
     names = list(runs)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed, tokens = runs[name]()
-            seconds[name].append(elapsed / tokens)
-    return seconds
+            elapsed, used, tokens = runs[name]()
+            wall[name].append(elapsed / tokens)
+            cpu[name].append(used / tokens)
+    return wall, cpu
 
 
 def median_ratio(values: dict[str, list[float]], top: str, bottom: str) -> float:
@@ -109,22 +140,28 @@ def median_ratio(values: dict[str, list[float]], top: str, bottom: str) -> float
 
 
 def batching(backend: HFBackend, sampling: SamplingParams, rounds: int) -> dict[str, float]:
-    """Tokens/s of one ``generate_batch`` of 8 against 8 sequential ``generate`` calls."""
-    sequential_rates, batch_rates, speedups = [], [], []
+    """Tokens/s (wall) of one ``generate_batch`` of 8 against 8 sequential ``generate`` calls,
+    and the median speed-up by wall and by CPU time."""
+    sequential_rates, batch_rates, speedups, cpu_speedups = [], [], [], []
     backend.generate_batch(CONVERSATIONS[:2], sampling)  # warm-up
     for _ in range(rounds):
-        start = time.perf_counter()
+        clock = Clock()
         tokens = sum(backend.generate(c, sampling).completion_tokens for c in CONVERSATIONS)
-        sequential_rates.append(tokens / (time.perf_counter() - start))
-        start = time.perf_counter()
+        wall, cpu = clock.read()
+        sequential_rates.append(tokens / wall)
+        sequential_cpu = tokens / cpu
+        clock = Clock()
         results = backend.generate_batch(CONVERSATIONS, sampling)
         tokens = sum(result.completion_tokens for result in results)
-        batch_rates.append(tokens / (time.perf_counter() - start))
+        wall, cpu = clock.read()
+        batch_rates.append(tokens / wall)
         speedups.append(batch_rates[-1] / sequential_rates[-1])
+        cpu_speedups.append(tokens / cpu / sequential_cpu)
     return {
         "sequential_tps": statistics.median(sequential_rates),
         "batch_tps": statistics.median(batch_rates),
         "speedup": statistics.median(speedups),
+        "cpu_speedup": statistics.median(cpu_speedups),
     }
 
 
@@ -169,11 +206,15 @@ def main() -> None:
             backend, prompt, sampled.replace(english_only=True)
         ),
         "backend 1,000 stops": backend_generate(backend, prompt, sampled.replace(stop=STOPS)),
+        "backend stream sampled": backend_stream(backend, prompt, sampled),
     }
-    seconds = per_token_rounds(runs, args.rounds)
-    print(f"\nper generated token, median of {args.rounds} rounds:")
-    for name, values in seconds.items():
-        print(f"  {name:<22} {1000 * statistics.median(values):8.2f} ms")
+    wall, cpu = per_token_rounds(runs, args.rounds)
+    print(f"\nper generated token, median of {args.rounds} rounds (wall / CPU):")
+    for name in runs:
+        print(
+            f"  {name:<24} {1000 * statistics.median(wall[name]):8.2f} ms "
+            f"{1000 * statistics.median(cpu[name]):8.2f} ms"
+        )
     rows = [
         ("backend / raw, sampled", "backend sampled", "raw sampled", "<= 0.80"),
         ("backend / raw, greedy", "backend greedy", "raw greedy", "<= 1.01"),
@@ -181,11 +222,14 @@ def main() -> None:
         ("sampled / greedy, raw", "raw sampled", "raw greedy", ""),
         ("english_only / unconstrained", "backend english_only", "backend sampled", "<= 1.01"),
         ("1,000 stop strings / none", "backend 1,000 stops", "backend sampled", ""),
+        ("stream / generate, sampled", "backend stream sampled", "backend sampled", ""),
     ]
-    print("\nratios (median of per-round ratios, per generated token):")
+    print("\nratios (median of per-round ratios, per generated token; wall / CPU):")
     for label, top, bottom, goal in rows:
-        ratio = median_ratio(seconds, top, bottom)
-        print(f"  {label:<30} {ratio:.3f}" + (f"  (goal {goal})" if goal else ""))
+        print(
+            f"  {label:<30} {median_ratio(wall, top, bottom):.3f} "
+            f"{median_ratio(cpu, top, bottom):.3f}" + (f"  (goal {goal})" if goal else "")
+        )
 
     if args.stop_build:
         build = stop_string_build_seconds(backend, args.stop_build)
@@ -204,7 +248,8 @@ def main() -> None:
         print(
             f"batching, 8 conversations, {label}: sequential {figures['sequential_tps']:.1f} "
             f"tokens/s, generate_batch {figures['batch_tps']:.1f} tokens/s, speed-up "
-            f"{figures['speedup']:.2f}x" + (f" (goal {goal})" if goal else "")
+            f"{figures['speedup']:.2f}x (by CPU time {figures['cpu_speedup']:.2f}x)"
+            + (f" (goal {goal})" if goal else "")
         )
     backend.close()
 
