@@ -31,6 +31,7 @@ Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import threading
@@ -484,7 +485,7 @@ class HFBackend(ModelBackend):
         if sampling.stop:
             kwargs["stopping_criteria"] = [
                 StopStringCriterion(
-                    lambda ids: _decode(self.tokenizer, ids), sampling.stop, prompt_length
+                    functools.partial(_decode, self.tokenizer), sampling.stop, prompt_length
                 )
             ]
         return kwargs
