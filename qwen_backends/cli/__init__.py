@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "vocab",
     "finetune",
+    "serve",
 )
 
 #: Exit status for a user mistake (bad argument, setting or input).

@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from qwen_backends.errors import ConfigurationError
+from qwen_backends.errors import ConfigurationError, did_you_mean
+from qwen_backends.finetune.engines import ENGINES
 from qwen_backends.sampling import validation_message
-from qwen_backends.settings import deep_merge
+from qwen_backends.settings import Section, deep_merge
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -41,11 +50,7 @@ ALL_PROJECTIONS: tuple[str, ...] = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the training conversations come from (exactly one of ``path`` / ``hub_dataset``)."""
 
     path: str | None = Field(
@@ -70,7 +75,7 @@ class DataConfig(_Section):
         return self
 
 
-class LoraConfigSection(_Section):
+class LoraConfigSection(Section):
     """The LoRA adapter trained on top of the frozen model."""
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
@@ -85,7 +90,7 @@ class LoraConfigSection(_Section):
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """Trainer settings (TRL ``SFTTrainer``); names follow ``transformers.TrainingArguments``."""
 
     per_device_train_batch_size: int = Field(2, ge=1, description="Sequences per step per device.")
@@ -133,7 +138,7 @@ class TrainingConfig(_Section):
         return self
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     """What is written after training, all under ``output_dir``."""
 
     output_dir: str = Field("outputs/qwen3-finetune", description="Folder of every artefact.")
@@ -168,7 +173,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    engine: Literal["unsloth", "peft"] = Field(
+    engine: str = Field(
         "unsloth",
         description="unsloth: Unsloth on an NVIDIA/AMD/Intel GPU; peft: plain transformers + "
         "PEFT + TRL (CPU or GPU).",
@@ -193,6 +198,17 @@ class FinetuneConfig(BaseModel):
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigurationError(validation_message(exc, "fine-tuning config")) from None
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        # The names come from the engine registry, the one list of engines.
+        if value not in ENGINES:
+            raise ValueError(
+                f"unknown engine {value!r}; {did_you_mean(value, ENGINES)}choose one of "
+                f"{', '.join(ENGINES)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _engine_rules(self) -> FinetuneConfig:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from qwen_backends import create_backend
-from qwen_backends.backends.hf import HFBackend, _TextPipeline
+from qwen_backends.backends.hf import HFBackend
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -31,7 +31,6 @@ from qwen_backends.backends.transformers_sampling import (
     PresencePenaltyLogitsProcessor,
     generation_config_for,
 )
-from qwen_backends.chat import ThinkingStreamFilter
 from qwen_backends.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -42,6 +41,7 @@ from qwen_backends.errors import (
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import HFSettings, Settings
+from qwen_backends.thinking import TextPipeline, ThinkingStreamFilter
 
 THINK, END_THINK = 151667, 151668
 SHORT = {"max_new_tokens": 4}
@@ -423,6 +423,19 @@ def test_forced_thinking_is_removed_from_generate_and_stream(
     assert not any("think>" in piece for piece in pieces)
 
 
+def test_an_answer_cut_inside_a_character_ends_at_the_last_complete_one(
+    backend: HFBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Byte-level token "ä" is the raw byte 0xE4: the first of three bytes of a CJK character.
+    first_byte = backend.tokenizer.convert_tokens_to_ids("ä")
+    assert backend.tokenizer.decode([9707, first_byte]) == "Hello\ufffd"
+    force_tokens(backend, monkeypatch, [9707, first_byte])
+    sampling = VARIED.replace(max_new_tokens=2)
+    result = backend.generate("Hi", sampling)
+    assert (result.text, result.finish_reason, result.completion_tokens) == ("Hello", "length", 2)
+    assert "".join(backend.stream("Hi", sampling)) == "Hello"
+
+
 def test_unclosed_forced_thinking_yields_nothing(
     backend: HFBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -441,7 +454,7 @@ def test_thinking_filter_is_independent_of_how_text_is_cut() -> None:
         "x<</think>/think>y",
     ]
     for text in samples:
-        whole, _ = _TextPipeline.whole(text, ())
+        whole, _ = TextPipeline.whole(text, ())
         assert "<think>" not in whole and "</think>" not in whole
         for cut in range(len(text) + 1):
             for second in range(cut, len(text) + 1):
@@ -453,8 +466,8 @@ def test_thinking_filter_is_independent_of_how_text_is_cut() -> None:
                     + parts.flush()
                 )
                 assert joined == whole, (text, cut, second)
-    assert _TextPipeline.whole("<think>\nplan\n</think>\n\nAnswer", ())[0] == "Answer"
-    assert _TextPipeline.whole("Answer. stop here", ("stop",)) == ("Answer. ", True)
+    assert TextPipeline.whole("<think>\nplan\n</think>\n\nAnswer", ())[0] == "Answer"
+    assert TextPipeline.whole("Answer. stop here", ("stop",)) == ("Answer. ", True)
 
 
 # -- streaming --------------------------------------------------------------------------------
