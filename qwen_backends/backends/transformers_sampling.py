@@ -241,7 +241,7 @@ def _draw(weights: torch.Tensor) -> torch.Tensor:
     point = torch.rand(total.shape, dtype=dtype, device=weights.device) * total
     # rand() < 1, but the product can round up to the total; stay below it so a zero-weight
     # entry at the end can never be picked.
-    point = torch.minimum(point, torch.nextafter(total, torch.zeros_like(total)))
+    point = torch.minimum(point, total * (1.0 - torch.finfo(dtype).eps))
     return torch.searchsorted(cumulative, point, right=True)[:, 0]
 
 

@@ -206,6 +206,20 @@ def test_seeded_draws_repeat_and_the_processor_leaves_one_token() -> None:
     assert out.argmax(dim=-1).tolist() == first[:2].tolist()
 
 
+def test_the_draw_never_picks_a_zero_weight_token_at_the_edges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    weights = torch.tensor([[0.0, 0.3, 0.7, 0.0, 0.0], [0.0, 1e-30, 0.0, 0.0, 0.0]])
+
+    def uniform(value: float) -> Any:
+        return lambda shape, dtype, device: torch.full(shape, value, dtype=dtype, device=device)
+
+    monkeypatch.setattr(torch, "rand", uniform(1 - 2**-53))  # rounds up to the total
+    assert transformers_sampling._draw(weights).tolist() == [2, 1]
+    monkeypatch.setattr(torch, "rand", uniform(0.0))
+    assert transformers_sampling._draw(weights).tolist() == [1, 1]
+
+
 def test_neutral_values_skip_every_filter() -> None:
     scores = fixed_logits()
     indices, weights = TokenSampler(1.0, 0, 1.0, 0.0).candidates(scores)
