@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     engine = TinyQwen(tiny_checkpoint("tiny"))
     with OllamaServer(engine) as stand_in:
-        backend: ModelBackend = create_backend(backend="ollama", ollama={"host": stand_in.url})
+        backend: ModelBackend = create_backend(
+            backend="ollama", family="qwen3-4b-instruct-2507", ollama={"host": stand_in.url}
+        )
         with backend, Served(backend) as served:
             times = overhead(served, args.calls, args.tokens)
             conc = throughput(served, args.requests, args.concurrent, args.tokens)

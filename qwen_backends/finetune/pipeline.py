@@ -205,12 +205,12 @@ def run_finetune(
     engine = create_engine(config)
     engine.check_training_options()
     _check_resume(config)
+    if config.export.mlx is not None:
+        _check_mlx_installed()
     # A bad output path fails now, not after training.
     ensure_directory(
         config.output_dir, "the fine-tuning outputs", "export.output_dir (--output-dir)"
     )
-    if config.export.mlx is not None:
-        _check_mlx_installed()
     if conversations is None:  # before loading the model: bad data fails fast
         conversations = load_conversations(config.data)
     with _cpu_threads(config.training.cpu_threads):

@@ -148,7 +148,9 @@ def ollama_server(stand_in: OllamaServer) -> OllamaServer:
 @pytest.fixture(scope="session")
 def ollama_backend(isolated_session: None, stand_in: OllamaServer) -> Iterator[ModelBackend]:
     """The ollama backend pointed at the stand-in."""
-    backend = create_backend(backend="ollama", ollama={"host": stand_in.url})
+    backend = create_backend(
+        backend="ollama", family="qwen3-4b-instruct-2507", ollama={"host": stand_in.url}
+    )
     backend.remote.backoff = 0.0  # type: ignore[attr-defined]  # retry at once
     yield backend
     backend.close()

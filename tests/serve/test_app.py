@@ -447,7 +447,9 @@ def test_unreachable_backend_server_is_a_503_with_retry_after(ollama_server: Oll
     from qwen_backends import create_backend
 
     dead = create_backend(
-        backend="ollama", ollama={"host": f"http://127.0.0.1:{free_port()}", "max_retries": 0}
+        backend="ollama",
+        family="qwen3-4b-instruct-2507",
+        ollama={"host": f"http://127.0.0.1:{free_port()}", "max_retries": 0},
     )
     with dead, Served(dead) as served:
         for stream in (False, True):
@@ -467,7 +469,9 @@ def test_backend_timeout_is_a_504(ollama_server: OllamaServer) -> None:
     from qwen_backends import create_backend
 
     slow = create_backend(
-        backend="ollama", ollama={"host": ollama_server.url, "timeout": 0.5, "max_retries": 0}
+        backend="ollama",
+        family="qwen3-4b-instruct-2507",
+        ollama={"host": ollama_server.url, "timeout": 0.5, "max_retries": 0},
     )
     slow.remote.backoff = 0.0  # type: ignore[attr-defined]  # retry at once
     with slow, Served(slow) as served:

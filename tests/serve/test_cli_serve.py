@@ -72,6 +72,7 @@ def test_sigterm_mid_stream_ends_the_stream_cleanly_and_frees_the_backend(
     env = {
         **os.environ,
         "QWEN_OLLAMA__HOST": ollama_server.url,
+        "QWEN_FAMILY": "qwen3-4b-instruct-2507",
         "QWEN_SERVE__API_KEY": KEY,
         "QWEN_SERVE__SHUTDOWN_TIMEOUT": "1",
     }
