@@ -20,6 +20,7 @@ __all__ = [
     "InvalidMessagesError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "OutputValidationError",
     "QwenBackendsError",
     "ThinkingModeError",
     "UnknownBackendError",
@@ -109,3 +110,11 @@ class GenerationError(QwenBackendsError):
     ) -> None:
         self.partial_text = partial_text
         super().__init__(message, retryable=retryable)
+
+
+class OutputValidationError(GenerationError):
+    """Structured output does not parse or does not match its schema.
+
+    The model's raw text is in ``partial_text``, so nothing is lost; the message says what was
+    wrong (typically output cut off by ``max_new_tokens`` or a stop string).
+    """
