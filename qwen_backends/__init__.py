@@ -15,11 +15,12 @@ each backend imports its own when it is built.
 """
 
 from qwen_backends.backends.base import Capabilities, Generation, ModelBackend
-from qwen_backends.chat import render_prompt, strip_thinking, validate_messages
+from qwen_backends.chat import render_prompt, validate_messages
 from qwen_backends.errors import QwenBackendsError
 from qwen_backends.factory import create_backend
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
+from qwen_backends.thinking import strip_thinking
 from qwen_backends.tokenizer import load_tokenizer
 
 __all__ = [

@@ -1,12 +1,13 @@
 """The one place that turns a conversation into a Qwen3 NON-THINKING prompt.
 
 Data path: ``messages`` --:func:`validate_messages`--> clean list --:func:`render_prompt`-->
-prompt text ending in the empty think block --backend--> raw text --:func:`strip_thinking`-->
-what the caller sees.
+non-thinking prompt --backend--> raw text --:mod:`qwen_backends.thinking`--> what the caller sees.
 
 The tokenizer's own chat template does the rendering (never a hand-written copy of Qwen3's
 template); this module only guarantees that it is called with ``enable_thinking=False`` and that
-the template honoured the switch.
+the template is one of the two non-thinking kinds (:func:`qwen_backends.thinking.template_mode`):
+the hybrid Qwen3-4B's prompt ends with the empty think block, Qwen3-4B-Instruct-2507's at
+``<|im_start|>assistant\n``; a thinking-only template is refused.
 """
 
 from __future__ import annotations
@@ -14,28 +15,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import regex
-
-from qwen_backends.errors import ChatTemplateError, InvalidMessagesError
-from qwen_backends.sampling import reject_thinking
+from qwen_backends.errors import InvalidMessagesError
+from qwen_backends.thinking import (
+    check_generation_prompt,
+    reject_thinking,
+    strip_thinking,
+    template_mode,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
-    "EMPTY_THINK_BLOCK",
     "Conversation",
     "Message",
-    "ThinkingStreamFilter",
-    "longest_partial_suffix",
     "render_prompt",
     "render_prompt_ids",
-    "strip_thinking",
     "validate_messages",
 ]
-
-#: What Qwen3's template appends after ``<|im_start|>assistant\n`` when thinking is off.
-EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
 ROLES = ("system", "user", "assistant", "tool")
 _ALLOWED_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -118,19 +115,17 @@ def render_prompt(
 
     Raises
     ------
+    ThinkingModeError
+        For a thinking-only template (Qwen3-4B-Thinking-2507), naming the model to use instead.
     ChatTemplateError
-        If the rendered prompt does not end with the empty think block, i.e. the template
-        ignores ``enable_thinking`` and the model would think.
+        If the template is not a Qwen3 non-thinking one, or the rendered prompt does not end the
+        way its mode promises (the model would think).
     """
     reject_thinking(template_kwargs, "render_prompt")
     for key in ("enable_thinking", "tokenize", "add_generation_prompt"):
         template_kwargs.pop(key, None)
     clean = validate_messages(messages)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
-            "load Qwen3-4B's tokenizer (or load_tokenizer('offline'))"
-        )
+    mode = template_mode(tokenizer)
     prompt = tokenizer.apply_chat_template(
         clean,
         tokenize=False,
@@ -138,13 +133,8 @@ def render_prompt(
         enable_thinking=False,
         **template_kwargs,
     )
-    if not isinstance(prompt, str) or not prompt.endswith(EMPTY_THINK_BLOCK):
-        raise ChatTemplateError(
-            f"the chat template of {getattr(tokenizer, 'name_or_path', '?')!r} ignores "
-            "enable_thinking=False (the prompt does not end with the empty think block), so the "
-            "model would think; use Qwen3-4B's official template"
-        )
-    return prompt
+    check_generation_prompt(str(prompt), mode, getattr(tokenizer, "name_or_path", "?"))
+    return str(prompt)
 
 
 def render_prompt_ids(
@@ -153,137 +143,3 @@ def render_prompt_ids(
     """Token ids of :func:`render_prompt` (no BOS is added: Qwen3 has none)."""
     prompt = render_prompt(tokenizer, messages, **template_kwargs)
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-
-# A complete block, a leading unclosed block (thinking that never ended), a stray closing tag
-# with everything before it (output that starts mid-thought), then any orphan tag.
-_THINK_PATTERNS = (
-    regex.compile(r"<think>.*?</think>\s*", regex.DOTALL),
-    regex.compile(r"\A\s*<think>.*\Z", regex.DOTALL),
-    regex.compile(r"\A.*?</think>\s*", regex.DOTALL),
-    regex.compile(r"</?think>"),
-)
-
-
-def strip_thinking(text: str) -> str:
-    """Remove every trace of Qwen3 thinking from ``text``.
-
-    Removes ``<think>...</think>`` blocks with the whitespace after them, an unclosed leading
-    ``<think>`` block, text before a stray ``</think>``, and any orphan tag. Idempotent, and
-    the result never contains ``<think>`` or ``</think>``.
-    """
-    while True:
-        stripped = text
-        for pattern in _THINK_PATTERNS:
-            stripped = pattern.sub("", stripped)
-        if stripped == text:
-            return stripped
-        text = stripped
-
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_TAGS = (THINK_OPEN, THINK_CLOSE)
-
-
-class ThinkingStreamFilter:
-    """Remove thinking from text that arrives in pieces, with the same result however it is cut.
-
-    A ``<think>`` block is dropped up to its ``</think>`` (or to the end if it never closes) with
-    the whitespace after it; an orphan ``</think>`` is dropped with the whitespace after it; and
-    tag text that only forms once a block is gone (``<th<think>..</think>ink>``) is removed too.
-    Text is held back only while it could still be the start of a tag. Every streaming backend
-    uses it, so ``"".join`` of a stream never contains a tag, however the runtime cuts the text.
-
-    Attributes
-    ----------
-    removed
-        Whether any thinking (a tag or a block) was removed so far; backends log a warning.
-    """
-
-    def __init__(self) -> None:
-        self.state = "out"  # "out", "in" (inside a block) or "gap" (whitespace after a block)
-        self.pending = ""
-        self.guard = ""  # output not yet released (see _release)
-        self.removed = False
-
-    def feed(self, text: str) -> str:
-        """Add raw text; return the clean text that can be shown now."""
-        return self._release(self._blocks(text), final=False)
-
-    def flush(self) -> str:
-        """Return the clean text still held back; call once at the end of the stream."""
-        tail = self.pending if self.state == "out" else ""
-        self.pending = ""
-        return self._release(tail, final=True)
-
-    def _blocks(self, text: str) -> str:
-        buffer, self.pending = self.pending + text, ""
-        out: list[str] = []
-        index = 0
-        while index < len(buffer):
-            if self.state == "gap":
-                while index < len(buffer) and buffer[index].isspace():
-                    index += 1
-                if index < len(buffer):
-                    self.state = "out"
-                continue
-            if self.state == "in":
-                end = buffer.find(THINK_CLOSE, index)
-                if end < 0:
-                    keep = longest_partial_suffix(buffer[index:], (THINK_CLOSE,))
-                    self.pending = buffer[len(buffer) - keep :] if keep else ""
-                    return "".join(out)
-                index, self.state = end + len(THINK_CLOSE), "gap"
-                continue
-            start = buffer.find("<", index)
-            while start >= 0:
-                rest = buffer[start:]
-                if rest.startswith(THINK_OPEN) or rest.startswith(THINK_CLOSE):
-                    break
-                if any(tag.startswith(rest) for tag in _TAGS):
-                    out.append(buffer[index:start])
-                    self.pending = rest
-                    return "".join(out)
-                start = buffer.find("<", start + 1)
-            if start < 0:
-                out.append(buffer[index:])
-                break
-            out.append(buffer[index:start])
-            self.removed = True
-            if buffer.startswith(THINK_OPEN, start):
-                index, self.state = start + len(THINK_OPEN), "in"
-            else:
-                index, self.state = start + len(THINK_CLOSE), "gap"
-        return "".join(out)
-
-    def _release(self, text: str, *, final: bool) -> str:
-        # Tags are deleted until none is left; output never ends in the start of a tag, so no
-        # tag can form across what was already released and what comes later.
-        buffer = self.guard + text
-        while True:
-            cleaned = buffer.replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
-            if cleaned == buffer:
-                break
-            buffer, self.removed = cleaned, True
-        if final:
-            self.guard = ""
-            return buffer
-        cut = len(buffer)
-        while cut > 0:
-            keep = longest_partial_suffix(buffer[:cut], _TAGS)
-            if not keep:
-                break
-            cut -= keep
-        self.guard = buffer[cut:]
-        return buffer[:cut]
-
-
-def longest_partial_suffix(text: str, patterns: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``."""
-    longest = 0
-    for pattern in patterns:
-        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
-            if text.endswith(pattern[:size]):
-                longest = size
-                break
-    return longest

@@ -11,7 +11,11 @@ timeout); user mistakes are never retryable.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
+    "BackendTimeoutError",
     "BackendUnavailableError",
     "ChatTemplateError",
     "ConfigurationError",
@@ -21,10 +25,15 @@ __all__ = [
     "MissingDependencyError",
     "ModelNotFoundError",
     "OutputValidationError",
+    "ProtocolError",
     "QwenBackendsError",
+    "RateLimitError",
+    "ServerError",
     "ThinkingModeError",
     "UnknownBackendError",
     "UnsupportedFeatureError",
+    "did_you_mean",
+    "first_line",
 ]
 
 
@@ -37,14 +46,27 @@ class QwenBackendsError(Exception):
         One line: what was wrong and how to fix it.
     retryable
         Whether the same call may succeed if repeated later.
+    backend
+        The backend that raised it (``"ollama"``, ...), when one did.
+    status_code
+        The HTTP status the server answered, when there was one.
     """
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        backend: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
         super().__init__(" ".join(message.split()))
         if retryable is not None:
             self.retryable = retryable
+        self.backend = backend
+        self.status_code = status_code
 
 
 class ConfigurationError(QwenBackendsError, ValueError):
@@ -75,9 +97,10 @@ class UnsupportedFeatureError(QwenBackendsError):
     """The backend cannot honour an option; it refuses rather than silently dropping it."""
 
     def __init__(self, backend: str, option: str, reason: str) -> None:
-        self.backend = backend
         self.option = option
-        super().__init__(f"the {backend} backend does not support {option}: {reason}")
+        super().__init__(
+            f"the {backend} backend does not support {option}: {reason}", backend=backend
+        )
 
 
 class BackendUnavailableError(QwenBackendsError):
@@ -106,15 +129,58 @@ class GenerationError(QwenBackendsError):
     """
 
     def __init__(
-        self, message: str, *, partial_text: str = "", retryable: bool | None = None
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        retryable: bool | None = None,
+        backend: str | None = None,
+        status_code: int | None = None,
     ) -> None:
         self.partial_text = partial_text
-        super().__init__(message, retryable=retryable)
+        super().__init__(message, retryable=retryable, backend=backend, status_code=status_code)
+
+
+# -- what a remote server did wrong (the same class on every server backend) -------------------
+
+
+class BackendTimeoutError(GenerationError):
+    """The server did not answer (or went silent mid-stream) within the timeout, after retries."""
+
+    retryable = True
+
+
+class ServerError(GenerationError):
+    """The server answered 5xx, after retries."""
+
+    retryable = True
+
+
+class RateLimitError(GenerationError):
+    """The server answered 429 (too many requests), after retries honouring Retry-After."""
+
+    retryable = True
+
+
+class ProtocolError(GenerationError):
+    """The server's answer is not what its protocol promises (HTML, truncated JSON, a missing
+    field, a stream cut mid-way); the text received so far is in ``partial_text``."""
+
+    retryable = True
 
 
 class OutputValidationError(GenerationError):
-    """Structured output does not parse or does not match its schema.
+    """Structured output that does not validate against the requested schema (for example cut
+    by ``max_new_tokens``); the raw text is in ``partial_text``."""
 
-    The model's raw text is in ``partial_text``, so nothing is lost; the message says what was
-    wrong (typically output cut off by ``max_new_tokens`` or a stop string).
-    """
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""

@@ -16,26 +16,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qwen_backends.errors import ConfigurationError, ThinkingModeError
+from qwen_backends.errors import ConfigurationError
+from qwen_backends.thinking import reject_thinking
 
-__all__ = ["PRESETS", "SamplingParams", "reject_thinking", "validation_message"]
-
-#: Keys that would switch Qwen3 into thinking mode in one runtime or another.
-THINKING_KEYS = frozenset({"enable_thinking", "thinking", "think", "reasoning", "reasoning_effort"})
-
-
-def reject_thinking(options: dict[str, Any], where: str) -> None:
-    """Raise :class:`ThinkingModeError` if ``options`` asks for thinking mode.
-
-    A key from :data:`THINKING_KEYS` set to anything but ``False``/``None`` is an error; the
-    key set to ``False`` is accepted (it agrees with the policy) and removed by the caller.
-    """
-    for key in THINKING_KEYS & options.keys():
-        if options[key] not in (False, None, "false", "False", 0):
-            raise ThinkingModeError(
-                f"{where}: {key}={options[key]!r} asks for Qwen3's thinking mode, which "
-                "qwen-backends never enables; remove it (every backend runs non-thinking)"
-            )
+__all__ = ["PRESETS", "SamplingParams", "validation_message"]
 
 
 def validation_message(exc: ValidationError, prefix: str) -> str:

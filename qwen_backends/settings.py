@@ -18,7 +18,6 @@ cannot be switched on from any source: ``QWEN_ENABLE_THINKING=true`` is an error
 from __future__ import annotations
 
 import contextvars
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -38,23 +37,24 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from qwen_backends.errors import ConfigurationError, ThinkingModeError
-from qwen_backends.sampling import SamplingParams, reject_thinking, validation_message
+from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
+from qwen_backends.registry import BACKENDS
+from qwen_backends.sampling import SamplingParams, validation_message
+from qwen_backends.thinking import reject_thinking
 
 __all__ = [
-    "BACKEND_NAMES",
     "DEFAULT_CONFIG_FILE",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
     "OllamaSettings",
+    "Section",
     "Settings",
     "UnslothSettings",
     "VLLMSettings",
+    "mask_url",
 ]
 
-BackendName = Literal["hf", "ollama", "unsloth", "vllm"]
-BACKEND_NAMES: tuple[str, ...] = ("hf", "ollama", "unsloth", "vllm")
 DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
 #: Qwen3-4B's native context; YaRN (factor 4) extends it to 4x this.
 NATIVE_CONTEXT = 32_768
@@ -65,11 +65,13 @@ _config_file_override: contextvars.ContextVar[Path | None] = contextvars.Context
 )
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class HFSettings(_Section):
+class HFSettings(Section):
     """The Hugging Face transformers backend (``backend="hf"``)."""
 
     model: str = Field("Qwen/Qwen3-4B", description="Hub id or local directory of the model.")
@@ -109,7 +111,7 @@ class HFSettings(_Section):
 OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
 
 
-class OllamaSettings(_Section):
+class OllamaSettings(Section):
     """The Ollama backend (``backend="ollama"``)."""
 
     model: str = Field(
@@ -126,7 +128,7 @@ class OllamaSettings(_Section):
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
 
 
-class UnslothSettings(_Section):
+class UnslothSettings(Section):
     """The Unsloth backend (``backend="unsloth"``, GPU only)."""
 
     model: str = Field("unsloth/Qwen3-4B", description="Hub id or local directory.")
@@ -138,7 +140,7 @@ class UnslothSettings(_Section):
     token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
 
 
-class VLLMSettings(_Section):
+class VLLMSettings(Section):
     """The vLLM backend (``backend="vllm"``): an OpenAI-compatible vLLM server."""
 
     model: str = Field("Qwen/Qwen3-4B", description="Model name the server serves.")
@@ -153,7 +155,7 @@ class VLLMSettings(_Section):
     )
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     """The evaluation runner (``qwen-backends eval``); relative paths are from the working dir."""
 
     prompts: Path = Field(
@@ -183,7 +185,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    backend: BackendName = Field("hf", description="Which runtime to use.")
+    backend: str = Field("hf", description="Which runtime to use: " + ", ".join(BACKENDS) + ".")
     model: str | None = Field(
         None, description="Overrides the model of the selected backend (QWEN_MODEL)."
     )
@@ -216,11 +218,10 @@ class Settings(BaseSettings):
     @field_validator("backend", mode="before")
     @classmethod
     def _known_backend(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in BACKEND_NAMES:
-            close = difflib.get_close_matches(value, BACKEND_NAMES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+        if isinstance(value, str) and value not in BACKENDS:
             raise ValueError(
-                f"unknown backend {value!r}; {hint}choose one of {', '.join(BACKEND_NAMES)}"
+                f"unknown backend {value!r}; {did_you_mean(value, BACKENDS)}"
+                f"choose one of {', '.join(BACKENDS)}"
             )
         return value
 
@@ -245,17 +246,16 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def selected(self) -> HFSettings | OllamaSettings | UnslothSettings | VLLMSettings:
-        """The settings section of the selected backend."""
-        section: HFSettings | OllamaSettings | UnslothSettings | VLLMSettings = getattr(
-            self, self.backend
-        )
+    def selected(self) -> Section:
+        """The settings section of the selected backend (the field named like the backend)."""
+        section: Section = getattr(self, self.backend)
         return section
 
     @property
     def model_name(self) -> str:
         """The model the selected backend loads: ``model`` (QWEN_MODEL) if set, else its own."""
-        return self.model or self.selected.model
+        model: str = self.model or getattr(self.selected, "model")  # noqa: B009
+        return model
 
     def replace(self, **overrides: Any) -> Settings:
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""
@@ -309,6 +309,18 @@ def config_file_path() -> Path | None:
             )
         return Path(named)
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any credentials (``user:password@``) replaced by ``***@``, safe to print."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}{slash}{path}"
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

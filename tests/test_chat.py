@@ -8,15 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwen_backends.chat import (
-    EMPTY_THINK_BLOCK,
-    ThinkingStreamFilter,
-    render_prompt,
-    render_prompt_ids,
-    strip_thinking,
-    validate_messages,
-)
+from qwen_backends.chat import render_prompt, render_prompt_ids, validate_messages
 from qwen_backends.errors import ChatTemplateError, InvalidMessagesError, ThinkingModeError
+from qwen_backends.thinking import EMPTY_THINK_BLOCK, ThinkingStreamFilter, strip_thinking
 
 SYSTEM_USER = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -128,18 +122,40 @@ def test_enable_thinking_false_is_accepted(offline_tokenizer: Any) -> None:
     assert render_prompt(offline_tokenizer, "hi", enable_thinking=False).endswith(EMPTY_THINK_BLOCK)
 
 
-def test_a_template_that_ignores_the_switch_is_refused() -> None:
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_has_the_switch_but_ignores_it_is_refused() -> None:
     from qwen_backends.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer("offline")
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
+    tokenizer.chat_template = "{# enable_thinking is ignored here #}" + _CHATML
     with pytest.raises(ChatTemplateError, match="ignores enable_thinking=False"):
         render_prompt(tokenizer, "hi")
     tokenizer.chat_template = None
     with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_prompt(tokenizer, "hi")
+
+
+def test_template_modes_are_detected_from_what_the_template_renders() -> None:
+    from qwen_backends.thinking import TemplateMode, template_mode
+    from qwen_backends.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("offline")
+    assert template_mode(tokenizer) is TemplateMode.HYBRID
+    tokenizer.chat_template = _CHATML  # no switch, never opens a think block: Instruct-2507 kind
+    assert template_mode(tokenizer) is TemplateMode.NON_THINKING
+    assert render_prompt(tokenizer, "hi").endswith("<|im_start|>assistant\n")
+    tokenizer.chat_template = _CHATML.replace(
+        "assistant\n{% endif %}", "assistant\n<think>\n{% endif %}"
+    )
+    with pytest.raises(ThinkingModeError, match="Qwen3-4B-Instruct-2507"):
+        render_prompt(tokenizer, "hi")
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    with pytest.raises(ChatTemplateError, match="not a Qwen3 template"):
         render_prompt(tokenizer, "hi")
 
 

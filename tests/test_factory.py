@@ -7,16 +7,10 @@ import sys
 
 import pytest
 
-from qwen_backends import factory
+from qwen_backends import registry
 from qwen_backends.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
-from qwen_backends.factory import BACKENDS, BackendInfo, backend_class, create_backend
-
-
-def test_registry_names_every_backend_lazily() -> None:
-    assert set(BACKENDS) == {"hf", "ollama", "unsloth", "vllm"}
-    for info in BACKENDS.values():
-        module, _, cls = info.target.partition(":")
-        assert module.startswith("qwen_backends.backends.") and cls
+from qwen_backends.factory import backend_class, create_backend
+from qwen_backends.registry import BACKENDS, Registration
 
 
 def test_unknown_backend_has_a_did_you_mean() -> None:
@@ -28,9 +22,9 @@ def test_unknown_backend_has_a_did_you_mean() -> None:
 
 def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        factory.BACKENDS,
+        BACKENDS,
         "hf",
-        BackendInfo("qwen_backends.backends.hf:HFBackend", "hf", ("no_such_module_xyz",)),
+        Registration("qwen_backends.backends.hf:HFBackend", "hf", ("no_such_module_xyz",), "x"),
     )
     with pytest.raises(MissingDependencyError) as caught:
         create_backend(backend="hf")
@@ -40,7 +34,7 @@ def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_unsloth_without_the_package_names_its_extra() -> None:
     pytest.importorskip("torch")
-    if factory.missing_modules("unsloth") != ["unsloth"]:
+    if registry.missing_modules("unsloth") != ["unsloth"]:
         pytest.skip("unsloth is installed here")
     with pytest.raises(MissingDependencyError, match=r"qwen-backends\[unsloth\]"):
         create_backend(backend="unsloth")

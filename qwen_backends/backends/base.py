@@ -1,52 +1,98 @@
 """The interface every backend implements: :class:`ModelBackend`.
 
-Public methods live here once and do the shared work (validate messages, resolve and check
-sampling, time the call); a backend implements three hooks:
+Public methods live here once and do the shared work (validate the messages, resolve and check
+the sampling, check that the backend can honour what is asked); a backend implements hooks that
+take one checked :class:`Request`:
 
-- :meth:`ModelBackend._generate` -- one conversation to one :class:`Generation`;
-- :meth:`ModelBackend._stream` -- one conversation to text pieces as they are produced;
-- optionally :meth:`ModelBackend._generate_batch` -- several at once (default: a loop).
+- :meth:`ModelBackend._generate` -- one request to one :class:`Generation`;
+- :meth:`ModelBackend._stream` -- one request to visible text pieces, optionally ending with the
+  final :class:`Generation` (counts, finish reason, tool calls);
+- optionally :meth:`ModelBackend._generate_batch` (default: one after another),
+  :meth:`ModelBackend._agenerate` / :meth:`ModelBackend._astream` (default: the sync hook on a
+  worker thread; server backends use native async clients), :meth:`ModelBackend._prompt_ids`
+  and :meth:`ModelBackend._render` (the exact prompt, where the backend can know it).
 
-Async callers get :meth:`ModelBackend.agenerate` / :meth:`ModelBackend.astream`; the defaults
-run the sync path on a worker thread, and network backends override them with native clients.
+Text a hook returns has thinking removed and stop strings cut (see
+:mod:`qwen_backends.thinking`). Counting is the same everywhere (see :class:`Generation`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from qwen_backends.chat import Conversation, Message, validate_messages
-from qwen_backends.errors import UnsupportedFeatureError
+from qwen_backends.errors import ConfigurationError, UnsupportedFeatureError
 from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from qwen_backends.settings import Settings
 
-__all__ = ["Capabilities", "FinishReason", "Generation", "ModelBackend", "SamplingLike"]
+__all__ = [
+    "AsyncTextStream",
+    "Capabilities",
+    "FinishReason",
+    "Generation",
+    "ModelBackend",
+    "Request",
+    "SamplingLike",
+    "TextStream",
+    "ToolCall",
+]
 
-FinishReason = Literal["stop", "length"]
-SamplingLike = SamplingParams | Mapping[str, Any] | None
+FinishReason = Literal["stop", "length", "tool_calls"]
+#: What the public methods accept as ``sampling``: the object, a mapping of its fields, a preset
+#: name (``"greedy"``), or ``None`` for ``settings.sampling``.
+SamplingLike = SamplingParams | Mapping[str, Any] | str | None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for.
+
+    Attributes
+    ----------
+    id
+        An id unique within the answer (send it back as ``tool_call_id`` with the result).
+    name
+        The function's name.
+    arguments
+        The arguments, parsed from the model's JSON.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Generation:
-    """The result of one generation.
+    """The result of one generation; every backend fills it by the same definitions.
 
     Attributes
     ----------
     text
-        The answer, with any thinking removed.
+        The answer, with any thinking removed and stop strings cut (tool-call blocks removed).
     finish_reason
-        ``"stop"`` (end of turn or a stop string) or ``"length"`` (``max_new_tokens`` reached).
-    prompt_tokens, completion_tokens
-        Exact token counts of the rendered prompt and of the generated tokens.
+        ``"stop"`` (end of turn or a stop string), ``"length"`` (``max_new_tokens`` reached) or
+        ``"tool_calls"`` (the answer asks for tool calls, see :attr:`tool_calls`).
+    prompt_tokens
+        Tokens of the rendered non-thinking prompt.
+    completion_tokens
+        Every token the model generated, **including** the end-of-turn token that ended the
+        answer (as transformers, vLLM and OpenAI count); for a stop string, up to the token that
+        completed it. A ``"length"`` answer has exactly ``max_new_tokens``.
     seconds
         Wall-clock time of the call.
+    tool_calls
+        Function calls the model asked for (only when tools were given).
+    parsed
+        The validated object for a ``response_format`` call (a pydantic instance or a dict).
     """
 
     text: str
@@ -54,6 +100,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    tool_calls: tuple[ToolCall, ...] = ()
+    parsed: Any = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -61,8 +109,33 @@ class Generation:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data, for JSON output."""
-        return asdict(self)
+        """Plain data, for JSON output (``parsed`` as plain data too)."""
+        data = asdict(self)
+        dump = getattr(self.parsed, "model_dump", None)
+        data["parsed"] = dump(mode="json") if callable(dump) else self.parsed
+        return data
+
+
+@dataclass(frozen=True)
+class Request:
+    """One checked call, as the hooks receive it.
+
+    Attributes
+    ----------
+    messages
+        The validated conversation.
+    sampling
+        Checked sampling parameters the backend can honour.
+    response_format
+        The output schema (a :class:`qwen_backends.structured.ResponseFormat`), or ``None``.
+    tools
+        OpenAI-style function specs (``{"type": "function", "function": {...}}``).
+    """
+
+    messages: list[Message]
+    sampling: SamplingParams
+    response_format: Any = None
+    tools: tuple[dict[str, Any], ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -79,19 +152,90 @@ class Capabilities:
         ``agenerate``/``astream`` use a native async client (real concurrency).
     renders_locally
         The prompt is rendered by this process's tokenizer (so it can be compared exactly).
+    structured_output
+        Can constrain the answer to a JSON schema (``response_format``).
+    tools
+        Can pass tools to the model and parse its tool calls.
+    seeded
+        The same seed gives the same answer.
     """
 
     english_only: bool = False
     native_batching: bool = False
     native_async: bool = False
     renders_locally: bool = False
+    structured_output: bool = False
+    tools: bool = False
+    seeded: bool = True
+
+
+class TextStream(Iterator[str]):
+    """The text of one answer as it is produced; ``"".join`` equals ``generate().text``.
+
+    Iterate it for the pieces; once exhausted, :attr:`generation` holds the final
+    :class:`Generation` (counts, finish reason, tool calls) when the backend reported one.
+    ``close()`` (or leaving a ``with`` block) stops the generation early.
+    """
+
+    def __init__(self, pieces: Iterator[str | Generation]) -> None:
+        self._pieces = pieces
+        self.generation: Generation | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            item = next(self._pieces)
+            if isinstance(item, Generation):
+                self.generation = item
+                continue
+            return item
+
+    def close(self) -> None:
+        """Stop the generation (safe to call twice)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTextStream(AsyncIterator[str]):
+    """Async :class:`TextStream`: ``async for piece in stream``; then :attr:`generation`."""
+
+    def __init__(self, pieces: AsyncIterator[str | Generation]) -> None:
+        self._pieces = pieces
+        self.generation: Generation | None = None
+
+    def __aiter__(self) -> AsyncTextStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            item = await anext(self._pieces)
+            if isinstance(item, Generation):
+                self.generation = item
+                continue
+            return item
+
+    async def aclose(self) -> None:
+        """Stop the generation (safe to call twice)."""
+        close = getattr(self._pieces, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class ModelBackend(ABC):
     """Qwen3-4B behind one interface, always in non-thinking mode.
 
-    Construct through :func:`qwen_backends.create_backend`. Use as a context manager (or call
-    :meth:`close`) to release the model or connection.
+    Construct through :func:`qwen_backends.create_backend`. Use as a context manager
+    (``with`` or ``async with``), or call :meth:`close` / :meth:`aclose`, to release the model or
+    connection.
 
     Parameters
     ----------
@@ -99,12 +243,8 @@ class ModelBackend(ABC):
         The resolved settings; the backend reads its own section and ``settings.sampling``.
     """
 
-    #: Registry name (``QWEN_BACKEND``).
+    #: Registry name (``QWEN_BACKEND``); set from :mod:`qwen_backends.registry`.
     name: ClassVar[str]
-    #: Importable modules the backend needs; the factory checks them before constructing.
-    requires: ClassVar[tuple[str, ...]] = ()
-    #: The pip extra that installs :attr:`requires`.
-    extra: ClassVar[str]
     #: What this backend can do.
     capabilities: ClassVar[Capabilities] = Capabilities()
 
@@ -119,7 +259,22 @@ class ModelBackend(ABC):
         """The model this backend serves."""
         return self.settings.model_name
 
-    def generate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
+    @classmethod
+    def readiness(cls, settings: Settings) -> str:
+        """A short verdict for ``qwen-backends info`` on whether this backend can start here.
+
+        Called only when the backend's modules are installed; the default says ``"ready"``.
+        """
+        return "ready"
+
+    def generate(
+        self,
+        messages: Conversation,
+        sampling: SamplingLike = None,
+        *,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+    ) -> Generation:
         """Answer one conversation.
 
         Parameters
@@ -128,47 +283,106 @@ class ModelBackend(ABC):
             A list of ``{"role", "content"}`` dicts ending with a user (or tool) turn, or a
             string (one user turn).
         sampling
-            A :class:`SamplingParams`, a mapping of its fields, or ``None`` for
-            ``settings.sampling``.
+            A :class:`SamplingParams`, a mapping of its fields, a preset name (``"greedy"``), or
+            ``None`` for ``settings.sampling``.
+        response_format
+            A pydantic model class or a JSON schema dict: the answer is constrained to it and
+            :attr:`Generation.parsed` holds the validated object.
+        tools
+            Functions the model may call: JSON-schema function specs or Python callables.
         """
-        return self._generate(validate_messages(messages), self.resolve_sampling(sampling))
+        request = self._request(messages, sampling, response_format, tools)
+        return self._validate_output(request, self._generate(request))
 
-    def stream(self, messages: Conversation, sampling: SamplingLike = None) -> Iterator[str]:
-        """Yield the answer's text as it is produced; ``"".join`` equals ``generate().text``.
+    def stream(
+        self,
+        messages: Conversation,
+        sampling: SamplingLike = None,
+        *,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+    ) -> TextStream:
+        """Yield the answer's text as it is produced (see :class:`TextStream`).
 
-        Stopping the iteration early (``break`` or ``close()``) stops the generation.
+        Everything is checked before this returns; stopping the iteration early (``break`` and
+        ``close()``) stops the generation.
         """
-        return self._stream(validate_messages(messages), self.resolve_sampling(sampling))
+        request = self._request(messages, sampling, response_format, tools)
+        return TextStream(self._finish_stream(request, self._stream(request)))
 
     def generate_batch(
-        self, conversations: Sequence[Conversation], sampling: SamplingLike = None
+        self,
+        conversations: Sequence[Conversation],
+        sampling: SamplingLike = None,
+        *,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
     ) -> list[Generation]:
         """Answer several conversations with the same sampling, results in input order."""
-        clean = [validate_messages(messages) for messages in conversations]
-        if not clean:
+        if isinstance(conversations, str):
+            raise ConfigurationError(
+                "generate_batch takes a list of conversations; for one prompt use generate()"
+            )
+        params = self.resolve_sampling(sampling)
+        requests = [
+            self._request(messages, params, response_format, tools) for messages in conversations
+        ]
+        if not requests:
             return []
-        return self._generate_batch(clean, self.resolve_sampling(sampling))
+        results = self._generate_batch(requests)
+        return [self._validate_output(r, g) for r, g in zip(requests, results, strict=True)]
 
-    async def agenerate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
-        """Async :meth:`generate`; runs on a worker thread unless the backend is natively async."""
-        return await asyncio.to_thread(self.generate, messages, sampling)
+    async def agenerate(
+        self,
+        messages: Conversation,
+        sampling: SamplingLike = None,
+        *,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+    ) -> Generation:
+        """Async :meth:`generate` (native on server backends, a worker thread otherwise)."""
+        request = self._request(messages, sampling, response_format, tools)
+        return self._validate_output(request, await self._agenerate(request))
 
-    async def astream(
-        self, messages: Conversation, sampling: SamplingLike = None
-    ) -> AsyncIterator[str]:
-        """Async :meth:`stream`; iterates the sync stream on a worker thread by default."""
-        iterator = self.stream(messages, sampling)
-        done = object()
-        try:
-            while True:
-                piece = await asyncio.to_thread(next, iterator, done)
-                if piece is done:
-                    return
-                yield piece  # type: ignore[misc]
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+    def astream(
+        self,
+        messages: Conversation,
+        sampling: SamplingLike = None,
+        *,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+    ) -> AsyncTextStream:
+        """Async :meth:`stream`: ``async for piece in backend.astream(...)``."""
+        request = self._request(messages, sampling, response_format, tools)
+        return AsyncTextStream(self._afinish_stream(request, self._astream(request)))
+
+    def prompt_ids(
+        self, messages: Conversation, *, tools: Sequence[Any] | None = None
+    ) -> list[int]:
+        """Token ids of the non-thinking prompt this backend sends for ``messages``.
+
+        Raises
+        ------
+        UnsupportedFeatureError
+            Where the backend cannot know them exactly.
+        """
+        return self._prompt_ids(validate_messages(messages), self._tools(tools))
+
+    def count_prompt_tokens(
+        self, messages: Conversation, *, tools: Sequence[Any] | None = None
+    ) -> int:
+        """Exact token count of the rendered non-thinking prompt (see :meth:`prompt_ids`)."""
+        return len(self.prompt_ids(messages, tools=tools))
+
+    def rendered_prompt(self, messages: Conversation, *, tools: Sequence[Any] | None = None) -> str:
+        """The non-thinking prompt text this backend renders for ``messages``.
+
+        Raises
+        ------
+        UnsupportedFeatureError
+            For backends whose server renders the prompt.
+        """
+        return self._render(validate_messages(messages), self._tools(tools))
 
     def resolve_sampling(self, sampling: SamplingLike) -> SamplingParams:
         """Turn ``sampling`` into validated :class:`SamplingParams` this backend can honour.
@@ -182,19 +396,31 @@ class ModelBackend(ABC):
             resolved = self.settings.sampling
         elif isinstance(sampling, SamplingParams):
             resolved = sampling
-        else:
+        elif isinstance(sampling, str):
+            resolved = SamplingParams.preset(sampling)
+        elif isinstance(sampling, Mapping):
             resolved = SamplingParams(**dict(sampling))
+        else:
+            raise ConfigurationError(
+                f"sampling must be a SamplingParams, a dict of its fields or a preset name, got "
+                f"{type(sampling).__name__}"
+            )
         if resolved.english_only and not self.capabilities.english_only:
             raise UnsupportedFeatureError(
                 self.name,
                 "english_only",
-                "it cannot restrict the vocabulary; use the hf, unsloth or vllm backend",
+                "it cannot restrict the vocabulary; use the hf, unsloth, llamacpp, mlx or vllm "
+                "backend",
             )
         return resolved
 
     def close(self) -> None:
         """Release the model or connection. Safe to call twice."""
         self._closed = True
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`; server backends also close the running loop's connections."""
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> ModelBackend:
         return self
@@ -207,21 +433,131 @@ class ModelBackend(ABC):
     ) -> None:
         self.close()
 
+    async def __aenter__(self) -> ModelBackend:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_name!r})"
 
     # -- hooks for implementations ------------------------------------------------------------
 
     @abstractmethod
-    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
-        """Generate for validated ``messages`` with checked ``sampling``."""
+    def _generate(self, request: Request) -> Generation:
+        """Generate for one checked request."""
 
     @abstractmethod
-    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
-        """Stream for validated ``messages`` with checked ``sampling``."""
+    def _stream(self, request: Request) -> Iterator[str | Generation]:
+        """Yield visible text pieces, then optionally the final :class:`Generation`."""
 
-    def _generate_batch(
-        self, conversations: list[list[Message]], sampling: SamplingParams
-    ) -> list[Generation]:
-        """Batch hook; the default answers one conversation after another."""
-        return [self._generate(messages, sampling) for messages in conversations]
+    def _generate_batch(self, requests: list[Request]) -> list[Generation]:
+        """Batch hook; the default answers one request after another."""
+        return [self._generate(request) for request in requests]
+
+    async def _agenerate(self, request: Request) -> Generation:
+        """Async hook; the default runs :meth:`_generate` on a worker thread."""
+        return await asyncio.to_thread(self._generate, request)
+
+    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        """Async stream hook; the default iterates :meth:`_stream` on a worker thread.
+
+        Closing the async stream early closes the sync one (which stops the generation).
+        """
+        iterator = await asyncio.to_thread(self._stream, request)
+        done = object()
+        # A worker thread still inside next() when the consumer goes away must finish before
+        # the iterator is closed; the lock orders the two.
+        lock = threading.Lock()
+
+        def step() -> object:
+            with lock:
+                return next(iterator, done)
+
+        try:
+            while True:
+                item = await asyncio.to_thread(step)
+                if item is done:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                with lock:
+                    close()
+
+    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
+        """The exact prompt ids; the default refuses."""
+        raise UnsupportedFeatureError(
+            self.name, "prompt token counting", "its server does not report the prompt ids"
+        )
+
+    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
+        """The exact prompt text; the default refuses."""
+        raise UnsupportedFeatureError(
+            self.name, "prompt rendering", "the prompt is rendered by its server"
+        )
+
+    # -- shared work ----------------------------------------------------------------------------
+
+    def _request(
+        self,
+        messages: Conversation,
+        sampling: SamplingLike | SamplingParams,
+        response_format: Any,
+        tools: Sequence[Any] | None,
+    ) -> Request:
+        """Validate everything once, before any hook runs."""
+        clean = validate_messages(messages)
+        params = self.resolve_sampling(sampling)
+        schema = None
+        if response_format is not None:
+            if not self.capabilities.structured_output:
+                raise UnsupportedFeatureError(
+                    self.name, "response_format", "it cannot constrain output to a schema"
+                )
+            from qwen_backends.structured import ResponseFormat
+
+            schema = ResponseFormat.of(response_format)
+        return Request(clean, params, schema, self._tools(tools))
+
+    def _tools(self, tools: Sequence[Any] | None) -> tuple[dict[str, Any], ...]:
+        if not tools:
+            return ()
+        if not self.capabilities.tools:
+            raise UnsupportedFeatureError(self.name, "tools", "it cannot pass tools to the model")
+        from qwen_backends.tools import normalize_tools
+
+        return normalize_tools(tools)
+
+    def _validate_output(self, request: Request, generation: Generation) -> Generation:
+        """Validate structured output once, for every backend."""
+        if request.response_format is None or generation.parsed is not None:
+            return generation
+        from dataclasses import replace
+
+        parsed = request.response_format.validate(generation.text, backend=self.name)
+        return replace(generation, parsed=parsed)
+
+    def _finish_stream(
+        self, request: Request, pieces: Iterator[str | Generation]
+    ) -> Iterator[str | Generation]:
+        for item in pieces:
+            yield self._validate_output(request, item) if isinstance(item, Generation) else item
+
+    async def _afinish_stream(
+        self, request: Request, pieces: AsyncIterator[str | Generation]
+    ) -> AsyncIterator[str | Generation]:
+        try:
+            async for item in pieces:
+                yield self._validate_output(request, item) if isinstance(item, Generation) else item
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()

@@ -27,6 +27,7 @@ Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import threading
@@ -34,9 +35,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
+from qwen_backends.backends.base import (
+    Capabilities,
+    FinishReason,
+    Generation,
+    ModelBackend,
+    Request,
+)
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -53,13 +60,7 @@ from qwen_backends.backends.transformers_sampling import (
     PresencePenaltyLogitsProcessor,
     generation_config_for,
 )
-from qwen_backends.chat import (
-    Message,
-    ThinkingStreamFilter,
-    longest_partial_suffix,
-    render_prompt_ids,
-    strip_thinking,
-)
+from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     BackendUnavailableError,
     ContextLengthError,
@@ -67,9 +68,12 @@ from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
+    first_line,
 )
+from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
+from qwen_backends.thinking import TextPipeline
 
 if TYPE_CHECKING:
     import torch
@@ -78,63 +82,6 @@ if TYPE_CHECKING:
     from qwen_backends.settings import Settings
 
 __all__ = ["HFBackend"]
-
-
-# -- text pipeline: stop strings, then thinking removal -----------------------------------------
-
-
-class _StopTrimmer:
-    """Pass text through until the earliest stop string; hold back what could start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        if not self.stops:
-            return text
-        buffer = self.pending + text
-        hits = [index for index in (buffer.find(stop) for stop in self.stops) if index >= 0]
-        if hits:
-            self.stopped = True
-            self.pending = ""
-            return buffer[: min(hits)]
-        keep = longest_partial_suffix(buffer, self.stops)
-        self.pending = buffer[len(buffer) - keep :] if keep else ""
-        return buffer[: len(buffer) - keep]
-
-    def flush(self) -> str:
-        text, self.pending = self.pending, ""
-        return "" if self.stopped else text
-
-
-class _TextPipeline:
-    """Raw decoded text -> what the caller sees: stop strings cut first, then thinking removed."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stopper = _StopTrimmer(stops)
-        self.thinking = ThinkingStreamFilter()
-
-    @property
-    def stopped(self) -> bool:
-        """Whether a stop string was found (everything after it is dropped)."""
-        return self.stopper.stopped
-
-    def feed(self, text: str) -> str:
-        return self.thinking.feed(self.stopper.feed(text))
-
-    def flush(self) -> str:
-        return self.thinking.feed(self.stopper.flush()) + self.thinking.flush()
-
-    @classmethod
-    def whole(cls, text: str, stops: Sequence[str]) -> tuple[str, bool]:
-        """Run the pipeline over one complete text; returns ``(visible, stopped)``."""
-        pipeline = cls(stops)
-        visible = pipeline.feed(text) + pipeline.flush()
-        return strip_thinking(visible), pipeline.stopped
 
 
 def _streamer_class() -> type:
@@ -188,15 +135,6 @@ def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith((".", "/", "~", "\\"))
-        or name.count("/") > 1
-        or "\\" in name
-        or Path(name).expanduser().exists()
-    )
-
-
 @contextlib.contextmanager
 def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
     """The one place loading failures become :mod:`qwen_backends.errors` types."""
@@ -206,11 +144,11 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         raise
     except ImportError as exc:
         raise MissingDependencyError(
-            f"loading {source!r} needs a package that is not installed ({_first_line(exc)}); "
+            f"loading {source!r} needs a package that is not installed ({first_line(exc)}); "
             "pip install 'qwen-backends[hf]' (and bitsandbytes / flash-attn if you enabled them)"
         ) from exc
     except (OSError, ValueError, KeyError) as exc:
-        detail = _first_line(exc)
+        detail = first_line(exc)
         offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
             "1",
             "true",
@@ -248,14 +186,9 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
                 retryable=False,
             ) from exc
         raise ModelNotFoundError(
-            f"cannot load model {source!r} ({_first_line(exc)}); check that it is a Qwen3 "
+            f"cannot load model {source!r} ({first_line(exc)}); check that it is a Qwen3 "
             "checkpoint that transformers can read"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- the backend -----------------------------------------------------------------------------------
@@ -299,8 +232,6 @@ class HFBackend(ModelBackend):
     """
 
     name = "hf"
-    extra = "hf"
-    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "accelerate")
     capabilities = Capabilities(english_only=True, native_batching=True, renders_locally=True)
 
     def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
@@ -331,7 +262,7 @@ class HFBackend(ModelBackend):
         """Load ``(model, tokenizer)``; the one step a subclass replaces to load differently."""
         hf = self.settings.hf
         source = self.model_name
-        if _looks_like_path(source):
+        if looks_like_path(source):
             if not Path(source).expanduser().is_dir():
                 raise ModelNotFoundError(
                     f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
@@ -403,33 +334,42 @@ class HFBackend(ModelBackend):
 
     # -- generation hooks ---------------------------------------------------------------------
 
-    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
-        return self._run_batch([self._prompt_ids(messages, sampling)], sampling)[0]
+    def _generate(self, request: Request) -> Generation:
+        return self._run_batch([self._checked_prompt(request)], request.sampling)[0]
 
-    def _generate_batch(
-        self, conversations: list[list[Message]], sampling: SamplingParams
-    ) -> list[Generation]:
+    def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         """All conversations in one ``model.generate`` call (left padding, one forward per step).
 
         Each :class:`Generation` reports the wall time of the whole batch.
         """
-        prompts = [self._prompt_ids(messages, sampling) for messages in conversations]
-        return self._run_batch(prompts, sampling)
+        prompts = [self._checked_prompt(request) for request in requests]
+        return self._run_batch(prompts, requests[0].sampling)
 
-    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
+    def _stream(self, request: Request) -> Iterator[str | Generation]:
         # Checks (and the context error) happen now, not at the first next().
-        prompt_ids = self._prompt_ids(messages, sampling)
-        return self._stream_tokens(prompt_ids, sampling)
+        prompt_ids = self._checked_prompt(request)
+        return self._stream_tokens(prompt_ids, request.sampling)
+
+    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
+        self._check_open()
+        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
+
+    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
+        self._check_open()
+        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prompt_ids(self, messages: list[Message], sampling: SamplingParams) -> list[int]:
-        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
+    def _check_open(self) -> None:
         if self._closed:
             raise GenerationError(
-                "this hf backend was closed; create a new one with create_backend()"
+                f"this {self.name} backend was closed; create a new one with create_backend()"
             )
-        prompt_ids = render_prompt_ids(self.tokenizer, messages)
+
+    def _checked_prompt(self, request: Request) -> list[int]:
+        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
+        sampling = request.sampling
+        prompt_ids = self._prompt_ids(request.messages, request.tools)
         total = len(prompt_ids) + sampling.max_new_tokens
         window = self.context_window
         if total > window:
@@ -552,7 +492,7 @@ class HFBackend(ModelBackend):
                     f"out of memory while generating on {self.device}; lower max_new_tokens, "
                     "send fewer conversations per batch, or use a smaller dtype / quantization",
                 ) from exc
-            raise GenerationError(f"generation failed: {_first_line(exc)}") from exc
+            raise GenerationError(f"generation failed: {first_line(exc)}") from exc
         return output
 
     def _run_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
@@ -583,17 +523,24 @@ class HFBackend(ModelBackend):
         ]
 
     def _finish(
-        self, new_ids: list[int], prompt_tokens: int, sampling: SamplingParams, seconds: float
+        self,
+        new_ids: list[int],
+        prompt_tokens: int,
+        sampling: SamplingParams,
+        seconds: float,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> Generation:
         """Turn one row of generated ids into a :class:`Generation` (counts include the
         end-of-turn token; for a stop string, up to the token that completed it)."""
         eos = set(self.eos_token_ids)
         ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
         ids = new_ids if ended is None else new_ids[: ended + 1]
-        text, stopped = _TextPipeline.whole(_decode(self.tokenizer, ids), sampling.stop)
+        # A stream keeps the tokenizer it started with (close() may have run meanwhile).
+        tokenizer = tokenizer or self.tokenizer
+        text, stopped = TextPipeline.whole(_decode(tokenizer, ids), sampling.stop)
         count = len(ids)
         if stopped:
-            count = self._tokens_to_stop(ids, sampling.stop)
+            count = _tokens_to_stop(tokenizer, ids, sampling.stop)
         reason: FinishReason = "stop" if stopped or ended is not None else "length"
         return Generation(
             text=text,
@@ -603,32 +550,25 @@ class HFBackend(ModelBackend):
             seconds=seconds,
         )
 
-    def _tokens_to_stop(self, ids: list[int], stops: Sequence[str]) -> int:
-        """Fewest leading tokens whose text contains a stop string (binary search)."""
-        low, high = 1, len(ids)
-        while low < high:
-            middle = (low + high) // 2
-            text = _decode(self.tokenizer, ids[:middle])
-            if any(stop in text for stop in stops):
-                high = middle
-            else:
-                low = middle + 1
-        return high
-
-    def _stream_tokens(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str]:
+    def _stream_tokens(
+        self, prompt_ids: list[int], sampling: SamplingParams
+    ) -> Iterator[str | Generation]:
         import torch
 
         with self._exclusive():
+            start = time.perf_counter()
+            tokenizer = self.tokenizer
             cancel = threading.Event()
             streamer = _streamer_class()(self.tokenizer)
             failure: list[BaseException] = []
+            outputs: list[torch.Tensor] = []
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
             kwargs = self._generate_kwargs(sampling, len(prompt_ids))
 
             def work() -> None:
                 try:
                     with self._rng_scope(sampling):
-                        self._model_generate(
+                        output = self._model_generate(
                             input_ids,
                             torch.ones_like(input_ids),
                             streamer=streamer,
@@ -640,6 +580,7 @@ class HFBackend(ModelBackend):
                                 ],
                             },
                         )
+                    outputs.append(output)
                 except BaseException as exc:  # re-raised on the consumer's thread
                     failure.append(exc)
                 finally:
@@ -647,7 +588,7 @@ class HFBackend(ModelBackend):
 
             worker = threading.Thread(target=work, name="qwen-hf-stream", daemon=True)
             worker.start()
-            pipeline = _TextPipeline(sampling.stop)
+            pipeline = TextPipeline(sampling.stop)
             produced: list[str] = []
             try:
                 for piece in streamer:
@@ -670,8 +611,13 @@ class HFBackend(ModelBackend):
                     error.partial_text = "".join(produced)
                     raise error
                 raise GenerationError(
-                    f"generation failed: {_first_line(error)}", partial_text="".join(produced)
+                    f"generation failed: {first_line(error)}", partial_text="".join(produced)
                 ) from error
+            if outputs:
+                row = outputs[0][0, len(prompt_ids) :].tolist()
+                seconds = time.perf_counter() - start
+                result = self._finish(row, len(prompt_ids), sampling, seconds, tokenizer)
+                yield dataclasses.replace(result, text="".join(produced))
 
     def close(self) -> None:
         """Drop the model and tokenizer and free accelerator memory. Safe to call twice.
@@ -712,3 +658,22 @@ def _vocab_rows(model: Any) -> int:
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return int(embeddings.weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
+
+
+def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return {"tools": list(tools)} if tools else {}
+
+
+def _tokens_to_stop(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
+) -> int:
+    """Fewest leading tokens whose text contains a stop string (binary search)."""
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        text = _decode(tokenizer, ids[:middle])
+        if any(stop in text for stop in stops):
+            high = middle
+        else:
+            low = middle + 1
+    return high

@@ -24,30 +24,24 @@ make it think.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import (
     Capabilities,
     FinishReason,
     Generation,
     ModelBackend,
-    SamplingLike,
+    Request,
 )
-from qwen_backends.chat import (
-    Conversation,
-    Message,
-    ThinkingStreamFilter,
-    strip_thinking,
-    validate_messages,
-)
+from qwen_backends.backends.remote import Failure, Remote
+from qwen_backends.chat import Message
 from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -58,6 +52,7 @@ from qwen_backends.errors import (
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS
+from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
 
 if TYPE_CHECKING:
     import ssl
@@ -77,8 +72,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Tags of Qwen3-4B-Instruct-2507, the non-thinking build the maintainers recommend.
 INSTRUCT_TAGS: tuple[str, ...] = OLLAMA_NON_THINKING_TAGS
@@ -278,13 +271,11 @@ class OllamaBackend(ModelBackend):
 
     Attributes
     ----------
-    retry_backoff
-        Seconds before the first retry; doubled for each further one (capped at 8 s).
+    remote
+        The shared error table and retry policy (:class:`~qwen_backends.backends.remote.Remote`).
     """
 
     name = "ollama"
-    requires = ("ollama",)
-    extra = "ollama"
     capabilities = Capabilities(native_async=True)
 
     def __init__(self, settings: Settings) -> None:
@@ -293,13 +284,28 @@ class OllamaBackend(ModelBackend):
         import ollama
 
         config = settings.ollama
-        self.retry_backoff = 0.5
+        self.remote = Remote(
+            backend=self.name,
+            server="Ollama",
+            url=config.host,
+            how_to_start="ollama serve",
+            timeout=config.timeout,
+            timeout_setting="QWEN_OLLAMA__TIMEOUT",
+            max_retries=config.max_retries,
+        )
         # One TLS context for every client: building it loads the CA bundle (~35 ms), which
         # would otherwise dominate each short-lived AsyncClient.
         self._ssl: ssl.SSLContext = httpx.create_ssl_context()
         self._client = ollama.Client(host=config.host, timeout=config.timeout, verify=self._ssl)
         self._checked = False
         self._check_lock = threading.Lock()
+
+    @classmethod
+    def readiness(cls, settings: Settings) -> str:
+        """Whether an Ollama server answers at the configured host."""
+        from qwen_backends.cli.info import probe_server
+
+        return probe_server(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
 
     # -- public API beyond the base class -------------------------------------------------
 
@@ -316,7 +322,7 @@ class OllamaBackend(ModelBackend):
         BackendUnavailableError
             If the server cannot be reached (never an empty list in that case).
         """
-        listing = self._with_retries(self._client.list)
+        listing = self.remote.call(self._client.list, self._status_errors)
         return [model.model for model in listing.models if model.model]
 
     def ensure_model(self, pull: bool = True, *, progress: bool = True) -> bool:
@@ -340,48 +346,13 @@ class OllamaBackend(ModelBackend):
             If the model is missing and ``pull`` is false, or the registry has no such tag.
         """
         try:
-            self._with_retries(lambda: self._client.show(self.model_name))
+            self.remote.call(lambda: self._client.show(self.model_name), self._status_errors)
             return False
         except ModelNotFoundError:
             if not pull:
                 raise
         self._pull(progress)
         return True
-
-    async def agenerate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
-        """Async :meth:`generate` on a native :class:`ollama.AsyncClient` (real concurrency)."""
-        request = self._request(messages, sampling, stream=False)
-        async with self._async_client() as client:
-            await self._aensure_checked(client)
-            start = time.perf_counter()
-            response = await self._awith_retries(lambda: client.chat(**request))
-            return self._generation(response, time.perf_counter() - start)
-
-    async def astream(
-        self, messages: Conversation, sampling: SamplingLike = None
-    ) -> AsyncIterator[str]:
-        """Async :meth:`stream` on a native :class:`ollama.AsyncClient`."""
-        request = self._request(messages, sampling, stream=True)
-        async with self._async_client() as client:
-            await self._aensure_checked(client)
-            chunks, first = await self._awith_retries(lambda: _aopen(client.chat(**request)))
-            state = _StreamState()
-            try:
-                chunk = first
-                while chunk is not None:
-                    piece = state.feed(chunk)
-                    if piece:
-                        yield piece
-                    chunk = await anext(chunks, None)
-                tail = self._finish_stream(state)
-                if tail:
-                    yield tail
-            except QwenBackendsError:
-                raise
-            except Exception as exc:
-                raise self._stream_error(exc, state) from exc
-            finally:
-                await chunks.aclose()
 
     def close(self) -> None:
         """Close the HTTP connection pool. Safe to call twice."""
@@ -391,86 +362,122 @@ class OllamaBackend(ModelBackend):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
+    def _generate(self, request: Request) -> Generation:
         self._ensure_checked()
-        request = self._build(messages, sampling, stream=False)
+        body = self._build(request, stream=False)
         start = time.perf_counter()
-        response = self._with_retries(lambda: self._client.chat(**request))
+        response = self.remote.call(lambda: self._client.chat(**body), self._status_errors)
         return self._generation(response, time.perf_counter() - start)
 
-    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
+    def _stream(self, request: Request) -> Iterator[str | Generation]:
         self._ensure_checked()
-        request = self._build(messages, sampling, stream=True)
-        chunks, first = self._with_retries(lambda: _open(self._client.chat(**request)))
+        body = self._build(request, stream=True)
+        started = time.perf_counter()
+        chunks, first = self.remote.call(
+            lambda: _open(self._client.chat(**body)), self._status_errors
+        )
+        return self._stream_chunks(chunks, first, started)
+
+    def _stream_chunks(self, chunks: Any, first: Any, started: float) -> Iterator[str | Generation]:
         state = _StreamState()
         try:
             chunk = first
             while chunk is not None:
-                piece = state.feed(chunk)
+                piece = self._feed(state, chunk)
                 if piece:
                     yield piece
                 chunk = next(chunks, None)
-            tail = self._finish_stream(state)
-            if tail:
-                yield tail
-        except QwenBackendsError:
-            raise
+            yield from self._stream_end(state, time.perf_counter() - started)
         except Exception as exc:
             raise self._stream_error(exc, state) from exc
         finally:
             chunks.close()
 
-    def _generate_batch(
-        self, conversations: list[list[Message]], sampling: SamplingParams
-    ) -> list[Generation]:
+    async def _agenerate(self, request: Request) -> Generation:
+        body = self._build(request, stream=False)
+        async with self._async_client() as client:
+            await self._aensure_checked(client)
+            start = time.perf_counter()
+            response = await self.remote.acall(lambda: client.chat(**body), self._status_errors)
+            return self._generation(response, time.perf_counter() - start)
+
+    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        body = self._build(request, stream=True)
+        async with self._async_client() as client:
+            await self._aensure_checked(client)
+            started = time.perf_counter()
+            chunks, first = await self.remote.acall(
+                lambda: _aopen(client.chat(**body)), self._status_errors
+            )
+            state = _StreamState()
+            try:
+                chunk = first
+                while chunk is not None:
+                    piece = self._feed(state, chunk)
+                    if piece:
+                        yield piece
+                    chunk = await anext(chunks, None)
+                for item in self._stream_end(state, time.perf_counter() - started):
+                    yield item
+            except Exception as exc:
+                raise self._stream_error(exc, state) from exc
+            finally:
+                await chunks.aclose()
+
+    def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         # The server runs parallel requests together (OLLAMA_NUM_PARALLEL) and queues the rest;
         # httpx.Client is thread-safe, so worker threads share its connection pool.
         self._ensure_checked()
-        workers = min(len(conversations), BATCH_CONCURRENCY)
+        workers = min(len(requests), BATCH_CONCURRENCY)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ollama") as pool:
-            return list(
-                pool.map(lambda messages: self._generate(messages, sampling), conversations)
-            )
+            return list(pool.map(self._generate, requests))
 
     # -- request and response handling --------------------------------------------------
 
-    def _request(
-        self, messages: Conversation, sampling: SamplingLike, *, stream: bool
-    ) -> dict[str, Any]:
-        return self._build(
-            validate_messages(messages), self.resolve_sampling(sampling), stream=stream
-        )
-
-    def _build(
-        self, messages: list[Message], sampling: SamplingParams, *, stream: bool
-    ) -> dict[str, Any]:
+    def _build(self, request: Request, *, stream: bool) -> dict[str, Any]:
         return chat_request(
-            self.model_name, messages, sampling, self.settings.ollama, stream=stream
+            self.model_name, request.messages, request.sampling, self.settings.ollama, stream=stream
         )
 
     def _generation(self, response: Any, seconds: float) -> Generation:
-        content = response.message.content or ""
+        message = getattr(response, "message", None)
+        if message is None or getattr(response, "done", None) is not True:
+            raise self.remote.protocol_error("the chat answer has no message or is not done")
+        content = message.content or ""
         text = strip_thinking(content)
-        self._warn_thinking(len(response.message.thinking or ""), text != content)
+        self._warn_thinking(len(message.thinking or ""), text != content)
         return Generation(
             text=text,
             finish_reason=_finish_reason(response.done_reason),
-            prompt_tokens=response.prompt_eval_count or 0,
-            completion_tokens=response.eval_count or 0,
+            prompt_tokens=_count(response.prompt_eval_count),
+            completion_tokens=_count(response.eval_count),
             seconds=seconds,
         )
 
-    def _finish_stream(self, state: _StreamState) -> str:
+    def _feed(self, state: _StreamState, chunk: Any) -> str:
+        if getattr(chunk, "message", None) is None:
+            raise self.remote.protocol_error(
+                "a stream line has no message", partial_text=state.text
+            )
+        return state.feed(chunk)
+
+    def _stream_end(self, state: _StreamState, seconds: float) -> Iterator[str | Generation]:
         tail = state.finish()
         self._warn_thinking(state.thinking_chars, state.filter.removed)
         if state.final is None:
-            raise GenerationError(
-                f"the Ollama stream for {self.model_name} ended without its final message; "
-                "check the server log",
-                partial_text=state.text,
-                retryable=True,
+            raise self.remote.protocol_error(
+                "the stream ended without its final (done) line", partial_text=state.text + tail
             )
-        return tail
+        if tail:
+            yield tail
+        final = state.final
+        yield Generation(
+            text=state.text,
+            finish_reason=_finish_reason(final.done_reason),
+            prompt_tokens=_count(final.prompt_eval_count),
+            completion_tokens=_count(final.eval_count),
+            seconds=seconds,
+        )
 
     def _warn_thinking(self, thinking_chars: int, tags: bool) -> None:
         if thinking_chars or tags:
@@ -491,19 +498,28 @@ class OllamaBackend(ModelBackend):
         with self._check_lock:
             if self._checked:
                 return
-            version = self._with_retries(lambda: _version(self._client._request_raw))
-            self._check_version(version)
-            show = self._with_retries(lambda: self._client.show(self.model_name))
+            response = self.remote.call(lambda: self._client._request_raw("GET", "/api/version"))
+            self._check_version(self._version_of(response))
+            show = self.remote.call(lambda: self._client.show(self.model_name), self._status_errors)
             self._check_model(show)
             self._checked = True
 
     async def _aensure_checked(self, client: ollama.AsyncClient) -> None:
         if self._checked:
             return
-        response = await self._awith_retries(lambda: client._request_raw("GET", "/api/version"))
-        self._check_version(response.json().get("version"))
-        self._check_model(await self._awith_retries(lambda: client.show(self.model_name)))
+        response = await self.remote.acall(lambda: client._request_raw("GET", "/api/version"))
+        self._check_version(self._version_of(response))
+        show = await self.remote.acall(lambda: client.show(self.model_name), self._status_errors)
+        self._check_model(show)
         self._checked = True
+
+    def _version_of(self, response: Any) -> str | None:
+        try:
+            payload = response.json()
+        except ValueError:
+            raise self.remote.protocol_error("/api/version did not answer JSON") from None
+        version = payload.get("version") if isinstance(payload, dict) else None
+        return version if isinstance(version, str) else None
 
     def _check_version(self, version: str | None) -> None:
         parsed = parse_version(version)
@@ -512,13 +528,14 @@ class OllamaBackend(ModelBackend):
                 "could not read the Ollama server version (%r) at %s; assuming it honours "
                 "think=false (needs 0.9.0 or newer)",
                 version,
-                self.host,
+                self.remote.url,
             )
         elif parsed < MIN_THINK_VERSION:
             raise BackendUnavailableError(
-                f"Ollama {version} at {self.host} is older than 0.9.0 and ignores think=false, "
-                "so Qwen3 could think; upgrade Ollama (https://ollama.com/download)",
+                f"Ollama {version} at {self.remote.url} is older than 0.9.0 and ignores "
+                "think=false, so Qwen3 could think; upgrade Ollama (https://ollama.com/download)",
                 retryable=False,
+                backend=self.name,
             )
 
     def _check_model(self, show: Any) -> None:
@@ -561,132 +578,48 @@ class OllamaBackend(ModelBackend):
         finally:
             bar.close()
 
-    def _pull_error(self, exc: Exception) -> QwenBackendsError:
+    def _pull_error(self, exc: Exception) -> BaseException:
         import ollama
 
         if isinstance(exc, ollama.ResponseError) and exc.status_code in (-1, 404):
             return ModelNotFoundError(
                 f"could not pull {self.model_name}: {exc.error}; check the tag (e.g. "
-                f"{INSTRUCT_TAGS[0]}) at https://ollama.com/library/qwen3/tags"
+                f"{INSTRUCT_TAGS[0]}) at https://ollama.com/library/qwen3/tags",
+                backend=self.name,
             )
-        return self._translate(exc) or GenerationError(f"pulling {self.model_name} failed: {exc}")
+        return self.remote.translate(exc, status_errors=self._status_errors)
 
-    # -- the choke point: errors and retries ------------------------------------------------
+    # -- errors ------------------------------------------------------------------------------
 
-    def _translate(self, exc: BaseException) -> QwenBackendsError | None:
-        """The qwen-backends error for a client exception (``None``: not a client error)."""
-        import httpx
-        import ollama
-
-        model, host = self.model_name, self.host
-        if isinstance(exc, QwenBackendsError):
-            return exc
-        if isinstance(exc, ollama.ResponseError):
-            code, message = exc.status_code, exc.error
-            if code == -1:
-                return GenerationError(
-                    f"Ollama reported an error while generating with {model}: {message}"
-                )
-            if code == 404:
-                return ModelNotFoundError(
-                    f"model {model} not found on the Ollama server at {host}; "
-                    f"run `ollama pull {model}`"
-                )
-            if code >= 500:
-                return BackendUnavailableError(
-                    f"Ollama at {host} failed with HTTP {code} ({message}); check the server "
-                    "log of `ollama serve`"
-                )
-            if code == 400:
-                return ConfigurationError(
-                    f"Ollama rejected the request for {model} (HTTP 400: {message}); check the "
-                    "model tag and sampling settings"
-                )
-            return GenerationError(
-                f"Ollama refused the request for {model} (HTTP {code}: {message})",
-                retryable=code == 429,
+    def _status_errors(self, failure: Failure) -> QwenBackendsError | None:
+        """Ollama's wording for a 404 (pull the model) and a 400."""
+        model, host = self.model_name, self.remote.url
+        if failure.status == 404:
+            return ModelNotFoundError(
+                f"model {model} not found on the Ollama server at {host}; run `ollama pull {model}`"
             )
-        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
-            return BackendUnavailableError(
-                f"Ollama is not reachable at {host}; start it with `ollama serve`"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendUnavailableError(
-                f"Ollama at {host} did not answer within {self.settings.ollama.timeout:g} s; "
-                "raise QWEN_OLLAMA__TIMEOUT or check the server"
-            )
-        if isinstance(exc, httpx.TransportError):
-            return BackendUnavailableError(
-                f"the connection to Ollama at {host} broke ({type(exc).__name__}: {exc}); "
-                "check the server"
+        if failure.status == 400:
+            return ConfigurationError(
+                f"Ollama rejected the request for {model} (HTTP 400: {failure.detail}); check the "
+                "model tag and sampling settings"
             )
         return None
 
-    def _should_retry(self, exc: BaseException) -> bool:
-        import httpx
+    def _stream_error(self, exc: Exception, state: _StreamState) -> BaseException:
         import ollama
 
-        if isinstance(exc, ollama.ResponseError):
-            return exc.status_code >= 500
-        # A refused connection fails fast: waiting rarely helps and the message says what to do.
-        return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError)
-
-    def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
-        """Seconds to wait before retry ``attempt`` (0-based), or ``None`` to give up."""
-        if attempt >= self.settings.ollama.max_retries or not self._should_retry(exc):
-            return None
-        delay = min(self.retry_backoff * 2**attempt, 8.0)
-        logger.warning(
-            "Ollama request failed (%s); retry %d of %d in %.2f s",
-            exc,
-            attempt + 1,
-            self.settings.ollama.max_retries,
-            delay,
-        )
-        return delay
-
-    def _give_up(self, exc: Exception, attempts: int) -> NoReturn:
-        error = self._translate(exc)
-        if error is None or error is exc:
-            raise exc
-        if attempts:
-            error = type(error)(f"{error} (gave up after {attempts} retries)")
-        raise error from exc
-
-    def _stream_error(self, exc: Exception, state: _StreamState) -> Exception:
-        error = self._translate(exc)
-        if error is None:
+        if isinstance(exc, QwenBackendsError):
             return exc
-        return GenerationError(
-            f"{error} (the stream broke after {len(state.text)} characters; they are kept in "
-            "the error's partial_text)",
-            partial_text=state.text,
-            retryable=error.retryable,
-        )
-
-    def _with_retries(self, call: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                delay = self._retry_delay(exc, attempt)
-                if delay is None:
-                    self._give_up(exc, attempt)
-                attempt += 1
-                time.sleep(delay)
-
-    async def _awith_retries(self, call: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except Exception as exc:
-                delay = self._retry_delay(exc, attempt)
-                if delay is None:
-                    self._give_up(exc, attempt)
-                attempt += 1
-                await asyncio.sleep(delay)
+        if isinstance(exc, ollama.ResponseError) and exc.status_code == -1:
+            # An {"error": ...} line after streaming began: the server's own failure.
+            return GenerationError(
+                f"Ollama reported an error while generating with {self.model_name}: "
+                f"{exc.error}; the {len(state.text)} characters received are kept in "
+                "partial_text",
+                partial_text=state.text,
+                backend=self.name,
+            )
+        return self.remote.translate(exc, partial_text=state.text)
 
     @contextlib.asynccontextmanager
     async def _async_client(self) -> AsyncIterator[ollama.AsyncClient]:
@@ -699,17 +632,15 @@ class OllamaBackend(ModelBackend):
         try:
             yield client
         finally:
-            await client.close()
+            await client._client.aclose()
 
 
 def _finish_reason(done_reason: str | None) -> FinishReason:
     return "length" if done_reason == "length" else "stop"
 
 
-def _version(request_raw: Callable[..., Any]) -> str | None:
-    # The client has no version() call in 0.6.x; its raw request keeps its error behaviour.
-    version: str | None = request_raw("GET", "/api/version").json().get("version")
-    return version
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _open(chunks: Any) -> tuple[Any, Any]:
@@ -717,6 +648,6 @@ def _open(chunks: Any) -> tuple[Any, Any]:
     return chunks, next(chunks, None)
 
 
-async def _aopen(chunks: Awaitable[Any]) -> tuple[Any, Any]:
+async def _aopen(chunks: Any) -> tuple[Any, Any]:
     iterator = await chunks
     return iterator, await anext(iterator, None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from types import ModuleType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from qwen_backends.backends.hf import HFBackend
 from qwen_backends.errors import (
@@ -31,10 +31,13 @@ from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
+    first_line,
 )
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from qwen_backends.settings import Settings
 
 __all__ = ["GPU_REQUIRED", "UnslothBackend", "has_supported_gpu", "import_unsloth", "require_gpu"]
 
@@ -99,7 +102,7 @@ def import_unsloth() -> ModuleType:
         ):
             raise BackendUnavailableError(GPU_REQUIRED, retryable=False) from exc
         raise BackendUnavailableError(
-            f"unsloth failed to start ({_first_line(exc)}); check that its version matches "
+            f"unsloth failed to start ({first_line(exc)}); check that its version matches "
             "torch, transformers and trl (see docs/finetuning.md), or use backend hf",
             retryable=False,
         ) from exc
@@ -119,8 +122,13 @@ class UnslothBackend(HFBackend):
     """
 
     name = "unsloth"
-    extra = "unsloth"
-    requires: ClassVar[tuple[str, ...]] = ("torch", "unsloth")
+
+    @classmethod
+    def readiness(cls, settings: Settings) -> str:
+        """Ready only with a GPU Unsloth supports."""
+        if has_supported_gpu():
+            return "ready"
+        return "cannot start: needs an NVIDIA, AMD or Intel GPU"
 
     @property
     def context_window(self) -> int:
@@ -145,7 +153,7 @@ class UnslothBackend(HFBackend):
             raise
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(
-                f"unsloth cannot load {self.model_name!r} ({_first_line(exc)}); check the hub id "
+                f"unsloth cannot load {self.model_name!r} ({first_line(exc)}); check the hub id "
                 "or local folder (QWEN_MODEL), the network, and HF_TOKEN for gated models"
             ) from exc
         except RuntimeError as exc:
@@ -156,12 +164,7 @@ class UnslothBackend(HFBackend):
                     retryable=False,
                 ) from exc
             raise ModelNotFoundError(
-                f"unsloth cannot load {self.model_name!r} ({_first_line(exc)})"
+                f"unsloth cannot load {self.model_name!r} ({first_line(exc)})"
             ) from exc
         fast.for_inference(model)
         return model, tokenizer
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -9,58 +9,52 @@ carries ``chat_template_kwargs={"enable_thinking": False}`` plus every sampling 
 that comes back anyway (a ``reasoning``/``reasoning_content`` field from a server started with a
 reasoning parser, or ``<think>`` text) is removed and logged.
 
-Errors are translated at one choke point, :func:`translate_error`. Retries are ours (the client's
-own are off): 5xx answers, timeouts and dropped connections are retried with exponential backoff
-up to ``settings.vllm.max_retries`` times; 4xx answers and a refused connection are not.
+Failures go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
+error classes and retries as every server backend (the client's own retries are off). Answers
+that are not what the OpenAI protocol promises (HTML, truncated JSON, empty ``choices``, a
+missing field) are :class:`~qwen_backends.errors.ProtocolError`, never a raw
+``JSONDecodeError`` / ``AttributeError`` / ``IndexError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.base import Capabilities, FinishReason, Generation, ModelBackend
-from qwen_backends.chat import (
-    Conversation,
-    Message,
-    ThinkingStreamFilter,
-    strip_thinking,
-    validate_messages,
+from qwen_backends.backends.base import (
+    Capabilities,
+    FinishReason,
+    Generation,
+    ModelBackend,
+    Request,
 )
+from qwen_backends.backends.remote import Failure, Remote
+from qwen_backends.chat import Message
 from qwen_backends.errors import (
-    BackendUnavailableError,
     ConfigurationError,
     ContextLengthError,
     GenerationError,
     ModelNotFoundError,
     QwenBackendsError,
 )
+from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
 
-    from qwen_backends.backends.base import SamplingLike
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
 
-__all__ = ["VLLMBackend", "build_request", "translate_error"]
+__all__ = ["VLLMBackend", "build_request"]
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-#: First retry waits this long; each further retry doubles it (plus up to 25 % jitter).
-BACKOFF_SECONDS = 0.25
-#: Longest single wait between retries.
-MAX_BACKOFF_SECONDS = 8.0
 #: vLLM's value for "no top-k": 0 in current releases, but -1 is accepted by old and new alike
 #: (releases before 0.8 rejected 0), so deployments on any version understand it.
 TOP_K_OFF = -1
@@ -119,81 +113,6 @@ def build_request(
     return request
 
 
-def translate_error(
-    exc: BaseException, *, base_url: str, model: str, served: list[str] | None = None
-) -> QwenBackendsError:
-    """Turn an ``openai`` exception into the matching qwen-backends error (the choke point).
-
-    Parameters
-    ----------
-    exc
-        What the client raised.
-    base_url, model
-        For the message: where the server was expected and which model was asked for.
-    served
-        The server's model ids, when known (they make a 404's message useful).
-    """
-    import openai
-
-    if isinstance(exc, QwenBackendsError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return GenerationError(
-            f"the vLLM server at {base_url} did not answer in time; raise "
-            "QWEN_VLLM__TIMEOUT or check the server's load",
-            retryable=True,
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        if _connection_refused(exc):
-            return BackendUnavailableError(
-                f"vLLM server not reachable at {base_url} ({_cause(exc)}); start it with "
-                f"`vllm serve {model} --port <port>` and point QWEN_VLLM__BASE_URL at its "
-                "/v1 root"
-            )
-        return GenerationError(
-            f"the connection to the vLLM server at {base_url} failed ({_cause(exc)}); "
-            "check that the server is up and try again",
-            retryable=True,
-        )
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        detail = _server_message(exc)
-        if status == 404:
-            if served is None:
-                return ConfigurationError(
-                    f"{base_url} answered 404 ({detail}) and lists no models; base_url must "
-                    "be the server's OpenAI API root, e.g. http://host:8000/v1"
-                )
-            if model not in served:
-                return ModelNotFoundError(
-                    f"the vLLM server at {base_url} does not serve model {model!r}; it serves "
-                    f"{', '.join(map(repr, served)) or 'nothing'}: set QWEN_MODEL (or "
-                    "QWEN_VLLM__MODEL) to one of them"
-                )
-            return GenerationError(f"the vLLM server at {base_url} answered 404: {detail}")
-        if status in (401, 403):
-            return ConfigurationError(
-                f"the vLLM server at {base_url} refused the API key ({status}: {detail}); set "
-                "QWEN_VLLM__API_KEY to the server's --api-key"
-            )
-        if status in (400, 422):
-            kind = ContextLengthError if _about_context(detail) else ConfigurationError
-            return kind(f"the vLLM server rejected the request: {detail}")
-        if status == 429:
-            return BackendUnavailableError(
-                f"the vLLM server at {base_url} is overloaded (429: {detail}); retry later"
-            )
-        if status >= 500:
-            return GenerationError(
-                f"the vLLM server at {base_url} failed ({status}: {detail}); check its log",
-                retryable=True,
-            )
-        return GenerationError(f"the vLLM server at {base_url} answered {status}: {detail}")
-    return GenerationError(
-        f"talking to the vLLM server at {base_url} failed: {type(exc).__name__}: {exc}"
-    )
-
-
 class VLLMBackend(ModelBackend):
     """Qwen3-4B on a vLLM OpenAI-compatible server (see the module docs).
 
@@ -204,53 +123,49 @@ class VLLMBackend(ModelBackend):
     ----------
     settings
         Resolved settings.
+
+    Attributes
+    ----------
+    remote
+        The shared error table and retry policy (:class:`~qwen_backends.backends.remote.Remote`).
     """
 
     name = "vllm"
-    extra = "vllm"
-    requires = ("openai",)
     capabilities = Capabilities(english_only=True, native_batching=True, native_async=True)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._config = settings.vllm
+        self.remote = Remote(
+            backend=self.name,
+            server="the vLLM server",
+            url=self._config.base_url,
+            how_to_start=f"vllm serve {self.model_name} --port <port>",
+            timeout=self._config.timeout,
+            timeout_setting="QWEN_VLLM__TIMEOUT",
+            max_retries=self._config.max_retries,
+        )
         self._client: OpenAI | None = None
         # An async client's connections belong to the event loop that opened them.
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI]
         self._async_clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._english_ids: list[int] | None = None
+        self._served: list[str] | None = None
+
+    @classmethod
+    def readiness(cls, settings: Settings) -> str:
+        """Whether a server answers ``GET /models`` at the configured base URL (with the key)."""
+        from qwen_backends.cli.info import probe_server
+
+        key = settings.vllm.api_key.get_secret_value()
+        return probe_server(
+            settings.vllm.base_url.rstrip("/") + "/models",
+            "vllm serve MODEL",
+            headers={"Authorization": f"Bearer {key}"},
+        )
 
     # -- public API ---------------------------------------------------------------------------
-
-    async def agenerate(self, messages: Conversation, sampling: SamplingLike = None) -> Generation:
-        """Async :meth:`generate` on the native async client (requests run concurrently)."""
-        clean, params = validate_messages(messages), self.resolve_sampling(sampling)
-        request = await self._arequest(clean, params, stream=False)
-        started = time.perf_counter()
-        response = await self._acall(lambda client: client.chat.completions.create(**request))
-        return _generation(response, time.perf_counter() - started)
-
-    async def astream(
-        self, messages: Conversation, sampling: SamplingLike = None
-    ) -> AsyncIterator[str]:
-        """Async :meth:`stream` on the native async client."""
-        clean, params = validate_messages(messages), self.resolve_sampling(sampling)
-        request = await self._arequest(clean, params, stream=True)
-        chunks = await self._acall(lambda client: client.chat.completions.create(**request))
-        assembler = _StreamAssembler()
-        try:
-            async for chunk in chunks:
-                piece = assembler.feed(chunk)
-                if piece:
-                    yield piece
-        except Exception as exc:
-            raise self._mid_stream_error(exc, assembler) from exc
-        finally:
-            await chunks.close()
-        tail = assembler.finish()
-        if tail:
-            yield tail
 
     def close(self) -> None:
         """Close the connections of the sync client (async ones: see :meth:`aclose`)."""
@@ -271,74 +186,116 @@ class VLLMBackend(ModelBackend):
             await client.close()
         self.close()
 
-    async def __aenter__(self) -> VLLMBackend:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- hooks --------------------------------------------------------------------------------
 
-    def _generate(self, messages: list[Message], sampling: SamplingParams) -> Generation:
-        request = self._request(messages, sampling, stream=False)
+    def _generate(self, request: Request) -> Generation:
+        body = self._body(request, stream=False)
         started = time.perf_counter()
-        response = self._call(lambda client: client.chat.completions.create(**request))
-        return _generation(response, time.perf_counter() - started)
+        client = self._sync_client()
+        response = self.remote.call(
+            lambda: client.chat.completions.create(**body), self._status_errors
+        )
+        return self._generation(response, time.perf_counter() - started)
 
-    def _stream(self, messages: list[Message], sampling: SamplingParams) -> Iterator[str]:
-        request = self._request(messages, sampling, stream=True)
-        chunks = self._call(lambda client: client.chat.completions.create(**request))
-        assembler = _StreamAssembler()
+    def _stream(self, request: Request) -> Iterator[str | Generation]:
+        body = self._body(request, stream=True)
+        started = time.perf_counter()
+        client = self._sync_client()
+        chunks = self.remote.call(
+            lambda: client.chat.completions.create(**body), self._status_errors
+        )
+        return self._stream_chunks(chunks, started)
+
+    def _stream_chunks(self, chunks: Any, started: float) -> Iterator[str | Generation]:
+        assembler = _StreamAssembler(self.remote)
         try:
             for chunk in chunks:
                 piece = assembler.feed(chunk)
                 if piece:
                     yield piece
+            yield from assembler.finish(time.perf_counter() - started)
         except Exception as exc:
             raise self._mid_stream_error(exc, assembler) from exc
         finally:
             # Closing the response makes the server abort the request (early break included).
             chunks.close()
-        tail = assembler.finish()
-        if tail:
-            yield tail
 
-    def _generate_batch(
-        self, conversations: list[list[Message]], sampling: SamplingParams
-    ) -> list[Generation]:
+    async def _agenerate(self, request: Request) -> Generation:
+        body = await self._abody(request, stream=False)
+        started = time.perf_counter()
+        client = self._async_client()
+        response = await self.remote.acall(
+            lambda: client.chat.completions.create(**body), self._status_errors
+        )
+        return self._generation(response, time.perf_counter() - started)
+
+    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        body = await self._abody(request, stream=True)
+        started = time.perf_counter()
+        client = self._async_client()
+        chunks = await self.remote.acall(
+            lambda: client.chat.completions.create(**body), self._status_errors
+        )
+        assembler = _StreamAssembler(self.remote)
+        try:
+            async for chunk in chunks:
+                piece = assembler.feed(chunk)
+                if piece:
+                    yield piece
+            for item in assembler.finish(time.perf_counter() - started):
+                yield item
+        except Exception as exc:
+            raise self._mid_stream_error(exc, assembler) from exc
+        finally:
+            await chunks.close()
+
+    def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         # Concurrent requests are batched by the server's scheduler (continuous batching).
-        self._english_only_ids(sampling)  # load the tokenizer once, not in every thread
-        workers = min(len(conversations), MAX_BATCH_CONCURRENCY)
+        self._english_only_ids(requests[0].sampling)  # load the tokenizer once, not per thread
+        workers = min(len(requests), MAX_BATCH_CONCURRENCY)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vllm-batch") as pool:
-            return list(
-                pool.map(lambda messages: self._generate(messages, sampling), conversations)
-            )
+            return list(pool.map(self._generate, requests))
 
-    # -- requests -----------------------------------------------------------------------------
+    # -- requests and answers -----------------------------------------------------------------
 
-    def _request(
-        self, messages: list[Message], sampling: SamplingParams, *, stream: bool
-    ) -> dict[str, Any]:
+    def _body(self, request: Request, *, stream: bool) -> dict[str, Any]:
         return build_request(
-            messages,
-            sampling,
+            request.messages,
+            request.sampling,
             model=self.model_name,
-            allowed_token_ids=self._english_only_ids(sampling),
+            allowed_token_ids=self._english_only_ids(request.sampling),
             stream=stream,
         )
 
-    async def _arequest(
-        self, messages: list[Message], sampling: SamplingParams, *, stream: bool
-    ) -> dict[str, Any]:
-        if sampling.english_only and self._english_ids is None:
+    async def _abody(self, request: Request, *, stream: bool) -> dict[str, Any]:
+        if request.sampling.english_only and self._english_ids is None:
             # Loading the tokenizer takes seconds: keep it off the event loop.
-            await asyncio.to_thread(self._english_only_ids, sampling)
-        return self._request(messages, sampling, stream=stream)
+            await asyncio.to_thread(self._english_only_ids, request.sampling)
+        return self._body(request, stream=stream)
+
+    def _generation(self, response: Any, seconds: float) -> Generation:
+        """A :class:`Generation` from a (non-streamed) chat completion, checked field by field."""
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            kind = type(response).__name__
+            raise self.remote.protocol_error(
+                f"the chat completion has no choices (got {kind}: {str(response)[:60]!r})"
+            )
+        message = getattr(choices[0], "message", None)
+        if message is None:
+            raise self.remote.protocol_error("the first choice has no message")
+        content = message.content or ""
+        reasoning = _reasoning_of(message)
+        text = strip_thinking(content)
+        if reasoning or text != content:
+            logger.warning(
+                "the vLLM server returned thinking despite enable_thinking=False; removed "
+                "(%d characters)",
+                len(reasoning or "") + len(content) - len(text),
+            )
+        return _finished(self.remote, text, choices[0].finish_reason, response.usage, seconds)
+
+    # -- english_only -------------------------------------------------------------------------
 
     def _english_only_ids(self, sampling: SamplingParams) -> list[int] | None:
         """The English-tier ids for ``allowed_token_ids``, or ``None`` when not restricted."""
@@ -366,14 +323,14 @@ class VLLMBackend(ModelBackend):
         # (151,669 ids); only ids the tokenizer can decode are offered, all below both sizes.
         return [i for i in allowed_token_ids(tokenizer, tier="english") if 0 <= i < len(tokenizer)]
 
-    # -- clients, retries, errors ---------------------------------------------------------------
+    # -- clients and errors ---------------------------------------------------------------------
 
     def _client_options(self) -> dict[str, Any]:
         return {
             "base_url": self._config.base_url,
             "api_key": self._config.api_key.get_secret_value(),
             "timeout": self._config.timeout,
-            "max_retries": 0,  # retries are ours: bounded, and never for a 4xx
+            "max_retries": 0,  # retries are the remote layer's: bounded, never for a 4xx
         }
 
     def _sync_client(self) -> OpenAI:
@@ -393,79 +350,106 @@ class VLLMBackend(ModelBackend):
             client = self._async_clients[loop] = AsyncOpenAI(**self._client_options())
         return client
 
-    def _call(self, request: Callable[[OpenAI], _T]) -> _T:
-        """Run ``request`` on the sync client, retrying what may succeed on a second try."""
-        client = self._sync_client()
-        for attempt in range(self._config.max_retries + 1):
-            try:
-                return request(client)
-            except Exception as exc:
-                error = self._translate(exc, self._served_models)
-                if not _retry(exc, error, attempt, self._config.max_retries):
-                    raise error from exc
-                time.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _acall(self, request: Callable[[AsyncOpenAI], Awaitable[_T]]) -> _T:
-        """Async :meth:`_call`."""
-        client = self._async_client()
-        for attempt in range(self._config.max_retries + 1):
-            try:
-                return await request(client)
-            except Exception as exc:
-                served = await self._aserved_models() if _is_404(exc) else None
-                error = translate_error(
-                    exc, base_url=self._config.base_url, model=self.model_name, served=served
+    def _status_errors(self, failure: Failure) -> QwenBackendsError | None:
+        """vLLM's wording for 404 (which models it serves), 401/403 and 400/422."""
+        url, status, detail = self.remote.url, failure.status, failure.detail
+        if status == 404:
+            served = self._served_models()
+            if served is None:
+                return ConfigurationError(
+                    f"{url} answered 404 ({detail}) and lists no models; base_url must be the "
+                    "server's OpenAI API root, e.g. http://host:8000/v1"
                 )
-                if not _retry(exc, error, attempt, self._config.max_retries):
-                    raise error from exc
-                await asyncio.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _translate(
-        self, exc: BaseException, served: Callable[[], list[str] | None]
-    ) -> QwenBackendsError:
-        return translate_error(
-            exc,
-            base_url=self._config.base_url,
-            model=self.model_name,
-            served=served() if _is_404(exc) else None,
-        )
+            if self.model_name not in served:
+                return ModelNotFoundError(
+                    f"the vLLM server at {url} does not serve model {self.model_name!r}; it "
+                    f"serves {', '.join(map(repr, served)) or 'nothing'}: set QWEN_MODEL (or "
+                    "QWEN_VLLM__MODEL) to one of them"
+                )
+            return None
+        if status in (401, 403):
+            return ConfigurationError(
+                f"the vLLM server at {url} refused the API key ({status}: {detail}); set "
+                "QWEN_VLLM__API_KEY to the server's --api-key"
+            )
+        if status in (400, 422):
+            kind = ContextLengthError if _about_context(detail) else ConfigurationError
+            return kind(f"the vLLM server rejected the request: {detail}")
+        return None
 
     def _served_models(self) -> list[str] | None:
-        """The model ids the server lists, or ``None`` if it lists none (a wrong base_url)."""
-        try:
-            return [model.id for model in self._sync_client().models.list()]
-        except Exception as exc:
-            logger.debug("listing the vLLM server's models failed: %s", exc)
-            return None
+        """The model ids the server lists, or ``None`` if it lists none (a wrong base_url).
 
-    async def _aserved_models(self) -> list[str] | None:
-        try:
-            return [model.id async for model in self._async_client().models.list()]
-        except Exception as exc:
-            logger.debug("listing the vLLM server's models failed: %s", exc)
-            return None
+        Asked over plain HTTP so that it works from sync and async paths alike.
+        """
+        import httpx
 
-    def _mid_stream_error(self, exc: Exception, assembler: _StreamAssembler) -> QwenBackendsError:
-        error = self._translate(exc, lambda: None)
-        if isinstance(error, GenerationError) and not error.partial_text:
-            error = GenerationError(
-                f"the stream broke after {len(assembler.text)} characters: {error}",
-                partial_text=assembler.text,
-                retryable=error.retryable,
+        key = self._config.api_key.get_secret_value()
+        try:
+            answer = httpx.get(
+                self._config.base_url.rstrip("/") + "/models",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=min(self._config.timeout, 5.0),
             )
-        return error
+            data = answer.json().get("data")
+            return [str(model["id"]) for model in data] if isinstance(data, list) else None
+        except Exception as exc:
+            logger.debug("listing the vLLM server's models failed: %s", exc)
+            return None
+
+    def _mid_stream_error(self, exc: Exception, assembler: _StreamAssembler) -> BaseException:
+        if isinstance(exc, GenerationError) and not exc.partial_text and assembler.text:
+            exc.partial_text = assembler.text
+            return exc
+        return self.remote.translate(exc, partial_text=assembler.text)
+
+
+def _finished(
+    remote: Remote, text: str, finish_reason: str | None, usage: Any, seconds: float
+) -> Generation:
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    completion_tokens = getattr(usage, "completion_tokens", None)
+    if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        raise remote.protocol_error(
+            "the answer carries no token usage (vLLM >= 0.5 reports it)", partial_text=text
+        )
+    return Generation(
+        text=text,
+        finish_reason=_finish_reason(finish_reason, text, remote),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        seconds=seconds,
+    )
+
+
+def _finish_reason(value: str | None, text: str, remote: Remote) -> FinishReason:
+    """Our finish reason for the server's; an abort or error raises (with the text so far)."""
+    if value == "length":
+        return "length"
+    if value in ("stop", "tool_calls", "function_call", None):
+        return "stop"
+    raise GenerationError(
+        f"{remote.server} at {remote.url} ended the generation with {value!r}; check its log",
+        partial_text=text,
+        backend=remote.backend,
+    )
+
+
+def _about_context(message: str) -> bool:
+    lowered = message.lower()
+    return "max_model_len" in lowered or "context length" in lowered
 
 
 class _StreamAssembler:
     """Turns chat-completion chunks into text pieces, removing any thinking on the way.
 
-    Content goes through the shared :class:`~qwen_backends.chat.ThinkingStreamFilter`; a
-    reasoning field or removed ``<think>`` text is logged once.
+    Content goes through the shared :class:`~qwen_backends.thinking.ThinkingStreamFilter`; a
+    reasoning field or removed ``<think>`` text is logged once. A chunk without the fields the
+    protocol promises is a :class:`~qwen_backends.errors.ProtocolError` (text so far kept).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
         self.text = ""  # what was handed out so far
         self.finish_reason: str | None = None
         self.usage: Any = None
@@ -476,9 +460,14 @@ class _StreamAssembler:
         """Text that can be handed out after ``chunk`` (often the chunk's own content)."""
         if getattr(chunk, "usage", None) is not None:
             self.usage = chunk.usage
-        if not chunk.choices:
+        choices = getattr(chunk, "choices", None)
+        if not isinstance(choices, list):
+            raise self.remote.protocol_error(
+                f"a stream chunk has no choices list ({str(chunk)[:60]!r})", partial_text=self.text
+            )
+        if not choices:
             return ""
-        choice = chunk.choices[0]
+        choice = choices[0]
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
         delta = choice.delta
@@ -488,17 +477,29 @@ class _StreamAssembler:
             self._warn("a reasoning field")
         return self._emit(self._filter.feed(delta.content or ""))
 
-    def finish(self) -> str:
-        """Whatever is left at the end of the stream (an unclosed think block is dropped).
+    def finish(self, seconds: float) -> Iterator[str | Generation]:
+        """What is left at the end of the stream, then the final :class:`Generation`.
 
         Raises
         ------
+        ProtocolError
+            If the stream ended without a finish reason or usage (cut mid-way).
         GenerationError
             If the server ended the stream for another reason than a stop or the length limit.
         """
         rest = self._filter.flush()
-        _finish_reason(self.finish_reason, self.text + rest)
-        return self._emit(rest)
+        if self.finish_reason is None:
+            raise self.remote.protocol_error(
+                "the stream ended before its last chunk (no finish_reason)",
+                partial_text=self.text + rest,
+            )
+        generation = _finished(
+            self.remote, self.text + rest, self.finish_reason, self.usage, seconds
+        )
+        piece = self._emit(rest)
+        if piece:
+            yield piece
+        yield generation
 
     def _emit(self, piece: str) -> str:
         if self._filter.removed:
@@ -514,48 +515,6 @@ class _StreamAssembler:
             )
 
 
-def _generation(response: Any, seconds: float) -> Generation:
-    """A :class:`Generation` from a (non-streamed) chat completion."""
-    choice = response.choices[0]
-    content = choice.message.content or ""
-    reasoning = _reasoning_of(choice.message)
-    text = strip_thinking(content)
-    if reasoning or text != content:
-        logger.warning(
-            "the vLLM server returned thinking despite enable_thinking=False; removed "
-            "(%d characters)",
-            len(reasoning or "") + len(content) - len(text),
-        )
-    return _finished(text, choice.finish_reason, response.usage, seconds)
-
-
-def _finished(text: str, finish_reason: str | None, usage: Any, seconds: float) -> Generation:
-    if usage is None:
-        raise GenerationError(
-            "the vLLM server did not report token usage; upgrade it (vLLM >= 0.5 reports it)",
-            partial_text=text,
-        )
-    return Generation(
-        text=text,
-        finish_reason=_finish_reason(finish_reason, text),
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        seconds=seconds,
-    )
-
-
-def _finish_reason(value: str | None, text: str) -> FinishReason:
-    """Our finish reason for the server's; an abort or error raises (with the text so far)."""
-    if value == "length":
-        return "length"
-    if value in ("stop", "tool_calls", "function_call", None):
-        return "stop"
-    raise GenerationError(
-        f"the vLLM server ended the generation with {value!r}; check its log",
-        partial_text=text,
-    )
-
-
 def _reasoning_of(message: Any) -> str:
     extra = getattr(message, "model_extra", None) or {}
     for field in _REASONING_FIELDS:
@@ -563,55 +522,3 @@ def _reasoning_of(message: Any) -> str:
         if value:
             return str(value)
     return ""
-
-
-def _retry(exc: BaseException, error: QwenBackendsError, attempt: int, max_retries: int) -> bool:
-    if attempt >= max_retries or isinstance(error, BackendUnavailableError):
-        return False
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)
-
-
-def _backoff(attempt: int) -> float:
-    delay = min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2**attempt)
-    return delay * (1 + random.random() / 4)
-
-
-def _is_404(exc: BaseException) -> bool:
-    return getattr(exc, "status_code", None) == 404
-
-
-def _connection_refused(exc: BaseException) -> bool:
-    """Whether the connection was never made (nothing listens), as opposed to dropped."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or type(current).__name__ == "ConnectError":
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-
-
-def _server_message(exc: Any) -> str:
-    """The server's own error message (vLLM: ``{"error": {"message": ...}}``)."""
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else inner
-        if message:
-            return " ".join(str(message).split())
-    return " ".join(str(exc.message).split())
-
-
-def _about_context(message: str) -> bool:
-    lowered = message.lower()
-    return "max_model_len" in lowered or "context length" in lowered

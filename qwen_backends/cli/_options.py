@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.settings import BACKEND_NAMES, Settings
+from qwen_backends.settings import Settings
 
 __all__ = [
     "add_backend_options",
@@ -30,7 +31,7 @@ _SAMPLING_FLAGS: tuple[tuple[str, type, str], ...] = (
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--model`` and ``--config``."""
     group = parser.add_argument_group("backend")
-    group.add_argument("--backend", choices=BACKEND_NAMES, help="overrides QWEN_BACKEND")
+    group.add_argument("--backend", choices=list(BACKENDS), help="overrides QWEN_BACKEND")
     group.add_argument("--model", help="model of the selected backend (overrides QWEN_MODEL)")
     group.add_argument("--config", help="YAML settings file (overrides QWEN_CONFIG)")
 

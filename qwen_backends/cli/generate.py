@@ -12,7 +12,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from qwen_backends.chat import Message, strip_thinking
+from qwen_backends.chat import Message
 from qwen_backends.cli._options import (
     add_backend_options,
     add_sampling_options,
@@ -21,6 +21,7 @@ from qwen_backends.cli._options import (
 )
 from qwen_backends.errors import QwenBackendsError
 from qwen_backends.factory import create_backend
+from qwen_backends.thinking import strip_thinking
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import ModelBackend

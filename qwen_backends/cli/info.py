@@ -10,19 +10,12 @@ import urllib.request
 from typing import Any
 
 from qwen_backends.cli._options import add_backend_options, settings_from_args
-from qwen_backends.factory import BACKENDS, missing_modules
+from qwen_backends.factory import backend_class
+from qwen_backends.registry import BACKENDS, missing_modules
 from qwen_backends.settings import Settings
 
-#: pip extra -> a module whose presence shows the extra is installed.
-_EXTRA_PROBES = {
-    "hf": "transformers",
-    "ollama": "ollama",
-    "vllm": "openai",
-    "offline": "dashscope",
-    "vocab": "wordfreq",
-    "finetune": "peft",
-    "unsloth": "unsloth",
-}
+#: Extras that are not a backend -> a module whose presence shows the extra is installed.
+_OTHER_EXTRAS = {"offline": "dashscope", "vocab": "wordfreq", "finetune": "peft"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,8 +50,14 @@ def collect(settings: Settings) -> dict[str, Any]:
     return {
         "settings": settings.redacted(),
         "extras": {
-            extra: importlib.util.find_spec(module) is not None
-            for extra, module in _EXTRA_PROBES.items()
+            **{
+                registration.extra: not missing_modules(name)
+                for name, registration in BACKENDS.items()
+            },
+            **{
+                extra: importlib.util.find_spec(module) is not None
+                for extra, module in _OTHER_EXTRAS.items()
+            },
         },
         "accelerators": accelerators(),
         "backends": {name: backend_status(name, settings) for name in BACKENDS},
@@ -80,22 +79,20 @@ def backend_status(name: str, settings: Settings) -> str:
     if missing:
         extra = BACKENDS[name].extra
         return f"cannot start: missing {', '.join(missing)} (pip install 'qwen-backends[{extra}]')"
-    if name == "unsloth":
-        cuda = accelerators()["cuda"]
-        return "ready" if cuda is True else "cannot start: needs an NVIDIA, AMD or Intel GPU"
-    if name == "ollama":
-        return _probe(settings.ollama.host.rstrip("/") + "/api/version", "ollama serve")
-    if name == "vllm":
-        return _probe(settings.vllm.base_url.rstrip("/") + "/models", "vllm serve MODEL")
-    return "ready"
+    return backend_class(name).readiness(settings)
 
 
-def _probe(url: str, how_to_start: str) -> str:
+def probe_server(url: str, how_to_start: str, headers: dict[str, str] | None = None) -> str:
+    """``info``'s verdict on a server backend: does ``url`` answer (one short GET)?"""
+    from qwen_backends.settings import mask_url
+
     if "://" not in url:
         url = "http://" + url
+    shown = mask_url(url)
     try:
-        with urllib.request.urlopen(url, timeout=1.0):
-            return f"ready (server answers at {url})"
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=1.0):
+            return f"ready (server answers at {shown})"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"installed; no server at {url} ({reason}); start one with `{how_to_start}`"
+        return f"installed; no server at {shown} ({reason}); start one with `{how_to_start}`"

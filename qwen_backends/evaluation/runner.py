@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from qwen_backends.chat import render_prompt
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation.metrics import contains_match, exact_match, summarize
 from qwen_backends.evaluation.prompts import PromptCase, load_prompts
@@ -219,15 +218,12 @@ def make_record(
 def prompt_fingerprint(backend: ModelBackend, case: PromptCase) -> str | None:
     """sha256 of the non-thinking prompt ``backend`` renders for ``case``, if it renders locally.
 
-    Backends that render in this process (``capabilities.renders_locally``) expose their
-    tokenizer as ``backend.tokenizer``; the prompt is rendered with
-    :func:`qwen_backends.chat.render_prompt`, the same function the backend uses. Server-side
-    backends return ``None`` (their parity is checked on prompt token counts instead).
+    Asks the backend itself (:meth:`~qwen_backends.backends.base.ModelBackend.rendered_prompt`);
+    server-side backends return ``None`` (their parity is checked on prompt token counts).
     """
-    tokenizer = getattr(backend, "tokenizer", None)
-    if not backend.capabilities.renders_locally or tokenizer is None:
+    if not backend.capabilities.renders_locally:
         return None
-    prompt = render_prompt(tokenizer, list(case.messages))
+    prompt = backend.rendered_prompt(list(case.messages))
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.sampling import validation_message
-from qwen_backends.settings import deep_merge
+from qwen_backends.settings import Section, deep_merge
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -41,11 +41,7 @@ ALL_PROJECTIONS: tuple[str, ...] = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the training conversations come from (exactly one of ``path`` / ``hub_dataset``)."""
 
     path: str | None = Field(
@@ -70,7 +66,7 @@ class DataConfig(_Section):
         return self
 
 
-class LoraConfigSection(_Section):
+class LoraConfigSection(Section):
     """The LoRA adapter trained on top of the frozen model."""
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
@@ -85,7 +81,7 @@ class LoraConfigSection(_Section):
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """Trainer settings (TRL ``SFTTrainer``); names follow ``transformers.TrainingArguments``."""
 
     per_device_train_batch_size: int = Field(2, ge=1, description="Sequences per step per device.")
@@ -133,7 +129,7 @@ class TrainingConfig(_Section):
         return self
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     """What is written after training, all under ``output_dir``."""
 
     output_dir: str = Field("outputs/qwen3-finetune", description="Folder of every artefact.")

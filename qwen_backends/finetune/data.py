@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.chat import Message, render_prompt, render_prompt_ids, strip_thinking
+from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import ConfigurationError, InvalidMessagesError
 from qwen_backends.jsonl import iter_jsonl_objects
+from qwen_backends.thinking import strip_thinking
 
 if TYPE_CHECKING:
     import torch

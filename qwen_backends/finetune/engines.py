@@ -21,7 +21,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwen_backends.errors import ConfigurationError, MissingDependencyError
+from qwen_backends.errors import ConfigurationError, MissingDependencyError, first_line
+from qwen_backends.models import looks_like_path
 
 if TYPE_CHECKING:
     import torch
@@ -124,9 +125,7 @@ class PeftEngine(Engine):
         from qwen_backends.errors import ModelNotFoundError
 
         source = self.config.model
-        # "org/name" is a hub id; "./dir", "/abs/dir", "~/dir" and "a/b/c" are folders.
-        looks_like_folder = source.startswith((".", "/", "~")) or source.count("/") > 1
-        if looks_like_folder and not Path(source).expanduser().is_dir():
+        if looks_like_path(source) and not Path(source).expanduser().is_dir():
             raise ModelNotFoundError(
                 f"model folder {source!r} does not exist; fix model: in the config (or "
                 f"--model), or build the tiny test checkpoint there with: "
@@ -138,9 +137,8 @@ class PeftEngine(Engine):
             tokenizer = AutoTokenizer.from_pretrained(source, token=token)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(), token=token)
         except OSError as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelNotFoundError(
-                f"cannot load {self.config.model!r} ({first_line}); check the model id or "
+                f"cannot load {self.config.model!r} ({first_line(exc)}); check the model id or "
                 "folder, and HF_TOKEN for gated models"
             ) from exc
         return model, tokenizer

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from qwen_backends import create_backend
-from qwen_backends.backends.hf import HFBackend, _TextPipeline
+from qwen_backends.backends.hf import HFBackend
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -31,7 +31,6 @@ from qwen_backends.backends.transformers_sampling import (
     PresencePenaltyLogitsProcessor,
     generation_config_for,
 )
-from qwen_backends.chat import ThinkingStreamFilter
 from qwen_backends.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -42,6 +41,7 @@ from qwen_backends.errors import (
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import HFSettings, Settings
+from qwen_backends.thinking import TextPipeline, ThinkingStreamFilter
 
 THINK, END_THINK = 151667, 151668
 SHORT = {"max_new_tokens": 4}
@@ -439,7 +439,7 @@ def test_thinking_filter_is_independent_of_how_text_is_cut() -> None:
         "x<</think>/think>y",
     ]
     for text in samples:
-        whole, _ = _TextPipeline.whole(text, ())
+        whole, _ = TextPipeline.whole(text, ())
         assert "<think>" not in whole and "</think>" not in whole
         for cut in range(len(text) + 1):
             for second in range(cut, len(text) + 1):
@@ -451,8 +451,8 @@ def test_thinking_filter_is_independent_of_how_text_is_cut() -> None:
                     + parts.flush()
                 )
                 assert joined == whole, (text, cut, second)
-    assert _TextPipeline.whole("<think>\nplan\n</think>\n\nAnswer", ())[0] == "Answer"
-    assert _TextPipeline.whole("Answer. stop here", ("stop",)) == ("Answer. ", True)
+    assert TextPipeline.whole("<think>\nplan\n</think>\n\nAnswer", ())[0] == "Answer"
+    assert TextPipeline.whole("Answer. stop here", ("stop",)) == ("Answer. ", True)
 
 
 # -- streaming --------------------------------------------------------------------------------

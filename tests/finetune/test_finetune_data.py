@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qwen_backends.chat import EMPTY_THINK_BLOCK, render_prompt, render_prompt_ids
+from qwen_backends.chat import render_prompt, render_prompt_ids
 from qwen_backends.errors import ConfigurationError, InvalidMessagesError
 from qwen_backends.finetune.config import DataConfig
 from qwen_backends.finetune.data import (
@@ -22,6 +22,7 @@ from qwen_backends.finetune.data import (
     read_jsonl,
     training_text,
 )
+from qwen_backends.thinking import EMPTY_THINK_BLOCK
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "sample_chats.jsonl"
 IM_START, IM_END, THINK, END_THINK, PAD = 151644, 151645, 151667, 151668, 151643

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from gotemplate import ollama_values, render
 
-from qwen_backends.chat import EMPTY_THINK_BLOCK, render_prompt
+from qwen_backends.chat import render_prompt
 from qwen_backends.finetune.ollama import (
     NON_THINKING_TEMPLATE,
     STOP_TOKENS,
@@ -20,6 +20,7 @@ from qwen_backends.finetune.ollama import (
     write_modelfile,
 )
 from qwen_backends.sampling import SamplingParams
+from qwen_backends.thinking import EMPTY_THINK_BLOCK
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],

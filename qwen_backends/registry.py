@@ -1,0 +1,71 @@
+"""Every backend, registered once: the list every other list of backends derives from.
+
+A :class:`Registration` names the implementation lazily (``"module:Class"``), its pip extra and
+the modules it needs, so listing the backends imports nothing. The settings' ``backend``
+validation, :func:`qwen_backends.create_backend`, ``qwen-backends info``, the CLI's
+``--backend`` choices and docs/configuration.md all read :data:`BACKENDS`; the settings section
+of a backend is the :class:`~qwen_backends.settings.Settings` field of the same name. Adding a
+backend: see docs/adding_a_backend.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+__all__ = ["BACKENDS", "Registration", "missing_modules"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a backend lives and what it needs.
+
+    Attributes
+    ----------
+    target
+        ``"module:Class"`` of the implementation.
+    extra
+        The pip extra that installs its dependencies.
+    requires
+        Importable module names the backend needs (checked before it is imported).
+    summary
+        One line for ``info`` and the docs: the runtime and where it runs.
+    """
+
+    target: str
+    extra: str
+    requires: tuple[str, ...]
+    summary: str
+
+
+BACKENDS: dict[str, Registration] = {
+    "hf": Registration(
+        "qwen_backends.backends.hf:HFBackend",
+        "hf",
+        ("torch", "transformers", "accelerate"),
+        "Hugging Face transformers in process (CPU, CUDA, Apple MPS)",
+    ),
+    "ollama": Registration(
+        "qwen_backends.backends.ollama:OllamaBackend",
+        "ollama",
+        ("ollama", "httpx"),
+        "an Ollama server (quantized local inference)",
+    ),
+    "unsloth": Registration(
+        "qwen_backends.backends.unsloth:UnslothBackend",
+        "unsloth",
+        ("torch", "unsloth"),
+        "Unsloth in process (NVIDIA, AMD or Intel GPU: Colab, Lightning)",
+    ),
+    "vllm": Registration(
+        "qwen_backends.backends.vllm:VLLMBackend",
+        "vllm",
+        ("openai", "httpx"),
+        "a vLLM OpenAI-compatible server (many users, several GPUs)",
+    ),
+}
+
+
+def missing_modules(name: str) -> list[str]:
+    """The modules backend ``name`` needs that are not installed (cheap: imports nothing)."""
+    return [m for m in BACKENDS[name].requires if importlib.util.find_spec(m) is None]
