@@ -102,8 +102,15 @@ class ResponseFormat:
         """One sentence for the prompt that states the schema (Ollama advises this)."""
         return f"Answer with JSON only, matching this JSON schema: {self.key}"
 
-    def validate(self, text: str) -> Any:
+    def validate(self, text: str, *, backend: str | None = None) -> Any:
         """Parse ``text`` and check it against the schema.
+
+        Parameters
+        ----------
+        text
+            The model's answer.
+        backend
+            The backend's name, recorded on the error.
 
         Returns
         -------
@@ -121,6 +128,7 @@ class ResponseFormat:
                 f"the model returned no JSON for {self.name}; check max_new_tokens and stop "
                 "strings",
                 partial_text=text,
+                backend=backend,
             )
         if self.model is not None:
             from pydantic import ValidationError
@@ -133,6 +141,7 @@ class ResponseFormat:
                     f"the model's output is not a valid {self.name} ({problem}); "
                     f"{_HINT} (raw text in .partial_text)",
                     partial_text=text,
+                    backend=backend,
                 ) from exc
         try:
             data = json.loads(body)
@@ -141,6 +150,7 @@ class ResponseFormat:
                 f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {_HINT} "
                 "(raw text in .partial_text)",
                 partial_text=text,
+                backend=backend,
             ) from exc
         validator = _validator(self.key)
         error = _best_error(validator.iter_errors(data))
@@ -150,6 +160,7 @@ class ResponseFormat:
                 f"the model's output does not match the {self.name} schema at {where} "
                 f"({error.message}); {_HINT} (raw text in .partial_text)",
                 partial_text=text,
+                backend=backend,
             )
         return data
 

@@ -39,11 +39,11 @@ import re
 import secrets
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from qwen_backends.chat import longest_partial_suffix
+from qwen_backends.backends.base import ToolCall
 from qwen_backends.errors import ConfigurationError
+from qwen_backends.thinking import longest_partial_suffix
 
 __all__ = [
     "TOOL_CALL_CLOSE",
@@ -52,9 +52,11 @@ __all__ = [
     "ToolCallFilter",
     "ToolLike",
     "assistant_message",
+    "new_call_id",
     "normalize_tools",
     "parse_tool_calls",
     "run_tool_calls",
+    "tool_call_dict",
     "tool_message",
     "tool_spec",
 ]
@@ -69,33 +71,14 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    """One call the model asked for.
-
-    Attributes
-    ----------
-    id
-        An identifier to quote in the tool's result message (``tool_call_id``); generated
-        (``call_`` + 24 hex digits) when the runtime gives none.
-    name
-        The function's name.
-    arguments
-        The arguments, decoded from JSON.
-    """
-
-    id: str
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """OpenAI-style ``{"id", "type": "function", "function": {"name", "arguments"}}``
-        (``arguments`` as a dict, which Qwen3's template and Ollama accept)."""
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": dict(self.arguments)},
-        }
+def tool_call_dict(call: ToolCall) -> dict[str, Any]:
+    """OpenAI-style ``{"id", "type": "function", "function": {"name", "arguments"}}`` for an
+    assistant message (``arguments`` as a dict, which Qwen3's template and Ollama accept)."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": dict(call.arguments)},
+    }
 
 
 def new_call_id() -> str:
@@ -473,7 +456,7 @@ def assistant_message(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
     """The assistant turn to append to the history after the model asked for ``calls``."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
-        message["tool_calls"] = [call.to_dict() for call in calls]
+        message["tool_calls"] = [tool_call_dict(call) for call in calls]
     return message
 
 

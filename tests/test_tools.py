@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwen_backends.chat import ThinkingStreamFilter, render_prompt, strip_thinking
+from qwen_backends.chat import render_prompt
 from qwen_backends.errors import ConfigurationError
+from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
 from qwen_backends.tools import (
     ToolCall,
     ToolCallFilter,

@@ -144,7 +144,9 @@ class XGrammarEngine:
         )
         # One thread: these machines are shared, and the cache makes compilation rare anyway.
         self._compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-        self.blocked = _control_tokens(info.decoded_vocab, tokenizer, vocab_size)
+        self.blocked: torch.Tensor | None = _control_tokens(
+            info.decoded_vocab, tokenizer, vocab_size
+        )
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
