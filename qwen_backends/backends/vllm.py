@@ -9,6 +9,15 @@ carries ``chat_template_kwargs={"enable_thinking": False}`` plus every sampling 
 that comes back anyway (a ``reasoning``/``reasoning_content`` field from a server started with a
 reasoning parser, or ``<think>`` text) is removed and logged.
 
+``response_format`` goes as the OpenAI ``response_format`` of type ``json_schema``, which vLLM
+enforces with its structured-output backend. ``tools`` go in the ``tools`` field (the server's
+chat template renders Qwen3's ``<tools>`` block). Tool calls are read the same way whether or not
+the server was started with a tool parser (``--enable-auto-tool-choice --tool-call-parser
+hermes``): with one, from ``message.tool_calls`` (streamed deltas assembled by index); without
+one, the ``<tool_call>`` blocks stay in the content and are parsed here
+(:mod:`qwen_backends.tools`), in streams too. vLLM before 0.8 refuses ``tools`` without the
+parser flags (HTTP 400, reported as a one-line error).
+
 Failures go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
 error classes and retries as every server backend (the client's own retries are off). Answers
 that are not what the OpenAI protocol promises (HTML, truncated JSON, empty ``choices``, a
@@ -19,7 +28,9 @@ missing field) are :class:`~qwen_backends.errors.ProtocolError`, never a raw
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -33,6 +44,7 @@ from qwen_backends.backends.base import (
     Generation,
     ModelBackend,
     Request,
+    ToolCall,
 )
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.chat import Message
@@ -44,12 +56,14 @@ from qwen_backends.errors import (
     QwenBackendsError,
 )
 from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
+from qwen_backends.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCallFilter, parse_tool_calls
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
 
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
+    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["VLLMBackend", "build_request"]
 
@@ -71,6 +85,8 @@ def build_request(
     model: str,
     allowed_token_ids: Sequence[int] | None = None,
     stream: bool = False,
+    response_format: ResponseFormat | None = None,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.chat.completions.create`` (sync and async alike).
 
@@ -86,6 +102,10 @@ def build_request(
         Restrict sampling to these ids (``english_only``); ``None`` allows the whole vocabulary.
     stream
         Ask for a stream of chunks, the last one carrying the token usage.
+    response_format
+        Output schema, sent as ``response_format`` of type ``json_schema``.
+    tools
+        OpenAI-style function specs, sent as ``tools``.
     """
     extra_body: dict[str, Any] = {
         "chat_template_kwargs": {"enable_thinking": False},
@@ -110,6 +130,17 @@ def build_request(
     if stream:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
+    if response_format is not None:
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", response_format.name)[:64],
+                "schema": response_format.schema,
+                "strict": True,
+            },
+        }
+    if tools:
+        request["tools"] = list(tools)
     return request
 
 
@@ -131,7 +162,13 @@ class VLLMBackend(ModelBackend):
     """
 
     name = "vllm"
-    capabilities = Capabilities(english_only=True, native_batching=True, native_async=True)
+    capabilities = Capabilities(
+        english_only=True,
+        native_batching=True,
+        native_async=True,
+        structured_output=True,
+        tools=True,
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -195,7 +232,7 @@ class VLLMBackend(ModelBackend):
         response = self.remote.call(
             lambda: client.chat.completions.create(**body), self._status_errors
         )
-        return self._generation(response, time.perf_counter() - started)
+        return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         body = self._body(request, stream=True)
@@ -204,10 +241,12 @@ class VLLMBackend(ModelBackend):
         chunks = self.remote.call(
             lambda: client.chat.completions.create(**body), self._status_errors
         )
-        return self._stream_chunks(chunks, started)
+        return self._stream_chunks(chunks, started, bool(request.tools))
 
-    def _stream_chunks(self, chunks: Any, started: float) -> Iterator[str | Generation]:
-        assembler = _StreamAssembler(self.remote)
+    def _stream_chunks(
+        self, chunks: Any, started: float, tools: bool = False
+    ) -> Iterator[str | Generation]:
+        assembler = _StreamAssembler(self.remote, tools)
         try:
             for chunk in chunks:
                 piece = assembler.feed(chunk)
@@ -227,7 +266,7 @@ class VLLMBackend(ModelBackend):
         response = await self.remote.acall(
             lambda: client.chat.completions.create(**body), self._status_errors
         )
-        return self._generation(response, time.perf_counter() - started)
+        return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         body = await self._abody(request, stream=True)
@@ -236,7 +275,7 @@ class VLLMBackend(ModelBackend):
         chunks = await self.remote.acall(
             lambda: client.chat.completions.create(**body), self._status_errors
         )
-        assembler = _StreamAssembler(self.remote)
+        assembler = _StreamAssembler(self.remote, bool(request.tools))
         try:
             async for chunk in chunks:
                 piece = assembler.feed(chunk)
@@ -265,6 +304,8 @@ class VLLMBackend(ModelBackend):
             model=self.model_name,
             allowed_token_ids=self._english_only_ids(request.sampling),
             stream=stream,
+            response_format=request.response_format,
+            tools=request.tools,
         )
 
     async def _abody(self, request: Request, *, stream: bool) -> dict[str, Any]:
@@ -273,7 +314,7 @@ class VLLMBackend(ModelBackend):
             await asyncio.to_thread(self._english_only_ids, request.sampling)
         return self._body(request, stream=stream)
 
-    def _generation(self, response: Any, seconds: float) -> Generation:
+    def _generation(self, response: Any, seconds: float, tools: bool = False) -> Generation:
         """A :class:`Generation` from a (non-streamed) chat completion, checked field by field."""
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -293,7 +334,19 @@ class VLLMBackend(ModelBackend):
                 "(%d characters)",
                 len(reasoning or "") + len(content) - len(text),
             )
-        return _finished(self.remote, text, choices[0].finish_reason, response.usage, seconds)
+        calls: list[ToolCall] = []
+        if tools:
+            for index, call in enumerate(getattr(message, "tool_calls", None) or ()):
+                function = call.function
+                parsed = _server_call(call.id, function.name, function.arguments, index)
+                if isinstance(parsed, str):
+                    text += parsed  # not valid JSON: kept as text, as for a local parse
+                else:
+                    calls.append(parsed)
+            text, local = parse_tool_calls(text)
+            calls += local
+        generation = _finished(self.remote, text, choices[0].finish_reason, response.usage, seconds)
+        return _with_calls(generation, calls)
 
     # -- english_only -------------------------------------------------------------------------
 
@@ -435,6 +488,38 @@ def _finish_reason(value: str | None, text: str, remote: Remote) -> FinishReason
     )
 
 
+def _server_call(call_id: Any, name: Any, arguments: Any, index: int) -> ToolCall | str:
+    """A server-parsed call as a :class:`ToolCall`, or (arguments not a JSON object) the
+    ``<tool_call>`` block the model wrote, to keep as text with a warning."""
+    try:
+        decoded = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        decoded = None
+    if not isinstance(decoded, dict) or not isinstance(name, str) or not name:
+        raw = json.dumps({"name": name, "arguments": arguments})
+        logger.warning(
+            "the vLLM server parsed a tool call whose arguments are not a JSON object; kept "
+            "as text: %.80r",
+            raw,
+        )
+        return f"{TOOL_CALL_OPEN}\n{raw}\n{TOOL_CALL_CLOSE}"
+    from qwen_backends.tools import new_call_id
+
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) and call_id else new_call_id(),
+        name=name,
+        arguments=decoded,
+    )
+
+
+def _with_calls(generation: Generation, calls: Sequence[ToolCall]) -> Generation:
+    if not calls:
+        return generation
+    from dataclasses import replace
+
+    return replace(generation, tool_calls=tuple(calls), finish_reason="tool_calls")
+
+
 def _about_context(message: str) -> bool:
     lowered = message.lower()
     return "max_model_len" in lowered or "context length" in lowered
@@ -448,12 +533,15 @@ class _StreamAssembler:
     protocol promises is a :class:`~qwen_backends.errors.ProtocolError` (text so far kept).
     """
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: Remote, tools: bool = False) -> None:
         self.remote = remote
         self.text = ""  # what was handed out so far
         self.finish_reason: str | None = None
         self.usage: Any = None
         self._filter = ThinkingStreamFilter()
+        self._calls = ToolCallFilter() if tools else None
+        # Server-parsed calls arrive as deltas: index -> [id, name, argument fragments].
+        self._deltas: dict[int, list[Any]] = {}
         self._warned = False
 
     def feed(self, chunk: Any) -> str:
@@ -475,7 +563,17 @@ class _StreamAssembler:
             return ""
         if _reasoning_of(delta):
             self._warn("a reasoning field")
-        return self._emit(self._filter.feed(delta.content or ""))
+        for call in getattr(delta, "tool_calls", None) or ():
+            entry = self._deltas.setdefault(call.index, [None, None, ""])
+            entry[0] = entry[0] or call.id
+            function = call.function
+            if function is not None:
+                entry[1] = entry[1] or function.name
+                entry[2] += function.arguments or ""
+        return self._emit(self._visible(self._filter.feed(delta.content or "")))
+
+    def _visible(self, text: str) -> str:
+        return self._calls.feed(text) if self._calls is not None else text
 
     def finish(self, seconds: float) -> Iterator[str | Generation]:
         """What is left at the end of the stream, then the final :class:`Generation`.
@@ -487,7 +585,18 @@ class _StreamAssembler:
         GenerationError
             If the server ended the stream for another reason than a stop or the length limit.
         """
-        rest = self._filter.flush()
+        rest = self._visible(self._filter.flush())
+        calls: list[ToolCall] = []
+        if self._calls is not None:
+            rest += self._calls.flush()
+            for index in sorted(self._deltas):
+                call_id, name, arguments = self._deltas[index]
+                parsed = _server_call(call_id, name, arguments, index)
+                if isinstance(parsed, str):
+                    rest += parsed
+                else:
+                    calls.append(parsed)
+            calls += self._calls.calls
         if self.finish_reason is None:
             raise self.remote.protocol_error(
                 "the stream ended before its last chunk (no finish_reason)",
@@ -496,6 +605,7 @@ class _StreamAssembler:
         generation = _finished(
             self.remote, self.text + rest, self.finish_reason, self.usage, seconds
         )
+        generation = _with_calls(generation, calls)
         piece = self._emit(rest)
         if piece:
             yield piece
