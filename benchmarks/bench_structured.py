@@ -226,24 +226,28 @@ def _generate(model: Any, prompt: Any, max_new_tokens: int, seed: int, processor
 
 
 class _TimedProcessor:
-    """Wraps a processor and adds up the time spent in it."""
+    """Wraps a processor and adds up the CPU time spent in it."""
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
         self.seconds = 0.0
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        start = time.perf_counter()
+        start = time.process_time()
         result = self.processor(input_ids, scores)
-        self.seconds += time.perf_counter() - start
+        self.seconds += time.process_time() - start
         return result
 
 
 def per_token(
     model: Any, prompt: Any, tokens: int, repeats: int, engines: dict[str, Any]
 ) -> dict[str, tuple[float, float]]:
-    """Per library (and unconstrained): median ``(seconds per generated token, seconds per
-    token spent inside the grammar processor)``; runs are interleaved."""
+    """Per library (and unconstrained): median ``(CPU seconds per generated token, CPU seconds
+    per token spent inside the grammar processor)``; runs are interleaved.
+
+    CPU time of this process (one torch thread), not wall time: on a shared machine other jobs
+    stretch wall time by several times, and unevenly between runs.
+    """
     from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
     from qwen_backends.structured import ResponseFormat
 
@@ -258,9 +262,9 @@ def per_token(
             timed = []
             if name != "unconstrained":
                 timed = [_TimedProcessor(GrammarLogitsProcessor(engines[name], compiled[name]))]
-            seconds, output = _timed(
-                lambda p=timed, r=repeat: _generate(model, prompt, tokens, r, p)
-            )
+            start = time.process_time()
+            output = _generate(model, prompt, tokens, repeat, timed)
+            seconds = time.process_time() - start
             generated = output.shape[1] - prompt.shape[1]
             totals[name].append(seconds / generated)
             inside[name].append(timed[0].seconds / generated if timed else 0.0)
@@ -340,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = costs["unconstrained"][0]
     print(
         f"\nper token on the bench checkpoint ({args.tokens} tokens, median of {args.repeats}); "
-        "'end-to-end' divides whole runs (noisy on a shared machine), 'processor' adds the time "
-        "measured inside the grammar processor to the unconstrained time:"
+        "CPU time; 'end-to-end' divides whole runs, 'processor ratio' adds the time measured "
+        "inside the grammar processor to the unconstrained time:"
     )
     print("  library          per token  end-to-end  in processor  processor ratio")
     for name, (seconds, processor) in costs.items():
