@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,7 +38,9 @@ from qwen_backends.chat import validate_messages
 from qwen_backends.factory import create_backend
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.testing import tiny_checkpoint
-from qwen_backends.vllm_server import VLLMServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "backends"))
+from vllm_server import VLLMServer
 
 PROMPTS = [
     "Write a haiku about the sea.",

@@ -6,11 +6,10 @@ dependencies load only when that backend is built.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.errors import MissingDependencyError, UnknownBackendError, did_you_mean
-from qwen_backends.registry import BACKENDS, missing_modules
+from qwen_backends.registry import BACKENDS, load_target, missing_modules
 from qwen_backends.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,8 +40,7 @@ def backend_class(name: str) -> type[ModelBackend]:
             f"the {name} backend needs {', '.join(missing)}, which is not installed; "
             f"install it with: pip install 'qwen-backends[{registration.extra}]'"
         )
-    module_name, class_name = registration.target.split(":")
-    cls: type[ModelBackend] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[ModelBackend] = load_target(registration)
     return cls
 
 

@@ -10,13 +10,12 @@ the parameter, the offending value and the allowed range.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qwen_backends.errors import ConfigurationError
+from qwen_backends.errors import ConfigurationError, did_you_mean
 from qwen_backends.thinking import reject_thinking
 
 __all__ = ["PRESETS", "SamplingParams", "validation_message"]
@@ -139,10 +138,9 @@ class SamplingParams(BaseModel):
         try:
             values = PRESETS[name]
         except KeyError:
-            close = difflib.get_close_matches(name, PRESETS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigurationError(
-                f"unknown sampling preset {name!r}; {hint}choose one of {', '.join(PRESETS)}"
+                f"unknown sampling preset {name!r}; {did_you_mean(name, PRESETS)}choose one of "
+                f"{', '.join(PRESETS)}"
             ) from None
         return cls(**{**values, **overrides})
 

@@ -44,6 +44,7 @@ from qwen_backends.thinking import reject_thinking
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "INSTRUCT_MODEL",
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
@@ -106,6 +107,8 @@ class HFSettings(Section):
         return int(self.max_context * YARN_FACTOR) if self.yarn else self.max_context
 
 
+#: The non-thinking Qwen3-4B build to use instead of a thinking-only one (hub id).
+INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 #: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
 #: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
 OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")

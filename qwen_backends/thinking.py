@@ -10,7 +10,7 @@ Every backend and path calls into this module; none re-implements it:
 - :func:`strip_thinking` -- removes every trace of thinking from a finished text;
 - :class:`ThinkingStreamFilter` -- the same for text that arrives in pieces;
 - :class:`TextPipeline` -- raw generated text to what a caller sees: stop strings cut first, then
-  thinking removed; in-process backends (hf, unsloth, llamacpp, mlx) share it.
+  thinking removed; in-process backends (hf, unsloth, llama.cpp, MLX) share it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = [
     "EMPTY_THINK_BLOCK",
     "GENERATION_PROMPT",
-    "INSTRUCT_MODEL",
     "THINKING_KEYS",
     "StopTrimmer",
     "TemplateMode",
@@ -47,8 +46,6 @@ __all__ = [
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 #: Where every Qwen3 generation prompt hands over to the model.
 GENERATION_PROMPT = "<|im_start|>assistant\n"
-#: The non-thinking 4B model to use instead of a thinking-only one.
-INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
 #: Keys that would switch Qwen3 into thinking mode in one runtime or another.
 THINKING_KEYS = frozenset({"enable_thinking", "thinking", "think", "reasoning", "reasoning_effort"})
@@ -163,10 +160,14 @@ def _mode_of(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
 
 def _refuse_thinking_only(mode: TemplateMode, source: str) -> TemplateMode:
     if mode is TemplateMode.THINKING_ONLY:
+        # settings imports this module: the model names are read when needed.
+        from qwen_backends.settings import INSTRUCT_MODEL, HFSettings
+
+        hybrid = HFSettings.model_fields["model"].default
         raise ThinkingModeError(
             f"{source!r} is a thinking-only model (its template opens <think> whatever "
             "enable_thinking says), and qwen-backends runs non-thinking only; use "
-            f"{INSTRUCT_MODEL} (QWEN_FAMILY=qwen3-4b-instruct-2507) or the hybrid Qwen/Qwen3-4B"
+            f"{INSTRUCT_MODEL} or the hybrid {hybrid}"
         )
     return mode
 

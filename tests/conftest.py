@@ -7,15 +7,25 @@ outside the repository (see ``qwen_backends._cache.cache_dir``), so only the fir
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The server stand-ins and helpers (ollama_server, vllm_server) live in tests/backends; every
+# test directory (backends, conformance, evaluation) imports them from there.
+sys.path.insert(0, str(Path(__file__).parent / "backends"))
+
+#: A vLLM server that already serves the ``vllm`` test checkpoint (read before the autouse
+#: fixture clears QWEN_* variables).
+_VLLM_TEST_URL = os.environ.get("QWEN_VLLM_TEST_URL")
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +54,28 @@ def tiny_model_dir() -> Path:
     from qwen_backends.testing import tiny_checkpoint
 
     return tiny_checkpoint("tiny")
+
+
+@pytest.fixture(scope="session")
+def vllm_served() -> Iterator[tuple[str, str]]:
+    """``(base_url, model)`` of ONE vLLM server for the whole run, serving the ``vllm`` checkpoint.
+
+    Shared by tests/backends/test_vllm.py and the conformance suite (a start costs 60-100 s on
+    2 cores). ``QWEN_VLLM_TEST_URL`` points at a server that already serves the checkpoint.
+    Skipped without a vLLM environment (``scripts/setup.sh --with-vllm``).
+    """
+    from vllm_server import VLLMServer, vllm_python
+
+    from qwen_backends.testing import tiny_checkpoint
+
+    model = str(tiny_checkpoint("vllm"))
+    if _VLLM_TEST_URL:
+        yield _VLLM_TEST_URL, model
+        return
+    if vllm_python() is None:
+        pytest.skip(
+            "no vLLM environment: run `bash scripts/setup.sh --with-vllm` or set QWEN_VLLM_PYTHON"
+        )
+    with VLLMServer(model, startup_timeout=600) as server:
+        print(f"vLLM server ready after {server.startup_seconds:.0f} s")
+        yield server.base_url, model

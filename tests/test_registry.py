@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from qwen_backends.cli import build_parser
 from qwen_backends.cli.info import collect
@@ -66,3 +66,44 @@ def test_configuration_docs_cover_every_backend_section() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     for name in BACKENDS:
         assert f"QWEN_{name.upper()}__MODEL" in text, name
+
+
+def test_fine_tuning_engines_are_registered_the_same_way() -> None:
+    from qwen_backends.finetune.config import FinetuneConfig
+    from qwen_backends.finetune.engines import ENGINES, engine_class
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for name, registration in ENGINES.items():
+        assert isinstance(registration, Registration)
+        module_name, _, class_name = registration.target.partition(":")
+        assert getattr(importlib.import_module(module_name), class_name).name == name
+        assert registration.extra in extras
+    assert engine_class("peft").name == "peft"
+    with pytest.raises(Exception, match="did you mean 'peft'"):
+        FinetuneConfig(engine="pef", data={"path": "x.jsonl"})
+
+
+#: Registered backends the conformance suite cannot run here, and why.
+NOT_IN_CONFORMANCE = {"unsloth": "needs a GPU; its generation is the hf backend's, inherited"}
+
+
+def test_the_adding_a_backend_checklist_holds_for_every_backend() -> None:
+    """docs/adding_a_backend.md: module, section, registry line, extra, tests, conformance param."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "conformance"))
+    try:
+        from harnesses import BUILDERS, HARNESSES, SERVER_HARNESSES
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "conformance"))
+    checklist = (ROOT / "docs" / "adding_a_backend.md").read_text()
+    assert "registry.py" in checklist and "HARNESSES" in checklist
+    for name in BACKENDS:
+        assert (ROOT / "qwen_backends" / "backends" / f"{name}.py").is_file(), name
+        assert (ROOT / "tests" / "backends" / f"test_{name}.py").is_file(), name
+        assert name in HARNESSES or name in NOT_IN_CONFORMANCE, (
+            f"add {name!r} to HARNESSES in tests/conformance/harnesses.py"
+        )
+    assert set(HARNESSES) == set(BUILDERS) and set(SERVER_HARNESSES) <= set(HARNESSES)

@@ -409,8 +409,8 @@ class ModelBackend(ABC):
             raise UnsupportedFeatureError(
                 self.name,
                 "english_only",
-                "it cannot restrict the vocabulary; use the hf, unsloth, llamacpp, mlx or vllm "
-                "backend",
+                "it cannot restrict the vocabulary; use an in-process backend (hf, unsloth, "
+                "llama.cpp, MLX) or vllm",
             )
         return resolved
 

@@ -128,7 +128,7 @@ def _streamer_class() -> type:
             if self.ended:
                 return
             self.ended = True
-            text = _decode(self.tokenizer, self.window) if self.window else ""
+            text = _complete(_decode(self.tokenizer, self.window)) if self.window else ""
             self.window, self.sent, tail = [], 0, text[self.sent :]
             self.on_finalized_text(tail, stream_end=True)
 
@@ -138,6 +138,15 @@ def _streamer_class() -> type:
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return str(text)
+
+
+def _complete(text: str) -> str:
+    """``text`` without a trailing incomplete UTF-8 sequence (decoded as U+FFFD).
+
+    An answer can end half-way through a character (``max_new_tokens`` reached after the first
+    byte of a multi-byte character); like vLLM and Ollama, the caller gets complete characters.
+    """
+    return text.rstrip("\ufffd")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -579,16 +588,19 @@ class HFBackend(ModelBackend):
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> Generation:
         """Turn one row of generated ids into a :class:`Generation` (counts include the
-        end-of-turn token; for a stop string, up to the token that completed it)."""
+        end-of-turn token; for a stop string, up to the token that completed it).
+
+        ``tokenizer`` defaults to :attr:`tokenizer`; a stream passes the one it started with,
+        since :meth:`close` may drop the attribute while the stream finishes.
+        """
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
         eos = set(self.eos_token_ids)
         ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
         ids = new_ids if ended is None else new_ids[: ended + 1]
-        # A stream keeps the tokenizer it started with (close() may have run meanwhile).
-        tokenizer = tokenizer or self.tokenizer
-        text, stopped = TextPipeline.whole(_decode(tokenizer, ids), sampling.stop)
+        text, stopped = TextPipeline.whole(_complete(_decode(tokenizer, ids)), sampling.stop)
         count = len(ids)
         if stopped:
-            count = _tokens_to_stop(tokenizer, ids, sampling.stop)
+            count = self._tokens_to_stop(tokenizer, ids, sampling.stop)
         reason: FinishReason = "stop" if stopped or ended is not None else "length"
         return Generation(
             text=text,
@@ -598,15 +610,30 @@ class HFBackend(ModelBackend):
             seconds=seconds,
         )
 
+    @staticmethod
+    def _tokens_to_stop(
+        tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
+    ) -> int:
+        """Fewest leading tokens whose text contains a stop string (binary search)."""
+        low, high = 1, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            text = _decode(tokenizer, ids[:middle])
+            if any(stop in text for stop in stops):
+                high = middle
+            else:
+                low = middle + 1
+        return high
+
     def _stream_tokens(self, prompt_ids: list[int], request: Request) -> Iterator[str | Generation]:
         import torch
 
         sampling = request.sampling
         with self._exclusive():
             start = time.perf_counter()
-            tokenizer = self.tokenizer
             cancel = threading.Event()
-            streamer = _streamer_class()(self.tokenizer)
+            tokenizer = self.tokenizer  # close() on this thread drops the attribute
+            streamer = _streamer_class()(tokenizer)
             failure: list[BaseException] = []
             outputs: list[torch.Tensor] = []
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -667,8 +694,9 @@ class HFBackend(ModelBackend):
                 ) from error
             if outputs:
                 row = outputs[0][0, len(prompt_ids) :].tolist()
-                seconds = time.perf_counter() - start
-                result = self._finish(row, len(prompt_ids), sampling, seconds, tokenizer)
+                result = self._finish(
+                    row, len(prompt_ids), sampling, time.perf_counter() - start, tokenizer
+                )
                 result = dataclasses.replace(result, text="".join(produced))
                 if calls is not None and calls.calls:
                     result = dataclasses.replace(
@@ -732,18 +760,3 @@ def _with_tool_calls(generation: Generation, request: Request) -> Generation:
 
 def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return {"tools": list(tools)} if tools else {}
-
-
-def _tokens_to_stop(
-    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
-) -> int:
-    """Fewest leading tokens whose text contains a stop string (binary search)."""
-    low, high = 1, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        text = _decode(tokenizer, ids[:middle])
-        if any(stop in text for stop in stops):
-            high = middle
-        else:
-            low = middle + 1
-    return high

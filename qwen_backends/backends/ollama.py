@@ -22,9 +22,11 @@ are parsed locally. Ollama's tool format keeps only ``type``, ``description``, `
 ``items`` of each parameter (the client and the server both drop the rest), so a warning names
 what a spec loses.
 Errors from the client (``ResponseError``, the builtin ``ConnectionError``, raw ``httpx``
-exceptions) are translated in :meth:`OllamaBackend._translate`; 5xx answers, timeouts and broken
-connections are retried ``settings.ollama.max_retries`` times with exponential backoff, 4xx
-answers never.
+exceptions) go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
+error classes and retries as every server backend (5xx, 429, timeouts and broken connections
+retried ``settings.ollama.max_retries`` times with jittered exponential backoff; other 4xx and
+refused connections never). ``eval_count``, which counts the end-of-turn token, is
+``completion_tokens``.
 
 The default tag, ``qwen3:4b-instruct-2507-q4_K_M`` (alias ``qwen3:4b-instruct``), is
 Qwen3-4B-Instruct-2507: a non-thinking-only build, so no server version or template quirk can

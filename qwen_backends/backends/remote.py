@@ -114,29 +114,44 @@ def classify(exc: BaseException) -> Failure | None:
     """The :class:`Failure` behind a client exception (httpx, ollama, openai), or ``None``.
 
     Walks the exception chain, so wrappers (``openai.APIConnectionError``, the builtin
-    ``ConnectionError`` that the ollama client raises) are seen through.
+    ``ConnectionError`` that the ollama client raises) are seen through. Transport errors are
+    recognised by their class names in the httpx family (``httpx``, ``httpcore``, ``h11`` and
+    renamed copies such as the ``httpx2`` that recent ``openai`` releases ship), not by identity,
+    so every client's copy of httpx is classified the same way.
     """
-    import httpx
-
     chain = list(_chain(exc))
     for error in chain:
         status = getattr(error, "status_code", None)
         if isinstance(status, int) and status >= 400:
             return Failure("status", _server_message(error), status, _retry_after(chain))
     for error in chain:
-        if isinstance(error, (httpx.ConnectError, ConnectionRefusedError)):
+        if isinstance(error, ConnectionRefusedError) or _transport(error, "ConnectError"):
             return Failure("refused", _describe(error))
     for error in chain:
-        if isinstance(error, (httpx.TimeoutException, TimeoutError)):
+        if isinstance(error, TimeoutError) or _transport(error, "TimeoutException", "ReadTimeout"):
             return Failure("timeout", _describe(error))
-        if isinstance(error, httpx.RemoteProtocolError):
+        if _transport(error, "RemoteProtocolError", "LocalProtocolError", "ProtocolError"):
             return Failure("protocol", f"the connection closed mid-answer ({_describe(error)})")
         if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
             return Failure("protocol", f"its answer is not valid JSON ({_describe(error)})")
     for error in chain:
-        if isinstance(error, (httpx.TransportError, ConnectionError)):
+        if isinstance(error, ConnectionError) or _transport(
+            error, "TransportError", "NetworkError"
+        ):
             return Failure("broken", _describe(error))
     return None
+
+
+#: Packages whose exceptions are the HTTP transport's (with renamed copies: httpx2, httpcore2).
+_TRANSPORT_PACKAGES = ("httpx", "httpcore", "h11")
+
+
+def _transport(error: BaseException, *names: str) -> bool:
+    """Whether ``error`` is (a subclass of) one of ``names`` from the httpx family."""
+    for cls in type(error).__mro__:
+        if cls.__name__ in names and cls.__module__.startswith(_TRANSPORT_PACKAGES):
+            return True
+    return False
 
 
 class Remote:
@@ -176,6 +191,8 @@ class Remote:
         self.timeout = timeout
         self.timeout_setting = timeout_setting
         self.max_retries = max_retries
+        #: First backoff delay in seconds (tests set 0 to retry at once).
+        self.backoff = BACKOFF_SECONDS
         self.sleep: Callable[[float], None] = time.sleep
 
     # -- the table ---------------------------------------------------------------------------
@@ -298,7 +315,7 @@ class Remote:
         )
         if not retryable:
             return None
-        backoff = min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2**attempt)
+        backoff = min(MAX_BACKOFF_SECONDS, self.backoff * 2**attempt)
         delay = backoff * (1 + random.random() / 4)
         if failure.retry_after is not None:
             if failure.retry_after > MAX_RETRY_AFTER:

@@ -39,7 +39,14 @@ if TYPE_CHECKING:
 
     from qwen_backends.settings import Settings
 
-__all__ = ["GPU_REQUIRED", "UnslothBackend", "has_supported_gpu", "import_unsloth", "require_gpu"]
+__all__ = [
+    "GPU_REQUIRED",
+    "UnslothBackend",
+    "has_supported_gpu",
+    "import_unsloth",
+    "load_unsloth_model",
+    "require_gpu",
+]
 
 #: The one-line answer on a machine Unsloth cannot use.
 GPU_REQUIRED = (
@@ -108,6 +115,69 @@ def import_unsloth() -> ModuleType:
         ) from exc
 
 
+def load_unsloth_model(
+    model_name: str,
+    *,
+    max_seq_length: int,
+    dtype: str,
+    load_in_4bit: bool,
+    token: str | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``FastLanguageModel.from_pretrained`` with every failure translated.
+
+    The one Unsloth loader: the unsloth backend and the unsloth fine-tuning engine both call it.
+
+    Parameters
+    ----------
+    model_name
+        Hub id or local folder.
+    max_seq_length
+        The longest sequence Unsloth prepares the model for.
+    dtype
+        ``"auto"`` (Unsloth picks) or a torch dtype name.
+    load_in_4bit
+        Load 4-bit (bitsandbytes) weights.
+    token
+        Hugging Face token for gated or private models.
+
+    Raises
+    ------
+    BackendUnavailableError
+        Without a supported GPU, or when the GPU runs out of memory.
+    ModelNotFoundError
+        When the model cannot be found or read.
+    """
+    fast = import_unsloth().FastLanguageModel
+    import torch
+
+    try:
+        model, tokenizer = fast.from_pretrained(
+            model_name=model_name,
+            max_seq_length=max_seq_length,
+            dtype=None if dtype == "auto" else getattr(torch, dtype),
+            load_in_4bit=load_in_4bit,
+            token=token,
+        )
+    except QwenBackendsError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"unsloth cannot load {model_name!r} ({first_line(exc)}); check the hub id or local "
+            "folder (QWEN_MODEL or the config's model), the network, and HF_TOKEN for gated "
+            "models"
+        ) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise BackendUnavailableError(
+                f"the GPU ran out of memory loading {model_name!r}; load it in 4 bits "
+                "(QWEN_UNSLOTH__LOAD_IN_4BIT=true, or load_in_4bit: true in a fine-tuning "
+                "config) or lower max_seq_length",
+                retryable=False,
+            ) from exc
+        raise ModelNotFoundError(f"unsloth cannot load {model_name!r} ({first_line(exc)})") from exc
+    return model, tokenizer
+
+
 class UnslothBackend(HFBackend):
     """Qwen3-4B through Unsloth's ``FastLanguageModel``, non-thinking, on a GPU.
 
@@ -136,35 +206,14 @@ class UnslothBackend(HFBackend):
         return self.settings.unsloth.max_seq_length
 
     def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """``FastLanguageModel.from_pretrained`` then ``for_inference`` (Unsloth imported first)."""
-        fast = import_unsloth().FastLanguageModel
-        import torch
-
+        """:func:`load_unsloth_model` then ``for_inference`` (Unsloth imported first)."""
         options = self.settings.unsloth
-        try:
-            model, tokenizer = fast.from_pretrained(
-                model_name=self.model_name,
-                max_seq_length=options.max_seq_length,
-                dtype=None if options.dtype == "auto" else getattr(torch, options.dtype),
-                load_in_4bit=options.load_in_4bit,
-                token=options.token.get_secret_value() if options.token is not None else None,
-            )
-        except QwenBackendsError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(
-                f"unsloth cannot load {self.model_name!r} ({first_line(exc)}); check the hub id "
-                "or local folder (QWEN_MODEL), the network, and HF_TOKEN for gated models"
-            ) from exc
-        except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
-                raise BackendUnavailableError(
-                    f"the GPU ran out of memory loading {self.model_name!r}; keep "
-                    "QWEN_UNSLOTH__LOAD_IN_4BIT=true or lower QWEN_UNSLOTH__MAX_SEQ_LENGTH",
-                    retryable=False,
-                ) from exc
-            raise ModelNotFoundError(
-                f"unsloth cannot load {self.model_name!r} ({first_line(exc)})"
-            ) from exc
-        fast.for_inference(model)
+        model, tokenizer = load_unsloth_model(
+            self.model_name,
+            max_seq_length=options.max_seq_length,
+            dtype=options.dtype,
+            load_in_4bit=options.load_in_4bit,
+            token=options.token.get_secret_value() if options.token is not None else None,
+        )
+        import_unsloth().FastLanguageModel.for_inference(model)
         return model, tokenizer

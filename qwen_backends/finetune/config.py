@@ -13,9 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from qwen_backends.errors import ConfigurationError
+from qwen_backends.errors import ConfigurationError, did_you_mean
+from qwen_backends.finetune.engines import ENGINES
 from qwen_backends.sampling import validation_message
 from qwen_backends.settings import Section, deep_merge
 
@@ -164,7 +173,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    engine: Literal["unsloth", "peft"] = Field(
+    engine: str = Field(
         "unsloth",
         description="unsloth: Unsloth on an NVIDIA/AMD/Intel GPU; peft: plain transformers + "
         "PEFT + TRL (CPU or GPU).",
@@ -189,6 +198,17 @@ class FinetuneConfig(BaseModel):
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigurationError(validation_message(exc, "fine-tuning config")) from None
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        # The names come from the engine registry, the one list of engines.
+        if value not in ENGINES:
+            raise ValueError(
+                f"unknown engine {value!r}; {did_you_mean(value, ENGINES)}choose one of "
+                f"{', '.join(ENGINES)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _engine_rules(self) -> FinetuneConfig:

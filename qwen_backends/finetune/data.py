@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
-from qwen_backends.errors import ConfigurationError, InvalidMessagesError
+from qwen_backends.errors import ConfigurationError, InvalidMessagesError, first_line
 from qwen_backends.jsonl import iter_jsonl_objects
 from qwen_backends.thinking import strip_thinking
 
@@ -308,9 +308,8 @@ def _hub_records(name: str, split: str) -> Iterable[Mapping[str, Any]]:
     try:
         dataset = load_dataset(name, split=split)
     except Exception as exc:  # datasets raises many unrelated types for a bad id or no network
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigurationError(
-            f"cannot load dataset {name!r} split {split!r} ({first_line}); check the id and "
+            f"cannot load dataset {name!r} split {split!r} ({first_line(exc)}); check the id and "
             "your network, or use a local JSONL file with data.path"
         ) from exc
     return iter(dataset)

@@ -16,13 +16,19 @@ CPU or GPU.
 
 from __future__ import annotations
 
-import importlib.util
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwen_backends.errors import ConfigurationError, MissingDependencyError, first_line
+from qwen_backends.errors import (
+    ConfigurationError,
+    MissingDependencyError,
+    UnknownBackendError,
+    did_you_mean,
+    first_line,
+)
 from qwen_backends.models import looks_like_path
+from qwen_backends.registry import Registration, load_target, missing_modules
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +36,7 @@ if TYPE_CHECKING:
 
     from qwen_backends.finetune.config import FinetuneConfig
 
-__all__ = ["ENGINES", "Engine", "PeftEngine", "UnslothEngine", "create_engine"]
+__all__ = ["ENGINES", "Engine", "PeftEngine", "UnslothEngine", "create_engine", "engine_class"]
 
 
 class Engine(ABC):
@@ -42,21 +48,11 @@ class Engine(ABC):
         The run's configuration.
     """
 
-    #: ``engine:`` value in the config.
+    #: ``engine:`` value in the config (its key in :data:`ENGINES`).
     name: ClassVar[str]
-    #: Modules the engine imports, checked before anything is loaded.
-    requires: ClassVar[tuple[str, ...]]
-    #: The pip extra that installs :attr:`requires`.
-    extra: ClassVar[str]
 
     def __init__(self, config: FinetuneConfig) -> None:
         self.config = config
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            raise MissingDependencyError(
-                f"the {self.name} fine-tuning engine needs {', '.join(missing)}, which is not "
-                f"installed; install it with: pip install 'qwen-backends[{self.extra}]'"
-            )
 
     @abstractmethod
     def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -94,8 +90,6 @@ class PeftEngine(Engine):
     """Plain transformers + PEFT: CPU, CUDA or Apple MPS, full-precision base weights."""
 
     name = "peft"
-    requires = ("torch", "transformers", "peft", "trl", "datasets")
-    extra = "finetune"
 
     def check_training_options(self) -> None:
         """Reject 8-bit / paged optimizers without CUDA (they need bitsandbytes on a GPU)."""
@@ -197,8 +191,6 @@ class UnslothEngine(Engine):
     """Unsloth's ``FastLanguageModel``: 4-bit QLoRA and fast kernels on a GPU."""
 
     name = "unsloth"
-    requires = ("torch", "unsloth", "trl", "peft", "datasets")
-    extra = "unsloth"
 
     def _fast_model(self) -> Any:
         from qwen_backends.backends.unsloth import import_unsloth
@@ -212,20 +204,16 @@ class UnslothEngine(Engine):
         require_gpu()
 
     def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """``FastLanguageModel.from_pretrained`` with the config's sequence length and bits."""
-        import torch
+        """The unsloth backend's loader with the config's model, sequence length and bits."""
+        from qwen_backends.backends.unsloth import load_unsloth_model
 
-        fast = self._fast_model()
-        dtype = None if self.config.dtype == "auto" else getattr(torch, self.config.dtype)
-        token = self.config.token.get_secret_value() if self.config.token else None
-        model, tokenizer = fast.from_pretrained(
-            model_name=self.config.model,
+        return load_unsloth_model(
+            self.config.model,
             max_seq_length=self.config.max_seq_length,
-            dtype=dtype,
+            dtype=self.config.dtype,
             load_in_4bit=self.config.load_in_4bit,
-            token=token,
+            token=self.config.token.get_secret_value() if self.config.token else None,
         )
-        return model, tokenizer
 
     def add_lora(self, model: PreTrainedModel) -> PreTrainedModel:
         """``FastLanguageModel.get_peft_model`` (Unsloth's gradient checkpointing if asked)."""
@@ -273,9 +261,8 @@ class UnslothEngine(Engine):
         except Exception as exc:  # llama.cpp conversion fails in many ways; keep the cause
             from qwen_backends.errors import QwenBackendsError
 
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise QwenBackendsError(
-                f"GGUF conversion failed ({first_line}); the merged model in "
+                f"GGUF conversion failed ({first_line(exc)}); the merged model in "
                 f"{directory.parent / 'merged'} is intact: convert it with llama.cpp's "
                 "convert_hf_to_gguf.py, or import the folder with ollama create"
             ) from exc
@@ -296,10 +283,51 @@ class UnslothEngine(Engine):
         return found
 
 
-#: ``engine:`` name -> class.
-ENGINES: dict[str, type[Engine]] = {"peft": PeftEngine, "unsloth": UnslothEngine}
+#: ``engine:`` name -> where the engine lives and what it needs, registered like the backends
+#: (:class:`qwen_backends.registry.Registration`); the config's ``engine`` validation derives
+#: from it.
+ENGINES: dict[str, Registration] = {
+    "unsloth": Registration(
+        "qwen_backends.finetune.engines:UnslothEngine",
+        "unsloth",
+        ("torch", "unsloth", "trl", "peft", "datasets"),
+        "Unsloth on an NVIDIA/AMD/Intel GPU (4-bit QLoRA, GGUF export)",
+    ),
+    "peft": Registration(
+        "qwen_backends.finetune.engines:PeftEngine",
+        "finetune",
+        ("torch", "transformers", "peft", "trl", "datasets"),
+        "plain transformers + PEFT + TRL (CPU or GPU)",
+    ),
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The class of engine ``name``, its dependencies checked first.
+
+    Raises
+    ------
+    UnknownBackendError
+        For an unregistered name (with a did-you-mean).
+    MissingDependencyError
+        When its pip extra is not installed.
+    """
+    if name not in ENGINES:
+        raise UnknownBackendError(
+            f"unknown fine-tuning engine {name!r}; {did_you_mean(name, ENGINES)}choose one of "
+            f"{', '.join(ENGINES)}"
+        )
+    registration = ENGINES[name]
+    missing = missing_modules(registration)
+    if missing:
+        raise MissingDependencyError(
+            f"the {name} fine-tuning engine needs {', '.join(missing)}, which is not "
+            f"installed; install it with: pip install 'qwen-backends[{registration.extra}]'"
+        )
+    cls: type[Engine] = load_target(registration)
+    return cls
 
 
 def create_engine(config: FinetuneConfig) -> Engine:
     """The engine ``config.engine`` names, with its dependencies checked."""
-    return ENGINES[config.engine](config)
+    return engine_class(config.engine)(config)

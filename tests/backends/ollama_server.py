@@ -77,6 +77,9 @@ class ServedModel:
         ``"tags"`` as a ``<think>`` block in the content; ``None`` for a well-behaved model.
     think_tokens
         Tokens of thinking produced when the model thinks.
+    end_after
+        End the turn (the end-of-turn token) after this many tokens; ``None`` lets the
+        checkpoint decide.
     """
 
     name: str
@@ -86,6 +89,7 @@ class ServedModel:
     thinking_only: bool = False
     leak: str | None = None
     think_tokens: int = 6
+    end_after: int | None = None
 
     def listing(self) -> dict[str, Any]:
         """The entry of ``/api/tags``."""
@@ -180,8 +184,21 @@ class TinyQwen:
             clean.append(entry)
         return render_prompt_ids(self.tokenizer, clean)
 
-    def tokens(self, prompt: list[int], options: dict[str, Any]) -> Iterator[int]:
-        """Sample token ids after ``prompt`` (stops at end of turn or ``num_predict``)."""
+    def tokens(
+        self,
+        prompt: list[int],
+        options: dict[str, Any],
+        end_after: int | None = None,
+        outcome: dict[str, bool] | None = None,
+    ) -> Iterator[int]:
+        """Sample token ids after ``prompt`` (stops at end of turn or ``num_predict``).
+
+        The end-of-turn token itself is not yielded; ``outcome["ended"]`` is set when it came
+        (it counts as a generated token, as in Ollama's ``eval_count``). ``end_after`` forces
+        it after that many tokens.
+        """
+        outcome = {} if outcome is None else outcome
+        outcome["ended"] = False
         torch = self.torch
         seed = options.get("seed")
         generator = torch.Generator().manual_seed(
@@ -193,6 +210,9 @@ class TinyQwen:
         past = None
         step_input = torch.tensor([prompt])
         while len(generated) < limit:
+            if end_after is not None and len(generated) >= end_after:
+                outcome["ended"] = True
+                return
             with self.lock, torch.no_grad():
                 out = self.model(
                     input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1
@@ -200,6 +220,7 @@ class TinyQwen:
             past = out.past_key_values
             token = self._pick(out.logits[0, -1], generated, options, generator)
             if token in EOS_IDS:
+                outcome["ended"] = True
                 return
             generated.append(token)
             yield token
@@ -586,14 +607,17 @@ class _Handler(BaseHTTPRequestHandler):
         thinking, content, shown = "", "", 0
         done_reason = "stop"
         chunks = 0
+        outcome: dict[str, bool] = {}
         if stream:
             self._start_ndjson()
         if tags and stream:
-            self._chunk(model.name, content="<think>\n")
+            # Tags split across chunks, as a runtime that streams token by token may cut them.
+            self._chunk(model.name, content="<thi")
+            self._chunk(model.name, content="nk>\n")
         think_budget = model.think_tokens if thinks else 0
         closed = False
         try:
-            for token in engine.tokens(prompt, options):
+            for token in engine.tokens(prompt, options, model.end_after, outcome):
                 ids.append(token)
                 if len(ids) <= think_budget:
                     piece = engine.decode(ids)[len(thinking) :]
@@ -604,7 +628,8 @@ class _Handler(BaseHTTPRequestHandler):
                         self._chunk(model.name, **_thinking_piece(piece, tags))
                     continue
                 if tags and stream and not closed:
-                    self._chunk(model.name, content="\n</think>\n\n")
+                    self._chunk(model.name, content="\n</th")
+                    self._chunk(model.name, content="ink>\n\n")
                     closed = True
                 full = engine.decode(ids[think_budget:])
                 if full.endswith("\ufffd"):
@@ -633,6 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             stub.answers.append({"content": content[:shown], "cancelled": True})
             return
+        # Ollama's runner counts every sampled token, the end-of-turn token included.
+        generated = len(ids) + (1 if outcome.get("ended") else 0)
         final = {
             "model": model.name,
             "created_at": _now(),
@@ -642,14 +669,14 @@ class _Handler(BaseHTTPRequestHandler):
             "load_duration": 1000,
             "prompt_eval_count": len(prompt),
             "prompt_eval_duration": 1000,
-            "eval_count": len(ids),
+            "eval_count": generated,
             "eval_duration": time.perf_counter_ns() - started,
         }
         stub.answers.append(
             {
                 "content": content,
                 "thinking": thinking,
-                "eval_count": len(ids),
+                "eval_count": generated,
                 "prompt_eval_count": len(prompt),
             }
         )

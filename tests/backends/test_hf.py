@@ -421,6 +421,19 @@ def test_forced_thinking_is_removed_from_generate_and_stream(
     assert not any("think>" in piece for piece in pieces)
 
 
+def test_an_answer_cut_inside_a_character_ends_at_the_last_complete_one(
+    backend: HFBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Byte-level token "ä" is the raw byte 0xE4: the first of three bytes of a CJK character.
+    first_byte = backend.tokenizer.convert_tokens_to_ids("ä")
+    assert backend.tokenizer.decode([9707, first_byte]) == "Hello\ufffd"
+    force_tokens(backend, monkeypatch, [9707, first_byte])
+    sampling = VARIED.replace(max_new_tokens=2)
+    result = backend.generate("Hi", sampling)
+    assert (result.text, result.finish_reason, result.completion_tokens) == ("Hello", "length", 2)
+    assert "".join(backend.stream("Hi", sampling)) == "Hello"
+
+
 def test_unclosed_forced_thinking_yields_nothing(
     backend: HFBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,10 +43,12 @@ from qwen_backends.backends.ollama import (
 )
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
+    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     GenerationError,
     ModelNotFoundError,
+    ServerError,
     ThinkingModeError,
     UnsupportedFeatureError,
 )
@@ -83,7 +85,7 @@ def server(running: OllamaServer) -> OllamaServer:
 def make_backend(server: OllamaServer, model: str = INSTRUCT_TAG, **ollama: Any) -> OllamaBackend:
     backend = create_backend(backend="ollama", model=model, ollama={"host": server.url, **ollama})
     assert isinstance(backend, OllamaBackend)
-    backend.retry_backoff = 0.0
+    backend.remote.backoff = 0.0
     return backend
 
 
@@ -374,7 +376,6 @@ def test_unknown_server_version_only_warns(
 
 def test_unreachable_server_is_one_clear_error_for_every_call() -> None:
     host = f"http://127.0.0.1:{free_port()}"
-    expected = f"Ollama is not reachable at {host}; start it with `ollama serve`"
     with create_backend(backend="ollama", ollama={"host": host}) as backend:
         calls = [
             lambda: backend.generate(HI),
@@ -387,7 +388,10 @@ def test_unreachable_server_is_one_clear_error_for_every_call() -> None:
         for call in calls:
             with pytest.raises(BackendUnavailableError) as caught:
                 call()
-            assert str(caught.value) == expected
+            message = str(caught.value)
+            assert message.startswith(f"Ollama at {host} is not reachable (")
+            assert message.endswith("start it with `ollama serve`, or fix the address")
+            assert "\n" not in message and caught.value.backend == "ollama"
 
 
 def test_streaming_connect_error_after_checks_is_translated(engine: TinyQwen) -> None:
@@ -443,7 +447,7 @@ def test_retries_are_bounded(server: OllamaServer) -> None:
     with make_backend(server, max_retries=2) as backend:
         backend.generate(HI, SHORT)
         server.fail_next = [500] * 10
-        with pytest.raises(BackendUnavailableError, match=r"HTTP 500.*gave up after 2 retries"):
+        with pytest.raises(ServerError, match=r"HTTP 500.*gave up after 2 retries"):
             backend.generate(HI, SHORT)
     assert len(server.chats()) == 1 + 3
 
@@ -456,23 +460,32 @@ def test_stream_opening_is_retried_too(server: OllamaServer, backend: OllamaBack
 
 
 @pytest.mark.parametrize(
-    ("status", "error"), [(400, ConfigurationError), (401, GenerationError), (429, GenerationError)]
+    ("status", "error"),
+    [(400, ConfigurationError), (401, ConfigurationError), (403, ConfigurationError)],
 )
 def test_client_errors_are_never_retried(
     server: OllamaServer, backend: OllamaBackend, status: int, error: type[Exception]
 ) -> None:
     backend.generate(HI, SHORT)
     server.fail_next = [status, status]
-    with pytest.raises(error, match=f"HTTP {status}"):
+    with pytest.raises(error, match=f"HTTP {status}") as caught:
         backend.generate(HI, SHORT)
+    assert caught.value.status_code == status
     assert len(server.chats()) == 2
+
+
+def test_rate_limiting_is_retried(server: OllamaServer, backend: OllamaBackend) -> None:
+    backend.generate(HI, SHORT)
+    server.fail_next = [429]
+    assert backend.generate(HI, SHORT).text == server.answers[-1]["content"]
+    assert len(server.chats()) == 3
 
 
 def test_timeouts_are_retried_and_then_reported(server: OllamaServer) -> None:
     with make_backend(server, timeout=0.2, max_retries=1) as backend:
         backend.generate(HI, SHORT)
         server.latency = 0.6
-        with pytest.raises(BackendUnavailableError, match=r"did not answer within 0\.2 s"):
+        with pytest.raises(BackendTimeoutError, match=r"sent nothing for 0\.2 s"):
             backend.generate(HI, SHORT)
     assert len(server.chats()) == 1 + 2
 

@@ -19,8 +19,9 @@ from qwen_backends.backends import unsloth as unsloth_backend
 from qwen_backends.backends.hf import HFBackend
 from qwen_backends.backends.unsloth import GPU_REQUIRED, UnslothBackend, import_unsloth
 from qwen_backends.chat import render_prompt_ids
-from qwen_backends.errors import BackendUnavailableError, MissingDependencyError
+from qwen_backends.errors import BackendUnavailableError, MissingDependencyError, ModelNotFoundError
 from qwen_backends.factory import backend_class, create_backend
+from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
 
@@ -37,7 +38,9 @@ def test_the_gpu_message_is_the_one_sentence_users_see() -> None:
 
 def test_unsloth_backend_reuses_the_hf_backend() -> None:
     assert issubclass(UnslothBackend, HFBackend)
-    assert (UnslothBackend.name, UnslothBackend.extra) == ("unsloth", "unsloth")
+    registration = BACKENDS["unsloth"]
+    assert registration.target == "qwen_backends.backends.unsloth:UnslothBackend"
+    assert (UnslothBackend.name, registration.extra) == ("unsloth", "unsloth")
     assert UnslothBackend.capabilities.english_only
     # only loading is replaced: generation, streaming and batching are inherited
     for hook in ("_generate", "_stream", "_generate_batch", "_prepare"):
@@ -98,6 +101,43 @@ def test_other_import_failures_keep_their_cause(
     monkeypatch.setattr(unsloth_backend, "has_supported_gpu", lambda: True)
     with pytest.raises(MissingDependencyError, match="a_module_that_is_not_there"):
         import_unsloth()
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "words"),
+    [
+        (OSError("repo not found"), ModelNotFoundError, "check the hub id"),
+        (RuntimeError("CUDA out of memory"), BackendUnavailableError, "load it in 4 bits"),
+        (RuntimeError("weights do not match"), ModelNotFoundError, "weights do not match"),
+    ],
+)
+def test_backend_and_engine_share_one_loader_that_translates_errors(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, error: type[Exception], words: str
+) -> None:
+    from qwen_backends.finetune.config import FinetuneConfig
+    from qwen_backends.finetune.engines import UnslothEngine
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs: object) -> tuple[object, object]:
+            calls.append(kwargs)
+            raise failure
+
+    calls: list[dict[str, object]] = []
+    fake = type(sys)("unsloth")
+    fake.FastLanguageModel = FastLanguageModel  # type: ignore[attr-defined]
+    monkeypatch.setattr(unsloth_backend, "import_unsloth", lambda: fake)
+    loads = [
+        lambda: UnslothBackend(Settings(backend="unsloth", model="some/model")),
+        lambda: UnslothEngine(
+            FinetuneConfig(engine="unsloth", model="some/model", data={"path": "x.jsonl"})
+        ).load(),
+    ]
+    for load in loads:
+        with pytest.raises(error, match=words) as caught:
+            load()
+        assert "'some/model'" in str(caught.value) and caught.value.__cause__ is failure
+    assert [call["model_name"] for call in calls] == ["some/model", "some/model"]
 
 
 # -- with Unsloth and a GPU -----------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -23,25 +22,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from vllm_server import free_port, vllm_python
 
 from qwen_backends.backends.base import Generation
 from qwen_backends.backends.vllm import TOP_K_OFF, VLLMBackend, build_request
 from qwen_backends.chat import render_prompt_ids, validate_messages
 from qwen_backends.errors import (
+    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     ContextLengthError,
     GenerationError,
     ModelNotFoundError,
+    ServerError,
 )
 from qwen_backends.factory import create_backend
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
-from qwen_backends.vllm_server import VLLMServer, free_port, vllm_python
-
-# Read at import: the autouse fixture clears QWEN_* variables for every test.
-_EXTERNAL_URL = os.environ.get("QWEN_VLLM_TEST_URL")
-_VLLM_PYTHON = vllm_python()
 
 _T = TypeVar("_T")
 
@@ -103,19 +100,37 @@ def test_backend_is_registered_with_its_capabilities() -> None:
     assert backend.capabilities.english_only and backend.capabilities.native_async
 
 
-def _chunk(content: str | None = None, **delta_extra: Any) -> Any:
+def _chunk(
+    content: str | None = None,
+    *,
+    finish: str | None = None,
+    usage: tuple[int, int] | None = None,
+    **delta_extra: Any,
+) -> Any:
     from openai.types.chat import ChatCompletionChunk
 
     delta = {"content": content, **delta_extra}
-    return ChatCompletionChunk.model_validate(
-        {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    data: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        data["usage"] = {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
         }
-    )
+    return ChatCompletionChunk.model_validate(data)
+
+
+def _offline_backend() -> VLLMBackend:
+    """A backend for response handling only (nothing is contacted)."""
+    backend = create_backend(backend="vllm", model="m")
+    assert isinstance(backend, VLLMBackend)
+    return backend
 
 
 @pytest.mark.parametrize(
@@ -133,17 +148,22 @@ def test_stream_assembler_removes_thinking_split_across_chunks(
 ) -> None:
     from qwen_backends.backends.vllm import _StreamAssembler
 
-    assembler = _StreamAssembler()
-    out = "".join(assembler.feed(_chunk(piece)) for piece in pieces) + assembler.finish()
+    assembler = _StreamAssembler(_offline_backend().remote)
+    out = "".join(assembler.feed(_chunk(piece)) for piece in pieces)
+    assembler.feed(_chunk(None, finish="stop", usage=(3, 4)))
+    *tail, final = list(assembler.finish(0.1))
+    out += "".join(str(piece) for piece in tail)
     assert out == expected == assembler.text
+    assert isinstance(final, Generation) and final.text == expected
     assert ("despite enable_thinking=False" in caplog.text) == ("think>" in "".join(pieces))
 
 
 def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     from openai.types.chat import ChatCompletion
 
-    from qwen_backends.backends.vllm import _generation, _StreamAssembler
+    from qwen_backends.backends.vllm import _StreamAssembler
 
+    backend = _offline_backend()
     response = ChatCompletion.model_validate(
         {
             "id": "c",
@@ -164,12 +184,12 @@ def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixtur
             "usage": {"prompt_tokens": 13, "completion_tokens": 9, "total_tokens": 22},
         }
     )
-    generation = _generation(response, 0.5)
+    generation = backend._generation(response, 0.5)
     assert (generation.text, generation.finish_reason) == ("Four.", "stop")
     assert (generation.prompt_tokens, generation.completion_tokens) == (13, 9)
     assert "returned thinking" in caplog.text
     caplog.clear()
-    assembler = _StreamAssembler()
+    assembler = _StreamAssembler(backend.remote)
     assert assembler.feed(_chunk(None, reasoning="hmm")) == ""
     assert assembler.feed(_chunk("Four.")) == "Four."
     assert "reasoning field" in caplog.text
@@ -178,35 +198,24 @@ def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixtur
 def test_an_aborted_generation_is_an_error_with_the_partial_text() -> None:
     from qwen_backends.backends.vllm import _StreamAssembler
 
-    assembler = _StreamAssembler()
+    assembler = _StreamAssembler(_offline_backend().remote)
     assert assembler.feed(_chunk("Partial")) == "Partial"
-    aborted = _chunk(" answer")
-    aborted.choices[0].finish_reason = "abort"
+    aborted = _chunk(" answer", usage=(3, 2))
+    aborted.choices[0].finish_reason = "abort"  # type: ignore[assignment]  # vLLM sends it
     assert assembler.feed(aborted) == " answer"
     with pytest.raises(GenerationError, match="'abort'") as info:
-        assembler.finish()
+        list(assembler.finish(0.1))
     assert info.value.partial_text == "Partial answer"
+    assert info.value.backend == "vllm"
 
 
 # -- a real vLLM server ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, str]]:
-    """``(base_url, model)`` of a vLLM server serving the ``vllm`` test checkpoint."""
-    from qwen_backends.testing import tiny_checkpoint
-
-    model = str(tiny_checkpoint("vllm"))
-    if _EXTERNAL_URL:
-        yield _EXTERNAL_URL, model
-        return
-    if _VLLM_PYTHON is None:
-        pytest.skip(
-            "no vLLM environment: run `bash scripts/setup.sh --with-vllm` or set QWEN_VLLM_PYTHON"
-        )
-    with VLLMServer(model, startup_timeout=600) as server:
-        print(f"vLLM server ready after {server.startup_seconds:.0f} s")
-        yield server.base_url, model
+@pytest.fixture
+def served(vllm_served: tuple[str, str]) -> tuple[str, str]:
+    """``(base_url, model)`` of the session's vLLM server (see tests/conftest.py)."""
+    return vllm_served
 
 
 @pytest.fixture
@@ -480,7 +489,7 @@ def test_unreachable_server_is_reported_at_once() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with _backend(url, "m") as backend:
         started = time.monotonic()
-        with pytest.raises(BackendUnavailableError, match=r"not reachable at .*start it with"):
+        with pytest.raises(BackendUnavailableError, match=r"is not reachable .*start it with"):
             backend.generate("hi", GREEDY)
         with pytest.raises(BackendUnavailableError, match=url):
             list(backend.stream("hi", GREEDY))
@@ -549,10 +558,10 @@ def test_server_errors_are_retried_with_backoff(served: tuple[str, str]) -> None
     with (
         _Proxy(_root(base_url), fail_first=99, status=502) as proxy,
         _backend(proxy.base_url, model, max_retries=1) as backend,
-        pytest.raises(GenerationError, match=r"failed \(502") as info,
+        pytest.raises(ServerError, match=r"failed with HTTP 502") as info,
     ):
         _arun(backend, lambda: backend.agenerate("hi", GREEDY))
-    assert info.value.retryable
+    assert info.value.retryable and info.value.status_code == 502
     assert len(proxy.requests) == 2
 
 
@@ -572,7 +581,7 @@ def test_timeouts_are_retried_then_reported(served: tuple[str, str]) -> None:
     with (
         _Proxy(_root(base_url), delay=1.5) as proxy,
         _backend(proxy.base_url, model, timeout=0.3, max_retries=1) as backend,
-        pytest.raises(GenerationError, match="did not answer in time"),
+        pytest.raises(BackendTimeoutError, match=r"sent nothing for 0\.3 s"),
     ):
         backend.generate("hi", GREEDY)
     assert len(proxy.requests) == 2

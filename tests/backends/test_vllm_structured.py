@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,37 +186,19 @@ def test_a_stream_assembles_server_deltas_and_hides_calls_in_the_content(
 
 
 @pytest.mark.vllm
-def test_a_real_server_enforces_the_schema_and_renders_the_tools() -> None:
-    from qwen_backends.testing import tiny_checkpoint
-    from qwen_backends.vllm_server import VLLMServer, vllm_python
-
-    model = str(tiny_checkpoint("vllm"))
-    external = os.environ.get("QWEN_VLLM_TEST_URL")
-    if external is None and vllm_python() is None:
-        pytest.skip("no vLLM environment: run `bash scripts/setup.sh --with-vllm`")
-    with (
-        VLLMServer(model, startup_timeout=900) if external is None else _External(external)
-    ) as server:
-        built = create_backend(backend="vllm", model=model, vllm={"base_url": server.base_url})
-        with built:
-            for seed in range(6):
-                result = built.generate(
-                    "Weather?", {"max_new_tokens": 60, "seed": seed}, response_format=SCHEMA
-                )
-                assert result.parsed == json.loads(result.text)
-                assert result.parsed["sky"] in ("sunny", "rain")
-            plain = built.generate("Weather?", {"max_new_tokens": 1})
-            with_tools = built.generate("Weather?", {"max_new_tokens": 1}, tools=[get_weather])
-            # The server's template rendered the <tools> block into the prompt.
-            assert with_tools.prompt_tokens > plain.prompt_tokens + 40
-
-
-class _External:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-
-    def __enter__(self) -> _External:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def test_a_real_server_enforces_the_schema_and_renders_the_tools(
+    vllm_served: tuple[str, str],
+) -> None:
+    base_url, model = vllm_served
+    built = create_backend(backend="vllm", model=model, vllm={"base_url": base_url})
+    with built:
+        for seed in range(6):
+            result = built.generate(
+                "Weather?", {"max_new_tokens": 60, "seed": seed}, response_format=SCHEMA
+            )
+            assert result.parsed == json.loads(result.text)
+            assert result.parsed["sky"] in ("sunny", "rain")
+        plain = built.generate("Weather?", {"max_new_tokens": 1})
+        with_tools = built.generate("Weather?", {"max_new_tokens": 1}, tools=[get_weather])
+        # The server's template rendered the <tools> block into the prompt.
+        assert with_tools.prompt_tokens > plain.prompt_tokens + 40

@@ -50,6 +50,8 @@ def test_generate_json_through_the_installed_entry_point(
         "prompt_tokens",
         "completion_tokens",
         "seconds",
+        "tool_calls",
+        "parsed",
     }
     assert generation["completion_tokens"] == 6 and generation["finish_reason"] == "length"
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]

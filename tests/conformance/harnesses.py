@@ -1,0 +1,246 @@
+"""One :class:`Harness` per backend for the conformance suite (fixtures: conftest.py).
+
+A backend joins the suite with one entry in :data:`HARNESSES` (its name) and one builder function
+decorated with :func:`harness`: the function returns a :class:`Harness` that says how to build
+the backend and how to make its runtime misbehave. Everything else in test_conformance.py runs
+unchanged against it.
+
+- ``hf``: the ``tiny`` random-weight checkpoint in process;
+- ``ollama``: the loopback Ollama stand-in (tests/backends/ollama_server.py);
+- ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from faults import FaultProxy
+
+from qwen_backends import create_backend
+from qwen_backends.backends.base import ModelBackend
+from qwen_backends.sampling import SamplingParams
+
+#: Every backend the suite runs against; a new backend adds its name here and a builder below.
+HARNESSES = ["hf", "ollama", "vllm"]
+#: Those that talk to a server (the fault tests run against these).
+SERVER_HARNESSES = ["ollama", "vllm"]
+#: Qwen3's end-of-turn token.
+IM_END = 151_645
+
+BackendMaker = Callable[..., ModelBackend]
+
+
+@dataclass
+class Harness:
+    """How the suite builds one backend and makes its runtime misbehave.
+
+    Attributes
+    ----------
+    name
+        The registry name.
+    backend
+        A backend shared by the tests of one run (do not close it).
+    make
+        ``make(**section)`` builds a new backend with these settings of its own section
+        (``timeout``, ``max_retries`` ...); the caller closes it.
+    tokenizer
+        The tokenizer the runtime renders prompts with.
+    upstream
+        For server backends: the server root the fault proxy relays to; ``None`` in process.
+    through
+        For server backends: ``through(url, **section)`` builds a backend talking to ``url``
+        (a fault proxy's root) instead of the server.
+    leaking
+        ``leaking(sampling)`` is a context manager giving ``(backend, expected_text)``: a backend
+        whose runtime emits a thinking block (tags split across chunks) before its answer to
+        ``"Hi"``, and the text a caller must see instead.
+    ending
+        A context manager giving a backend whose model ends its turn at the first token.
+    """
+
+    name: str
+    backend: ModelBackend
+    make: BackendMaker
+    tokenizer: Any
+    leaking: Callable[[SamplingParams], contextlib.AbstractContextManager[tuple[ModelBackend, str]]]
+    ending: Callable[[], contextlib.AbstractContextManager[ModelBackend]]
+    upstream: str | None = None
+    through: Callable[..., ModelBackend] | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+BUILDERS: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {}
+
+
+def harness(name: str) -> Callable[[Any], Any]:
+    """Register the builder of ``name``'s :class:`Harness`."""
+
+    def register(builder: Callable[[pytest.FixtureRequest], Harness]) -> Any:
+        BUILDERS[name] = builder
+        return builder
+
+    return register
+
+
+def _leak_through_proxy(
+    upstream: str, through: Callable[..., ModelBackend], direct: ModelBackend
+) -> Callable[[SamplingParams], contextlib.AbstractContextManager[tuple[ModelBackend, str]]]:
+    """Server backends leak through a ``think`` proxy: the answer, with a block before it."""
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        # Whitespace after a removed block is removed with it (thinking.strip_thinking).
+        expected = direct.generate("Hi", sampling).text.lstrip()
+        with FaultProxy(upstream, "think") as proxy, through(proxy.url) as backend:
+            yield backend, expected
+
+    return leaking
+
+
+# -- hf: in process, the tiny checkpoint ------------------------------------------------------
+
+
+@harness("hf")
+def _hf(request: pytest.FixtureRequest) -> Harness:
+    from qwen_backends.backends.hf import HFBackend
+    from qwen_backends.testing import tiny_checkpoint
+
+    model = str(tiny_checkpoint("tiny"))
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend="hf", model=model, hf=section)
+
+    shared = make()
+    assert isinstance(shared, HFBackend)
+    tokenizer = shared.tokenizer
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        """The shared model, made to emit ``script`` first (a logit bias per step)."""
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared._logits_processors
+
+            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
+                return [_Force(script, prompt_length), *original(sampling, prompt_length)]
+
+            patch.setattr(shared, "_logits_processors", processors)
+            yield shared
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        # The tags as ordinary tokens ("<", "think", ">"), so they arrive split across pieces.
+        raw = "<think>\nsecret plan\n</think>\n\nHello world"
+        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
+        assert len(script) > 6
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
+        return forcing([IM_END])
+
+    return Harness("hf", shared, make, tokenizer, leaking, ending)
+
+
+class _Force:
+    """Logits processor: the next token of ``script`` wins while the script lasts."""
+
+    def __init__(self, script: list[int], prompt_length: int) -> None:
+        self.script, self.prompt_length = script, prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < len(self.script):
+            scores[:, self.script[step]] = scores.max() + 1e4
+        return scores
+
+
+# -- ollama: the loopback stand-in ----------------------------------------------------------
+
+
+@harness("ollama")
+def _ollama(request: pytest.FixtureRequest) -> Harness:
+    from ollama_server import INSTRUCT_TAG, OllamaServer, TinyQwen, instruct_model
+
+    from qwen_backends.testing import tiny_checkpoint
+
+    server = OllamaServer(TinyQwen(tiny_checkpoint("tiny"))).start()
+
+    def through(url: str, **section: Any) -> ModelBackend:
+        backend = create_backend(
+            backend="ollama", model=INSTRUCT_TAG, ollama={"host": url, **section}
+        )
+        backend.remote.backoff = 0.01  # type: ignore[attr-defined]
+        return backend
+
+    def make(**section: Any) -> ModelBackend:
+        return through(server.url, **section)
+
+    shared = make()
+
+    @contextlib.contextmanager
+    def ending() -> Iterator[ModelBackend]:
+        server.models[INSTRUCT_TAG] = replace(instruct_model(), end_after=0)
+        try:
+            yield shared
+        finally:
+            server.models[INSTRUCT_TAG] = instruct_model()
+
+    built = Harness(
+        "ollama",
+        shared,
+        make,
+        server.engine.tokenizer,
+        _leak_through_proxy(server.url, through, shared),
+        ending,
+        upstream=server.url,
+        through=through,
+    )
+    built.closers.append(server.stop)
+    return built
+
+
+# -- vllm: the session's real server ----------------------------------------------------------
+
+
+@harness("vllm")
+def _vllm(request: pytest.FixtureRequest) -> Harness:
+    from qwen_backends.tokenizer import load_tokenizer
+
+    base_url, model = request.getfixturevalue("vllm_served")
+    root = base_url.removesuffix("/v1")
+
+    def through(url: str, **section: Any) -> ModelBackend:
+        backend = create_backend(
+            backend="vllm", model=model, vllm={"base_url": url + "/v1", **section}
+        )
+        backend.remote.backoff = 0.01  # type: ignore[attr-defined]
+        return backend
+
+    def make(**section: Any) -> ModelBackend:
+        return through(root, **section)
+
+    shared = make()
+
+    @contextlib.contextmanager
+    def ending() -> Iterator[ModelBackend]:
+        # OpenAI's logit_bias (-100..100) makes the end-of-turn token win at once.
+        with (
+            FaultProxy(root, "pass", inject={"logit_bias": {str(IM_END): 100}}) as proxy,
+            through(proxy.url) as backend,
+        ):
+            yield backend
+
+    return Harness(
+        "vllm",
+        shared,
+        make,
+        load_tokenizer("offline"),
+        _leak_through_proxy(root, through, shared),
+        ending,
+        upstream=root,
+        through=through,
+    )

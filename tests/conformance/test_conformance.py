@@ -1,0 +1,428 @@
+"""The backend contract, one test set for every backend (see docs/adding_a_backend.md).
+
+Each test runs against every :data:`conftest.HARNESSES` entry (``conformant``); the fault tests
+run against server backends (``server_harness``) through :class:`faults.FaultProxy`. A backend is
+done when it passes this file. Sampling is greedy or seeded, so the runtimes' answers (random
+weights: gibberish) are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from faults import LEAKED_THINKING, FaultProxy
+from harnesses import Harness
+
+from qwen_backends.backends.base import Generation, ModelBackend
+from qwen_backends.chat import render_prompt_ids
+from qwen_backends.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    InvalidMessagesError,
+    ProtocolError,
+    QwenBackendsError,
+    RateLimitError,
+    ServerError,
+    ThinkingModeError,
+    UnsupportedFeatureError,
+)
+from qwen_backends.sampling import SamplingParams
+
+#: Greedy with a presence penalty: plain greedy on random weights repeats one token ("\n").
+GREEDY = SamplingParams.preset("greedy", presence_penalty=2.0, max_new_tokens=12)
+HOT = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=12, seed=7)
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "<think>old</think>Hello!"},
+    {"role": "user", "content": "What is 2+2?"},
+]
+
+
+def _joined(stream: Any) -> tuple[list[str], Generation | None]:
+    pieces = list(stream)
+    return pieces, stream.generation
+
+
+def _arun(backend: ModelBackend, call: Callable[[], Any]) -> Any:
+    """Run ``call()`` in a fresh event loop, closing the backend's async clients before it ends."""
+
+    async def main() -> Any:
+        try:
+            return await call()
+        finally:
+            await _aclose_clients(backend)
+
+    return asyncio.run(main())
+
+
+async def _aclose_clients(backend: ModelBackend) -> None:
+    # aclose() on the shared backend would close it for later tests; only its loop's clients go.
+    clients = getattr(backend, "_async_clients", None)
+    if clients is not None:
+        client = clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+
+# -- messages and options are checked before anything runs ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([], "messages is empty"),
+        ([{"role": "wizard", "content": "hi"}], "role 'wizard'"),
+        ([{"role": "user", "content": ""}], "empty content"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "last"),
+        ({"role": "user", "content": "hi"}, "list of"),
+    ],
+)
+def test_invalid_messages_are_refused_the_same_way(
+    conformant: Harness, messages: Any, match: str
+) -> None:
+    backend = conformant.backend
+    calls = [
+        lambda: backend.generate(messages, GREEDY),
+        lambda: backend.stream(messages, GREEDY),
+        lambda: backend.generate_batch([messages], GREEDY),
+        lambda: backend.count_prompt_tokens(messages),
+        lambda: asyncio.run(backend.agenerate(messages, GREEDY)),
+        lambda: backend.astream(messages, GREEDY),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidMessagesError, match=match) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+
+
+def test_thinking_switches_are_refused(conformant: Harness) -> None:
+    with pytest.raises(ThinkingModeError):
+        conformant.backend.generate("hi", {"enable_thinking": True})
+
+
+def test_english_only_is_honoured_or_refused(conformant: Harness) -> None:
+    backend = conformant.backend
+    sampling = HOT.replace(max_new_tokens=24)
+    if not backend.capabilities.english_only:
+        with pytest.raises(UnsupportedFeatureError, match="english_only"):
+            backend.generate("Hi", sampling.replace(english_only=True))
+        with pytest.raises(UnsupportedFeatureError, match="english_only"):
+            backend.stream("Hi", sampling.replace(english_only=True))
+        return
+    free = backend.generate("Hi", sampling).text
+    english = backend.generate("Hi", sampling.replace(english_only=True)).text
+    streamed = "".join(backend.stream("Hi", sampling.replace(english_only=True)))
+    characters = _english_characters(conformant.tokenizer)
+    assert not set(free) <= characters  # the control: unrestricted sampling leaves the tier
+    assert english and set(english) <= characters
+    assert streamed == english
+
+
+_CHARACTERS: dict[int, set[str]] = {}
+
+
+def _english_characters(tokenizer: Any) -> set[str]:
+    """Every character some token of the English tier decodes to."""
+    if id(tokenizer) not in _CHARACTERS:
+        from qwen_backends.vocab import allowed_token_ids
+
+        ids = allowed_token_ids(tokenizer, tier="english")
+        pieces = tokenizer.batch_decode([[i] for i in ids])
+        _CHARACTERS[id(tokenizer)] = set("".join(pieces))
+    return _CHARACTERS[id(tokenizer)]
+
+
+# -- counting ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("messages", ["Hi", CONVERSATION], ids=["one-turn", "conversation"])
+def test_prompt_tokens_are_the_rendered_non_thinking_prompt(
+    conformant: Harness, messages: Any
+) -> None:
+    expected = len(render_prompt_ids(conformant.tokenizer, messages))
+    backend = conformant.backend
+    assert backend.generate(messages, GREEDY.replace(max_new_tokens=2)).prompt_tokens == expected
+    streamed = backend.stream(messages, GREEDY.replace(max_new_tokens=2))
+    _, generation = _joined(streamed)
+    assert generation is not None and generation.prompt_tokens == expected
+    try:
+        counted = backend.count_prompt_tokens(messages)
+    except UnsupportedFeatureError as exc:
+        assert "\n" not in str(exc) and exc.backend == conformant.name
+    else:
+        assert counted == expected
+
+
+def test_max_new_tokens_ends_with_length_and_exact_count(conformant: Harness) -> None:
+    for max_new_tokens in (1, 7):
+        sampling = GREEDY.replace(max_new_tokens=max_new_tokens)
+        result = conformant.backend.generate("Hi", sampling)
+        assert (result.finish_reason, result.completion_tokens) == ("length", max_new_tokens)
+        _, streamed = _joined(conformant.backend.stream("Hi", sampling))
+        assert streamed is not None
+        assert (streamed.finish_reason, streamed.completion_tokens) == ("length", max_new_tokens)
+
+
+def test_the_end_of_turn_token_is_counted(conformant: Harness) -> None:
+    with conformant.ending() as backend:
+        result = backend.generate("Hi", GREEDY)
+        pieces, streamed = _joined(backend.stream("Hi", GREEDY))
+    assert (result.text, result.finish_reason, result.completion_tokens) == ("", "stop", 1)
+    assert pieces == [] and streamed is not None
+    assert (streamed.finish_reason, streamed.completion_tokens) == ("stop", 1)
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def test_stop_strings_cut_the_text_and_are_not_included(conformant: Harness) -> None:
+    backend = conformant.backend
+    full = backend.generate("Hi", GREEDY.replace(max_new_tokens=16))
+    assert len(full.text) > 8
+    stop = full.text[len(full.text) // 2 :][:2]
+    cut_at = full.text.index(stop)
+    sampling = GREEDY.replace(max_new_tokens=16, stop=[stop, "\x00never"])
+    stopped = backend.generate("Hi", sampling)
+    assert stopped.text == full.text[:cut_at]
+    assert stopped.finish_reason == "stop"
+    assert 0 < stopped.completion_tokens < full.completion_tokens
+    pieces, streamed = _joined(backend.stream("Hi", sampling))
+    assert "".join(pieces) == stopped.text
+    assert streamed is not None and streamed.finish_reason == "stop"
+    assert streamed.completion_tokens == stopped.completion_tokens
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, HOT], ids=["greedy", "seeded"])
+def test_stream_equals_generate_and_reports_the_generation(
+    conformant: Harness, sampling: SamplingParams
+) -> None:
+    backend = conformant.backend
+    result = backend.generate("Hi", sampling)
+    stream = backend.stream("Hi", sampling)
+    assert stream.generation is None  # only after exhaustion
+    pieces, streamed = _joined(stream)
+    assert len(pieces) > 1 and "".join(pieces) == result.text
+    assert streamed is not None and streamed.text == result.text
+    assert (streamed.finish_reason, streamed.completion_tokens, streamed.prompt_tokens) == (
+        result.finish_reason,
+        result.completion_tokens,
+        result.prompt_tokens,
+    )
+
+
+def test_thinking_never_reaches_the_caller(conformant: Harness) -> None:
+    sampling = GREEDY.replace(max_new_tokens=24)
+    with conformant.leaking(sampling) as (backend, expected):
+        result = backend.generate("Hi", sampling)
+        pieces, streamed = _joined(backend.stream("Hi", sampling))
+        apieces = _arun(backend, lambda: _collect(backend.astream("Hi", sampling)))
+    assert expected
+    for text in (result.text, "".join(pieces), "".join(apieces)):
+        assert text == expected
+        assert "think>" not in text and LEAKED_THINKING not in text
+    assert not any("think>" in piece for piece in pieces)
+    assert streamed is not None and streamed.text == expected
+
+
+def test_same_seed_same_answer_where_seeded(conformant: Harness) -> None:
+    backend = conformant.backend
+    if not backend.capabilities.seeded:
+        pytest.skip(f"{conformant.name} declares no seed support")
+    first = backend.generate("Hi", HOT).text
+    assert backend.generate("Hi", HOT).text == first
+    assert "".join(backend.stream("Hi", HOT)) == first
+    assert backend.generate("Hi", HOT.replace(seed=8)).text != first
+
+
+# -- async and lifecycle ----------------------------------------------------------------------
+
+
+async def _collect(stream: Any) -> list[str]:
+    return [piece async for piece in stream]
+
+
+def test_agenerate_and_astream_match_the_sync_calls(conformant: Harness) -> None:
+    backend = conformant.backend
+    expected = backend.generate("Hi", GREEDY)
+
+    async def both() -> tuple[Generation, list[str], Generation | None]:
+        generation = await backend.agenerate("Hi", GREEDY)
+        stream = backend.astream("Hi", GREEDY)
+        pieces = [piece async for piece in stream]
+        return generation, pieces, stream.generation
+
+    generation, pieces, streamed = _arun(backend, both)
+    assert generation.text == "".join(pieces) == expected.text
+    assert generation.completion_tokens == expected.completion_tokens
+    assert streamed is not None and streamed.completion_tokens == expected.completion_tokens
+
+
+def test_async_with_create_backend_and_aclose(conformant: Harness) -> None:
+    async def main() -> tuple[str, str]:
+        async with conformant.make() as backend:
+            answer = await backend.agenerate("Hi", GREEDY)
+            streamed = "".join(await _collect(backend.astream("Hi", GREEDY)))
+        second = conformant.make()
+        await second.aclose()
+        await second.aclose()  # twice is fine
+        return answer.text, streamed
+
+    text, streamed = asyncio.run(main())
+    assert text and text == streamed
+
+
+def test_with_block_closes_and_close_twice_is_safe(conformant: Harness) -> None:
+    with conformant.make() as backend:
+        assert backend.generate("Hi", GREEDY.replace(max_new_tokens=2)).completion_tokens == 2
+    backend.close()
+
+
+def test_a_stream_closed_early_leaves_the_backend_usable(conformant: Harness) -> None:
+    backend = conformant.backend
+    stream = backend.stream("Hi", GREEDY.replace(max_new_tokens=400))
+    first = next(stream)
+    stream.close()
+    assert first
+    assert backend.generate("Hi", GREEDY).text.startswith(first)
+
+
+# -- faults: the same error class on every server backend --------------------------------------
+
+FAULTS: dict[str, tuple[type[QwenBackendsError], int | None]] = {
+    "refused": (BackendUnavailableError, None),
+    "503": (ServerError, 503),
+    "429": (RateLimitError, 429),
+    "hang": (BackendTimeoutError, None),
+    "html": (ProtocolError, None),
+    "truncated": (ProtocolError, None),
+    "cut": (ProtocolError, None),
+}
+#: Faults that the remote layer retries (each retry is one more request at the proxy).
+RETRIED = {"503", "429", "hang"}
+
+
+def _calls(backend: ModelBackend, sampling: SamplingParams) -> dict[str, Callable[[], Any]]:
+    return {
+        "generate": lambda: backend.generate("Hi", sampling),
+        "stream": lambda: list(backend.stream("Hi", sampling)),
+        "agenerate": lambda: _arun(backend, lambda: backend.agenerate("Hi", sampling)),
+        "astream": lambda: _arun(backend, lambda: _collect(backend.astream("Hi", sampling))),
+    }
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_gives_one_error_class_and_a_one_line_message(
+    server_harness: Harness, fault: str
+) -> None:
+    error, status = FAULTS[fault]
+    assert server_harness.through is not None
+    sampling = GREEDY.replace(max_new_tokens=24)
+    # A short per-read timeout for the hang; elsewhere room for a slow CPU server to answer.
+    timeout = 0.5 if fault == "hang" else 60.0
+    with FaultProxy(server_harness.upstream, fault, hang=2.0, cut_after=150) as proxy:
+        backend = server_harness.through(proxy.url, timeout=timeout, max_retries=1)
+        with backend:
+            for call_name, call in _calls(backend, sampling).items():
+                before = proxy.hits
+                started = time.monotonic()
+                with pytest.raises(QwenBackendsError) as caught:
+                    call()
+                elapsed = time.monotonic() - started
+                where = f"{server_harness.name} {call_name} {fault}"
+                assert type(caught.value) is error, (where, repr(caught.value))
+                message = str(caught.value)
+                assert "\n" not in message and len(message) < 400, where
+                assert caught.value.backend == server_harness.name, where
+                assert caught.value.status_code == status, where
+                if fault == "refused":
+                    assert "not reachable" in message and elapsed < 5, where
+                    continue
+                attempts = proxy.hits - before
+                assert attempts == (2 if fault in RETRIED else 1), (where, attempts)
+                if fault == "hang":
+                    assert "QWEN_" in message and "TIMEOUT" in message, where
+
+
+def test_retry_after_is_honoured(server_harness: Harness) -> None:
+    assert server_harness.through is not None
+    with (
+        FaultProxy(server_harness.upstream, "429", retry_after=1.0) as proxy,
+        server_harness.through(proxy.url, max_retries=1) as backend,
+    ):
+        started = time.monotonic()
+        with pytest.raises(RateLimitError, match="gave up after 1 retries"):
+            backend.generate("Hi", GREEDY)
+        assert time.monotonic() - started >= 1.0
+        assert proxy.hits == 2
+
+
+def test_a_stream_cut_mid_way_keeps_the_text_received(server_harness: Harness) -> None:
+    assert server_harness.through is not None
+    sampling = GREEDY.replace(max_new_tokens=40)
+    with FaultProxy(server_harness.upstream, "pass") as proxy:
+        with server_harness.through(proxy.url) as backend:
+            whole = backend.generate("Hi", sampling).text
+        proxy.mode, proxy.cut_after = "cut", 900
+        received: list[str] = []
+        with (
+            server_harness.through(proxy.url, max_retries=0) as backend,
+            pytest.raises(ProtocolError) as caught,
+        ):
+            for piece in backend.stream("Hi", sampling):
+                received.append(piece)
+    assert received, "the cut should come after some text"
+    assert caught.value.partial_text == "".join(received)
+    assert whole.startswith(caught.value.partial_text)
+    assert "partial_text" in str(caught.value)
+
+
+def test_a_server_that_recovers_is_retried_transparently(server_harness: Harness) -> None:
+    assert server_harness.through is not None
+    expected = server_harness.backend.generate("Hi", GREEDY).text
+    with (
+        FaultProxy(server_harness.upstream, "503") as proxy,
+        server_harness.through(proxy.url, max_retries=3) as backend,
+    ):
+        flips: list[str] = []
+
+        def recover(delay: float) -> None:
+            flips.append("slept")
+            proxy.mode = "pass"
+
+        backend.remote.sleep = recover  # type: ignore[attr-defined]
+        assert backend.generate("Hi", GREEDY).text == expected
+    assert flips == ["slept"] and proxy.hits == 2
+
+
+# -- the same checkpoint gives the same answer and counts on hf and vllm ------------------------
+
+
+@pytest.mark.vllm
+def test_hf_and_vllm_agree_on_the_same_checkpoint(vllm_served: tuple[str, str]) -> None:
+    from qwen_backends import create_backend
+
+    base_url, model = vllm_served
+    with (
+        create_backend(backend="hf", model=model) as hf,
+        create_backend(backend="vllm", model=model, vllm={"base_url": base_url}) as vllm,
+    ):
+        for sampling in (GREEDY.replace(max_new_tokens=10), GREEDY.replace(max_new_tokens=3)):
+            for messages in ("Hi", CONVERSATION):
+                ours, theirs = hf.generate(messages, sampling), vllm.generate(messages, sampling)
+                assert ours.text == theirs.text
+                assert ours.prompt_tokens == theirs.prompt_tokens
+                assert (ours.completion_tokens, ours.finish_reason) == (
+                    theirs.completion_tokens,
+                    theirs.finish_reason,
+                )
+        full = hf.generate("Hi", GREEDY.replace(max_new_tokens=16)).text
+        stop = full[len(full) // 2 :][:2]
+        sampling = GREEDY.replace(max_new_tokens=16, stop=[stop])
+        ours, theirs = hf.generate("Hi", sampling), vllm.generate("Hi", sampling)
+        assert (ours.text, ours.finish_reason) == (theirs.text, theirs.finish_reason)
+        assert ours.completion_tokens == theirs.completion_tokens
