@@ -15,8 +15,10 @@ chat template renders Qwen3's ``<tools>`` block). Tool calls are read the same w
 the server was started with a tool parser (``--enable-auto-tool-choice --tool-call-parser
 hermes``): with one, from ``message.tool_calls`` (streamed deltas assembled by index); without
 one, the ``<tool_call>`` blocks stay in the content and are parsed here
-(:mod:`qwen_backends.tools`), in streams too. vLLM before 0.8 refuses ``tools`` without the
-parser flags (HTTP 400, reported as a one-line error).
+(:mod:`qwen_backends.tools`), in streams too. A server without a tool parser refuses the default
+``tool_choice`` (``auto``) with HTTP 400; the backend then resends with ``tool_choice="none"``
+(the template still renders the tools) and keeps doing so. History tool calls are sent with
+their arguments as a JSON string, as the OpenAI protocol requires.
 
 Failures go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
 error classes and retries as every server backend (the client's own retries are off). Answers
@@ -28,6 +30,7 @@ missing field) are :class:`~qwen_backends.errors.ProtocolError`, never a raw
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -87,6 +90,7 @@ def build_request(
     stream: bool = False,
     response_format: ResponseFormat | None = None,
     tools: Sequence[dict[str, Any]] = (),
+    tool_choice: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.chat.completions.create`` (sync and async alike).
 
@@ -106,6 +110,8 @@ def build_request(
         Output schema, sent as ``response_format`` of type ``json_schema``.
     tools
         OpenAI-style function specs, sent as ``tools``.
+    tool_choice
+        Sent with ``tools`` when given; ``None`` leaves the server's default (``auto``).
     """
     extra_body: dict[str, Any] = {
         "chat_template_kwargs": {"enable_thinking": False},
@@ -117,7 +123,7 @@ def build_request(
         extra_body["allowed_token_ids"] = list(allowed_token_ids)
     request: dict[str, Any] = {
         "model": model,
-        "messages": messages,
+        "messages": [_openai_message(message) for message in messages],
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_completion_tokens": sampling.max_new_tokens,
@@ -141,7 +147,31 @@ def build_request(
         }
     if tools:
         request["tools"] = list(tools)
+        if tool_choice is not None:
+            request["tool_choice"] = tool_choice
     return request
+
+
+def _openai_message(message: Message) -> Message:
+    """``message`` as the OpenAI protocol wants it: tool-call arguments as a JSON string."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    converted = []
+    for index, call in enumerate(calls):
+        function = dict(call.get("function", call))
+        arguments = function.get("arguments") or {}
+        converted.append(
+            {
+                "id": call.get("id") or f"call_{index}",
+                "type": "function",
+                "function": {
+                    "name": function.get("name"),
+                    "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                },
+            }
+        )
+    return {**message, "tool_calls": converted}
 
 
 class VLLMBackend(ModelBackend):
@@ -188,6 +218,8 @@ class VLLMBackend(ModelBackend):
         self._async_clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._english_ids: list[int] | None = None
+        #: ``None`` (the server's default, auto) until a server without a tool parser refuses it.
+        self._tool_choice: str | None = None
         self._served: list[str] | None = None
 
     @classmethod
@@ -226,22 +258,55 @@ class VLLMBackend(ModelBackend):
     # -- hooks --------------------------------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
-        body = self._body(request, stream=False)
         started = time.perf_counter()
-        client = self._sync_client()
-        response = self.remote.call(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
+        response = self._create(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
-        body = self._body(request, stream=True)
         started = time.perf_counter()
-        client = self._sync_client()
-        chunks = self.remote.call(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
+        chunks = self._create(request, stream=True)
         return self._stream_chunks(chunks, started, bool(request.tools))
+
+    def _create(self, request: Request, *, stream: bool) -> Any:
+        """``chat.completions.create`` for ``request`` (see :meth:`_tool_choice_fallback`)."""
+        client = self._sync_client()
+        for attempt in (1, 2):
+            body = self._body(request, stream=stream)
+            try:
+                create = functools.partial(client.chat.completions.create, **body)
+                return self.remote.call(create, self._status_errors)
+            except ConfigurationError as exc:
+                if attempt == 2 or not self._tool_choice_fallback(request, exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acreate(self, request: Request, *, stream: bool) -> Any:
+        """Async :meth:`_create`."""
+        client = self._async_client()
+        for attempt in (1, 2):
+            body = await self._abody(request, stream=stream)
+            try:
+                acreate = functools.partial(client.chat.completions.create, **body)
+                return await self.remote.acall(acreate, self._status_errors)
+            except ConfigurationError as exc:
+                if attempt == 2 or not self._tool_choice_fallback(request, exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tool_choice_fallback(self, request: Request, error: ConfigurationError) -> bool:
+        """Whether to resend with ``tool_choice="none"``: the server refused ``auto`` because
+        it has no tool parser. The template still renders the tools and the calls are parsed
+        here from the content, so the result is the same; remembered for this backend."""
+        if not request.tools or self._tool_choice is not None:
+            return False
+        if "enable-auto-tool-choice" not in str(error):
+            return False
+        logger.info(
+            "the vLLM server has no tool parser; sending tool_choice='none' and parsing tool "
+            "calls from the content"
+        )
+        self._tool_choice = "none"
+        return True
 
     def _stream_chunks(
         self, chunks: Any, started: float, tools: bool = False
@@ -260,21 +325,13 @@ class VLLMBackend(ModelBackend):
             chunks.close()
 
     async def _agenerate(self, request: Request) -> Generation:
-        body = await self._abody(request, stream=False)
         started = time.perf_counter()
-        client = self._async_client()
-        response = await self.remote.acall(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
+        response = await self._acreate(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
-        body = await self._abody(request, stream=True)
         started = time.perf_counter()
-        client = self._async_client()
-        chunks = await self.remote.acall(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
+        chunks = await self._acreate(request, stream=True)
         assembler = _StreamAssembler(self.remote, bool(request.tools))
         try:
             async for chunk in chunks:
@@ -306,6 +363,7 @@ class VLLMBackend(ModelBackend):
             stream=stream,
             response_format=request.response_format,
             tools=request.tools,
+            tool_choice=self._tool_choice,
         )
 
     async def _abody(self, request: Request, *, stream: bool) -> dict[str, Any]:

@@ -62,6 +62,28 @@ def test_the_request_carries_the_schema_and_the_tools() -> None:
     assert "response_format" not in plain and "tools" not in plain
 
 
+def test_history_tool_calls_carry_their_arguments_as_json_text() -> None:
+    history = [
+        {"role": "user", "content": "Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+            ],
+        },
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+    ]
+    body = build_request(
+        validate_messages(history), SamplingParams(), model="m", tools=(), tool_choice="none"
+    )
+    assert body["messages"][1]["tool_calls"] == [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    ]
+    assert body["messages"][0] is not None and body["messages"][2]["tool_call_id"] == "c1"
+    assert "tool_choice" not in body, "tool_choice goes only with tools"
+
+
 def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) -> Any:
     from openai.types.chat import ChatCompletion
 
