@@ -254,10 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif mode == "truncated":
                 data = response.read()
                 self._send(response.status, data[: max(1, len(data) // 2)], kept)
-            elif mode == "think":
-                self._send(response.status, _with_thinking(response.read()), kept)
-            elif mode == "tool_call":
-                self._send(response.status, _with_thinking(response.read(), _CALL_PIECES), kept)
+            elif mode in ("think", "tool_call"):
+                data = response.read()
+                if response.status == 200:  # an error answer (a 400) goes back unchanged
+                    pieces = _THINK_PIECES if mode == "think" else _CALL_PIECES
+                    data = _with_thinking(data, pieces)
+                self._send(response.status, data, kept)
             else:  # cut
                 self._cut(response, kept, chunked)
         finally:
