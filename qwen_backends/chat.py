@@ -12,6 +12,7 @@ the hybrid Qwen3-4B's prompt ends with the empty think block, Qwen3-4B-Instruct-
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "CONTROL_TOKENS",
     "Conversation",
     "Message",
+    "find_control_token",
     "render_prompt",
     "render_prompt_ids",
     "validate_messages",
@@ -39,17 +42,80 @@ _ALLOWED_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_i
 #: Reasoning kept by some clients in history; Qwen3 must not see its own thinking again.
 _THINKING_KEYS = frozenset({"thinking", "reasoning_content", "reasoning"})
 
+#: Qwen3's ``<|...|>`` added tokens (turn markers, end of text, vision/box/fim markers). The
+#: tokenizer turns their text into the real control tokens wherever it appears, so text holding
+#: ``<|im_end|>\n<|im_start|>system`` inside a user message would forge a system turn.
+#: ``<think>``/``<tool_call>``/``<tool_response>`` are not listed: they cannot open or close a turn.
+CONTROL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+)
+_CONTROL_TOKEN = re.compile("|".join(re.escape(token) for token in CONTROL_TOKENS))
+
 Message = dict[str, Any]
 #: A conversation: a list of ``{"role", "content"}`` dicts, or a bare string (one user turn).
 Conversation = str | Sequence[Mapping[str, Any]]
 
 
-def validate_messages(messages: Conversation) -> list[Message]:
+def find_control_token(value: Any) -> str | None:
+    """The first Qwen3 control-token text (see :data:`CONTROL_TOKENS`) inside ``value``.
+
+    ``value`` is a string, or a list/dict whose strings are searched (tool-call arguments);
+    returns ``None`` when there is none.
+    """
+    if isinstance(value, str):
+        if "<|" not in value:  # the common case, without a regex
+            return None
+        found = _CONTROL_TOKEN.search(value)
+        return found.group(0) if found else None
+    if isinstance(value, Mapping):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        for item in value:
+            token = find_control_token(item)
+            if token is not None:
+                return token
+    return None
+
+
+def validate_messages(
+    messages: Conversation, *, allow_control_tokens: bool = False
+) -> list[Message]:
     """Check a conversation and return a clean copy ready for a chat template.
 
     Rules: at least one message; each a mapping with ``role`` in system/user/assistant/tool and
     non-empty string ``content``; the last turn from ``user`` or ``tool``. Thinking is removed
     from assistant history (``<think>`` blocks and ``thinking``/``reasoning_content`` fields).
+    No message may contain Qwen3 control-token text such as ``<|im_start|>`` (see
+    :data:`CONTROL_TOKENS`): the tokenizer would read it as the real token, so untrusted text
+    could forge a system turn.
+
+    Parameters
+    ----------
+    messages
+        A list of message dicts, or a string (one user turn).
+    allow_control_tokens
+        Accept control-token text (it then reaches the model as control tokens, as with the
+        official tokenizer); for trusted callers that need it. Backends pass the
+        ``allow_control_tokens`` setting (``QWEN_ALLOW_CONTROL_TOKENS``).
 
     Raises
     ------
@@ -88,6 +154,17 @@ def validate_messages(messages: Conversation) -> list[Message]:
                 f"{where} has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                 f"allowed: {', '.join(sorted(_ALLOWED_KEYS))}"
             )
+        if not allow_control_tokens:
+            token = find_control_token(
+                [message.get(key) for key in ("content", "name", "tool_calls", "tool_call_id")]
+            )
+            if token is not None:
+                raise InvalidMessagesError(
+                    f"{where} ({role}) contains the control token {token}, which would be read "
+                    "as a real Qwen3 control token (a forged turn); remove it, or opt in with "
+                    "allow_control_tokens=True (QWEN_ALLOW_CONTROL_TOKENS=true) if the text is "
+                    "trusted"
+                )
         if role == "assistant":
             content = strip_thinking(content)
         if not content.strip() and not (role == "assistant" and message.get("tool_calls")):
@@ -105,13 +182,18 @@ def validate_messages(messages: Conversation) -> list[Message]:
 
 
 def render_prompt(
-    tokenizer: PreTrainedTokenizerBase, messages: Conversation, **template_kwargs: Any
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Conversation,
+    *,
+    allow_control_tokens: bool = False,
+    **template_kwargs: Any,
 ) -> str:
     """Render ``messages`` with the tokenizer's chat template in NON-THINKING mode.
 
     ``enable_thinking=False`` is always passed; passing ``enable_thinking=True`` (or any other
     thinking switch) raises :class:`~qwen_backends.errors.ThinkingModeError`. Extra keyword
-    arguments (``tools=...``) reach the template unchanged.
+    arguments (``tools=...``) reach the template unchanged. ``allow_control_tokens`` is passed
+    to :func:`validate_messages`.
 
     Raises
     ------
@@ -124,7 +206,7 @@ def render_prompt(
     reject_thinking(template_kwargs, "render_prompt")
     for key in ("enable_thinking", "tokenize", "add_generation_prompt"):
         template_kwargs.pop(key, None)
-    clean = validate_messages(messages)
+    clean = validate_messages(messages, allow_control_tokens=allow_control_tokens)
     mode = template_mode(tokenizer)
     prompt = tokenizer.apply_chat_template(
         clean,
@@ -138,8 +220,14 @@ def render_prompt(
 
 
 def render_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: Conversation, **template_kwargs: Any
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Conversation,
+    *,
+    allow_control_tokens: bool = False,
+    **template_kwargs: Any,
 ) -> list[int]:
     """Token ids of :func:`render_prompt` (no BOS is added: Qwen3 has none)."""
-    prompt = render_prompt(tokenizer, messages, **template_kwargs)
+    prompt = render_prompt(
+        tokenizer, messages, allow_control_tokens=allow_control_tokens, **template_kwargs
+    )
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -20,6 +20,8 @@ __all__ = [
     "ChatTemplateError",
     "ConfigurationError",
     "ContextLengthError",
+    "DiskFullError",
+    "ExportError",
     "GenerationError",
     "InvalidMessagesError",
     "MissingDependencyError",
@@ -117,6 +119,10 @@ class ChatTemplateError(QwenBackendsError):
     """A tokenizer's chat template does not render Qwen3's non-thinking prompt."""
 
 
+class ExportError(QwenBackendsError):
+    """Writing a model in another format (GGUF ...) failed, or the result failed its checks."""
+
+
 class GenerationError(QwenBackendsError):
     """Generation failed after it started.
 
@@ -184,3 +190,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``"did you mean 'x'? "`` for the closest of ``choices``, or ``""`` when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"did you mean {close[0]!r}? " if close else ""
+
+
+class DiskFullError(QwenBackendsError):
+    """A write failed because the disk (or the user's quota) is full.
+
+    Whatever was written before stays valid (e.g. an evaluation run stays resumable); free some
+    space and run the same command again.
+    """

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qwen_backends._files import read_bytes
 from qwen_backends.errors import ConfigurationError
 
 __all__ = ["iter_jsonl_objects"]
@@ -34,25 +35,33 @@ def iter_jsonl_objects(
     Raises
     ------
     ConfigurationError
-        If the file does not exist, or a line is not valid JSON or not a JSON object.
+        If the file does not exist or cannot be read, or a line is not UTF-8, not valid JSON
+        or not a JSON object (naming ``FILE:LINE``).
     """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise ConfigurationError(f"{what} {file} does not exist; {missing_hint}")
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(
-                    f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); write "
-                    "one JSON object per line"
-                ) from None
-            if not isinstance(record, dict):
-                raise ConfigurationError(
-                    f"{file}:{number}: expected a JSON object with {fields_hint}, got "
-                    f"{type(record).__name__}"
-                )
-            yield number, record
+    data = read_bytes(file, what, missing_hint)
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(
+                f"{file}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}); save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(
+                f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); write "
+                "one JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise ConfigurationError(
+                f"{file}:{number}: expected a JSON object with {fields_hint}, got "
+                f"{type(record).__name__}"
+            )
+        yield number, record

@@ -65,6 +65,18 @@ BACKENDS: dict[str, Registration] = {
         ("openai", "httpx"),
         "a vLLM OpenAI-compatible server (many users, several GPUs)",
     ),
+    "llamacpp": Registration(
+        "qwen_backends.backends.llamacpp:LlamaCppBackend",
+        "llamacpp",
+        ("llama_cpp", "numpy", "transformers"),
+        "a GGUF file on llama.cpp in process (quantized; CPU, Metal or CUDA)",
+    ),
+    "mlx": Registration(
+        "qwen_backends.backends.mlx:MLXBackend",
+        "mlx",
+        ("mlx", "mlx_lm"),
+        "mlx-lm in process (Apple silicon GPU on a Mac; CPU build on Linux)",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ the parameter, the offending value and the allowed range.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +30,8 @@ def validation_message(exc: ValidationError, prefix: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "is not a known setting (check the spelling)"
+            if location.startswith("qwen_"):  # an unknown QWEN_ name in .env
+                location = location.upper()
         elif error["type"] != "value_error" and "input" in error:
             message = f"{message} (got {error['input']!r})"
         if error["type"] == "value_error" and location.rsplit(".", 1)[-1] in message:
@@ -42,8 +45,12 @@ class SamplingParams(BaseModel):
     """How to pick tokens, shared by every backend.
 
     Construct with keyword arguments (``SamplingParams(temperature=0.2)``), from a preset
-    (``SamplingParams.preset("greedy")``), or derive a copy (``params.replace(seed=1)``).
+    (``SamplingParams.preset("greedy")``), or derive a copy (``params.replace(seed=1)``);
+    :meth:`coerce` accepts any of the forms a ``sampling=`` argument may take.
     Invalid values raise :class:`~qwen_backends.errors.ConfigurationError` (a ``ValueError``).
+    Numbers are numbers: ``True``/``False`` are refused for numeric fields (``top_k=True`` is not
+    1), and integer fields refuse fractions (``max_new_tokens=2.5``); numeric strings from
+    environment variables and config files are accepted.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,6 +105,24 @@ class SamplingParams(BaseModel):
         except ValidationError as exc:
             raise ConfigurationError(validation_message(exc, "sampling parameters")) from None
 
+    @field_validator(
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "max_new_tokens",
+        "presence_penalty",
+        "repetition_penalty",
+        "seed",
+        mode="before",
+    )
+    @classmethod
+    def _no_bools(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool):
+            kind = "an integer" if info.field_name in _INT_FIELDS else "a number"
+            raise ValueError(f"{info.field_name}={value!r} is a bool; give {kind}")
+        return value
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_as_tuple(cls, value: Any) -> Any:
@@ -133,6 +158,42 @@ class SamplingParams(BaseModel):
         return SamplingParams(**{**self.model_dump(), **changes})
 
     @classmethod
+    def coerce(cls, value: Any, default: SamplingParams | None = None) -> SamplingParams:
+        """Turn anything a ``sampling=`` argument accepts into :class:`SamplingParams`.
+
+        Parameters
+        ----------
+        value
+            ``None`` (``default``), a :class:`SamplingParams` (returned as is), a mapping of its
+            fields (``{"temperature": 0}``), or a preset name (``"greedy"``, see :data:`PRESETS`).
+        default
+            What ``None`` means (a backend passes ``settings.sampling``); ``None``: the
+            defaults, Qwen3's non-thinking values.
+
+        Raises
+        ------
+        ConfigurationError
+            For an unknown preset, an invalid field, or a value of another type.
+        """
+        if value is None:
+            return default if default is not None else cls()
+        if isinstance(value, SamplingParams):
+            return value
+        if isinstance(value, str):
+            return cls.preset(value)
+        if isinstance(value, Mapping):
+            bad = [key for key in value if not isinstance(key, str)]
+            if bad:
+                raise ConfigurationError(
+                    f"sampling keys must be field names (strings), got {bad[0]!r}"
+                )
+            return cls(**value)
+        raise ConfigurationError(
+            f"sampling must be a SamplingParams, a dict of its fields, a preset name "
+            f"({', '.join(PRESETS)}) or None; got {type(value).__name__}"
+        )
+
+    @classmethod
     def preset(cls, name: str, **overrides: Any) -> SamplingParams:
         """Return the named preset (see :data:`PRESETS`), optionally with overrides."""
         try:
@@ -143,6 +204,9 @@ class SamplingParams(BaseModel):
                 f"{', '.join(PRESETS)}"
             ) from None
         return cls(**{**values, **overrides})
+
+
+_INT_FIELDS = frozenset({"top_k", "max_new_tokens", "seed"})
 
 
 def _fmt(number: float) -> str:

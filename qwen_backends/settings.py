@@ -10,15 +10,24 @@ Sources, highest precedence first:
    the working directory has one;
 5. the defaults below.
 
-``QWEN_MODEL`` (or ``model=``) replaces the model of whichever backend is selected; backends
-read :attr:`Settings.model_name`. Thinking mode
+``QWEN_FAMILY`` picks the Qwen3-4B release (hybrid ``qwen3-4b`` or ``qwen3-4b-instruct-2507``):
+every backend's default model comes from one table, :data:`qwen_backends.family.FAMILIES`, so
+switching backend switches only the runtime. A section's ``model`` (``QWEN_HF__MODEL``) overrides
+the table for that backend, and ``QWEN_MODEL`` (or ``model=``) replaces the model of whichever
+backend is selected; backends read :attr:`Settings.model_name`. Thinking mode
 cannot be switched on from any source: ``QWEN_ENABLE_THINKING=true`` is an error.
+
+Only ``QWEN_``-prefixed lines of ``.env`` are read (the file may hold other tools' variables);
+an unknown ``QWEN_`` name is an error. Server addresses may carry credentials
+(``http://user:secret@host``): everything printed masks them with :func:`mask_url`.
 """
 
 from __future__ import annotations
 
 import contextvars
+import io
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,12 +41,15 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
+from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
 from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
+from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
 from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams, validation_message
 from qwen_backends.thinking import reject_thinking
@@ -48,8 +60,11 @@ __all__ = [
     "OLLAMA_NON_THINKING_TAGS",
     "EvaluationSettings",
     "HFSettings",
+    "LlamaCppSettings",
+    "MLXSettings",
     "OllamaSettings",
     "Section",
+    "ServeSettings",
     "Settings",
     "UnslothSettings",
     "VLLMSettings",
@@ -57,6 +72,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
+#: The dotenv file read from the working directory (only its ``QWEN_`` lines).
+ENV_FILE = Path(".env")
 #: Qwen3-4B's native context; YaRN (factor 4) extends it to 4x this.
 NATIVE_CONTEXT = 32_768
 YARN_FACTOR = 4.0
@@ -75,7 +92,11 @@ class Section(BaseModel):
 class HFSettings(Section):
     """The Hugging Face transformers backend (``backend="hf"``)."""
 
-    model: str = Field("Qwen/Qwen3-4B", description="Hub id or local directory of the model.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id or local directory of the model (default: the family's).",
+    )
     revision: str | None = Field(None, description="Hub branch, tag or commit to load.")
     device: str = Field(
         "auto", description="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:N, mps or cpu."
@@ -108,33 +129,55 @@ class HFSettings(Section):
 
 
 #: The non-thinking Qwen3-4B build to use instead of a thinking-only one (hub id).
-INSTRUCT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+INSTRUCT_MODEL = FAMILIES["qwen3-4b-instruct-2507"].hf
 #: Ollama tags of Qwen3-4B-Instruct-2507, the non-thinking build Ollama's maintainers point
 #: non-thinking users to (plain ``qwen3:4b`` was re-pointed to the thinking-only 2507 build).
-OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = ("qwen3:4b-instruct-2507-q4_K_M", "qwen3:4b-instruct")
+OLLAMA_NON_THINKING_TAGS: tuple[str, ...] = (
+    FAMILIES["qwen3-4b-instruct-2507"].ollama,
+    OLLAMA_INSTRUCT_ALIAS,
+)
 
 
 class OllamaSettings(Section):
     """The Ollama backend (``backend="ollama"``)."""
 
-    model: str = Field(
-        OLLAMA_NON_THINKING_TAGS[0],
-        description="Ollama tag. NOT plain qwen3:4b, which now points to a thinking-only build.",
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Ollama tag (default: the family's). NOT plain qwen3:4b, which now points "
+        "to a thinking-only build.",
     )
     host: str = Field(
         default_factory=lambda: os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434",
-        description="Server address (default: OLLAMA_HOST, else http://127.0.0.1:11434).",
+        validate_default=True,
+        description="Server address (default: OLLAMA_HOST, else http://127.0.0.1:11434); "
+        "HOST:PORT without a scheme means http://HOST:PORT, as for Ollama itself.",
     )
-    timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned.")
+    timeout: float = Field(
+        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+    )
     keep_alive: str = Field("5m", description="How long the server keeps the model loaded.")
     num_ctx: int = Field(8192, ge=256, description="Context window the server allocates.")
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() and "://" not in value:
+            # Ollama's own conventions for OLLAMA_HOST: no scheme means http, no host localhost.
+            value = value.strip()
+            value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
+        return _check_http_url(value, "ollama.host", "http://127.0.0.1:11434")
 
 
 class UnslothSettings(Section):
     """The Unsloth backend (``backend="unsloth"``, GPU only)."""
 
-    model: str = Field("unsloth/Qwen3-4B", description="Hub id or local directory.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id or local directory (default: the family's Unsloth repo).",
+    )
     max_seq_length: int = Field(2048, ge=1, description="Longest sequence Unsloth prepares for.")
     load_in_4bit: bool = Field(True, description="Load weights in 4 bits (bitsandbytes).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -146,16 +189,97 @@ class UnslothSettings(Section):
 class VLLMSettings(Section):
     """The vLLM backend (``backend="vllm"``): an OpenAI-compatible vLLM server."""
 
-    model: str = Field("Qwen/Qwen3-4B", description="Model name the server serves.")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="Server's OpenAI API root.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name the server serves (default: the family's hub id).",
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="Server's OpenAI API root (http:// or https://)."
+    )
     api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key (--api-key of vllm).")
-    timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned.")
+    timeout: float = Field(
+        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+    )
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
     tokenizer: str | None = Field(
         None,
         description="Tokenizer for english_only (hub id, directory or 'offline'); default: the "
         "model name (set it when the server uses --served-model-name).",
     )
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _base_url(cls, value: Any) -> Any:
+        return _check_http_url(value, "vllm.base_url", "http://127.0.0.1:8000/v1")
+
+
+class MLXSettings(Section):
+    """The MLX backend (``backend="mlx"``): mlx-lm in process (Apple GPU; CPU on Linux)."""
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Hub id or local directory of an MLX or Hugging Face-format Qwen3 model "
+        "(convert one with `qwen-backends export mlx`); default: the family's MLX 4-bit build.",
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit to load.")
+    max_context: int = Field(
+        NATIVE_CONTEXT, ge=1, description="Context window in tokens (prompt + new tokens)."
+    )
+    local_files_only: bool = Field(False, description="Never touch the network; use the cache.")
+    token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
+
+
+class LlamaCppSettings(Section):
+    """The llama.cpp backend (``backend="llamacpp"``): a GGUF file run in process."""
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="A local .gguf file, or a hub repo holding GGUFs (with `filename`); default: "
+        "the family's Q4_K_M GGUF repo (its embedded template is checked when loaded).",
+    )
+    filename: str | None = Field(
+        None,
+        min_length=1,
+        description="File name or glob pattern of the GGUF inside a hub repo `model` "
+        "(default: the family's, *Q4_K_M.gguf).",
+    )
+    tokenizer: str = Field(
+        "offline",
+        description="Vocabulary used to render prompts and decode answers when no Hugging Face "
+        "tokenizer folder sits beside the GGUF: 'offline' (byte-exact Qwen3), a hub id or a "
+        "folder. The chat template always comes from the GGUF itself.",
+    )
+    n_ctx: int = Field(
+        NATIVE_CONTEXT,
+        ge=16,
+        description="Context window in tokens (prompt + new tokens); llama.cpp allocates its "
+        "KV cache up front: ~4.5 GB for Qwen3-4B at 32,768 in f16, lower it on small machines.",
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="Threads for generation (None: llama.cpp's choice)."
+    )
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="Threads for reading the prompt (None: llama.cpp's choice)."
+    )
+    n_gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description="Layers offloaded to Metal/CUDA when llama-cpp-python was built with them; "
+        "-1 offloads all, 0 runs on the CPU.",
+    )
+    last_n_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Window of generated tokens that presence_penalty and repetition_penalty "
+        "look at (None: every generated token; prompt tokens never count).",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
+    )
+    verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
 
 
 class EvaluationSettings(Section):
@@ -176,30 +300,73 @@ class EvaluationSettings(Section):
     limit: int | None = Field(None, ge=1, description="Run only the first N prompts of the set.")
 
 
+class ServeSettings(Section):
+    """The OpenAI-compatible server (``qwen-backends serve``)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind. Any address but loopback (127.0.0.1, ::1, localhost) "
+        "needs api_key.",
+    )
+    port: int = Field(8000, ge=0, le=65_535, description="TCP port (0 picks a free one).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Clients must send 'Authorization: Bearer KEY'; required for a non-loopback "
+        "host. Never logged.",
+    )
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="In-process backends run one generation at a time; this many more requests "
+        "may wait, further ones get 503 with Retry-After.",
+    )
+    shutdown_timeout: int = Field(
+        10,
+        ge=0,
+        description="Seconds a stopping server (SIGTERM, Ctrl-C) lets in-flight requests finish "
+        "before cancelling them.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything qwen-backends needs to know, resolved from all sources (see module docs)."""
 
     model_config = SettingsConfigDict(
         env_prefix="QWEN_",
         env_nested_delimiter="__",
-        env_file=".env",
-        env_file_encoding="utf-8",
+        # .env is read by _QwenDotEnvSource (QWEN_ lines only), not by pydantic-settings.
+        env_file=None,
         extra="forbid",
         validate_default=True,
     )
 
     backend: str = Field("hf", description="Which runtime to use: " + ", ".join(BACKENDS) + ".")
+    family: FamilyName = Field(
+        DEFAULT_FAMILY,
+        description="Which Qwen3-4B release every backend runs by default: qwen3-4b (the hybrid "
+        "Qwen/Qwen3-4B, run with enable_thinking=False) or qwen3-4b-instruct-2507 "
+        "(Qwen/Qwen3-4B-Instruct-2507, non-thinking only).",
+    )
     model: str | None = Field(
         None, description="Overrides the model of the selected backend (QWEN_MODEL)."
     )
     enable_thinking: Literal[False] = Field(
         False, description="Always false: Qwen3 runs in non-thinking mode only."
     )
+    allow_control_tokens: bool = Field(
+        False,
+        description="Let message content contain Qwen3 control-token text such as <|im_start|> "
+        "(it is tokenized as the real control token, so untrusted text could forge turns); "
+        "off by default: such messages are refused.",
+    )
     hf: HFSettings = Field(default_factory=HFSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
+    mlx: MLXSettings = Field(default_factory=MLXSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
     def __init__(self, **values: Any) -> None:
@@ -233,7 +400,12 @@ class Settings(BaseSettings):
     def _model_name(cls, value: Any) -> Any:
         # Config files may write ``model: {name: ...}``.
         if isinstance(value, dict) and set(value) == {"name"}:
-            return value["name"]
+            value = value["name"]
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "model is empty (QWEN_MODEL= or model: ''); give a model name, or unset it to "
+                "use the selected backend's model"
+            )
         return value
 
     @field_validator("sampling", mode="before")
@@ -256,9 +428,24 @@ class Settings(BaseSettings):
 
     @property
     def model_name(self) -> str:
-        """The model the selected backend loads: ``model`` (QWEN_MODEL) if set, else its own."""
-        model: str = self.model or getattr(self.selected, "model")  # noqa: B009
-        return model
+        """The model the selected backend loads.
+
+        ``model`` (QWEN_MODEL) if set, else the section's own ``model``, else the family's
+        default for the backend (:data:`qwen_backends.family.FAMILIES`).
+        """
+        return self.model or self.default_model(self.backend)
+
+    def default_model(self, backend: str) -> str:
+        """The model ``backend`` runs without ``QWEN_MODEL``: its section's, else the family's."""
+        section = getattr(self, backend, None)
+        own = getattr(section, "model", None)
+        return own if isinstance(own, str) and own else FAMILIES[self.family].model_for(backend)
+
+    @property
+    def gguf_filename(self) -> str:
+        """The GGUF file pattern the llamacpp backend picks in a hub repo (its own, else the
+        family's)."""
+        return self.llamacpp.filename or FAMILIES[self.family].gguf_file
 
     def replace(self, **overrides: Any) -> Settings:
         """Return new settings with ``overrides`` merged over these (nested dicts merge)."""
@@ -267,14 +454,21 @@ class Settings(BaseSettings):
         return Settings(**deep_merge(self.model_dump(), overrides))
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data with secrets masked (safe to print or log)."""
-        return self.model_dump(mode="json")
+        """The settings as plain data with secrets masked (safe to print or log).
+
+        Secret fields print as ``**********`` and credentials inside server URLs are masked
+        with :func:`mask_url`.
+        """
+        data = self.model_dump(mode="json")
+        data["ollama"]["host"] = mask_url(data["ollama"]["host"])
+        data["vllm"]["base_url"] = mask_url(data["vllm"]["base_url"])
+        return data
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Settings:
         """Load settings with ``path`` as the YAML layer (environment still overrides it)."""
         config = Path(path)
-        if not config.is_file():
+        if not config.exists():
             raise ConfigurationError(f"config file {config} does not exist; check the path")
         token = _config_file_override.set(config)
         try:
@@ -292,10 +486,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Add the YAML layer below ``.env`` (see the module docs for the order)."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        env_file = getattr(dotenv_settings, "env_file", None) or ENV_FILE
+        dotenv = _QwenDotEnvSource(settings_cls, env_file)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv]
         config_file = config_file_path()
         if config_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            values = load_yaml_mapping(
+                config_file, "config file", "backend:, model:, hf:, ollama:, sampling:, ..."
+            )
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
         return (*sources, file_secret_settings)
 
 
@@ -306,24 +505,16 @@ def config_file_path() -> Path | None:
         return explicit
     named = os.environ.get("QWEN_CONFIG")
     if named:
+        if Path(named).is_dir():
+            raise ConfigurationError(
+                f"QWEN_CONFIG names {named}, which is a directory; name a YAML file"
+            )
         if not Path(named).is_file():
             raise ConfigurationError(
                 f"QWEN_CONFIG names {named}, which does not exist; fix the path or unset it"
             )
         return Path(named)
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any credentials (``user:password@``) replaced by ``***@``, safe to print."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return url
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}{slash}{path}"
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -335,3 +526,119 @@ def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any credentials masked, safe to print.
+
+    The ``user:password@`` part becomes ``***@`` and the values of query parameters that look
+    like secrets (``key``, ``token``, ``secret``, ``password``, ``auth`` in the name) become
+    ``***``; anything else, including text that is not a URL, is returned unchanged.
+
+    Examples
+    --------
+    >>> mask_url("https://bob:hunter2@gpu.example.com:8000/v1?api_key=abc&x=1")
+    'https://***@gpu.example.com:8000/v1?api_key=***&x=1'
+    """
+    if "://" not in url and "@" in url:  # host:port without a scheme (Ollama's convention)
+        return mask_url("http://" + url).removeprefix("http://")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        secret = ("key", "token", "secret", "password", "auth")
+        if any(word in name.lower() for name, _ in pairs for word in secret):
+            query = "&".join(
+                f"{name}=***" if any(word in name.lower() for word in secret) else f"{name}={value}"
+                for name, value in pairs
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _check_http_url(value: Any, name: str, example: str) -> Any:
+    """Refuse a server address that is not an ``http(s)://HOST`` URL (before any retry)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(
+            f"{name}={mask_url(value)!r} is not a valid URL ({exc}); write it like {example}"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{name}={mask_url(value)!r} is not an http:// or https:// URL with a host; write it "
+            f"like {example}"
+        )
+    return value.strip()
+
+
+class _QwenDotEnvSource(DotEnvSettingsSource):
+    """``.env`` reading that takes only ``QWEN_`` lines, and names FILE:LINE for broken ones.
+
+    A ``.env`` is often shared with other tools (``OPENAI_API_KEY``, ``DATABASE_URL``); their
+    lines are none of our business, even ones python-dotenv cannot parse. A ``QWEN_`` line that
+    does not parse, and an unknown ``QWEN_`` name, are errors.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], env_file: Any) -> None:
+        self._qwen_env_file = env_file
+        super().__init__(settings_cls, env_file=env_file)
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        files = self._qwen_env_file
+        if files is None:
+            return {}
+        if isinstance(files, str | os.PathLike):
+            files = [files]
+        values: dict[str, str | None] = {}
+        for name in files:
+            path = Path(name).expanduser()
+            if path.is_file():
+                values.update(_read_dotenv(path))
+        return values
+
+
+#: QWEN_ variables that are not settings: they are read before (or outside) the settings.
+_PROCESS_ONLY = frozenset({"QWEN_CONFIG", "QWEN_BACKENDS_CACHE"})
+
+
+def _read_dotenv(path: Path) -> dict[str, str | None]:
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    text = decode_utf8(read_bytes(path, "env file"), path, "the env file")
+    kept: list[str] = []
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.string
+        ours = "QWEN_" in line.upper()
+        if binding.error:
+            if ours:
+                raise ConfigurationError(
+                    f"{path}:{binding.original.line}: cannot parse {line.strip()!r}; write "
+                    "QWEN_NAME=value"
+                )
+            continue  # another tool's line
+        key = binding.key
+        if key is not None and key.upper() in _PROCESS_ONLY:
+            raise ConfigurationError(
+                f"{path}:{binding.original.line}: {key} is read from the environment only, not "
+                f"from .env; export it (or, for QWEN_CONFIG, pass --config)"
+            )
+        if key is not None and key.upper().startswith("QWEN_") and binding.value is None:
+            raise ConfigurationError(
+                f"{path}:{binding.original.line}: {key} has no value; write {key}=value or "
+                "remove the line"
+            )
+        kept.append(line)
+    values = dotenv_values(stream=io.StringIO("".join(kept)), interpolate=True)
+    return {key.lower(): value for key, value in values.items() if key.upper().startswith("QWEN_")}

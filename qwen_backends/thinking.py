@@ -37,6 +37,7 @@ __all__ = [
     "ThinkingStreamFilter",
     "check_generation_prompt",
     "longest_partial_suffix",
+    "prompt_mode",
     "reject_thinking",
     "strip_thinking",
     "template_mode",
@@ -137,6 +138,17 @@ def check_generation_prompt(prompt: str, mode: TemplateMode, source: str) -> Non
         )
 
 
+def prompt_mode(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
+    """The template mode a rendered probe ``prompt`` shows (for templates rendered elsewhere).
+
+    ``prompt`` is a one-user-turn conversation rendered with ``add_generation_prompt`` and
+    ``enable_thinking=False`` (e.g. by a vLLM server's ``/tokenize``); ``switchable`` says
+    whether the template has an ``enable_thinking`` switch (a hybrid that ignored it would
+    otherwise look like Instruct-2507). Same rules and errors as :func:`template_mode`.
+    """
+    return _refuse_thinking_only(_mode_of(prompt, switchable=switchable, source=source), source)
+
+
 def _mode_of(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
     _, found, tail = prompt.rpartition(GENERATION_PROMPT)
     if found and tail == EMPTY_THINK_BLOCK:
@@ -160,14 +172,14 @@ def _mode_of(prompt: str, *, switchable: bool, source: str) -> TemplateMode:
 
 def _refuse_thinking_only(mode: TemplateMode, source: str) -> TemplateMode:
     if mode is TemplateMode.THINKING_ONLY:
-        # settings imports this module: the model names are read when needed.
-        from qwen_backends.settings import INSTRUCT_MODEL, HFSettings
+        from qwen_backends.family import DEFAULT_FAMILY, FAMILIES
 
-        hybrid = HFSettings.model_fields["model"].default
+        instruct = FAMILIES["qwen3-4b-instruct-2507"]
         raise ThinkingModeError(
             f"{source!r} is a thinking-only model (its template opens <think> whatever "
             "enable_thinking says), and qwen-backends runs non-thinking only; use "
-            f"{INSTRUCT_MODEL} or the hybrid {hybrid}"
+            f"{instruct.hf} (QWEN_FAMILY={instruct.name}) or the hybrid "
+            f"{FAMILIES[DEFAULT_FAMILY].hf}"
         )
     return mode
 

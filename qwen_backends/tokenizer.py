@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from qwen_backends._cache import build_once, cache_dir
 from qwen_backends.errors import MissingDependencyError, ModelNotFoundError
-from qwen_backends.settings import HFSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -84,7 +83,7 @@ def load_tokenizer(
     ----------
     source
         A hub id, a local directory, or ``"offline"``; ``None`` means the hf backend's default
-        model.
+        model (the family's, see :class:`~qwen_backends.settings.Settings`).
     revision, token, local_files_only
         Passed to ``AutoTokenizer.from_pretrained`` for hub sources.
 
@@ -100,9 +99,30 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     if source is None:
-        source = HFSettings.model_fields["model"].default
+        from qwen_backends.settings import Settings
+
+        source = Settings().default_model("hf")
     if source == OFFLINE:
         return AutoTokenizer.from_pretrained(str(offline_tokenizer_dir()))
+    local = Path(source).expanduser()
+    if source.startswith((".", "/", "~", "\\")) and not local.exists():
+        raise ModelNotFoundError(
+            f"tokenizer directory {source!r} does not exist; fix the path, give a hub id, or use "
+            f"the byte-exact offline Qwen3-4B tokenizer: load_tokenizer('{OFFLINE}') / "
+            f"--tokenizer {OFFLINE}"
+        )
+    if local.is_file():
+        raise ModelNotFoundError(
+            f"{source!r} is a file; pass the directory that holds tokenizer.json (or a hub id, "
+            f"or {OFFLINE})"
+        )
+    if local.is_dir() and not any(
+        (local / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        raise ModelNotFoundError(
+            f"{source!r} holds no tokenizer (no tokenizer.json or tokenizer_config.json); pass "
+            f"a model or tokenizer directory, a hub id, or {OFFLINE}"
+        )
     try:
         return AutoTokenizer.from_pretrained(
             source, revision=revision, token=token, local_files_only=local_files_only

@@ -37,7 +37,9 @@ Every setting of `qwen_backends.settings.Settings`. Sources, highest precedence 
 
 1. keyword arguments: `Settings(backend="ollama")`, `create_backend(sampling={"temperature": 0})`;
 2. environment variables (the **variable** column): prefix `QWEN_`, `__` between levels;
-3. a `.env` file in the working directory (same names);
+3. a `.env` file in the working directory (same names; only its `QWEN_` lines are read, so it
+   may hold other tools' variables such as `OPENAI_API_KEY`; an unknown `QWEN_` name or a
+   `QWEN_` line that does not parse is an error naming `.env:LINE`);
 4. a YAML file (the **key** column, dots are nesting levels): the file `QWEN_CONFIG` names,
    or `--config FILE`, else `configs/default.yaml` when the working directory has one;
 5. the defaults below.
@@ -45,6 +47,15 @@ Every setting of `qwen_backends.settings.Settings`. Sources, highest precedence 
 Unknown keys, out-of-range values and misspelt backends are one-line errors. `QWEN_MODEL` (YAML:
 `model: NAME` or `model: {name: NAME}`) replaces the model of whichever backend is selected.
 List values in environment variables are written as JSON: `QWEN_SAMPLING__STOP='["END"]'`.
+
+Values are checked when the settings load, not when a backend first uses them: an empty
+`QWEN_MODEL=` is an error (unset it for the default), timeouts must be finite positive numbers
+(`inf`/`nan` are refused), integer fields refuse `true`/`false` and fractions, and
+`vllm.base_url` must be an `http://` or `https://` URL (`ollama.host` may be written
+`HOST:PORT`, meaning `http://HOST:PORT`, as for Ollama itself). A YAML file that does not parse
+names `FILE:LINE:COLUMN`. Credentials inside server URLs (`http://user:key@host`) are masked
+(`http://***@host`) wherever they are printed: `qwen-backends info`, `Settings.redacted()`,
+error messages (`qwen_backends.settings.mask_url`).
 """
 
 _SECTION_TITLES = {"": "General", "sampling": "Sampling"}

@@ -128,3 +128,54 @@ def test_presets_and_unknown_preset() -> None:
     assert SamplingParams.preset("greedy", max_new_tokens=5).max_new_tokens == 5
     with pytest.raises(ConfigurationError, match="did you mean 'greedy'"):
         SamplingParams.preset("gredy")
+
+
+# -- strict numbers and coerce (issue 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["top_k", "max_new_tokens", "seed"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_bools_are_not_integers(field: str, flag: bool) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{field}={flag} is a bool; give an integer"):
+        SamplingParams(**{field: flag})
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "min_p", "repetition_penalty"])
+def test_bools_are_not_numbers(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{field}=True is a bool; give a number"):
+        SamplingParams(**{field: True})
+
+
+def test_integer_fields_refuse_fractions_but_take_numeric_text() -> None:
+    with pytest.raises(ConfigurationError, match=r"max_new_tokens.*fractional part"):
+        SamplingParams(max_new_tokens=2.5)
+    # Environment variables and config files deliver text.
+    params = SamplingParams(max_new_tokens="7", top_k="3", temperature="0.5")
+    assert (params.max_new_tokens, params.top_k, params.temperature) == (7, 3, 0.5)
+
+
+def test_coerce_accepts_every_sampling_form() -> None:
+    custom = SamplingParams(seed=4)
+    assert SamplingParams.coerce(None) == SamplingParams()
+    assert SamplingParams.coerce(None, default=custom) is custom
+    assert SamplingParams.coerce(custom) is custom
+    assert SamplingParams.coerce("greedy") == SamplingParams.preset("greedy")
+    assert SamplingParams.coerce({"top_k": 2}).top_k == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("gredy", "unknown sampling preset 'gredy'; did you mean 'greedy'?"),
+        (
+            0.7,
+            "sampling must be a SamplingParams, a dict of its fields, a preset name .* got float",
+        ),
+        ({1: 2}, "sampling keys must be field names"),
+        ({"temprature": 0}, "temprature: is not a known setting"),
+        ({"top_k": True}, "top_k=True is a bool"),
+    ],
+)
+def test_coerce_refuses_clearly(value: object, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        SamplingParams.coerce(value)

@@ -60,8 +60,18 @@ def test_unreachable_hub_error_points_to_offline() -> None:
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(ModelNotFoundError, match="check the name or path"):
+    with pytest.raises(ModelNotFoundError, match=r"directory .* does not exist") as caught:
         load_tokenizer(str(tmp_path / "nowhere"))
+    assert "load_tokenizer('offline')" in str(caught.value)
+    assert "Repo id" not in str(caught.value)  # not a hub-id complaint about a local path
+
+
+def test_file_or_directory_without_tokenizer_is_a_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(ModelNotFoundError, match="holds no tokenizer"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelNotFoundError, match="is a file; pass the directory"):
+        load_tokenizer(str(tmp_path / "weights.bin"))
 
 
 def test_local_directory_loads(tmp_path: Any, offline_tokenizer: Any) -> None:

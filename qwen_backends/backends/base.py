@@ -32,6 +32,7 @@ from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from qwen_backends.settings import Settings
+    from qwen_backends.thinking import TemplateMode
 
 __all__ = [
     "AsyncTextStream",
@@ -259,6 +260,14 @@ class ModelBackend(ABC):
         """The model this backend serves."""
         return self.settings.model_name
 
+    def template_mode(self) -> TemplateMode | None:
+        """The chat-template mode of the model served (hybrid or non-thinking), if known yet.
+
+        In-process backends know it once loaded; server backends once their first-use check
+        has run (before the first answer). ``None`` means not known (yet).
+        """
+        return None
+
     @classmethod
     def readiness(cls, settings: Settings) -> str:
         """A short verdict for ``qwen-backends info`` on whether this backend can start here.
@@ -366,7 +375,7 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             Where the backend cannot know them exactly.
         """
-        return self._prompt_ids(validate_messages(messages), self._tools(tools))
+        return self._prompt_ids(self._validate(messages), self._tools(tools))
 
     def count_prompt_tokens(
         self, messages: Conversation, *, tools: Sequence[Any] | None = None
@@ -382,7 +391,11 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             For backends whose server renders the prompt.
         """
-        return self._render(validate_messages(messages), self._tools(tools))
+        return self._render(self._validate(messages), self._tools(tools))
+
+    def _validate(self, messages: Conversation) -> list[Message]:
+        # Control-token text is refused unless the settings opt in (allow_control_tokens).
+        return validate_messages(messages, allow_control_tokens=self.settings.allow_control_tokens)
 
     def resolve_sampling(self, sampling: SamplingLike) -> SamplingParams:
         """Turn ``sampling`` into validated :class:`SamplingParams` this backend can honour.
@@ -392,19 +405,7 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             If it asks for something this backend cannot do (nothing is dropped silently).
         """
-        if sampling is None:
-            resolved = self.settings.sampling
-        elif isinstance(sampling, SamplingParams):
-            resolved = sampling
-        elif isinstance(sampling, str):
-            resolved = SamplingParams.preset(sampling)
-        elif isinstance(sampling, Mapping):
-            resolved = SamplingParams(**dict(sampling))
-        else:
-            raise ConfigurationError(
-                f"sampling must be a SamplingParams, a dict of its fields or a preset name, got "
-                f"{type(sampling).__name__}"
-            )
+        resolved = SamplingParams.coerce(sampling, default=self.settings.sampling)
         if resolved.english_only and not self.capabilities.english_only:
             raise UnsupportedFeatureError(
                 self.name,
@@ -514,7 +515,7 @@ class ModelBackend(ABC):
         tools: Sequence[Any] | None,
     ) -> Request:
         """Validate everything once, before any hook runs."""
-        clean = validate_messages(messages)
+        clean = self._validate(messages)
         params = self.resolve_sampling(sampling)
         schema = None
         if response_format is not None:

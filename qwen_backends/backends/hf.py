@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import threading
@@ -76,10 +77,11 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
+from qwen_backends.family import FAMILIES
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
-from qwen_backends.thinking import TextPipeline
+from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
 from qwen_backends.tools import ToolCallFilter, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -166,6 +168,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         ) from exc
     except (OSError, ValueError, KeyError) as exc:
         detail = first_line(exc)
+        if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
+            raise _local_load_error(Path(source), exc) from exc
         offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
             "1",
             "true",
@@ -196,6 +200,8 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             )
         raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
     except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower() and Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
         if "out of memory" in str(exc).lower():
             raise BackendUnavailableError(
                 f"ran out of memory loading {source!r}; use a smaller dtype "
@@ -206,6 +212,65 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
             f"cannot load model {source!r} ({first_line(exc)}); check that it is a Qwen3 "
             "checkpoint that transformers can read"
         ) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error is no OSError
+            raise
+        if Path(source).is_dir():
+            raise _local_load_error(Path(source), exc) from exc
+        raise ModelNotFoundError(
+            f"the weights of {source!r} are damaged ({first_line(exc)}); delete its folder from "
+            "the Hugging Face cache (~/.cache/huggingface/hub) and download it again"
+        ) from exc
+
+
+def _local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
+    """Say what is wrong with a local checkpoint directory that failed to load."""
+    detail = first_line(exc)
+    fix = "copy or download the checkpoint again"
+    if isinstance(exc, PermissionError):
+        name = getattr(exc, "filename", None) or directory
+        return ModelNotFoundError(
+            f"cannot read {name} ({exc.strerror}); check the permissions of the model directory "
+            f"{directory}"
+        )
+    config = directory / "config.json"
+    if not config.is_file():
+        return ModelNotFoundError(
+            f"{directory} holds no model (no config.json); point QWEN_MODEL / --model at a Qwen3 "
+            "checkpoint directory (config.json, tokenizer files, *.safetensors), or give a hub id"
+        )
+    try:
+        json.loads(config.read_bytes())
+    except (OSError, ValueError) as problem:
+        return ModelNotFoundError(
+            f"{config} is damaged or truncated ({first_line(problem)}); {fix}"
+        )
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        return ModelNotFoundError(
+            f"{directory} holds no tokenizer (no tokenizer.json or tokenizer_config.json); copy "
+            "Qwen3-4B's tokenizer files into it"
+        )
+    lowered = detail.lower()
+    if "tokenizer" in lowered:
+        return ModelNotFoundError(
+            f"the tokenizer files in {directory} cannot be loaded ({detail}); {fix}"
+        )
+    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
+    if not any(path.is_file() for path in weights):
+        return ModelNotFoundError(f"{directory} has no weight files (*.safetensors); {fix}")
+    if "permission denied" in lowered:
+        return ModelNotFoundError(
+            f"cannot read the weights in {directory} ({detail}); check the files' permissions"
+        )
+    if any(word in lowered for word in ("safetensor", "deserializ", "header", "incomplete")):
+        return ModelNotFoundError(
+            f"the weights in {directory} are damaged or truncated ({detail}); {fix}"
+        )
+    return ModelNotFoundError(
+        f"cannot load the model in {directory} ({detail}); check that it is a complete Qwen3 "
+        f"checkpoint, or {fix}"
+    )
 
 
 # -- the backend -----------------------------------------------------------------------------------
@@ -290,7 +355,7 @@ class HFBackend(ModelBackend):
             if not Path(source).expanduser().is_dir():
                 raise ModelNotFoundError(
                     f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
-                    f"--model, or give a hub id such as {HFSettings.model_fields['model'].default}"
+                    f"--model, or give a hub id such as {FAMILIES[self.settings.family].hf}"
                 )
             source = str(Path(source).expanduser())
         import torch
@@ -307,6 +372,8 @@ class HFBackend(ModelBackend):
         }
         with _translating_load_errors(source, hf):
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
+            # A thinking-only or foreign template is refused before gigabytes of weights load.
+            template_mode(tokenizer)
             config = AutoConfig.from_pretrained(source, **common)
             if hf.yarn:
                 _apply_yarn(config, hf.max_context)
@@ -339,6 +406,8 @@ class HFBackend(ModelBackend):
         """Derive what generation needs from the loaded model and tokenizer."""
         import torch
 
+        # Subclasses that load model and tokenizer together (Unsloth) are checked here.
+        self._template_mode = template_mode(self.tokenizer)
         self.model.eval()
         ids = {}
         for token in ("<|im_end|>", "<|endoftext|>"):
@@ -375,13 +444,23 @@ class HFBackend(ModelBackend):
         prompt_ids = self._checked_prompt(request)
         return self._stream_tokens(prompt_ids, request)
 
+    def template_mode(self) -> TemplateMode:
+        """The loaded tokenizer's template mode (hybrid or non-thinking)."""
+        return self._template_mode
+
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
+        allow = self.settings.allow_control_tokens
+        return render_prompt_ids(
+            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+        )
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
-        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
+        allow = self.settings.allow_control_tokens
+        return render_prompt(
+            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+        )
 
     # -- internals -------------------------------------------------------------------------
 

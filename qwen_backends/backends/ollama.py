@@ -6,8 +6,10 @@ Uses the official ``ollama`` client (:class:`ollama.Client` for sync calls, a sh
 - every chat request carries ``think=False`` at the top level (servers since 0.12.4 switch
   thinking ON when the field is omitted);
 - on first use the server version (``/api/version``) and the model (``/api/show``) are checked:
-  servers older than 0.9.0 cannot switch thinking off and are refused, and so is a
-  thinking-only build such as today's plain ``qwen3:4b`` tag (Qwen3-4B-Thinking-2507);
+  servers older than 0.9.0 cannot switch thinking off and are refused; the model's template is
+  classified (:func:`ollama_template_mode`) as the hybrid Qwen3-4B (a ``think`` switch, or the
+  empty think block pre-filled), Instruct-2507 (no thinking at all) or a thinking-only build
+  such as today's plain ``qwen3:4b`` tag (Qwen3-4B-Thinking-2507), which is refused;
 - any thinking that still comes back (``message.thinking`` or a ``<think>`` block) is removed
   from the returned text and a warning is logged.
 
@@ -28,9 +30,16 @@ retried ``settings.ollama.max_retries`` times with jittered exponential backoff;
 refused connections never). ``eval_count``, which counts the end-of-turn token, is
 ``completion_tokens``.
 
-The default tag, ``qwen3:4b-instruct-2507-q4_K_M`` (alias ``qwen3:4b-instruct``), is
-Qwen3-4B-Instruct-2507: a non-thinking-only build, so no server version or template quirk can
-make it think.
+The default model comes from the family table (:mod:`qwen_backends.family`):
+
+- ``QWEN_FAMILY=qwen3-4b-instruct-2507``: the library tag ``qwen3:4b-instruct-2507-q4_K_M``
+  (alias ``qwen3:4b-instruct``), a non-thinking-only build, pulled as is;
+- ``QWEN_FAMILY=qwen3-4b`` (the hybrid): the Ollama library has no hybrid tag any more, so
+  :meth:`OllamaBackend.ensure_model` builds a local model (``qwen3-4b-nothink:q4_K_M``): it pulls
+  a hybrid GGUF from the hub (``hf.co/<repo>:<quant>``) and creates the model through
+  ``/api/create`` with the non-thinking TEMPLATE and PARAMETERs that the fine-tuning export
+  writes (:mod:`qwen_backends.finetune.ollama`), so the prompt pre-fills the empty think block
+  exactly as ``render_prompt`` does, whatever template the GGUF carries.
 """
 
 from __future__ import annotations
@@ -62,9 +71,16 @@ from qwen_backends.errors import (
     QwenBackendsError,
     ThinkingModeError,
 )
+from qwen_backends.family import FAMILIES, Family
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS
-from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
+from qwen_backends.thinking import (
+    EMPTY_THINK_BLOCK,
+    GENERATION_PROMPT,
+    TemplateMode,
+    ThinkingStreamFilter,
+    strip_thinking,
+)
 from qwen_backends.tools import ToolCallFilter, new_call_id, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -79,8 +95,10 @@ __all__ = [
     "INSTRUCT_TAGS",
     "MIN_THINK_VERSION",
     "OllamaBackend",
+    "built_model_source",
     "chat_request",
     "dropped_tool_fields",
+    "ollama_template_mode",
     "parse_version",
     "sampling_options",
     "thinking_only_reason",
@@ -99,6 +117,8 @@ _VERSION = re.compile(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 #: How an Ollama template reads the request's think field (``.Thinking`` is history, not it).
 _THINK_SWITCH = re.compile(r"\.(Think|IsThinkSet)\b")
+#: A template that hands over inside an opened think block (not the pre-filled empty one).
+_OPENS_THINK = re.compile(re.escape(GENERATION_PROMPT + "<think>") + r"(?!\n\n</think>)")
 
 
 # -- request building (shared by the sync and async paths) -----------------------------------
@@ -255,17 +275,27 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
     return None if (major, minor, patch) == (0, 0, 0) else (major, minor, patch)
 
 
-def thinking_only_reason(model: str, show: Mapping[str, Any]) -> str | None:
-    """Why ``model`` looks like a thinking-only build, or ``None`` if it can answer directly.
+def ollama_template_mode(model: str, show: Mapping[str, Any]) -> tuple[TemplateMode, str]:
+    """What an Ollama model does with ``think=false``, and why: ``(mode, reason)``.
 
-    ``show`` is the ``/api/show`` answer (``capabilities``, ``template``, ``model_info``). A
-    model is thinking-only when it has the ``thinking`` capability and either its name or its
-    GGUF metadata says "thinking" (e.g. ``general.finetune: Thinking-2507``), or its ChatML
-    template has none of the ``$.Think`` / ``$.IsThinkSet`` switches that honour
-    ``think=false``.
+    ``show`` is the ``/api/show`` answer (``capabilities``, ``template``, ``model_info``).
+
+    - ``THINKING_ONLY``: its template opens ``<think>`` after the assistant header; or it has
+      the ``thinking`` capability and its name or GGUF metadata says "thinking" (e.g.
+      ``general.finetune: Thinking-2507``), or its ChatML template has none of the
+      ``$.Think`` / ``$.IsThinkSet`` switches that honour ``think=false``;
+    - ``HYBRID``: the ``thinking`` capability with such a switch (or a server-side renderer),
+      or no capability and a template that pre-fills the empty think block (the Modelfile of
+      :mod:`qwen_backends.finetune.ollama`, used by :meth:`OllamaBackend.ensure_model`);
+    - ``NON_THINKING``: no ``thinking`` capability and no think block (Instruct-2507).
     """
+    template = show.get("template") or ""
+    if _OPENS_THINK.search(template):
+        return TemplateMode.THINKING_ONLY, "its chat template opens <think> for every answer"
     if "thinking" not in (show.get("capabilities") or []):
-        return None
+        if GENERATION_PROMPT + EMPTY_THINK_BLOCK in template:
+            return TemplateMode.HYBRID, "its template pre-fills the empty think block"
+        return TemplateMode.NON_THINKING, "it has no thinking capability"
     info = show.get("model_info") or show.get("modelinfo") or {}
     labels = [model] + [
         str(info[key]) for key in ("general.name", "general.finetune") if info.get(key)
@@ -273,10 +303,30 @@ def thinking_only_reason(model: str, show: Mapping[str, Any]) -> str | None:
     for label in labels:
         lowered = label.lower()
         if "thinking" in lowered and "instruct" not in lowered:
-            return f"it is labelled {label!r}"
-    template = show.get("template") or ""
+            return TemplateMode.THINKING_ONLY, f"it is labelled {label!r}"
     if "<|im_start|>" in template and not _THINK_SWITCH.search(template):
-        return "its chat template has no switch for think=false"
+        return TemplateMode.THINKING_ONLY, "its chat template has no switch for think=false"
+    return TemplateMode.HYBRID, "its template honours think=false"
+
+
+def thinking_only_reason(model: str, show: Mapping[str, Any]) -> str | None:
+    """Why ``model`` looks like a thinking-only build, or ``None`` if it can answer directly.
+
+    See :func:`ollama_template_mode` for the rules.
+    """
+    mode, reason = ollama_template_mode(model, show)
+    return reason if mode is TemplateMode.THINKING_ONLY else None
+
+
+def built_model_source(model: str) -> tuple[Family, str] | None:
+    """``(family, hub GGUF)`` when ``model`` is a family's locally built Ollama model.
+
+    The hybrid Qwen3-4B has no Ollama library tag; :meth:`OllamaBackend.ensure_model` builds
+    its model from ``hf.co/...``. ``None`` for a model that is pulled as it is.
+    """
+    for family in FAMILIES.values():
+        if family.ollama == model and family.ollama_source:
+            return family, family.ollama_source
     return None
 
 
@@ -368,6 +418,7 @@ class OllamaBackend(ModelBackend):
         self._checked = False
         self._warned_tools: set[tuple[str, tuple[str, ...]]] = set()
         self._check_lock = threading.Lock()
+        self._mode: TemplateMode | None = None
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -394,8 +445,18 @@ class OllamaBackend(ModelBackend):
         listing = self.remote.call(self._client.list, self._status_errors)
         return [model.model for model in listing.models if model.model]
 
+    def template_mode(self) -> TemplateMode | None:
+        """The served model's template mode once the first-use check ran (else ``None``)."""
+        return self._mode
+
     def ensure_model(self, pull: bool = True, *, progress: bool = True) -> bool:
-        """Make sure the configured model is on the server, pulling it if allowed.
+        """Make sure the configured model is on the server, pulling (or building) it if allowed.
+
+        A library tag (``qwen3:4b-instruct-2507-q4_K_M``) is pulled. The hybrid Qwen3-4B's local
+        model (the ``qwen3-4b`` family's :attr:`~qwen_backends.family.Family.ollama`) is built:
+        its hub GGUF (:attr:`~qwen_backends.family.Family.ollama_source`, ``hf.co/...``) is
+        pulled, then ``/api/create`` makes the model from it with the non-thinking TEMPLATE and
+        PARAMETERs of :mod:`qwen_backends.finetune.ollama` (empty think block pre-filled).
 
         Parameters
         ----------
@@ -407,7 +468,7 @@ class OllamaBackend(ModelBackend):
         Returns
         -------
         bool
-            ``True`` if the model was pulled, ``False`` if it was already there.
+            ``True`` if the model was pulled or built, ``False`` if it was already there.
 
         Raises
         ------
@@ -420,7 +481,11 @@ class OllamaBackend(ModelBackend):
         except ModelNotFoundError:
             if not pull:
                 raise
-        self._pull(progress)
+        built = built_model_source(self.model_name)
+        if built is None:
+            self._pull(self.model_name, progress)
+        else:
+            self._build_model(built[1], progress)
         return True
 
     def close(self) -> None:
@@ -644,29 +709,48 @@ class OllamaBackend(ModelBackend):
             "template": show.template,
             "model_info": show.modelinfo,
         }
-        reason = thinking_only_reason(self.model_name, details)
-        if reason:
+        mode, reason = ollama_template_mode(self.model_name, details)
+        if mode is TemplateMode.THINKING_ONLY:
             raise ThinkingModeError(
                 f"Ollama model {self.model_name} is a thinking-only build ({reason}); "
-                f"think=false has no effect on it. Use a non-thinking tag: `ollama pull "
-                f"{INSTRUCT_TAGS[0]}` (alias {INSTRUCT_TAGS[1]}) and set "
-                f"QWEN_OLLAMA__MODEL={INSTRUCT_TAGS[0]}"
+                f"think=false has no effect on it. Use a non-thinking model: `ollama pull "
+                f"{INSTRUCT_TAGS[0]}` (alias {INSTRUCT_TAGS[1]}; "
+                "QWEN_FAMILY=qwen3-4b-instruct-2507), or the hybrid "
+                f"{FAMILIES['qwen3-4b'].ollama} that "
+                "OllamaBackend.ensure_model() builds (QWEN_FAMILY=qwen3-4b)"
             )
+        self._mode = mode
 
     # -- pulling -------------------------------------------------------------------------
 
-    def _pull(self, progress: bool) -> None:
+    def _build_model(self, source: str, progress: bool) -> None:
+        """Pull ``source`` (a hub GGUF) and create :attr:`model_name` from it, non-thinking."""
+        from qwen_backends.finetune.ollama import NON_THINKING_TEMPLATE, modelfile_parameters
+
+        self._pull(source, progress)
+        name = self.model_name
+        self.remote.call(
+            lambda: self._client.create(
+                model=name,
+                from_=source,
+                template=NON_THINKING_TEMPLATE,
+                parameters=modelfile_parameters(),
+            ),
+            self._status_errors,
+        )
+
+    def _pull(self, name: str, progress: bool) -> None:
         from tqdm import tqdm
 
         bar = tqdm(
-            desc=f"pulling {self.model_name}",
+            desc=f"pulling {name}",
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
             disable=not progress,
         )
         try:
-            for update in self._client.pull(self.model_name, stream=True):
+            for update in self._client.pull(name, stream=True):
                 if update.total:
                     if bar.total != update.total:
                         bar.reset(total=update.total)
@@ -674,17 +758,21 @@ class OllamaBackend(ModelBackend):
                 if update.status:
                     bar.set_postfix_str(update.status, refresh=False)
         except Exception as exc:
-            raise self._pull_error(exc) from exc
+            raise self._pull_error(name, exc) from exc
         finally:
             bar.close()
 
-    def _pull_error(self, exc: Exception) -> BaseException:
+    def _pull_error(self, name: str, exc: Exception) -> BaseException:
         import ollama
 
         if isinstance(exc, ollama.ResponseError) and exc.status_code in (-1, 404):
+            where = (
+                "check the hub repository and quantization (and the network)"
+                if name.startswith("hf.co/")
+                else f"check the tag (e.g. {INSTRUCT_TAGS[0]}) at https://ollama.com/library/qwen3/tags"
+            )
             return ModelNotFoundError(
-                f"could not pull {self.model_name}: {exc.error}; check the tag (e.g. "
-                f"{INSTRUCT_TAGS[0]}) at https://ollama.com/library/qwen3/tags",
+                f"could not pull {name}: {exc.error}; {where}",
                 backend=self.name,
             )
         return self.remote.translate(exc, status_errors=self._status_errors)
@@ -695,6 +783,12 @@ class OllamaBackend(ModelBackend):
         """Ollama's wording for a 404 (pull the model) and a 400."""
         model, host = self.model_name, self.remote.url
         if failure.status == 404:
+            built = built_model_source(model)
+            if built is not None:
+                return ModelNotFoundError(
+                    f"model {model} not found on the Ollama server at {host}; it is built from "
+                    f"{built[1]}: call create_backend(backend='ollama').ensure_model()"
+                )
             return ModelNotFoundError(
                 f"model {model} not found on the Ollama server at {host}; run `ollama pull {model}`"
             )

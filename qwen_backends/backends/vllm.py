@@ -20,6 +20,16 @@ one, the ``<tool_call>`` blocks stay in the content and are parsed here
 (the template still renders the tools) and keeps doing so. History tool calls are sent with
 their arguments as a JSON string, as the OpenAI protocol requires.
 
+Before the first answer the backend asks the server which template mode its model has
+(:meth:`VLLMBackend.template_mode`): vLLM's ``POST /tokenize`` (at the server root, not under
+``/v1``) renders a one-turn probe with ``enable_thinking=False`` and returns the token strings.
+A prompt that ends with the empty think block is the hybrid Qwen3-4B; one that ends at
+``<|im_start|>assistant\n`` is Instruct-2507 (confirmed by a second probe: a template with a
+think switch renders a think block into the last assistant turn, so a hybrid whose switch the
+server dropped is caught); one that opens ``<think>`` is thinking-only (Qwen3-4B-Thinking-2507)
+and is refused with :class:`~qwen_backends.errors.ThinkingModeError` before any answer. The same
+endpoint gives the exact prompt ids (:meth:`VLLMBackend.prompt_ids`, ``count_prompt_tokens``).
+
 Failures go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
 error classes and retries as every server backend (the client's own retries are off). Answers
 that are not what the OpenAI protocol promises (HTML, truncated JSON, empty ``choices``, a
@@ -57,8 +67,14 @@ from qwen_backends.errors import (
     GenerationError,
     ModelNotFoundError,
     QwenBackendsError,
+    UnsupportedFeatureError,
 )
-from qwen_backends.thinking import ThinkingStreamFilter, strip_thinking
+from qwen_backends.thinking import (
+    TemplateMode,
+    ThinkingStreamFilter,
+    prompt_mode,
+    strip_thinking,
+)
 from qwen_backends.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCallFilter, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -68,7 +84,7 @@ if TYPE_CHECKING:
     from qwen_backends.settings import Settings
     from qwen_backends.structured import ResponseFormat
 
-__all__ = ["VLLMBackend", "build_request"]
+__all__ = ["VLLMBackend", "build_request", "decode_token_strs"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +95,40 @@ TOP_K_OFF = -1
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
 #: Most requests :meth:`VLLMBackend.generate_batch` keeps in flight at once.
 MAX_BATCH_CONCURRENCY = 64
+#: The template-mode probes: one user turn; and a finished exchange (its assistant turn shows
+#: whether the template has a think switch).
+_PROBE = [{"role": "user", "content": "hi"}]
+_HISTORY_PROBE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins -> the bytes they stand for."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    kept += range(ord("®"), ord("ÿ") + 1)
+    mapping = {chr(byte): byte for byte in kept}
+    shifted = 0
+    for byte in range(256):
+        if byte not in kept:
+            mapping[chr(256 + shifted)] = byte
+            shifted += 1
+    return mapping
+
+
+_BYTES = _byte_decoder()
+
+
+def decode_token_strs(pieces: Sequence[str]) -> str:
+    """Text of byte-level BPE token strings as ``/tokenize`` returns them (``Ċ`` is ``\n``).
+
+    Pieces that are not byte-level (special tokens such as ``<|im_start|>``) pass unchanged.
+    """
+    out = bytearray()
+    for piece in pieces:
+        if all(char in _BYTES for char in piece):
+            out += bytes(_BYTES[char] for char in piece)
+        else:
+            out += piece.encode("utf-8")
+    return out.decode("utf-8", errors="replace")
 
 
 def build_request(
@@ -221,6 +271,10 @@ class VLLMBackend(ModelBackend):
         #: ``None`` (the server's default, auto) until a server without a tool parser refuses it.
         self._tool_choice: str | None = None
         self._served: list[str] | None = None
+        self._mode: TemplateMode | None = None
+        self._mode_checked = False
+        self._mode_lock = threading.Lock()
+        self._root = self._config.base_url.rstrip("/").removesuffix("/v1")
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -232,9 +286,26 @@ class VLLMBackend(ModelBackend):
             settings.vllm.base_url.rstrip("/") + "/models",
             "vllm serve MODEL",
             headers={"Authorization": f"Bearer {key}"},
+            key_setting="QWEN_VLLM__API_KEY",
         )
 
     # -- public API ---------------------------------------------------------------------------
+
+    def template_mode(self) -> TemplateMode | None:
+        """The served model's template mode, asked of the server once (``None``: unknown).
+
+        ``None`` when the server has no ``/tokenize`` endpoint (then a warning is logged).
+
+        Raises
+        ------
+        ThinkingModeError
+            When the server serves a thinking-only model.
+        ChatTemplateError
+            When its template is not a Qwen3 non-thinking one (or the server drops
+            ``chat_template_kwargs``).
+        """
+        self._check_template()
+        return self._mode
 
     def close(self) -> None:
         """Close the connections of the sync client (async ones: see :meth:`aclose`)."""
@@ -258,11 +329,13 @@ class VLLMBackend(ModelBackend):
     # -- hooks --------------------------------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
+        self._check_template()
         started = time.perf_counter()
         response = self._create(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
+        self._check_template()
         started = time.perf_counter()
         chunks = self._create(request, stream=True)
         return self._stream_chunks(chunks, started, bool(request.tools))
@@ -325,11 +398,13 @@ class VLLMBackend(ModelBackend):
             chunks.close()
 
     async def _agenerate(self, request: Request) -> Generation:
+        await self._acheck_template()
         started = time.perf_counter()
         response = await self._acreate(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        await self._acheck_template()
         started = time.perf_counter()
         chunks = await self._acreate(request, stream=True)
         assembler = _StreamAssembler(self.remote, bool(request.tools))
@@ -348,9 +423,137 @@ class VLLMBackend(ModelBackend):
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         # Concurrent requests are batched by the server's scheduler (continuous batching).
         self._english_only_ids(requests[0].sampling)  # load the tokenizer once, not per thread
+        self._check_template()
         workers = min(len(requests), MAX_BATCH_CONCURRENCY)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vllm-batch") as pool:
             return list(pool.map(self._generate, requests))
+
+    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
+        """The server's own ids for the non-thinking prompt (``POST /tokenize``)."""
+        self._check_template()
+        answer = self._tokenize(messages, tools=tools)
+        tokens = answer.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise self.remote.protocol_error("/tokenize answered without a token list")
+        return tokens
+
+    # -- the template mode, asked of the server -------------------------------------------------
+
+    def _tokenize_body(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: tuple[dict[str, Any], ...] = (),
+        generation_prompt: bool = True,
+        token_strs: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "messages": list(messages),
+            "add_generation_prompt": generation_prompt,
+            "chat_template_kwargs": {"enable_thinking": False},
+            "return_token_strs": token_strs,
+        }
+        if tools:
+            body["tools"] = list(tools)
+        return body
+
+    def _tokenize(self, messages: Sequence[Message], **options: Any) -> dict[str, Any]:
+        import httpx
+
+        client = self._sync_client()
+        body = self._tokenize_body(messages, **options)
+        answer = self.remote.call(
+            lambda: client.post(self._root + "/tokenize", body=body, cast_to=httpx.Response),
+            self._tokenize_errors,
+        )
+        return self._tokenize_json(answer)
+
+    async def _atokenize(self, messages: Sequence[Message], **options: Any) -> dict[str, Any]:
+        import httpx
+
+        client = self._async_client()
+        body = self._tokenize_body(messages, **options)
+        answer = await self.remote.acall(
+            lambda: client.post(self._root + "/tokenize", body=body, cast_to=httpx.Response),
+            self._tokenize_errors,
+        )
+        return self._tokenize_json(answer)
+
+    def _tokenize_json(self, answer: Any) -> dict[str, Any]:
+        try:
+            data = answer.json()
+        except ValueError:
+            raise self.remote.protocol_error("/tokenize did not answer JSON") from None
+        if not isinstance(data, dict):
+            raise self.remote.protocol_error("/tokenize did not answer a JSON object")
+        return data
+
+    def _tokenize_errors(self, failure: Failure) -> QwenBackendsError | None:
+        if failure.status == 404:
+            served = self._served_models()
+            if served is not None and self.model_name in served:
+                return UnsupportedFeatureError(
+                    self.name,
+                    "the template check and prompt token counting",
+                    f"the server at {self._root} has no /tokenize endpoint (vLLM has it since "
+                    "0.5); upgrade vLLM",
+                )
+        return self._status_errors(failure)
+
+    def _check_template(self) -> None:
+        if self._mode_checked:
+            return
+        with self._mode_lock:  # batch threads: one probe, the others wait for its verdict
+            if self._mode_checked:
+                return
+            try:
+                probe = self._tokenize(_PROBE, token_strs=True)
+                history = None
+                if _tail_is_open(probe):
+                    history = self._tokenize(
+                        _HISTORY_PROBE, generation_prompt=False, token_strs=True
+                    )
+            except UnsupportedFeatureError as exc:
+                self._unknown_mode(exc)
+                return
+            self._set_mode(probe, history)
+
+    async def _acheck_template(self) -> None:
+        if self._mode_checked:
+            return
+        try:
+            probe = await self._atokenize(_PROBE, token_strs=True)
+            history = None
+            if _tail_is_open(probe):
+                history = await self._atokenize(
+                    _HISTORY_PROBE, generation_prompt=False, token_strs=True
+                )
+        except UnsupportedFeatureError as exc:
+            self._unknown_mode(exc)
+            return
+        self._set_mode(probe, history)
+
+    def _set_mode(self, probe: dict[str, Any], history: dict[str, Any] | None) -> None:
+        prompt = self._probe_text(probe)
+        switchable = history is not None and "<think>" in self._probe_text(history)
+        self._mode = prompt_mode(prompt, switchable=switchable, source=self.model_name)
+        self._mode_checked = True
+
+    def _unknown_mode(self, exc: UnsupportedFeatureError) -> None:
+        logger.warning(
+            "cannot ask the vLLM server which template mode %s has (%s); a thinking-only "
+            "model would not be refused before its first answer",
+            self.model_name,
+            exc,
+        )
+        self._mode_checked = True
+
+    def _probe_text(self, answer: dict[str, Any]) -> str:
+        pieces = answer.get("token_strs")
+        if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
+            raise self.remote.protocol_error("/tokenize answered without token_strs")
+        return decode_token_strs(pieces)
 
     # -- requests and answers -----------------------------------------------------------------
 
@@ -513,6 +716,14 @@ class VLLMBackend(ModelBackend):
             exc.partial_text = assembler.text
             return exc
         return self.remote.translate(exc, partial_text=assembler.text)
+
+
+def _tail_is_open(probe: dict[str, Any]) -> bool:
+    """Whether the probe ends at the assistant header (Instruct-2507, or a dropped switch)."""
+    pieces = probe.get("token_strs")
+    return isinstance(pieces, list) and decode_token_strs(pieces).endswith(
+        "<|im_start|>assistant\n"
+    )
 
 
 def _finished(

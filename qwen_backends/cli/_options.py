@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qwen_backends.family import FAMILIES
 from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
@@ -29,9 +30,14 @@ _SAMPLING_FLAGS: tuple[tuple[str, type, str], ...] = (
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--model`` and ``--config``."""
+    """``--backend``, ``--family``, ``--model`` and ``--config``."""
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", choices=list(BACKENDS), help="overrides QWEN_BACKEND")
+    group.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        help="Qwen3-4B release every backend runs by default (overrides QWEN_FAMILY)",
+    )
     group.add_argument("--model", help="model of the selected backend (overrides QWEN_MODEL)")
     group.add_argument("--config", help="YAML settings file (overrides QWEN_CONFIG)")
 
@@ -49,9 +55,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from every source, with ``--backend`` / ``--model`` / ``--config`` on top."""
+    """Settings from every source, with ``--backend`` / ``--family`` / ``--model`` / ``--config``
+    on top."""
     overrides: dict[str, Any] = {}
-    for name in ("backend", "model"):
+    for name in ("backend", "family", "model"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     config = getattr(args, "config", None)

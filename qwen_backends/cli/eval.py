@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qwen_backends._files import ensure_directory, write_failure
 from qwen_backends.cli._options import (
     add_backend_options,
     add_sampling_options,
     sampling_from_args,
     settings_from_args,
 )
+from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation import compare_runs, format_summary, run_evaluation
 from qwen_backends.evaluation.runner import run_directory
 from qwen_backends.settings import Settings
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if result.dropped_partial:
         print("removed an incomplete record left by an interrupted run", file=sys.stderr)
+    if result.repaired_manifest:
+        print("run.json was damaged; rewrote it from the saved records", file=sys.stderr)
     title = f"run {run_dir}: {settings.backend} / {settings.model_name}"
     if result.skipped:
         title += f" (resumed: {result.skipped} already done)"
@@ -98,15 +102,24 @@ def run_compare(args: argparse.Namespace) -> int:
         print(comparison.markdown, end="")
         return 0
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(comparison.markdown, encoding="utf-8")
+    if output.is_dir():
+        raise ConfigurationError(f"--output {output} is a directory; name a file to write")
+    ensure_directory(output.parent, "the report", "--output")
+    try:
+        output.write_text(comparison.markdown, encoding="utf-8")
+    except OSError as exc:
+        raise write_failure(exc, output, "report", "run the comparison again") from exc
     parity = comparison.parity
     verdict = (
         "identical"
         if parity.identical
+        else f"not checked ({parity.not_checked})"
+        if parity.not_checked
         else "not checked"
         if parity.compared == 0
         else f"{len(parity.mismatches)} of {parity.compared} prompts differ"
     )
     print(f"report written to {output}; prompt parity: {verdict}")
+    for warning in comparison.warnings:
+        print("warning: " + warning.replace("**", ""), file=sys.stderr)
     return 0

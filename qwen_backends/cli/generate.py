@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwen_backends._files import decode_utf8
 from qwen_backends.chat import Message
 from qwen_backends.cli._options import (
     add_backend_options,
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Answer ``args.prompt``: stream it, or print the Generation as JSON."""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = _read_stdin() if args.prompt == "-" else args.prompt
     settings = settings_from_args(args)
     sampling = sampling_from_args(args, settings.sampling)
     messages = [*_opening(args.system), {"role": "user", "content": prompt}]
@@ -91,6 +92,11 @@ def run_chat(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args, settings.sampling)
     opening = _opening(args.system)
     history = list(opening)
+    if sys.stdin is None or sys.stdin.closed:
+        raise ConfigurationError(
+            "standard input is closed, so chat cannot read your messages; run it in a terminal "
+            "or pipe the messages in"
+        )
     with create_backend(settings) as backend:
         print(
             f"chatting with {backend.model_name} ({settings.backend}); {RESET} clears the "
@@ -103,6 +109,9 @@ def run_chat(args: argparse.Namespace) -> int:
             except EOFError:
                 print()
                 return 0
+            except UnicodeDecodeError:
+                print("error: that line is not UTF-8 text; type it again", file=sys.stderr)
+                continue
             text = line.strip()
             if not text:
                 continue
@@ -148,6 +157,24 @@ def _read_schema(path: str) -> dict[str, Any]:
         )
     ResponseFormat.of(schema)  # a bad schema is reported before the model loads
     return schema
+
+
+def _read_stdin() -> str:
+    """The prompt for ``generate -``: all of standard input, as UTF-8 text."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise ConfigurationError(
+            "the prompt '-' means standard input, which is closed; pipe the prompt in "
+            "(echo hi | qwen-backends generate -) or pass it as an argument"
+        )
+    stream = getattr(sys.stdin, "buffer", None)
+    try:
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the prompt from standard input ({exc.strerror or exc}); pass it as an "
+            "argument instead"
+        ) from None
+    return decode_utf8(data, "<stdin>", "the prompt")
 
 
 def _opening(system: str | None) -> list[Message]:

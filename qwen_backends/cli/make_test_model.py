@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_backends.testing import CHECKPOINT_SIZES, build_checkpoint
+from qwen_backends._files import ensure_directory
+from qwen_backends.testing import CHECKPOINT_SIZES, TEMPLATES, build_checkpoint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,10 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("directory", help="where to write it")
     parser.add_argument("--size", choices=sorted(CHECKPOINT_SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="hybrid",
+        help="whose chat template it carries: hybrid (Qwen3-4B), instruct-2507, or "
+        "thinking-2507 (which every backend refuses)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the checkpoint and print its path."""
-    print(build_checkpoint(args.directory, size=args.size, seed=args.seed))
+    ensure_directory(args.directory, "the test checkpoint", "the DIRECTORY argument")
+    print(build_checkpoint(args.directory, size=args.size, seed=args.seed, template=args.template))
     return 0

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer",
         metavar="SOURCE",
         help="hub id, local directory, or 'offline' for the byte-exact offline Qwen3-4B "
-        "tokenizer (default: the hf backend's model, setting hf.model)",
+        "tokenizer (default: the hf backend's model: hf.model, else the QWEN_FAMILY model)",
     )
     english.add_argument(
         "--tier", choices=TIER_NAMES, default="english", help="tier to extract (default english)"
@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
         def step(name: str) -> None:
             bar.update(1)  # the previous step is done
-            bar.set_description(name)
+            bar.set_description(name, refresh=False)
 
-        bar.set_description("loading tokenizer")
+        # refresh=False: the bar stays hidden for its first second (delay), even on an error.
+        bar.set_description("loading tokenizer", refresh=False)
         tokenizer = load_tokenizer(args.tokenizer)
         _, summary = export_english_vocab(
             tokenizer, args.output, args.tier, validate=not args.no_validate, progress=step

@@ -10,6 +10,13 @@ Parity asks whether every shared conversation reached both runtimes as the same 
 
 Conversations themselves are compared by ``messages_sha256`` first: a different conversation
 under the same id is reported as such, not as a rendering difference.
+
+Each run records its model and template mode (``hybrid`` for Qwen3-4B, ``non-thinking`` for
+Qwen3-4B-Instruct-2507). When the two runs used different models (different
+:mod:`~qwen_backends.family` releases, or names that cannot be matched) or different template
+modes, the report says so at the top (:attr:`Comparison.warnings`): the outputs then compare two
+models, not two runtimes of one model, and prompt parity cannot hold across template modes, so
+it is not checked then.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation.metrics import format_rate, summarize
 from qwen_backends.evaluation.runner import MANIFEST_FILE, OUTPUTS_FILE
 from qwen_backends.evaluation.store import OutputsFile
+from qwen_backends.family import family_for_model
 
-__all__ = ["Comparison", "ParityCheck", "RunData", "compare_runs", "load_run"]
+__all__ = ["Comparison", "ParityCheck", "RunData", "compare_runs", "load_run", "model_warnings"]
 
 #: Longest output text shown in a report cell.
 TEXT_LIMIT = 240
@@ -50,11 +58,14 @@ class RunData:
     records: dict[str, dict[str, Any]]
 
     def identity(self, key: str) -> Any:
-        """``backend`` / ``model`` / ``sampling`` from the manifest, else from a record."""
-        if key in self.manifest:
+        """``backend`` / ``model`` / ``template_mode`` / ``sampling`` from the manifest, else
+        from the records (the first that has it)."""
+        if self.manifest.get(key) is not None:
             return self.manifest[key]
-        first = next(iter(self.records.values()), {})
-        return first.get(key)
+        for record in self.records.values():
+            if record.get(key) is not None:
+                return record[key]
+        return None
 
 
 @dataclass
@@ -71,6 +82,8 @@ class ParityCheck:
         ``(id, what differs)`` for every shared id whose prompt differs.
     only_a, only_b
         Ids present in one run only.
+    not_checked
+        Why parity was not checked at all (the runs used different template modes).
     """
 
     compared: int = 0
@@ -79,19 +92,32 @@ class ParityCheck:
     mismatches: list[tuple[str, str]] = field(default_factory=list)
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
+    not_checked: str | None = None
 
     @property
     def identical(self) -> bool:
         """True when every shared prompt matched and there was at least one."""
-        return self.compared > 0 and not self.mismatches
+        return self.not_checked is None and self.compared > 0 and not self.mismatches
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The result of :func:`compare_runs`: the markdown report and the parity verdict."""
+    """The result of :func:`compare_runs`: the markdown report and the parity verdict.
+
+    Attributes
+    ----------
+    markdown
+        The report.
+    parity
+        The prompt-parity check.
+    warnings
+        What makes the runs not comparable as two runtimes of one model (different models or
+        template modes); shown at the top of the report.
+    """
 
     markdown: str
     parity: ParityCheck
+    warnings: tuple[str, ...] = ()
 
 
 def load_run(path: str | Path) -> RunData:
@@ -151,13 +177,57 @@ def check_parity(a: RunData, b: RunData) -> ParityCheck:
     return check
 
 
+def model_warnings(a: RunData, b: RunData) -> list[str]:
+    """Why ``a`` and ``b`` are not two runtimes of one model (empty when they are)."""
+    warnings = []
+    model_a, model_b = a.identity("model"), b.identity("model")
+    if model_a != model_b:
+        family_a = family_for_model(str(model_a)) if model_a else None
+        family_b = family_for_model(str(model_b)) if model_b else None
+        if family_a is None or family_b is None:
+            warnings.append(
+                f"**Different models?** A ran `{model_a}`, B ran `{model_b}`; the names do not "
+                "show that they are the same model, so differences may come from the models, "
+                "not the runtimes."
+            )
+        elif family_a is not family_b:
+            warnings.append(
+                f"**Different models**: A ran {family_a.title.split(' (')[0]} (`{model_a}`), B "
+                f"ran {family_b.title.split(' (')[0]} (`{model_b}`). Outputs and scores compare "
+                "two models, not two runtimes of one model (set the same QWEN_FAMILY for both "
+                "runs to compare runtimes)."
+            )
+    mode_a, mode_b = a.identity("template_mode"), b.identity("template_mode")
+    if mode_a and mode_b and mode_a != mode_b:
+        warnings.append(
+            f"**Different template modes**: A `{mode_a}`, B `{mode_b}`. The prompts differ by "
+            "design (the hybrid's ends with the empty think block, Instruct-2507's does not), "
+            "so prompt parity cannot hold and is not checked."
+        )
+    return warnings
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path) -> Comparison:
-    """Build the side-by-side markdown report of two runs and check prompt parity."""
+    """Build the side-by-side markdown report of two runs and check prompt parity.
+
+    Different models or template modes are stated at the top of the report (see the module
+    docs); across template modes parity is not checked (:attr:`ParityCheck.not_checked`).
+    """
     a, b = load_run(run_a), load_run(run_b)
+    warnings = model_warnings(a, b)
     parity = check_parity(a, b)
+    mode_a, mode_b = a.identity("template_mode"), b.identity("template_mode")
+    if mode_a and mode_b and mode_a != mode_b:
+        parity = ParityCheck(
+            only_a=parity.only_a,
+            only_b=parity.only_b,
+            not_checked=f"the runs used different template modes ({mode_a} vs {mode_b})",
+        )
+    notice = [*(f"> {warning}" for warning in warnings), ""] if warnings else []
     sections = [
         "# Evaluation comparison",
         "",
+        *notice,
         f"- **A**: `{a.path}`",
         f"- **B**: `{b.path}`",
         "",
@@ -173,7 +243,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> Comparison:
         "",
         *_outputs_table(a, b),
     ]
-    return Comparison("\n".join(sections) + "\n", parity)
+    return Comparison("\n".join(sections) + "\n", parity, tuple(warnings))
 
 
 def _summary_table(a: RunData, b: RunData) -> list[str]:
@@ -182,6 +252,11 @@ def _summary_table(a: RunData, b: RunData) -> list[str]:
     rows: list[tuple[str, str, str]] = [
         ("backend", str(a.identity("backend")), str(b.identity("backend"))),
         ("model", str(a.identity("model")), str(b.identity("model"))),
+        (
+            "template mode",
+            str(a.identity("template_mode") or "unknown"),
+            str(b.identity("template_mode") or "unknown"),
+        ),
     ]
     sampling_a = a.identity("sampling") or {}
     sampling_b = b.identity("sampling") or {}
@@ -222,7 +297,9 @@ def _parity_section(parity: ParityCheck) -> list[str]:
         f"{parity.by_hash} by sha256 of the rendered non-thinking prompt, "
         f"{parity.by_tokens} by prompt token count"
     )
-    if parity.compared == 0:
+    if parity.not_checked:
+        lines = [f"**not checked**: {parity.not_checked}; prompt parity cannot hold."]
+    elif parity.compared == 0:
         lines = ["**not checked**: the runs share no prompt ids."]
     elif parity.identical:
         lines = [f"**identical**: all {parity.compared} shared prompts match ({how})."]

@@ -56,11 +56,12 @@ def messages_digest(messages: tuple[Message, ...] | list[Message]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def load_prompts(path: str | Path) -> list[PromptCase]:
+def load_prompts(path: str | Path, *, allow_control_tokens: bool = False) -> list[PromptCase]:
     """Read and validate the prompt set at ``path``.
 
     Blank lines are skipped. Ids must be unique non-empty strings (integers are accepted and
-    turned into strings).
+    turned into strings). Messages holding control-token text (``<|im_start|>``) are refused
+    unless ``allow_control_tokens`` (see :func:`qwen_backends.chat.validate_messages`).
 
     Raises
     ------
@@ -80,7 +81,7 @@ def load_prompts(path: str | Path) -> list[PromptCase]:
         fields_hint="id and messages",
     )
     for number, record in records:
-        case = _parse_record(record, f"{path}:{number}", number)
+        case = _parse_record(record, f"{path}:{number}", number, allow_control_tokens)
         if case.id in seen:
             raise ConfigurationError(
                 f"{path}:{number}: id {case.id!r} is already used on line {seen[case.id]}; "
@@ -93,7 +94,9 @@ def load_prompts(path: str | Path) -> list[PromptCase]:
     return cases
 
 
-def _parse_record(record: dict[str, Any], where: str, number: int) -> PromptCase:
+def _parse_record(
+    record: dict[str, Any], where: str, number: int, allow_control_tokens: bool = False
+) -> PromptCase:
     unknown = sorted(set(record) - set(_KEYS))
     if unknown:
         raise ConfigurationError(
@@ -101,7 +104,7 @@ def _parse_record(record: dict[str, Any], where: str, number: int) -> PromptCase
         )
     return PromptCase(
         id=_parse_id(record.get("id"), where),
-        messages=_parse_messages(record.get("messages"), where),
+        messages=_parse_messages(record.get("messages"), where, allow_control_tokens),
         expected=_parse_expected(record.get("expected"), where),
         line=number,
     )
@@ -115,13 +118,15 @@ def _parse_id(value: Any, where: str) -> str:
     return value
 
 
-def _parse_messages(value: Any, where: str) -> tuple[Message, ...]:
+def _parse_messages(
+    value: Any, where: str, allow_control_tokens: bool = False
+) -> tuple[Message, ...]:
     if value is None:
         raise ConfigurationError(
             f'{where}: messages is missing; add "messages": [{{"role": "user", "content": ...}}]'
         )
     try:
-        return tuple(validate_messages(value))
+        return tuple(validate_messages(value, allow_control_tokens=allow_control_tokens))
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
 

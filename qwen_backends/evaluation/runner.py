@@ -2,28 +2,35 @@
 
 A run lives in ``<evaluation.output_dir>/<run_name>/``:
 
-- ``run.json`` -- what produced it (backend, model, sampling, prompt file);
+- ``run.json`` -- what produced it (backend, model, its template mode once known, sampling,
+  prompt file);
 - ``outputs.jsonl`` -- one record per finished prompt (see :func:`make_record`);
 - ``summary.json`` -- :func:`qwen_backends.evaluation.metrics.summarize` plus the run's identity.
 
 Running the same configuration again resumes: finished ids are skipped, an incomplete trailing
 record left by a kill is cut off, and a run directory made with different backend, model or
-sampling is refused rather than mixed.
+sampling is refused rather than mixed. One process at a time writes a run (a lock file in the
+run directory; a second writer gets a one-line error). When a write fails (a full disk) the
+records finished so far stay on disk and the same command resumes once the cause is fixed. A
+damaged ``run.json`` is rewritten from the saved records, which carry the same identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from qwen_backends._files import ensure_directory
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation.metrics import contains_match, exact_match, summarize
 from qwen_backends.evaluation.prompts import PromptCase, load_prompts
-from qwen_backends.evaluation.store import OutputsFile, write_json_atomic
+from qwen_backends.evaluation.store import OutputsFile, RunLock, write_json_atomic
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import Generation, ModelBackend
@@ -47,6 +54,8 @@ MANIFEST_FILE = "run.json"
 #: Manifest keys that must match for a run to be resumed.
 _IDENTITY = ("backend", "model", "sampling")
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class EvaluationResult:
@@ -64,6 +73,8 @@ class EvaluationResult:
         Prompts already finished by an earlier call (resumed).
     dropped_partial
         Whether an incomplete trailing record from an interrupted run was removed.
+    repaired_manifest
+        Whether a damaged ``run.json`` was rewritten from the saved records.
     """
 
     run_dir: Path
@@ -71,6 +82,7 @@ class EvaluationResult:
     generated: int = 0
     skipped: int = 0
     dropped_partial: bool = False
+    repaired_manifest: bool = False
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -127,14 +139,15 @@ def run_evaluation(
     Raises
     ------
     ConfigurationError
-        For a bad prompt set, a run directory made with other settings, or output records
-        that do not belong to this prompt set. Generation errors propagate after the
+        For a bad prompt set, a run directory made with other settings, output records that
+        do not belong to this prompt set, an output directory that cannot be created, or a run
+        another process is writing (its pid is named). Generation errors propagate after the
         records finished so far (and a partial summary) are safely on disk.
+    DiskFullError
+        When the disk fills up; every finished record is kept and the run resumes later.
     """
     config = settings.evaluation
-    prompts = load_prompts(config.prompts)
-    by_id = {case.id: case for case in prompts}
-    selected = prompts[: config.limit] if config.limit else prompts
+    prompts = load_prompts(config.prompts, allow_control_tokens=settings.allow_control_tokens)
     if backend is not None and backend.name != settings.backend:
         raise ConfigurationError(
             f"the backend passed ({backend.name}) is not the one the settings select "
@@ -142,9 +155,27 @@ def run_evaluation(
         )
     run_dir = run_directory(settings)
     manifest = _manifest(settings, config.prompts)
+    ensure_directory(config.output_dir, "evaluation runs", "evaluation.output_dir (--output-dir)")
+    ensure_directory(run_dir, "this evaluation run", "evaluation.run_name (--run-name)")
+    with RunLock(run_dir):
+        return _run_locked(settings, prompts, backend, progress, progress_file, run_dir, manifest)
+
+
+def _run_locked(
+    settings: Settings,
+    prompts: list[PromptCase],
+    backend: ModelBackend | None,
+    progress: bool,
+    progress_file: TextIO | None,
+    run_dir: Path,
+    manifest: dict[str, Any],
+) -> EvaluationResult:
+    config = settings.evaluation
+    by_id = {case.id: case for case in prompts}
+    selected = prompts[: config.limit] if config.limit else prompts
     outputs = OutputsFile(run_dir / OUTPUTS_FILE)
     records = outputs.recover()
-    _check_or_write_manifest(run_dir, manifest, records)
+    repaired = _check_or_write_manifest(run_dir, manifest, records)
     _check_records(records, by_id, outputs.path, config.prompts)
     done = {record["id"] for record in records}
     todo = [case for case in selected if case.id not in done]
@@ -153,6 +184,7 @@ def run_evaluation(
         summary={},
         skipped=len(selected) - len(todo),
         dropped_partial=outputs.dropped_bytes > 0,
+        repaired_manifest=repaired,
         records=records,
     )
     total = len({case.id for case in selected} | done)
@@ -171,11 +203,21 @@ def run_evaluation(
                 result,
                 bar=_progress_bar(total, total - len(todo), run_dir.name, progress, progress_file),
             )
-    finally:
+    except BaseException:
         outputs.close()
         if owned and backend is not None:
             backend.close()
-        result.summary = _write_summary(run_dir, manifest, records, total)
+        # A summary of what is saved helps, but it must not hide the error that stopped the
+        # run (on a full disk the summary cannot be written either; the next run writes it).
+        with contextlib.suppress(Exception):
+            manifest = _record_template_mode(run_dir, manifest, records)
+            result.summary = _write_summary(run_dir, manifest, records, total)
+        raise
+    outputs.close()
+    if owned and backend is not None:
+        backend.close()
+    manifest = _record_template_mode(run_dir, manifest, records)
+    result.summary = _write_summary(run_dir, manifest, records, total)
     return result
 
 
@@ -187,11 +229,13 @@ def make_record(
     model: str,
     sampling: SamplingParams,
     prompt_sha256: str | None,
+    template_mode: str | None = None,
 ) -> dict[str, Any]:
     """One ``outputs.jsonl`` record.
 
     Keys: ``id``, ``text``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
-    ``seconds``, ``backend``, ``model``, ``sampling``, ``expected`` (list or ``None``),
+    ``seconds``, ``backend``, ``model``, ``template_mode`` (``hybrid`` / ``non-thinking``, or
+    ``None`` when the backend could not tell), ``sampling``, ``expected`` (list or ``None``),
     ``exact_match`` / ``contains_match`` (``None`` when there is no expected answer),
     ``messages_sha256`` (the conversation) and ``prompt_sha256`` (the rendered non-thinking
     prompt when the backend renders it in this process, else ``None``).
@@ -206,6 +250,7 @@ def make_record(
         "seconds": round(generation.seconds, 6),
         "backend": backend,
         "model": model,
+        "template_mode": template_mode,
         "sampling": sampling.model_dump(mode="json"),
         "expected": list(case.expected) if scored else None,
         "exact_match": exact_match(generation.text, case.expected) if scored else None,
@@ -240,6 +285,7 @@ def _generate_all(
     try:
         for case in todo:
             generation = backend.generate(list(case.messages), sampling)
+            mode = backend.template_mode()  # known once the backend answered
             record = make_record(
                 case,
                 generation,
@@ -247,6 +293,7 @@ def _generate_all(
                 model=backend.model_name,
                 sampling=sampling,
                 prompt_sha256=prompt_fingerprint(backend, case),
+                template_mode=mode.value if mode is not None else None,
             )
             outputs.append(record)
             result.records.append(record)
@@ -293,22 +340,25 @@ def _manifest(settings: Settings, prompts_file: Path) -> dict[str, Any]:
 
 def _check_or_write_manifest(
     run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]]
-) -> None:
+) -> bool:
+    """Check the run's identity; returns whether a damaged ``run.json`` was rewritten."""
     import json
 
     path = run_dir / MANIFEST_FILE
     if not records:
         # Nothing answered yet (e.g. the model failed to load): the new settings simply apply.
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, manifest)
-        return
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else records[0]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigurationError(
-            f"{path} is unreadable ({exc}); delete the run directory {run_dir} or choose "
-            "another evaluation.run_name"
-        ) from None
+        return False
+    stored: Any = records[0]  # every record carries backend, model and sampling too
+    damaged = False
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("%s is damaged (%s); checking the run against its records", path, exc)
+            stored, damaged = records[0], True
+        if not isinstance(stored, dict):
+            stored, damaged = records[0], True
     differences = _differences({k: stored.get(k) for k in _IDENTITY}, manifest)
     if differences:
         raise ConfigurationError(
@@ -316,8 +366,9 @@ def _check_or_write_manifest(
             "resume only with the same backend, model and sampling: set evaluation.run_name "
             "(or --run-name) to start a new run, or delete that directory"
         )
-    if not path.is_file():
+    if damaged or not path.is_file():
         write_json_atomic(path, manifest)
+    return damaged
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -348,11 +399,33 @@ def _check_records(
             )
 
 
+def _record_template_mode(
+    run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Add the template mode the records report to ``run.json`` (once it is known)."""
+    import json
+
+    modes = {record.get("template_mode") for record in records} - {None}
+    if len(modes) != 1:
+        return manifest
+    path = run_dir / MANIFEST_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else manifest
+    except (OSError, json.JSONDecodeError):
+        return manifest
+    mode = modes.pop()
+    if stored.get("template_mode") != mode:
+        stored = {**stored, "template_mode": mode}
+        write_json_atomic(path, stored)
+    return {**manifest, "template_mode": mode}
+
+
 def _write_summary(
     run_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]], total: int
 ) -> dict[str, Any]:
     summary = {
         **{key: manifest[key] for key in ("run_name", "backend", "model", "sampling")},
+        "template_mode": manifest.get("template_mode"),
         "prompts_file": manifest["prompts_file"],
         **summarize(records, total),
     }

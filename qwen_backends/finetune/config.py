@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from qwen_backends._files import load_yaml_mapping
 from qwen_backends.errors import ConfigurationError, did_you_mean
+from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, FamilyName
 from qwen_backends.finetune.engines import ENGINES
 from qwen_backends.sampling import validation_message
 from qwen_backends.settings import Section, deep_merge
@@ -34,6 +35,7 @@ __all__ = [
     "ExportConfig",
     "FinetuneConfig",
     "LoraConfigSection",
+    "MLXExportConfig",
     "TrainingConfig",
     "load_config",
 ]
@@ -65,6 +67,11 @@ class DataConfig(Section):
     )
     split: str = Field("train", description="Split of hub_dataset, e.g. 'train' or 'train[:500]'.")
     limit: int | None = Field(None, ge=1, description="Use at most this many conversations.")
+    allow_control_tokens: bool = Field(
+        False,
+        description="Train on text holding Qwen3 control-token text such as <|im_end|> (it is "
+        "tokenized as the real control token); off: such conversations are refused with FILE:LINE.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -138,6 +145,32 @@ class TrainingConfig(Section):
         return self
 
 
+class MLXExportConfig(Section):
+    """An MLX copy of the merged model (``export.mlx``), for the mlx backend on a Mac.
+
+    Written to ``output_dir/mlx`` with mlx-lm's converter, then loaded with the mlx backend and
+    checked against the merged model through the hf backend: identical prompt ids and greedy
+    answers on the first ``check_examples`` training questions.
+    """
+
+    quant: Literal["4bit", "8bit", "none"] = Field(
+        "4bit", description="Weights: 4bit (what Qwen publishes for MLX), 8bit, or none (float)."
+    )
+    group_size: Literal[32, 64, 128] = Field(
+        64, description="Weights per quantization scale (32 for tiny test models)."
+    )
+    check_examples: int = Field(
+        4, ge=0, description="Training questions answered through both backends (0: no check)."
+    )
+    min_agreement: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of checked answers that must be identical; quantized exports of "
+        "long answers may need less.",
+    )
+
+
 class ExportConfig(Section):
     """What is written after training, all under ``output_dir``."""
 
@@ -150,8 +183,17 @@ class ExportConfig(Section):
     )
     gguf: list[str] = Field(
         default_factory=list,
-        description="GGUF quantizations to write with Unsloth (unsloth engine only), "
-        "e.g. [q4_k_m, q8_0].",
+        description="GGUF quantizations to write into output_dir/gguf, e.g. [q8_0, q4_k_m] "
+        "(peft: llama.cpp's converter and quantizer; unsloth: Unsloth's tooling). The first "
+        "one is what the Modelfile imports.",
+    )
+    verify_gguf: bool = Field(
+        True,
+        description="Load each GGUF with the llamacpp backend and check its template renders "
+        "the training prompts, <|im_end|> ends answers, and trained answers come back greedy.",
+    )
+    verify_examples: int = Field(
+        4, ge=0, description="How many trained answers the GGUF check asks for (0: none)."
     )
     modelfile: bool = Field(
         True, description="Write an Ollama Modelfile with the non-thinking template."
@@ -161,6 +203,11 @@ class ExportConfig(Section):
     )
     num_ctx: int | None = Field(
         None, ge=1, description="PARAMETER num_ctx in the Modelfile (None: Ollama's default)."
+    )
+    mlx: MLXExportConfig | None = Field(
+        None,
+        description="Also write an MLX copy to output_dir/mlx, e.g. {quant: 4bit} (needs "
+        "export.merge and the mlx extra).",
     )
 
 
@@ -178,7 +225,14 @@ class FinetuneConfig(BaseModel):
         description="unsloth: Unsloth on an NVIDIA/AMD/Intel GPU; peft: plain transformers + "
         "PEFT + TRL (CPU or GPU).",
     )
-    model: str = Field("unsloth/Qwen3-4B", description="Hub id or local folder of the base model.")
+    family: FamilyName = Field(
+        DEFAULT_FAMILY,
+        description="Qwen3-4B release whose Unsloth repo is the default base model: qwen3-4b "
+        "(hybrid) or qwen3-4b-instruct-2507 (non-thinking only).",
+    )
+    model: str | None = Field(
+        None, description="Hub id or local folder of the base model (default: the family's)."
+    )
     max_seq_length: int = Field(2048, ge=8, description="Longer examples are truncated.")
     load_in_4bit: bool = Field(
         False, description="QLoRA: load the base in 4 bits (unsloth engine only)."
@@ -217,11 +271,19 @@ class FinetuneConfig(BaseModel):
                 "load_in_4bit is only supported by the unsloth engine; set load_in_4bit: false "
                 "for the peft engine (or engine: unsloth on a GPU)"
             )
-        if self.engine == "peft" and self.export.gguf:
+        if self.engine == "peft":
+            from qwen_backends.export.gguf import GGUF_TYPES
+
+            unknown = [q for q in self.export.gguf if q.lower() not in GGUF_TYPES]
+            if unknown:
+                raise ValueError(
+                    f"export.gguf has {', '.join(map(repr, unknown))}, which llama.cpp cannot "
+                    f"write here; use some of {', '.join(GGUF_TYPES)}"
+                )
+        if self.export.mlx is not None and not self.export.merge:
             raise ValueError(
-                "export.gguf needs the unsloth engine (it converts with Unsloth's llama.cpp "
-                "tooling); remove export.gguf for the peft engine, the Modelfile then imports "
-                "the merged safetensors folder"
+                "export.mlx converts the merged model; set export.merge: true (or remove "
+                "export.mlx)"
             )
         if self.export.modelfile and not (self.export.merge or self.export.gguf):
             raise ValueError(
@@ -229,6 +291,11 @@ class FinetuneConfig(BaseModel):
                 "export.gguf quantizations"
             )
         return self
+
+    @property
+    def model_name(self) -> str:
+        """The base model: ``model`` if set, else the family's Unsloth repository."""
+        return self.model or FAMILIES[self.family].unsloth
 
     @property
     def output_dir(self) -> Path:
@@ -264,20 +331,9 @@ def load_config(path: str | Path, **changes: Any) -> FinetuneConfig:
         If the file is missing, is not a YAML mapping, or holds an invalid value.
     """
     config_path = Path(path)
-    if not config_path.is_file():
+    if not config_path.exists():
         raise ConfigurationError(f"fine-tuning config {config_path} does not exist; check the path")
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigurationError(
-            f"fine-tuning config {config_path} is not valid YAML{where}; fix the syntax"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigurationError(
-            f"fine-tuning config {config_path} must be a YAML mapping (engine:, model:, data:, ...)"
-        )
+    raw = load_yaml_mapping(config_path, "fine-tuning config", "engine:, model:, data:, ...")
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data_path = Path(data["path"]).expanduser()

@@ -6,11 +6,13 @@ trained as exactly the token sequence the model sees and produces at inference t
     render_prompt_ids(tokenizer, history)  +  ids(answer)  +  [<|im_end|>]
 
 so the training *text* is ``render_prompt(tokenizer, history) + answer + "<|im_end|>"``: the
-non-thinking prompt (ending with the empty think block) that every backend renders, the answer,
-and the end-of-turn token at which generation stops. The template's newline after
-``<|im_end|>`` is not part of the example: inference stops before it, so nothing would learn to
-produce it. Labels are ``-100`` on every prompt token (system, user, earlier turns, the role
-header and the empty think block) and equal the ids on the answer and ``<|im_end|>``.
+non-thinking prompt that every backend renders (for the hybrid Qwen3-4B it ends with the empty
+think block; for Qwen3-4B-Instruct-2507 at ``<|im_start|>assistant\n``, as its template has no
+think block), the answer, and the end-of-turn token at which generation stops. The template's
+newline after ``<|im_end|>`` is not part of the example: inference stops before it, so nothing
+would learn to produce it. Labels are ``-100`` on every prompt token (system, user, earlier
+turns, the role header and, for the hybrid, the empty think block) and equal the ids on the
+answer and ``<|im_end|>``.
 
 A conversation with several assistant turns gives one example per turn, each rendered from its
 own history, because the chat template renders earlier assistant turns *without* the empty think
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.chat import Message, render_prompt, render_prompt_ids
+from qwen_backends.chat import Message, find_control_token, render_prompt, render_prompt_ids
 from qwen_backends.errors import ConfigurationError, InvalidMessagesError, first_line
 from qwen_backends.jsonl import iter_jsonl_objects
 from qwen_backends.thinking import strip_thinking
@@ -105,15 +107,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         If the file is missing or a line is not a JSON object (with its line number).
     """
     file = Path(path)
-    records = [
-        record
-        for _, record in iter_jsonl_objects(
-            file,
-            what="training data",
-            missing_hint="check data.path",
-            fields_hint="'messages' or 'conversations'",
-        )
-    ]
+    records = [record for _, record in _read_jsonl_lines(file)]
     if not records:
         raise ConfigurationError(f"training data {file} is empty; add conversations")
     return records
@@ -196,14 +190,20 @@ def assistant_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[list[Me
 
 
 def training_text(
-    tokenizer: PreTrainedTokenizerBase, history: Sequence[Mapping[str, Any]], answer: str
+    tokenizer: PreTrainedTokenizerBase,
+    history: Sequence[Mapping[str, Any]],
+    answer: str,
+    *,
+    allow_control_tokens: bool = False,
 ) -> str:
     """The text an assistant turn is trained as: ``render_prompt(history) + answer + <|im_end|>``.
 
-    This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking,
-    ending with the empty think block) followed by what the model should generate.
+    This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking:
+    ending with the empty think block for the hybrid, at the assistant header for
+    Instruct-2507) followed by what the model should generate.
     """
-    return render_prompt(tokenizer, list(history)) + strip_thinking(answer) + END_OF_TURN
+    prompt = render_prompt(tokenizer, list(history), allow_control_tokens=allow_control_tokens)
+    return prompt + strip_thinking(answer) + END_OF_TURN
 
 
 def encode_turn(
@@ -211,14 +211,26 @@ def encode_turn(
     history: Sequence[Mapping[str, Any]],
     answer: str,
     max_seq_length: int | None = None,
+    *,
+    allow_control_tokens: bool = False,
 ) -> EncodedExample:
     """Token ids and assistant-only labels of one turn (see the module docs).
 
     The prompt is tokenized exactly as backends tokenize it (:func:`render_prompt_ids`) and the
     answer separately, so the prompt ids are a prefix of the example whatever the answer starts
-    with; decoding ``input_ids`` gives :func:`training_text`.
+    with; decoding ``input_ids`` gives :func:`training_text`. Control-token text in the history
+    or the answer is refused unless ``allow_control_tokens``.
     """
-    prompt_ids = render_prompt_ids(tokenizer, list(history))
+    if not allow_control_tokens:
+        token = find_control_token(answer)
+        if token is not None:
+            raise InvalidMessagesError(
+                f"the answer contains the control token {token}; remove it, or set "
+                "data.allow_control_tokens: true if it is meant"
+            )
+    prompt_ids = render_prompt_ids(
+        tokenizer, list(history), allow_control_tokens=allow_control_tokens
+    )
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if not isinstance(end_id, int) or end_id == tokenizer.unk_token_id:
         raise ConfigurationError(f"the tokenizer has no {END_OF_TURN} token; use Qwen3's tokenizer")
@@ -237,8 +249,12 @@ def encode_conversations(
     max_seq_length: int | None = None,
     *,
     progress: bool = False,
+    allow_control_tokens: bool = False,
 ) -> tuple[list[EncodedExample], int]:
     """Encode every assistant turn of every conversation.
+
+    ``allow_control_tokens`` lets text hold Qwen3 control-token text (see
+    :func:`qwen_backends.chat.validate_messages`).
 
     Returns
     -------
@@ -257,7 +273,13 @@ def encode_conversations(
         try:
             turns = assistant_turns(conversation)
             for history, answer in turns:
-                example = encode_turn(tokenizer, history, answer, max_seq_length)
+                example = encode_turn(
+                    tokenizer,
+                    history,
+                    answer,
+                    max_seq_length,
+                    allow_control_tokens=allow_control_tokens,
+                )
                 if all(label == IGNORE_INDEX for label in example.labels):
                     dropped += 1
                 else:
@@ -280,20 +302,54 @@ def load_conversations(config: DataConfig) -> list[list[Message]]:
     ConfigurationError
         If the file or dataset cannot be read.
     InvalidMessagesError
-        If a record is neither a ``messages`` nor a ShareGPT ``conversations`` record.
+        If a record is neither a ``messages`` nor a ShareGPT ``conversations`` record, or holds
+        control-token text (``<|im_start|>``) while ``data.allow_control_tokens`` is off; the
+        message names ``FILE:LINE`` (or the dataset record).
     """
+    located: Iterable[tuple[str, Mapping[str, Any]]]
     if config.path is not None:
-        records: Iterable[Mapping[str, Any]] = read_jsonl(config.path)
-        source = config.path
+        path = config.path
+        located = ((f"{path}:{line}", record) for line, record in _read_jsonl_lines(path))
     else:
-        records = _hub_records(str(config.hub_dataset), config.split)
-        source = str(config.hub_dataset)
+        name = str(config.hub_dataset)
+        records = _hub_records(name, config.split)
+        located = ((f"{name} record {index}", record) for index, record in enumerate(records))
     conversations: list[list[Message]] = []
-    for index, record in enumerate(records):
+    for where, record in located:
         if config.limit is not None and len(conversations) >= config.limit:
             break
-        conversations.append(normalize_conversation(record, f"{source} record {index}"))
+        messages = normalize_conversation(record, where)
+        if not config.allow_control_tokens:
+            _refuse_control_tokens(messages, where)
+        conversations.append(messages)
+    if not conversations:
+        source = config.path or config.hub_dataset
+        raise ConfigurationError(f"training data {source} is empty; add conversations")
     return conversations
+
+
+def _read_jsonl_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    return list(
+        iter_jsonl_objects(
+            path,
+            what="training data",
+            missing_hint="check data.path",
+            fields_hint="'messages' or 'conversations'",
+        )
+    )
+
+
+def _refuse_control_tokens(messages: Sequence[Mapping[str, Any]], where: str) -> None:
+    for index, message in enumerate(messages):
+        token = find_control_token(
+            [message.get(key) for key in ("content", "name", "tool_calls", "tool_call_id")]
+        )
+        if token is not None:
+            raise InvalidMessagesError(
+                f"{where}: turn {index} ({message.get('role')}) contains the control token "
+                f"{token}, which would train the model on a forged turn marker; remove it, or set "
+                "data.allow_control_tokens: true if it is meant"
+            )
 
 
 def _hub_records(name: str, split: str) -> Iterable[Mapping[str, Any]]:

@@ -7,7 +7,8 @@ Everything else (data, rendering, labels, trainer, checkpoints, the Modelfile) i
 - :meth:`Engine.add_lora` -- the model with trainable LoRA adapters;
 - :meth:`Engine.trainer_flags` -- mixed precision and gradient checkpointing for the trainer;
 - :meth:`Engine.save_merged` -- adapters merged into 16-bit weights, saved with the tokenizer;
-- :meth:`Engine.export_gguf` -- GGUF files (Unsloth only).
+- :meth:`Engine.export_gguf` -- GGUF files (peft: llama.cpp's converter and quantizer via
+  :mod:`qwen_backends.export.gguf`; unsloth: Unsloth's own tooling).
 
 ``unsloth`` (:class:`UnslothEngine`) needs an NVIDIA, AMD or Intel GPU and imports Unsloth before
 anything else it patches. ``peft`` (:class:`PeftEngine`) is plain transformers + PEFT and runs on
@@ -118,7 +119,7 @@ class PeftEngine(Engine):
 
         from qwen_backends.errors import ModelNotFoundError
 
-        source = self.config.model
+        source = self.config.model_name
         if looks_like_path(source) and not Path(source).expanduser().is_dir():
             raise ModelNotFoundError(
                 f"model folder {source!r} does not exist; fix model: in the config (or "
@@ -132,8 +133,8 @@ class PeftEngine(Engine):
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(), token=token)
         except OSError as exc:
             raise ModelNotFoundError(
-                f"cannot load {self.config.model!r} ({first_line(exc)}); check the model id or "
-                "folder, and HF_TOKEN for gated models"
+                f"cannot load {self.config.model_name!r} ({first_line(exc)}); check the model id "
+                "or folder, and HF_TOKEN for gated models"
             ) from exc
         return model, tokenizer
 
@@ -186,6 +187,29 @@ class PeftEngine(Engine):
         tokenizer.save_pretrained(str(directory))
         return directory
 
+    def export_gguf(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path
+    ) -> list[Path]:
+        """One ``<ollama_name>.<QUANT>.gguf`` per ``export.gguf`` type, from the merged folder.
+
+        Converts ``output_dir/merged`` (written just before) with llama.cpp's converter
+        (:func:`qwen_backends.export.gguf.convert_to_gguf`); without ``export.merge`` the
+        merged model is written to a temporary folder first.
+        """
+        import tempfile
+
+        from qwen_backends.export.gguf import convert_to_gguf, gguf_file_name
+
+        stem = self.config.export.ollama_name
+        merged = directory.parent / "merged"
+        with tempfile.TemporaryDirectory(prefix="merged-") as tmp:
+            if not (merged / "config.json").is_file():
+                merged = self.save_merged(model, tokenizer, Path(tmp))
+            return [
+                convert_to_gguf(merged, directory / gguf_file_name(stem, quant), quant)
+                for quant in self.config.export.gguf
+            ]
+
 
 class UnslothEngine(Engine):
     """Unsloth's ``FastLanguageModel``: 4-bit QLoRA and fast kernels on a GPU."""
@@ -208,7 +232,7 @@ class UnslothEngine(Engine):
         from qwen_backends.backends.unsloth import load_unsloth_model
 
         return load_unsloth_model(
-            self.config.model,
+            self.config.model_name,
             max_seq_length=self.config.max_seq_length,
             dtype=self.config.dtype,
             load_in_4bit=self.config.load_in_4bit,

@@ -9,7 +9,15 @@ Steps, in order (``engine`` is the only thing that differs between Unsloth and P
 4. ``engine.add_lora()``; measure the assistant-token loss on a few examples;
 5. train with TRL's ``SFTTrainer`` (progress bars, checkpoints, resume);
 6. measure the loss again; save the adapter (``lora/``), the merged 16-bit model
-   (``merged/``), GGUF files (Unsloth) and a non-thinking Ollama ``Modelfile``.
+   (``merged/``), GGUF files (``gguf/``) and a non-thinking Ollama ``Modelfile`` beside the
+   first GGUF;
+7. check every GGUF in a real engine (:func:`qwen_backends.export.gguf.verify_gguf`, the
+   llamacpp backend): its template renders the training prompts exactly, ``<|im_end|>`` ends
+   answers, and the trained answers come back greedy (as many as the merged model gets right
+   through the hf backend). A GGUF that fails raises :class:`~qwen_backends.errors.ExportError`;
+8. with ``export.mlx``, once the training model is released: an MLX copy (``mlx/``), loaded
+   with the mlx backend and checked against ``merged/`` through the hf backend (identical
+   prompt ids, greedy answers to the first training questions).
 
 :meth:`FinetuneResult.load_backend` then reloads the merged model with the hf backend through
 :func:`qwen_backends.create_backend`, so the fine-tuned model answers through the same interface.
@@ -26,17 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import ConfigurationError
+from qwen_backends._files import ensure_directory
+from qwen_backends.errors import ConfigurationError, MissingDependencyError
 from qwen_backends.finetune.config import FinetuneConfig
 from qwen_backends.finetune.data import (
     IGNORE_INDEX,
     EncodedExample,
     PadCollator,
+    assistant_turns,
     encode_conversations,
     load_conversations,
 )
 from qwen_backends.finetune.engines import Engine, create_engine
 from qwen_backends.finetune.ollama import write_modelfile
+from qwen_backends.thinking import TemplateMode, template_mode
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
 
     from qwen_backends.backends.base import ModelBackend
     from qwen_backends.chat import Message
+    from qwen_backends.export.mlx import MLXCheck
 
 __all__ = ["FinetuneResult", "answer_token_loss", "assistant_loss", "run_finetune"]
 
@@ -61,7 +73,8 @@ class FinetuneResult:
     adapter_dir, merged_dir, modelfile
         ``lora/``, ``merged/`` and the ``Modelfile``, or ``None`` when not written.
     gguf_files
-        GGUF files written (unsloth engine with ``export.gguf``).
+        GGUF files written (``export.gguf``), each checked in llama.cpp unless
+        ``export.verify_gguf`` is off.
     examples, dropped
         Training examples (one per assistant turn), and turns dropped by truncation.
     steps
@@ -75,6 +88,13 @@ class FinetuneResult:
         The trainer's logged records (loss, learning rate, ... per logging step).
     ollama_name
         The model name suggested for ``ollama create``.
+    mlx_dir
+        The MLX copy (``export.mlx``), or ``None``.
+    mlx_check
+        How the MLX copy compared with the merged model (``export.mlx``), or ``None``.
+    template_mode
+        The base model's template mode (hybrid: the Modelfile pre-fills the empty think block;
+        non-thinking: Instruct-2507, it does not).
     """
 
     output_dir: Path
@@ -90,22 +110,40 @@ class FinetuneResult:
     train_seconds: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
     ollama_name: str = "qwen3-finetuned"
+    mlx_dir: Path | None = None
+    mlx_check: MLXCheck | None = None
+    template_mode: TemplateMode = TemplateMode.HYBRID
 
-    def load_backend(self, **overrides: Any) -> ModelBackend:
-        """The merged model behind the hf backend (``create_backend(backend="hf", model=...)``).
+    def load_backend(self, backend: str = "hf", **overrides: Any) -> ModelBackend:
+        """The result behind a backend: ``"hf"`` loads ``merged/``, ``"llamacpp"`` the first GGUF.
 
         Raises
         ------
         ConfigurationError
-            If the run did not merge (``export.merge: false``).
+            If the run did not write what that backend loads (``export.merge: false``, or no
+            ``export.gguf``).
         """
+        from qwen_backends.factory import create_backend
+
+        if backend == "llamacpp":
+            if not self.gguf_files:
+                raise ConfigurationError(
+                    "this run wrote no GGUF file; list quantizations in export.gguf (e.g. "
+                    "[q8_0]) to reload the result with the llamacpp backend"
+                )
+            return create_backend(
+                backend="llamacpp", model=str(self.gguf_files[0].resolve()), **overrides
+            )
+        if backend != "hf":
+            raise ConfigurationError(
+                f"load_backend loads the fine-tuned files with 'hf' (merged/) or 'llamacpp' "
+                f"(GGUF), not {backend!r}"
+            )
         if self.merged_dir is None:
             raise ConfigurationError(
                 "this run saved no merged model (export.merge: false); set export.merge: true "
                 "to reload the result with the hf backend"
             )
-        from qwen_backends.factory import create_backend
-
         return create_backend(backend="hf", model=str(self.merged_dir.resolve()), **overrides)
 
     def summary(self) -> str:
@@ -122,7 +160,19 @@ class FinetuneResult:
         if self.merged_dir:
             merged = _shown(self.merged_dir)
             lines.append(f"merged model: {merged}  (QWEN_BACKEND=hf QWEN_MODEL={merged})")
-        lines += [f"GGUF: {_shown(path)}" for path in self.gguf_files]
+        lines += [
+            f"GGUF: {_shown(path)}  (QWEN_BACKEND=llamacpp QWEN_MODEL={_shown(path)})"
+            for path in self.gguf_files
+        ]
+        if self.mlx_dir:
+            mlx = _shown(self.mlx_dir)
+            checked = ""
+            if self.mlx_check is not None and self.mlx_check.answers:
+                checked = (
+                    f"; answers {self.mlx_check.matched}/{len(self.mlx_check.answers)} checked "
+                    "questions like the merged model"
+                )
+            lines.append(f"MLX: {mlx}  (QWEN_BACKEND=mlx QWEN_MODEL={mlx}){checked}")
         if self.modelfile:
             lines.append(
                 f"Ollama: cd {_shown(self.modelfile.parent)} && "
@@ -155,19 +205,76 @@ def run_finetune(
     engine = create_engine(config)
     engine.check_training_options()
     _check_resume(config)
+    # A bad output path fails now, not after training.
+    ensure_directory(
+        config.output_dir, "the fine-tuning outputs", "export.output_dir (--output-dir)"
+    )
+    if config.export.mlx is not None:
+        _check_mlx_installed()
+    if conversations is None:  # before loading the model: bad data fails fast
+        conversations = load_conversations(config.data)
     with _cpu_threads(config.training.cpu_threads):
-        return _run(config, engine, conversations)
+        result = _run(config, engine, conversations)
+    if config.export.mlx is not None and result.merged_dir is not None:
+        _export_mlx(config, result, conversations)
+    return result
+
+
+def _check_mlx_installed() -> None:
+    """Refuse ``export.mlx`` before training when mlx-lm is not installed."""
+    from qwen_backends.registry import missing_modules
+
+    missing = missing_modules("mlx")
+    if missing:
+        raise MissingDependencyError(
+            f"export.mlx needs {', '.join(missing)}, which is not installed; pip install "
+            "'qwen-backends[mlx]' (Apple silicon Mac, or Linux with glibc >= 2.35), or remove "
+            "export.mlx"
+        )
+
+
+def _export_mlx(
+    config: FinetuneConfig, result: FinetuneResult, conversations: Sequence[Sequence[Message]]
+) -> None:
+    """Write ``output_dir/mlx`` from the merged model and check it (step 7)."""
+    import gc
+
+    from qwen_backends.export.mlx import check_mlx_export, export_mlx
+
+    options = config.export.mlx
+    assert options is not None and result.merged_dir is not None
+    gc.collect()  # the trainer's model cycle: free it before loading two more copies
+    target = config.output_dir / "mlx"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    result.mlx_dir = export_mlx(
+        result.merged_dir, target, quant=options.quant, group_size=options.group_size
+    )
+    questions = [assistant_turns(chat)[-1][0] for chat in conversations[: options.check_examples]]
+    if questions:
+        result.mlx_check = check_mlx_export(
+            result.mlx_dir,
+            result.merged_dir,
+            questions,
+            min_agreement=options.min_agreement,
+        )
 
 
 def _run(
-    config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]] | None
+    config: FinetuneConfig, engine: Engine, conversations: Sequence[Sequence[Message]]
 ) -> FinetuneResult:
     model, tokenizer = engine.load()
-    if conversations is None:
-        conversations = load_conversations(config.data)
+    # Refuses a thinking-only base before any work; picks the Modelfile's think prefill.
+    mode = template_mode(tokenizer)
     training = config.training
     encoded, dropped = encode_conversations(
-        tokenizer, conversations, config.max_seq_length, progress=training.progress_bar
+        tokenizer,
+        conversations,
+        config.max_seq_length,
+        progress=training.progress_bar,
+        allow_control_tokens=config.data.allow_control_tokens,
     )
     if dropped:
         logger.warning(
@@ -199,14 +306,21 @@ def _run(
         engine.save_merged(model, tokenizer, output / "merged") if config.export.merge else None
     )
     gguf_files = engine.export_gguf(model, tokenizer, output / "gguf") if config.export.gguf else []
+    if gguf_files and config.export.verify_gguf:
+        _verify_ggufs(config, gguf_files, merged_dir, conversations)
     modelfile = None
     if config.export.modelfile:
         if gguf_files:
             modelfile = write_modelfile(
-                gguf_files[0].parent, f"./{gguf_files[0].name}", num_ctx=config.export.num_ctx
+                gguf_files[0].parent,
+                f"./{gguf_files[0].name}",
+                num_ctx=config.export.num_ctx,
+                mode=mode,
             )
         elif merged_dir is not None:
-            modelfile = write_modelfile(output, "./merged", num_ctx=config.export.num_ctx)
+            modelfile = write_modelfile(
+                output, "./merged", num_ctx=config.export.num_ctx, mode=mode
+            )
     return FinetuneResult(
         output_dir=output,
         adapter_dir=adapter_dir,
@@ -221,7 +335,54 @@ def _run(
         train_seconds=train_seconds,
         log_history=list(trainer.state.log_history),
         ollama_name=config.export.ollama_name,
+        template_mode=mode,
     )
+
+
+def _verify_ggufs(
+    config: FinetuneConfig,
+    gguf_files: Sequence[Path],
+    merged_dir: Path | None,
+    conversations: Sequence[Sequence[Message]],
+) -> None:
+    """Check every GGUF in llama.cpp against the merged model (see the module docs, step 7)."""
+    from qwen_backends.export.gguf import verify_gguf
+    from qwen_backends.finetune.data import assistant_turns
+    from qwen_backends.sampling import SamplingParams
+
+    trained = [assistant_turns(chat)[-1] for chat in conversations][: config.export.verify_examples]
+    threads = config.training.cpu_threads or 1
+    reference = None
+    if merged_dir is not None and trained:
+        from qwen_backends.factory import create_backend
+
+        with create_backend(backend="hf", model=str(merged_dir.resolve())) as backend:
+            reference = 0
+            for history, answer in trained:
+                tokenizer: Any = getattr(backend, "tokenizer")  # noqa: B009 - the hf backend's
+                tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
+                budget = len(tokens) + 8  # the same budget verify_gguf gives the GGUF
+                result = backend.generate(
+                    history, SamplingParams.preset("greedy", max_new_tokens=budget)
+                )
+                reference += result.text.strip() == answer.strip()
+    for path, quant in zip(gguf_files, config.export.gguf, strict=False):
+        report = verify_gguf(
+            path,
+            tokenizer_dir=merged_dir,
+            trained=trained,
+            reference_matched=reference,
+            quant=quant if config.engine == "peft" else None,
+            threads=threads,
+        )
+        logger.info(
+            "%s checked in llama.cpp: %d prompts identical, %d/%d trained answers (merged: %s)",
+            path.name,
+            report.prompts_checked,
+            report.matched,
+            len(trained),
+            reference,
+        )
 
 
 def assistant_loss(

@@ -2,16 +2,19 @@
 
 It listens on 127.0.0.1 with real sockets, so the unchanged ``ollama`` client talks to it over
 HTTP exactly as to ``ollama serve``. It implements the documented shapes of ``/api/chat``
-(NDJSON streaming and single JSON), ``/api/show``, ``/api/tags``, ``/api/pull`` and
-``/api/version``, and rejects what the real server rejects: an unknown model (404), an invalid
+(NDJSON streaming and single JSON), ``/api/show``, ``/api/tags``, ``/api/pull``, ``/api/create``
+(``from`` an existing model, with a new ``template`` and ``parameters``) and ``/api/version``, and
+rejects what the real server rejects: an unknown model (404), an invalid
 ``think`` value (400) and ``think: true`` on a model without the thinking capability (400).
 
 Tokens come from a real (random-weight) Qwen3 checkpoint run with transformers: the prompt is
-rendered with the checkpoint's tokenizer, and ``num_predict``, ``seed``, ``temperature``,
-``top_k``, ``top_p``, ``min_p``, ``repeat_penalty``, ``presence_penalty`` and ``stop`` are
-honoured, so token counts and streaming are real. Special tokens other than the end-of-turn
-token are masked out, so the model never produces ``<think>`` by accident; thinking appears only
-when a served model is set up to think.
+rendered with the checkpoint's tokenizer carrying the served model's chat template (the hybrid
+Qwen3-4B's, Instruct-2507's or Thinking-2507's: :data:`qwen_backends.testing.TEMPLATES`), so
+the prompt counts differ per release as on a real server, and ``num_predict``, ``seed``,
+``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repeat_penalty``, ``presence_penalty`` and
+``stop`` are honoured, so token counts and streaming are real. Special tokens other than the
+end-of-turn token are masked out, so the model never produces ``<think>`` by accident; thinking
+appears only when a served model is set up to think.
 
 Every request is recorded (:attr:`OllamaServer.requests`) and every answer too
 (:attr:`OllamaServer.answers`), so tests assert exactly what was sent and received. Behaviours
@@ -22,6 +25,7 @@ for error paths are plain attributes: ``version``, ``latency``, ``fail_next``, `
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import socket
@@ -70,6 +74,9 @@ class ServedModel:
         GGUF metadata (``general.*``) reported by ``/api/show``.
     template
         The Go template ``/api/show`` reports.
+    chat_template
+        Which release's chat template renders its prompts (a key of
+        :data:`qwen_backends.testing.TEMPLATES`).
     thinking_only
         Thinks whatever ``think`` says (Qwen3-4B-Thinking-2507).
     leak
@@ -86,6 +93,7 @@ class ServedModel:
     capabilities: list[str] = field(default_factory=lambda: ["completion", "tools"])
     model_info: dict[str, Any] = field(default_factory=dict)
     template: str = _INSTRUCT_TEMPLATE
+    chat_template: str = "instruct-2507"
     thinking_only: bool = False
     leak: str | None = None
     think_tokens: int = 6
@@ -133,6 +141,7 @@ def thinking_model(name: str = THINKING_TAG) -> ServedModel:
             "general.finetune": "Thinking-2507",
         },
         template=_THINKING_TEMPLATE,
+        chat_template="thinking-2507",
         thinking_only=True,
         leak="field",
     )
@@ -145,6 +154,7 @@ def hybrid_model(name: str = HYBRID_TAG) -> ServedModel:
         capabilities=["completion", "tools", "thinking"],
         model_info={"general.architecture": "qwen3"},
         template=_HYBRID_TEMPLATE,
+        chat_template="hybrid",
     )
 
 
@@ -171,9 +181,14 @@ class TinyQwen:
         self.banned[list(EOS_IDS)] = False
         # One forward pass at a time, like a server with OLLAMA_NUM_PARALLEL=1.
         self.lock = threading.Lock()
+        self._tokenizers: dict[str, Any] = {}
 
-    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Token ids of the non-thinking prompt for ``messages``."""
+    def prompt_ids(self, messages: list[dict[str, Any]], template: str = "hybrid") -> list[int]:
+        """Token ids of the prompt for ``messages`` under release ``template``'s chat template.
+
+        Non-thinking for the hybrid and Instruct-2507; a thinking-only template renders its
+        own prompt (opening ``<think>``), as the real server would.
+        """
         from qwen_backends.chat import render_prompt_ids
 
         clean = []
@@ -182,7 +197,24 @@ class TinyQwen:
             if message.get("tool_calls"):
                 entry["tool_calls"] = message["tool_calls"]
             clean.append(entry)
-        return render_prompt_ids(self.tokenizer, clean)
+        tokenizer = self.tokenizer_for(template)
+        if template == "thinking-2507":
+            prompt = tokenizer.apply_chat_template(
+                clean, tokenize=False, add_generation_prompt=True
+            )
+            return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return render_prompt_ids(tokenizer, clean)
+
+    def tokenizer_for(self, template: str) -> Any:
+        """The checkpoint's tokenizer carrying release ``template``'s chat template."""
+        from qwen_backends.testing import chat_template
+
+        found = self._tokenizers.get(template)
+        if found is None:
+            found = copy.copy(self.tokenizer)
+            found.chat_template = chat_template(template)
+            self._tokenizers[template] = found
+        return found
 
     def tokens(
         self,
@@ -443,6 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", "/api/tags"): self._tags,
             ("POST", "/api/show"): lambda: self._show(body),
             ("POST", "/api/pull"): lambda: self._pull(body),
+            ("POST", "/api/create"): lambda: self._create(body),
             ("POST", "/api/chat"): lambda: self._chat(body),
         }
         handler = routes.get((method, self.path))
@@ -545,6 +578,39 @@ class _Handler(BaseHTTPRequestHandler):
         stub.models[name] = model
         self._end_ndjson()
 
+    def _create(self, body: dict[str, Any]) -> None:
+        """``/api/create`` from an existing model with a new template (and parameters).
+
+        Like Ollama, the new model has the ``thinking`` capability only if its template reads
+        the request's think switch; it renders prompts with its base's chat template, since
+        the TEMPLATE given is the non-thinking one for that release.
+        """
+        stub = self.server_stub
+        name, source = body.get("model") or "", body.get("from") or ""
+        base = stub.models.get(source)
+        if base is None:
+            self._json(400, {"error": f"model '{source}' not found, pull it first"})
+            return
+        template = body.get("template") or base.template
+        capabilities = [c for c in base.capabilities if c != "thinking"]
+        if "{{ .Think" in template or ".IsThinkSet" in template or ".Thinking" in template:
+            capabilities.append("thinking")
+        stub.models[name] = ServedModel(
+            name,
+            capabilities=capabilities,
+            model_info=dict(base.model_info),
+            template=template,
+            chat_template=base.chat_template,
+            thinking_only=base.thinking_only,
+        )
+        if body.get("stream", True):
+            self._start_ndjson()
+            for status in ("using existing layer", "writing manifest", "success"):
+                self._line({"status": status})
+            self._end_ndjson()
+        else:
+            self._json(200, {"status": "success"})
+
     def _chat(self, body: dict[str, Any]) -> None:
         stub = self.server_stub
         name = body.get("model") or ""
@@ -599,7 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
         stub, engine = self.server_stub, self.server_stub.engine
         options = dict(body.get("options") or {})
         stops = [s for s in options.get("stop") or [] if s]
-        prompt = engine.prompt_ids(body.get("messages") or [])
+        prompt = engine.prompt_ids(body.get("messages") or [], model.chat_template)
         stream = body.get("stream", True)
         tags = thinks and model.leak == "tags"
         started = time.perf_counter_ns()

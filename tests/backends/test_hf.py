@@ -8,13 +8,15 @@ deterministic under a seed.
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from qwen_backends import create_backend
 from qwen_backends.backends.hf import HFBackend
@@ -31,17 +33,20 @@ from qwen_backends.backends.transformers_sampling import (
     PresencePenaltyLogitsProcessor,
     generation_config_for,
 )
+from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
     ConfigurationError,
     ContextLengthError,
     GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
+    ThinkingModeError,
     UnsupportedFeatureError,
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import HFSettings, Settings
-from qwen_backends.thinking import TextPipeline, ThinkingStreamFilter
+from qwen_backends.testing import tiny_checkpoint
+from qwen_backends.thinking import TemplateMode, TextPipeline, ThinkingStreamFilter
 
 THINK, END_THINK = 151667, 151668
 SHORT = {"max_new_tokens": 4}
@@ -616,3 +621,121 @@ def _without_time(generation: Any) -> Any:
     from dataclasses import replace
 
     return replace(generation, seconds=0.0)
+
+
+# -- local checkpoints that cannot load say what is wrong with them (issue 13) -----------------
+
+
+def _damaged_copy(source: Path, target: Path, damage: dict[str, bytes | None]) -> Path:
+    """``source`` linked file by file into ``target``, with ``damage`` replacing (or, for
+    ``None``, removing) some files."""
+    target.mkdir()
+    for file in source.iterdir():
+        if file.name not in damage:
+            (target / file.name).symlink_to(file)
+    for name, content in damage.items():
+        if content is not None:
+            (target / name).write_bytes(content)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ({"config.json": None}, r"holds no model \(no config\.json\)"),
+        ("truncated-config", "config.json is damaged or truncated"),
+        ("truncated-weights", r"are damaged or truncated \(Error while deserializing header"),
+        ({"model.safetensors": b"\x00" * 8 + b"not a header"}, "weights in .* are damaged"),
+        ({"model.safetensors": None}, "has no weight files"),
+    ],
+)
+def test_damaged_local_checkpoint_names_the_problem(
+    isolated: None, tiny_model_dir: Path, tmp_path: Path, damage: Any, fragment: str
+) -> None:
+    if damage == "truncated-config":
+        damage = {"config.json": (tiny_model_dir / "config.json").read_bytes()[:100]}
+    elif damage == "truncated-weights":
+        damage = {"model.safetensors": (tiny_model_dir / "model.safetensors").read_bytes()[:1000]}
+    model = _damaged_copy(tiny_model_dir, tmp_path / "model", damage)
+    with pytest.raises(ModelNotFoundError) as caught:
+        create_backend(backend="hf", model=str(model))
+    message = str(caught.value)
+    assert re.search(fragment, message), message
+    assert "\n" not in message
+    for wrong_hint in ("hf download", "trust_remote_code", "TRUST_REMOTE_CODE", "hub id or"):
+        assert wrong_hint not in message
+
+
+def test_empty_directory_is_not_a_tokenizer_complaint(isolated: None, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as caught:
+        create_backend(backend="hf", model=str(tmp_path))
+    assert "holds no model (no config.json)" in str(caught.value)
+    assert "Couldn't instantiate" not in str(caught.value)
+
+
+def test_unreadable_weights_say_permissions(tmp_path: Path) -> None:
+    from qwen_backends.backends.hf import _local_load_error
+
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    denied = PermissionError(13, "Permission denied", str(tmp_path / "model.safetensors"))
+    message = str(_local_load_error(tmp_path, denied))
+    assert message == (
+        f"cannot read {tmp_path / 'model.safetensors'} (Permission denied); check the "
+        f"permissions of the model directory {tmp_path}"
+    )
+
+
+# -- the three Qwen3-4B releases ----------------------------------------------------------------
+
+#: Non-thinking prompt ids of the single user message ``hi``, per template.
+HI_HYBRID = [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198, THINK, 271, END_THINK, 271]
+HI_INSTRUCT = HI_HYBRID[:9]
+
+
+@pytest.mark.parametrize(
+    ("template", "mode", "ids"),
+    [
+        ("hybrid", TemplateMode.HYBRID, HI_HYBRID),
+        ("instruct-2507", TemplateMode.NON_THINKING, HI_INSTRUCT),
+    ],
+)
+def test_hybrid_and_instruct_2507_checkpoints_generate_non_thinking(
+    isolated: None, template: str, mode: TemplateMode, ids: list[int]
+) -> None:
+    directory = tiny_checkpoint("tiny", template=template)
+    with create_backend(backend="hf", model=str(directory)) as instance:
+        assert instance.template_mode() is mode
+        assert instance.prompt_ids("hi") == ids
+        assert instance.count_prompt_tokens("hi") == len(ids)
+        generation = instance.generate("hi", VARIED)
+        assert generation.prompt_tokens == len(ids)
+        assert generation.completion_tokens == 12 and generation.text
+        assert "".join(instance.stream("hi", VARIED)) == generation.text
+
+
+def test_thinking_2507_is_refused_before_the_weights_load(
+    isolated: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tiny_checkpoint("tiny", template="thinking-2507")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    raw = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, enable_thinking=False
+    )
+    raw_ids = raw["input_ids"] if isinstance(raw, Mapping) else raw
+    assert list(raw_ids) == [*HI_INSTRUCT, THINK, 198]  # the template opens <think>\n regardless
+
+    from transformers import AutoModelForCausalLM
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("weights were loaded for a thinking-only model")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(ThinkingModeError) as caught:
+        create_backend(backend="hf", model=str(directory))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "thinking-only" in message and "Qwen/Qwen3-4B-Instruct-2507" in message
+    with pytest.raises(ThinkingModeError):
+        render_prompt_ids(tokenizer, "hi")

@@ -27,6 +27,7 @@ from ollama_server import (
     INSTRUCT_TAG,
     THINKING_TAG,
     OllamaServer,
+    ServedModel,
     TinyQwen,
     hybrid_model,
     instruct_model,
@@ -37,6 +38,7 @@ from qwen_backends import SamplingParams, create_backend
 from qwen_backends.backends.ollama import (
     OllamaBackend,
     chat_request,
+    ollama_template_mode,
     parse_version,
     sampling_options,
     thinking_only_reason,
@@ -52,7 +54,14 @@ from qwen_backends.errors import (
     ThinkingModeError,
     UnsupportedFeatureError,
 )
+from qwen_backends.family import FAMILIES
+from qwen_backends.finetune.ollama import (
+    INSTRUCT_TEMPLATE,
+    NON_THINKING_TEMPLATE,
+    modelfile_parameters,
+)
 from qwen_backends.settings import OllamaSettings
+from qwen_backends.thinking import TemplateMode
 
 # Read before the autouse fixture in conftest.py clears OLLAMA_HOST.
 REAL_OLLAMA_HOST = os.environ.get("OLLAMA_HOST")
@@ -233,7 +242,9 @@ def test_generation_reports_the_servers_text_and_real_token_counts(
     answer = server.answers[-1]
     assert result.text == answer["content"] and result.text
     assert result.completion_tokens == answer["eval_count"] == 6
-    assert result.prompt_tokens == len(render_prompt_ids(engine.tokenizer, HI))
+    # the instruct tag renders with Instruct-2507's template: no empty think block (4 tokens)
+    assert result.prompt_tokens == len(engine.prompt_ids(HI, "instruct-2507"))
+    assert result.prompt_tokens == len(render_prompt_ids(engine.tokenizer, HI)) - 4
     assert result.finish_reason == "length"
     assert result.seconds > 0
 
@@ -577,6 +588,31 @@ def test_thinking_only_detection() -> None:
     assert thinking_only_reason("qwen3:4b-thinking-2507-q4_K_M", renderer)
 
 
+def test_template_modes_of_the_three_releases_and_of_our_own_modelfiles() -> None:
+    def show(model: ServedModel) -> dict[str, Any]:
+        return {
+            "capabilities": model.capabilities,
+            "template": model.template,
+            "model_info": model.model_info,
+        }
+
+    instruct = ollama_template_mode(INSTRUCT_TAG, show(instruct_model()))
+    assert instruct[0] is TemplateMode.NON_THINKING
+    assert ollama_template_mode(HYBRID_TAG, show(hybrid_model()))[0] is TemplateMode.HYBRID
+    mode, reason = ollama_template_mode("x", show(thinking_model()))
+    assert mode is TemplateMode.THINKING_ONLY and "opens <think>" in reason
+    # without the capability or a telling name, the opened think block alone gives it away
+    opened = {"capabilities": ["completion"], "template": thinking_model().template}
+    assert ollama_template_mode("mine", opened)[0] is TemplateMode.THINKING_ONLY
+    # the Modelfiles of qwen_backends.finetune.ollama: hybrid pre-filled, Instruct-2507 bare
+    for template, expected in (
+        (NON_THINKING_TEMPLATE, TemplateMode.HYBRID),
+        (INSTRUCT_TEMPLATE, TemplateMode.NON_THINKING),
+    ):
+        created = {"capabilities": ["completion"], "template": template}
+        assert ollama_template_mode("mine", created)[0] is expected
+
+
 def test_options_leave_out_an_unset_seed_and_empty_stop() -> None:
     options = sampling_options(SamplingParams(), 2048)
     assert "seed" not in options and "stop" not in options
@@ -610,3 +646,71 @@ def test_real_ollama_server_answers_without_thinking() -> None:
     assert result.text.strip() and "<think>" not in result.text
     assert result.completion_tokens > 0 and result.prompt_tokens > 0
     assert streamed.strip() and "<think>" not in streamed
+
+
+# -- the model family -------------------------------------------------------------------------
+
+HI_IDS = {
+    "hybrid": [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271],
+    "instruct-2507": [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198],
+}
+
+
+def test_the_instruct_family_runs_the_instruct_tag(server: OllamaServer) -> None:
+    with create_backend(
+        backend="ollama", family="qwen3-4b-instruct-2507", ollama={"host": server.url}
+    ) as backend:
+        assert backend.model_name == INSTRUCT_TAG
+        assert backend.template_mode() is None  # not checked yet
+        result = backend.generate("hi", SHORT)
+        assert backend.template_mode() is TemplateMode.NON_THINKING
+    assert result.prompt_tokens == len(HI_IDS["instruct-2507"])
+    assert server.chats()[-1]["model"] == INSTRUCT_TAG
+
+
+def test_the_hybrid_answers_with_the_hybrid_prompt(server: OllamaServer) -> None:
+    with make_backend(server, model=HYBRID_TAG) as backend:
+        result = backend.generate("hi", SHORT)
+        assert backend.template_mode() is TemplateMode.HYBRID
+    assert result.prompt_tokens == len(HI_IDS["hybrid"])
+    assert server.answers[-1]["thinking"] == ""
+
+
+def test_ensure_model_builds_the_hybrid_from_a_hub_gguf(server: OllamaServer) -> None:
+    family = FAMILIES["qwen3-4b"]
+    assert family.ollama_source is not None
+    server.pullable = {family.ollama_source: hybrid_model(family.ollama_source)}
+    with create_backend(backend="ollama", ollama={"host": server.url}) as backend:
+        assert isinstance(backend, OllamaBackend)
+        assert backend.model_name == family.ollama  # the default family: the hybrid
+        with pytest.raises(ModelNotFoundError, match="ensure_model"):
+            backend.generate("hi", SHORT)
+        assert backend.ensure_model(progress=False) is True
+        assert backend.ensure_model(progress=False) is False
+        result = backend.generate("hi", SHORT)
+        assert backend.template_mode() is TemplateMode.HYBRID
+    pulls = [r.body["model"] for r in server.requests if r.path == "/api/pull"]
+    assert pulls == [family.ollama_source]
+    (create,) = [r.body for r in server.requests if r.path == "/api/create"]
+    assert create["model"] == family.ollama and create["from"] == family.ollama_source
+    assert create["template"] == NON_THINKING_TEMPLATE
+    assert create["parameters"] == modelfile_parameters()
+    assert create["parameters"]["temperature"] == 0.7 and create["parameters"]["top_p"] == 0.8
+    # the built model has no thinking capability; its TEMPLATE pre-fills the empty think block
+    built = server.models[family.ollama]
+    assert "thinking" not in built.capabilities
+    assert result.prompt_tokens == len(HI_IDS["hybrid"])
+    assert server.answers[-1]["thinking"] == ""
+    assert server.chats()[-1]["think"] is False
+
+
+def test_a_hub_gguf_that_is_missing_is_one_clear_error(server: OllamaServer) -> None:
+    server.pullable = {}
+    with (
+        create_backend(backend="ollama", ollama={"host": server.url}) as backend,
+        pytest.raises(ModelNotFoundError, match=r"could not pull hf\.co/") as caught,
+    ):
+        assert isinstance(backend, OllamaBackend)
+        backend.ensure_model(progress=False)
+    assert "hub repository" in str(caught.value) and "\n" not in str(caught.value)
+    assert "/api/create" not in server.paths()

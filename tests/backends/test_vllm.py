@@ -25,7 +25,7 @@ import pytest
 from vllm_server import free_port, vllm_python
 
 from qwen_backends.backends.base import Generation
-from qwen_backends.backends.vllm import TOP_K_OFF, VLLMBackend, build_request
+from qwen_backends.backends.vllm import TOP_K_OFF, VLLMBackend, build_request, decode_token_strs
 from qwen_backends.chat import render_prompt_ids, validate_messages
 from qwen_backends.errors import (
     BackendTimeoutError,
@@ -39,10 +39,13 @@ from qwen_backends.errors import (
 from qwen_backends.factory import create_backend
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
+from qwen_backends.thinking import TemplateMode
 
 _T = TypeVar("_T")
 
 GREEDY = SamplingParams.preset("greedy", max_new_tokens=8)
+#: The hybrid's non-thinking prompt ids for the single user message ``hi``.
+HI_HYBRID = [151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
 HOT = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, max_new_tokens=8, seed=7)
 
 
@@ -253,6 +256,12 @@ class _Proxy:
         Seconds to wait before relaying (to provoke client timeouts).
     inject
         Fields merged into every relayed chat request body.
+    only_chat
+        Fail, delay, record and inject only chat requests (``/v1/chat/completions``); other
+        requests (the backend's ``/tokenize`` template check) are relayed as they are and
+        recorded in :attr:`side`. With ``False`` every request is treated alike.
+    inject_side
+        Fields merged into every relayed non-chat request body (with ``only_chat``).
     """
 
     def __init__(
@@ -263,10 +272,15 @@ class _Proxy:
         status: int = 500,
         delay: float = 0.0,
         inject: dict[str, Any] | None = None,
+        only_chat: bool = True,
+        inject_side: dict[str, Any] | None = None,
     ) -> None:
         self.upstream = upstream
         self.fail_first, self.status, self.delay = fail_first, status, delay
         self.inject = inject or {}
+        self.only_chat = only_chat
+        self.inject_side = inject_side or {}
+        self.side: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[dict[str, Any]] = []
         self.responses: list[bytes] = []
         proxy = self
@@ -280,6 +294,10 @@ class _Proxy:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if proxy.only_chat and not self.path.endswith("/chat/completions"):
+                    proxy.side.append((self.path, body))
+                    self._relay({**body, **proxy.inject_side}, record=False)
+                    return
                 proxy.requests.append(body)
                 if len(proxy.requests) <= proxy.fail_first:
                     payload = {"error": {"message": "injected failure", "code": proxy.status}}
@@ -288,7 +306,7 @@ class _Proxy:
                 time.sleep(proxy.delay)
                 self._relay({**body, **proxy.inject})
 
-            def _relay(self, body: dict[str, Any] | None) -> None:
+            def _relay(self, body: dict[str, Any] | None, record: bool = True) -> None:
                 request = urllib.request.Request(
                     proxy.upstream + self.path,
                     data=None if body is None else json.dumps(body).encode(),
@@ -300,7 +318,7 @@ class _Proxy:
                         kind = response.headers["Content-Type"]
                 except urllib.error.HTTPError as exc:
                     status, data, kind = exc.code, exc.read(), exc.headers["Content-Type"]
-                if body is not None:
+                if body is not None and record:
                     proxy.responses.append(data)
                 self._answer(status, data, kind)
 
@@ -361,6 +379,42 @@ def test_prompt_token_count_proves_the_non_thinking_template(
         # The thinking template would render 4 tokens fewer (no empty think block).
         assert generation.prompt_tokens == len(render_prompt_ids(tokenizer, messages))
     assert backend.generate("hi", GREEDY.replace(max_new_tokens=1)).prompt_tokens == 13
+
+
+@pytest.mark.vllm
+def test_the_server_is_asked_for_the_template_mode_and_prompt_ids(
+    served: tuple[str, str], tokenizer: Any
+) -> None:
+    base_url, model = served
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
+    with _Proxy(_root(base_url)) as proxy, _backend(proxy.base_url, model) as backend:
+        assert backend.template_mode() is TemplateMode.HYBRID
+        assert backend.template_mode() is TemplateMode.HYBRID  # asked once
+        assert [path for path, _ in proxy.side] == ["/tokenize"]
+        probe = proxy.side[0][1]
+        assert probe["chat_template_kwargs"] == {"enable_thinking": False}
+        assert probe["add_generation_prompt"] is True
+        assert backend.prompt_ids("hi") == HI_HYBRID
+        assert backend.count_prompt_tokens(conversation) == len(
+            render_prompt_ids(tokenizer, conversation)
+        )
+        generation = backend.generate("hi", GREEDY.replace(max_new_tokens=2))
+        assert generation.prompt_tokens == len(HI_HYBRID)
+        assert len(proxy.requests) == 1  # one chat request; the check ran before it
+    asynchronous = _backend(base_url, model)
+    assert _arun(asynchronous, lambda: asynchronous.agenerate("hi", GREEDY)).text
+    assert asynchronous.template_mode() is TemplateMode.HYBRID
+
+
+def test_decode_token_strs_reads_byte_level_pieces() -> None:
+    pieces = ["<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ", "ĠHi", "Ġä½ł"]
+    assert decode_token_strs(pieces) == "<|im_start|>assistant\n<think>\n\n</think>\n\n Hi 你"
+    assert decode_token_strs(["ä½ł", "å¥½"]) == "你好"
 
 
 @pytest.mark.vllm
@@ -567,7 +621,7 @@ def test_server_errors_are_retried_with_backoff(served: tuple[str, str]) -> None
 
 def test_client_errors_are_not_retried() -> None:
     with (
-        _Proxy("http://127.0.0.1:9", fail_first=99, status=401) as proxy,
+        _Proxy("http://127.0.0.1:9", fail_first=99, status=401, only_chat=False) as proxy,
         _backend(proxy.base_url, "m", max_retries=3) as backend,
         pytest.raises(ConfigurationError, match="QWEN_VLLM__API_KEY"),
     ):

@@ -94,7 +94,24 @@ def test_unknown_tokenizer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     status = main(["vocab", "english", "--tokenizer", str(missing), "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 1
+    assert err.count("\n") == 1 and "does not exist" in err and "offline" in err
+    assert "Repo id" not in err  # not transformers' hub-id complaint about a local path
+
+
+def test_unknown_hub_tokenizer_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["vocab", "english", "--tokenizer", "Qwen/no-such-tokenizer", "--output", "o"])
+    err = capsys.readouterr().err
+    assert status == 1
     assert err.count("\n") == 1 and "cannot load the tokenizer" in err and "offline" in err
+
+
+def test_directory_without_tokenizer_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["vocab", "english", "--tokenizer", str(tmp_path), "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "holds no tokenizer" in err
 
 
 def test_script_is_the_same_command() -> None:

@@ -7,7 +7,9 @@ unchanged against it.
 
 - ``hf``: the ``tiny`` random-weight checkpoint in process;
 - ``ollama``: the loopback Ollama stand-in (tests/backends/ollama_server.py);
-- ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment).
+- ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment);
+- ``mlx``: the ``tiny`` checkpoint through mlx-lm in process (MLX's CPU build on Linux; skipped
+  without the mlx extra).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from qwen_backends.backends.base import ModelBackend
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
-HARNESSES = ["hf", "ollama", "vllm"]
+HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm"]
 #: Those that talk to a server (the fault tests run against these).
 SERVER_HARNESSES = ["ollama", "vllm"]
 #: Qwen3's end-of-turn token.
@@ -190,6 +192,51 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     return built
 
 
+# -- llamacpp: in process, a GGUF of the tiny checkpoint ---------------------------------------
+
+
+@harness("llamacpp")
+def _llamacpp(request: pytest.FixtureRequest) -> Harness:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
+    from qwen_backends.backends.llamacpp import LlamaCppBackend
+    from qwen_backends.testing import tiny_gguf
+
+    model = str(tiny_gguf("q8_0"))
+    options = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 2048}
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend="llamacpp", model=model, llamacpp={**options, **section})
+
+    shared = make()
+    assert isinstance(shared, LlamaCppBackend)
+    tokenizer = shared.tokenizer
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        """The shared model, made to emit ``script`` first (then the real model goes on)."""
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared.llama.generate
+
+            def generate(tokens: list[int], **kwargs: Any) -> Iterator[int]:
+                yield from script
+                yield from original([*tokens, *script], **kwargs)
+
+            patch.setattr(shared.llama, "generate", generate)
+            yield shared
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        raw = "<think>\nsecret plan\n</think>\n\nHello world"
+        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
+        return forcing([IM_END])
+
+    return Harness("llamacpp", shared, make, tokenizer, leaking, ending)
+
+
 class _Force:
     """Logits processor: the next token of ``script`` wins while the script lasts."""
 
@@ -238,7 +285,8 @@ def _ollama(request: pytest.FixtureRequest) -> Harness:
         "ollama",
         shared,
         make,
-        server.engine.tokenizer,
+        # the instruct tag renders Instruct-2507's template (no empty think block)
+        server.engine.tokenizer_for("instruct-2507"),
         _leak_through_proxy(server.url, through, shared),
         ending,
         upstream=server.url,
@@ -292,3 +340,53 @@ def _vllm(request: pytest.FixtureRequest) -> Harness:
         through=through,
         calling=_call_through_proxy(root, through, shared),
     )
+
+
+# -- mlx: in process, the tiny checkpoint through mlx-lm ----------------------------------------
+
+
+@harness("mlx")
+def _mlx(request: pytest.FixtureRequest) -> Harness:
+    pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
+    from qwen_backends.backends.mlx import MLXBackend
+    from qwen_backends.testing import tiny_checkpoint
+
+    model = str(tiny_checkpoint("tiny"))
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend="mlx", model=model, mlx=section)
+
+    shared = make()
+    assert isinstance(shared, MLXBackend)
+    tokenizer = shared.tokenizer
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        """The shared model, made to emit ``script`` first (a logit bias per step)."""
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared.logits_processors
+
+            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
+                def force(tokens: Any, logits: Any) -> Any:
+                    step = tokens.size - prompt_length
+                    if step < len(script):
+                        logits[:, script[step]] = logits.max() + 1e4
+                    return logits
+
+                return [force, *original(sampling, prompt_length)]
+
+            patch.setattr(shared, "logits_processors", processors)
+            yield shared
+
+    @contextlib.contextmanager
+    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
+        raw = "<think>\nsecret plan\n</think>\n\nHello world"
+        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
+        assert len(script) > 6
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
+        return forcing([IM_END])
+
+    return Harness("mlx", shared, make, tokenizer, leaking, ending)

@@ -266,6 +266,9 @@ def get_weather(city: str) -> str:
 def test_response_format_gives_a_validated_object_everywhere(conformant: Harness) -> None:
     backend = conformant.backend
     sampling = HOT.replace(max_new_tokens=48)
+    if not backend.capabilities.structured_output:
+        _assert_refused(backend, "response_format", response_format=Pick)
+        return
     if not conformant.enforces_schema:
         # The runtime does not apply the schema here: the raw text must come back in the error.
         with pytest.raises(OutputValidationError) as caught:
@@ -291,6 +294,9 @@ def test_response_format_gives_a_validated_object_everywhere(conformant: Harness
 def test_output_cut_before_the_schema_is_complete_keeps_the_raw_text(
     conformant: Harness,
 ) -> None:
+    if not conformant.backend.capabilities.structured_output:
+        _assert_refused(conformant.backend, "response_format", response_format=Pick)
+        return
     with pytest.raises(OutputValidationError) as caught:
         conformant.backend.generate("Hi", GREEDY.replace(max_new_tokens=2), response_format=Pick)
     assert caught.value.backend == conformant.name
@@ -298,6 +304,9 @@ def test_output_cut_before_the_schema_is_complete_keeps_the_raw_text(
 
 
 def test_tool_calls_come_back_the_same_on_every_backend(conformant: Harness) -> None:
+    if not conformant.backend.capabilities.tools:
+        _assert_refused(conformant.backend, "tools", tools=[get_weather])
+        return
     assert conformant.calling is not None, f"{conformant.name}: the harness needs `calling`"
     sampling = GREEDY.replace(max_new_tokens=24)
     with conformant.calling(sampling, [get_weather]) as (backend, expected):
@@ -317,6 +326,10 @@ def test_tool_calls_come_back_the_same_on_every_backend(conformant: Harness) -> 
 def test_tool_results_round_trip(conformant: Harness) -> None:
     from qwen_backends.tools import ToolCall, assistant_message, run_tool_calls
 
+    if not conformant.backend.capabilities.tools:
+        _assert_refused(conformant.backend, "tools", tools=[get_weather])
+        return
+
     call = ToolCall("call_1", "get_weather", {"city": "Oslo"})
     history = [
         {"role": "user", "content": "Weather in Oslo?"},
@@ -334,20 +347,18 @@ def test_tool_results_round_trip(conformant: Harness) -> None:
     assert "<tool_response>\nsunny in Oslo\n</tool_response>" in prompt
 
 
-def test_structured_output_and_tools_are_honoured_or_refused(conformant: Harness) -> None:
-    backend = conformant.backend
-    short = GREEDY.replace(max_new_tokens=2)
-    if backend.capabilities.tools:
-        assert isinstance(backend.generate("Hi", short, tools=[get_weather]), Generation)
-    else:
-        with pytest.raises(UnsupportedFeatureError, match="tools"):
-            backend.generate("Hi", short, tools=[get_weather])
-    if backend.capabilities.structured_output:
-        with pytest.raises(OutputValidationError):  # accepted, then cut after two tokens
-            backend.generate("Hi", short, response_format=Pick)
-    else:
-        with pytest.raises(UnsupportedFeatureError, match="response_format"):
-            backend.generate("Hi", short, response_format=Pick)
+def _assert_refused(backend: ModelBackend, option: str, **keywords: Any) -> None:
+    """A backend without the capability refuses it in one line on every call, before running."""
+    calls = [
+        lambda: backend.generate("Hi", GREEDY, **keywords),
+        lambda: backend.stream("Hi", GREEDY, **keywords),
+        lambda: backend.generate_batch(["Hi"], GREEDY, **keywords),
+        lambda: backend.astream("Hi", GREEDY, **keywords),
+    ]
+    for call in calls:
+        with pytest.raises(UnsupportedFeatureError, match=option) as caught:
+            call()
+        assert "\n" not in str(caught.value) and caught.value.backend == backend.name
 
 
 # -- async and lifecycle ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eval_data import PROMPTS, write_prompts
@@ -15,7 +16,9 @@ from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation import EvaluationResult, compare_runs, load_run, run_evaluation
 from qwen_backends.evaluation.compare import _cell
 from qwen_backends.factory import create_backend
+from qwen_backends.family import FAMILIES
 from qwen_backends.settings import Settings
+from qwen_backends.testing import tiny_checkpoint
 
 #: A template variant that injects a default system prompt (as some chat templates do): the
 #: same conversation then reaches the model as a different prompt.
@@ -148,3 +151,72 @@ def test_different_conversations_and_missing_ids(
 def test_compare_refuses_what_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is not an evaluation run"):
         load_run(tmp_path)
+
+
+# -- different models and template modes ---------------------------------------------------------
+
+
+def test_runs_record_the_model_and_its_template_mode(baseline_run: EvaluationResult) -> None:
+    manifest = json.loads((baseline_run.run_dir / "run.json").read_text())
+    assert manifest["template_mode"] == "hybrid"
+    assert baseline_run.summary["template_mode"] == "hybrid"
+    records = [json.loads(line) for line in baseline_run.outputs_path.read_text().splitlines()]
+    assert {(r["model"], r["template_mode"]) for r in records} == {(manifest["model"], "hybrid")}
+
+
+def test_an_instruct_2507_run_against_a_hybrid_run_says_so_at_the_top(
+    make_settings: Callable[..., Settings], baseline_run: EvaluationResult
+) -> None:
+    instruct = str(tiny_checkpoint("tiny", template="instruct-2507"))
+    settings = make_settings(run_name="instruct").replace(model=instruct)
+    with create_backend(settings) as backend:
+        run_b = run_evaluation(settings, backend=backend, progress=False)
+    assert json.loads((run_b.run_dir / "run.json").read_text())["template_mode"] == "non-thinking"
+    comparison = compare_runs(baseline_run.run_dir, run_b.run_dir)
+    head = comparison.markdown.split("## Summary", 1)[0]
+    assert "**Different template modes**: A `hybrid`, B `non-thinking`" in head
+    assert "**Different models?**" in head  # two local paths: sameness cannot be shown
+    assert comparison.parity.not_checked and not comparison.parity.identical
+    assert comparison.parity.mismatches == []  # no silent mismatch list across modes
+    assert "**not checked**: the runs used different template modes" in comparison.markdown
+    assert "| template mode | hybrid | non-thinking |" in comparison.markdown
+
+
+def _as_server_run(source: Path, target: Path, **fields: Any) -> Path:
+    """A copy of a real run whose manifest and records carry ``fields`` instead."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "run.json").read_text())
+    (target / "run.json").write_text(json.dumps({**manifest, **fields}), encoding="utf-8")
+    lines = (target / "outputs.jsonl").read_text().splitlines()
+    records = [{**json.loads(line), **fields, "prompt_sha256": None} for line in lines]
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    (target / "outputs.jsonl").write_text(text, encoding="utf-8")
+    return target
+
+
+def test_hf_against_ollama_of_two_releases_names_both_models(
+    baseline_run: EvaluationResult, tmp_path: Path
+) -> None:
+    hybrid = FAMILIES["qwen3-4b"]
+    instruct = FAMILIES["qwen3-4b-instruct-2507"]
+    run_a = _as_server_run(baseline_run.run_dir, tmp_path / "hf", backend="hf", model=hybrid.hf)
+    run_b = _as_server_run(
+        baseline_run.run_dir,
+        tmp_path / "ollama",
+        backend="ollama",
+        model=instruct.ollama,
+        template_mode="non-thinking",
+    )
+    comparison = compare_runs(run_a, run_b)
+    assert len(comparison.warnings) == 2
+    first = comparison.markdown.splitlines()[2]
+    assert first.startswith("> **Different models**: A ran Qwen3-4B (`Qwen/Qwen3-4B`), B ran ")
+    assert "Qwen3-4B-Instruct-2507 (`qwen3:4b-instruct-2507-q4_K_M`)" in first
+    # the same release on two runtimes (different names per runtime) is no warning
+    same = _as_server_run(
+        baseline_run.run_dir, tmp_path / "ollama-hybrid", backend="ollama", model=hybrid.ollama
+    )
+    comparison = compare_runs(run_a, same)
+    assert comparison.warnings == ()
+    assert comparison.markdown.splitlines()[2].startswith("- **A**")
+    assert comparison.parity.identical

@@ -8,7 +8,8 @@ import pytest
 
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.evaluation.runner import run_directory
-from qwen_backends.settings import HFSettings, Settings
+from qwen_backends.family import FAMILIES
+from qwen_backends.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG = REPO / "configs" / "evaluation" / "base_config.yaml"
@@ -17,7 +18,12 @@ BASE_CONFIG = REPO / "configs" / "evaluation" / "base_config.yaml"
 def test_committed_base_config_selects_qwen3_4b_non_thinking() -> None:
     settings = Settings.from_file(BASE_CONFIG)
     assert settings.backend == "hf"
-    assert settings.model_name == HFSettings.model_fields["model"].default
+    assert settings.family == "qwen3-4b"
+    assert settings.model_name == FAMILIES["qwen3-4b"].hf
+    # --backend switches only the runtime: every backend runs the family's model
+    for backend in ("ollama", "vllm", "unsloth"):
+        other = Settings.from_file(BASE_CONFIG, backend=backend)
+        assert other.model_name == FAMILIES["qwen3-4b"].model_for(backend)
     assert (settings.sampling.temperature, settings.sampling.top_p) == (0.7, 0.8)
     assert (settings.sampling.top_k, settings.sampling.min_p) == (20, 0.0)
     assert (REPO / settings.evaluation.prompts).is_file()

@@ -1,6 +1,7 @@
 """Qwen3-4B is the default everywhere, and only through settings.
 
-1. No model name is hard-coded in the package outside ``settings.py``: every string literal in
+1. No model name is hard-coded in the package outside ``family.py`` (the family table) and
+   ``settings.py``: every string literal in
    code (docstrings excepted, and pydantic ``Field`` defaults, which are settings defaults) is
    checked for hub ids (``Qwen/...``, ``unsloth/...``) and Ollama tags (``qwen3:...``).
 2. No leftovers of other model families anywhere in code, configs, docs or tests.
@@ -17,12 +18,12 @@ import regex
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "qwen_backends"
-#: The one module that owns model-name defaults.
-SETTINGS_MODULE = PACKAGE / "settings.py"
+#: The modules that own model-name defaults: the family table and the settings.
+SETTINGS_MODULES = (PACKAGE / "family.py", PACKAGE / "settings.py")
 
 MODEL_NAME = regex.compile(r"Qwen/|unsloth/|\bqwen3?:\w", regex.IGNORECASE)
 OTHER_FAMILIES = regex.compile(
-    r"(?<!\w)llama(?![.\-_]cpp)|tinyllama|codellama|meta-llama|mistral|mixtral|gemma"
+    r"(?<!\w)llama(?![.\-_]?cpp)|tinyllama|codellama|meta-llama|mistral|mixtral|gemma"
     r"|\bphi-?[1-4]\b|microsoft/phi|\bgpt-?2\b|\bgpt-?j\b|gpt-?neo|distilgpt|falcon|tiiuae"
     r"|deepseek|\bbert-(?:base|large)|flan-t5|\bt5-(?:small|base|large)|facebook/opt"
     r"|eleutherai|bigscience|starcoder|baichuan|chatglm|internlm|smollm|vicuna|pythia"
@@ -89,11 +90,11 @@ def test_detector_flags_literals_but_not_docstrings_or_field_defaults(tmp_path: 
 def test_no_hard_coded_model_names_outside_settings() -> None:
     hits = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path != SETTINGS_MODULE:
+        if path not in SETTINGS_MODULES:
             hits += hard_coded_model_names(path)
     assert not hits, (
-        "model names belong in qwen_backends/settings.py defaults or configs/; read them from "
-        "settings (e.g. OllamaSettings.model_fields['model'].default):\n" + "\n".join(hits)
+        "model names belong in qwen_backends/family.py (FAMILIES) or configs/; read them from "
+        "the table or the settings (e.g. settings.model_name):\n" + "\n".join(hits)
     )
 
 
@@ -132,6 +133,13 @@ def test_family_detector() -> None:
         "phi-3",
         "qwen:4b",
     ]
-    clean = ["ollama serve", "convert with llama.cpp", "Qwen3-4B", "qwen3:4b-instruct", "GPT-4's"]
+    clean = [
+        "ollama serve",
+        "convert with llama.cpp",
+        "backend=llamacpp",
+        "Qwen3-4B",
+        "qwen3:4b-instruct",
+        "GPT-4's",
+    ]
     assert all(OTHER_FAMILIES.search(text) for text in flagged)
     assert not any(OTHER_FAMILIES.search(text) for text in clean)

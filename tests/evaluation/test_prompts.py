@@ -96,3 +96,28 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
         load_prompts(tmp_path / "nope.jsonl")
     with pytest.raises(ConfigurationError, match="is empty"):
         load_prompts(write_lines(tmp_path / "empty.jsonl", "", "  "))
+
+
+def test_prompt_set_that_is_not_utf8_or_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"id": "a", "messages": "hi"}\n{"id": "b", "messages": "\xff"}\n')
+    with pytest.raises(ConfigurationError, match=r"prompts\.jsonl:2: not UTF-8 text \(byte 0xff"):
+        load_prompts(prompts)
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigurationError, match=r"cannot read prompt set .*check its permissions"):
+        load_prompts(prompts)
+
+
+def test_control_tokens_in_a_prompt_set_name_file_and_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "a", "messages": "hi"}, {"id": "b", "messages": "x<|im_start|>system"}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"prompts\.jsonl:2: message 0 \(user\) contains"):
+        load_prompts(prompts)
+    assert len(load_prompts(prompts, allow_control_tokens=True)) == 2

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eval_data import PROMPTS, SAMPLING, write_prompts
 
 from qwen_backends.backends.base import ModelBackend
 from qwen_backends.chat import render_prompt, render_prompt_ids
-from qwen_backends.errors import ConfigurationError, ModelNotFoundError
+from qwen_backends.errors import ConfigurationError, DiskFullError, ModelNotFoundError
 from qwen_backends.evaluation import EvaluationResult, run_evaluation
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
 
 RECORD_KEYS = {
     "id",
+    "template_mode",
     "text",
     "finish_reason",
     "prompt_tokens",
@@ -215,3 +219,87 @@ def test_resume_after_a_kill_mid_run(
     assert [r["id"] for r in records] == [row["id"] for row in rows]
     assert records[: len(done_before)] == done_before
     assert result.summary["completed"] == total
+
+
+# -- faults: a full disk, a damaged run.json, two writers, a bad output path (issue 13) --------
+
+
+def test_full_disk_mid_run_keeps_finished_records_and_resumes(
+    make_settings: Callable[..., Settings],
+    hf_backend: ModelBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qwen_backends.evaluation import store
+
+    settings = make_settings(run_name="full-disk")
+    real_write = os.write
+    calls = [0]
+
+    def write(fd: int, data: Any) -> int:
+        if bytes(data).endswith(f"{os.getpid()} on {socket.gethostname()}\n".encode()):
+            return real_write(fd, data)  # the lock file's owner line
+        calls[0] += 1
+        if calls[0] == 3:  # the third record: half of it lands, then the disk is full
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        if calls[0] > 3:  # the rest of that record
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store.os, "write", write)
+    with pytest.raises(DiskFullError, match="the disk is full") as caught:
+        run_evaluation(settings, backend=hf_backend, progress=False)
+    assert "\n" not in str(caught.value) and "resume" in str(caught.value)
+    monkeypatch.undo()
+    outputs = settings.evaluation.output_dir / "full-disk" / "outputs.jsonl"
+    assert [r["id"] for r in read_records(outputs)] == ["add", "capital"]  # no torn line
+
+    result = run_evaluation(settings, backend=hf_backend, progress=False)
+    assert (result.skipped, result.generated, result.dropped_partial) == (2, 2, False)
+    assert [r["id"] for r in read_records(outputs)] == [p["id"] for p in PROMPTS]
+    assert not (result.run_dir / ".lock").exists()
+
+
+def test_damaged_run_json_with_intact_records_is_rewritten(
+    make_settings: Callable[..., Settings], hf_backend: ModelBackend
+) -> None:
+    settings = make_settings(run_name="damaged", limit=2)
+    first = run_evaluation(settings, backend=hf_backend, progress=False)
+    manifest = first.run_dir / "run.json"
+    manifest.write_text('{"backend": "hf", "mod', encoding="utf-8")  # truncated
+
+    result = run_evaluation(
+        settings.replace(evaluation={"limit": None}), backend=hf_backend, progress=False
+    )
+    assert result.repaired_manifest
+    assert (result.skipped, result.generated) == (2, 2)
+    assert json.loads(manifest.read_text(encoding="utf-8"))["backend"] == "hf"
+    # Damaged and made with other settings: refused by the records, without "delete the run".
+    manifest.write_text("[not json", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="holds a run made with other settings"):
+        run_evaluation(settings.replace(sampling={"seed": 99}), backend=hf_backend, progress=False)
+
+
+def test_a_run_in_use_is_refused_in_one_line(
+    make_settings: Callable[..., Settings], hf_backend: ModelBackend
+) -> None:
+    from qwen_backends.evaluation.store import RunLock
+
+    settings = make_settings(run_name="busy")
+    run_dir = settings.evaluation.output_dir / "busy"
+    run_dir.mkdir(parents=True)
+    with RunLock(run_dir), pytest.raises(ConfigurationError, match="is in use by process"):
+        run_evaluation(settings, backend=hf_backend, progress=False)
+    assert not (run_dir / "outputs.jsonl").exists()
+
+
+def test_output_dir_that_is_a_file(
+    make_settings: Callable[..., Settings], hf_backend: ModelBackend, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="is a file, not a directory for evaluation"):
+        run_evaluation(make_settings(output_dir=blocker), backend=hf_backend, progress=False)
+    with pytest.raises(ConfigurationError, match=r"cannot create .*blocker/runs"):
+        run_evaluation(
+            make_settings(output_dir=blocker / "runs"), backend=hf_backend, progress=False
+        )

@@ -14,11 +14,15 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
 def test_colab_config_is_the_unsloth_notebook_recipe() -> None:
     config = load_config(CONFIGS / "colab.yaml")
-    assert (config.engine, config.model, config.load_in_4bit) == (
+    assert (config.engine, config.model_name, config.load_in_4bit) == (
         "unsloth",
         "unsloth/Qwen3-4B",
         True,
     )
+    assert config.family == "qwen3-4b" and config.model is None
+    instruct = load_config(CONFIGS / "colab.yaml", family="qwen3-4b-instruct-2507")
+    assert instruct.model_name == "unsloth/Qwen3-4B-Instruct-2507"
+    assert load_config(CONFIGS / "colab.yaml", model="./mine").model_name == "./mine"
     training = config.training
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (2, 4)
     assert (training.warmup_steps, training.max_steps, training.learning_rate) == (5, 30, 2e-4)
@@ -58,7 +62,7 @@ def test_changes_override_the_file_and_merge_nested_sections() -> None:
     ("values", "fragment"),
     [
         ({"engine": "peft", "load_in_4bit": True}, "load_in_4bit is only supported by the unsloth"),
-        ({"engine": "peft", "export": {"gguf": ["q4_k_m"]}}, "export.gguf needs the unsloth"),
+        ({"engine": "peft", "export": {"gguf": ["q4_k_mm"]}}, "llama.cpp cannot write"),
         ({"data": {}}, "set exactly one of data.path"),
         ({"data": {"path": "a", "hub_dataset": "b"}}, "set exactly one of data.path"),
         ({"training": {"max_steps": 0}}, "training.max_steps=0 is invalid"),
@@ -81,9 +85,9 @@ def test_file_problems_are_reported(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("engine: [peft\n", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="not valid YAML"):
+    with pytest.raises(ConfigurationError, match=r"bad\.yaml:2:1: fine-tuning config is not valid"):
         load_config(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("peft\n", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="must be a YAML mapping"):
+    with pytest.raises(ConfigurationError, match="fine-tuning config must be a mapping"):
         load_config(scalar)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,51 @@ def test_truncation_drops_turns_with_no_answer_left(offline_tokenizer: Any) -> N
     assert [t for t in cut.labels if t != IGNORE_INDEX] == cut.input_ids[prompt_length:]
     with pytest.raises(ConfigurationError, match="raise max_seq_length"):
         encode_conversations(offline_tokenizer, [conversation], max_seq_length=prompt_length)
+
+
+# -- forged control tokens in training data (issue 13) --------------------------------------
+
+
+def _write_chats(path: Path, answers: list[str]) -> Path:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Say something."},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+        for answer in answers
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_control_tokens_in_training_data_name_file_and_line(tmp_path: Path) -> None:
+    data = _write_chats(tmp_path / "chats.jsonl", ["fine", "ok<|im_end|>\n<|im_start|>user\nx"])
+    with pytest.raises(InvalidMessagesError) as caught:
+        load_conversations(DataConfig(path=str(data)))
+    message = str(caught.value)
+    assert message.startswith(f"{data}:2: turn 1 (assistant) contains the control token <|im_end|>")
+    assert "data.allow_control_tokens" in message
+
+
+def test_control_tokens_in_training_data_can_be_allowed(
+    tmp_path: Path, offline_tokenizer: Any
+) -> None:
+    data = _write_chats(tmp_path / "chats.jsonl", ["a<|endoftext|>b"])
+    config = DataConfig(path=str(data), allow_control_tokens=True)
+    conversations = load_conversations(config)
+    with pytest.raises(InvalidMessagesError, match="control token <\\|endoftext\\|>"):
+        encode_conversations(offline_tokenizer, conversations)
+    examples, _ = encode_conversations(offline_tokenizer, conversations, allow_control_tokens=True)
+    assert 151643 in examples[0].input_ids  # the real <|endoftext|> token, as asked
+
+
+def test_training_data_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    data = tmp_path / "chats.jsonl"
+    data.write_bytes(
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'
+    )
+    with pytest.raises(ConfigurationError, match=rf"{re.escape(str(data))}:2: not UTF-8 text"):
+        load_conversations(DataConfig(path=str(data)))

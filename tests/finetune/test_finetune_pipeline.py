@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gotemplate import ollama_values, render
 
-from qwen_backends.errors import BackendUnavailableError, ConfigurationError
+from qwen_backends.chat import render_prompt
+from qwen_backends.errors import BackendUnavailableError, ConfigurationError, ThinkingModeError
 from qwen_backends.factory import create_backend
 from qwen_backends.finetune import FinetuneResult, load_config, run_finetune
 from qwen_backends.finetune.config import ALL_PROJECTIONS
 from qwen_backends.finetune.data import assistant_turns, load_conversations
 from qwen_backends.sampling import SamplingParams
+from qwen_backends.testing import tiny_checkpoint
+from qwen_backends.thinking import TemplateMode
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 GREEDY = SamplingParams.preset("greedy", max_new_tokens=12)
@@ -78,6 +83,8 @@ def test_result_reloads_with_the_hf_backend(trained: FinetuneResult) -> None:
     with trained.load_backend() as backend:
         assert backend.name == "hf"
         assert backend.generate("What is the capital of France?", GREEDY).text == "Paris."
+    with pytest.raises(ConfigurationError, match="wrote no GGUF file"):
+        trained.load_backend("llamacpp")
 
 
 def test_the_assistant_token_loss_falls(trained: FinetuneResult) -> None:
@@ -156,3 +163,59 @@ def test_checkpoints_are_written_and_training_resumes(tiny_model_dir: Path, tmp_
     after = [(r["step"], r["loss"]) for r in resumed.log_history if "loss" in r]
     assert [step for step, _ in after] == [1, 2, 3]
     assert after[:2] == before  # steps 1-2 come from checkpoint-2, only step 3 ran again
+
+
+# -- Qwen3-4B-Instruct-2507 (no think block) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_instruct(tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
+    output = tmp_path_factory.mktemp("finetune-instruct")
+    config = load_config(
+        CONFIGS / "cpu_smoke.yaml",
+        model=str(tiny_checkpoint("tiny", template="instruct-2507")),
+        export={"output_dir": str(output)},
+        training={"progress_bar": False},
+    )
+    return run_finetune(config)
+
+
+def test_an_instruct_2507_checkpoint_learns_and_exports_without_the_think_block(
+    trained_instruct: FinetuneResult,
+) -> None:
+    from transformers import AutoTokenizer
+
+    assert trained_instruct.template_mode is TemplateMode.NON_THINKING
+    assert trained_instruct.merged_dir is not None and trained_instruct.modelfile is not None
+    answers = _exact_matches(trained_instruct.merged_dir)
+    assert sum(got == expected for got, expected in answers) >= 7, answers
+    with trained_instruct.load_backend() as backend:
+        assert backend.template_mode() is TemplateMode.NON_THINKING
+        assert backend.prompt_ids("hi")[-3:] == [151644, 77091, 198]  # <|im_start|>assistant\n
+    modelfile = trained_instruct.modelfile.read_text(encoding="utf-8")
+    assert "<think>" not in modelfile
+    match = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.DOTALL | re.MULTILINE)
+    assert match is not None
+    tokenizer = AutoTokenizer.from_pretrained(trained_instruct.merged_dir)
+    for history, _ in _questions():
+        expected = render_prompt(tokenizer, history)
+        assert render(match.group(1), ollama_values(history)) == expected
+        assert "<think>" not in expected
+
+
+def test_the_hybrid_export_keeps_the_think_prefill(trained: FinetuneResult) -> None:
+    assert trained.template_mode is TemplateMode.HYBRID
+    assert trained.modelfile is not None
+    assert "<think>" in trained.modelfile.read_text(encoding="utf-8")
+
+
+def test_a_thinking_only_base_model_is_refused(tmp_path: Path) -> None:
+    config = load_config(
+        CONFIGS / "cpu_smoke.yaml",
+        model=str(tiny_checkpoint("tiny", template="thinking-2507")),
+        export={"output_dir": str(tmp_path)},
+        training={"progress_bar": False},
+    )
+    with pytest.raises(ThinkingModeError, match="Qwen3-4B-Instruct-2507"):
+        run_finetune(config)
+    assert not (tmp_path / "merged").exists()

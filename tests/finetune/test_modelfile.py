@@ -1,4 +1,5 @@
-"""The exported Ollama Modelfile: its TEMPLATE renders what render_prompt renders."""
+"""The exported Ollama Modelfile: its TEMPLATE renders what render_prompt renders, for the hybrid
+Qwen3-4B (empty think block pre-filled) and for Qwen3-4B-Instruct-2507 (no think block)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ import pytest
 from gotemplate import ollama_values, render
 
 from qwen_backends.chat import render_prompt
+from qwen_backends.errors import ThinkingModeError
 from qwen_backends.finetune.ollama import (
+    INSTRUCT_TEMPLATE,
     NON_THINKING_TEMPLATE,
     STOP_TOKENS,
+    modelfile_template,
     modelfile_text,
     write_modelfile,
 )
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.thinking import EMPTY_THINK_BLOCK
+from qwen_backends.testing import tiny_checkpoint
+from qwen_backends.thinking import EMPTY_THINK_BLOCK, TemplateMode, template_mode
+
+MODES = {"hybrid": TemplateMode.HYBRID, "instruct-2507": TemplateMode.NON_THINKING}
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],
@@ -39,6 +46,17 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def tokenizers() -> dict[str, Any]:
+    """The chat templates of the hybrid and of Instruct-2507 (on the offline tokenizer)."""
+    from transformers import AutoTokenizer
+
+    return {
+        name: AutoTokenizer.from_pretrained(tiny_checkpoint("tiny", template=name))
+        for name in MODES
+    }
+
+
 def _template_of(modelfile: str) -> str:
     match = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.DOTALL | re.MULTILINE)
     assert match is not None
@@ -53,6 +71,39 @@ def test_template_renders_exactly_render_prompt(
     rendered = render(template, ollama_values(conversation))
     assert rendered == render_prompt(offline_tokenizer, conversation)
     assert rendered.endswith("<|im_start|>assistant\n" + EMPTY_THINK_BLOCK)
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["user", "system", "multi-turn"])
+@pytest.mark.parametrize("name", list(MODES))
+def test_each_mode_renders_its_own_render_prompt(
+    tokenizers: dict[str, Any], name: str, conversation: list[dict[str, str]]
+) -> None:
+    tokenizer = tokenizers[name]
+    mode = template_mode(tokenizer)
+    assert mode is MODES[name]
+    template = _template_of(modelfile_text("./model.gguf", mode=mode))
+    rendered = render(template, ollama_values(conversation))
+    assert rendered == render_prompt(tokenizer, conversation)
+    if mode is TemplateMode.HYBRID:
+        assert rendered.endswith("<|im_start|>assistant\n" + EMPTY_THINK_BLOCK)
+    else:
+        assert rendered.endswith("<|im_start|>assistant\n")
+        assert "<think>" not in rendered
+
+
+def test_only_the_hybrid_template_prefills_the_think_block() -> None:
+    assert modelfile_template(TemplateMode.HYBRID) == NON_THINKING_TEMPLATE
+    assert modelfile_template(TemplateMode.NON_THINKING) == INSTRUCT_TEMPLATE
+    assert "<think>" in NON_THINKING_TEMPLATE and "<think>" not in INSTRUCT_TEMPLATE
+    instruct = modelfile_text("./m", mode=TemplateMode.NON_THINKING)
+    assert "<think>" not in instruct
+    assert _parameters(instruct) == _parameters(modelfile_text("./m"))
+    with pytest.raises(ThinkingModeError, match="thinking-only"):
+        modelfile_template(TemplateMode.THINKING_ONLY)
+
+
+def _parameters(text: str) -> list[tuple[str, str]]:
+    return re.findall(r"^PARAMETER (\w+) (.+)$", text, re.MULTILINE)
 
 
 def test_thinking_in_history_is_dropped(offline_tokenizer: Any) -> None:
@@ -149,18 +200,21 @@ func main() {
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain here")
+@pytest.mark.parametrize("name", list(MODES))
 def test_go_text_template_itself_renders_render_prompt(
-    offline_tokenizer: Any, tmp_path: Path
+    tokenizers: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
+    tokenizer = tokenizers[name]
+    template = modelfile_template(MODES[name])
     program = tmp_path / "render.go"
     program.write_text(GO_PROGRAM, encoding="utf-8")
     cases = [ollama_values(conversation) for conversation in CONVERSATIONS]
-    request = json.dumps({"Template": NON_THINKING_TEMPLATE, "Cases": cases})
+    request = json.dumps({"Template": template, "Cases": cases})
     done = subprocess.run(
         ["go", "run", str(program)], input=request, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     rendered = json.loads(done.stdout)
     for conversation, text in zip(CONVERSATIONS, rendered, strict=True):
-        assert text == render_prompt(offline_tokenizer, conversation)
-        assert text == render(NON_THINKING_TEMPLATE, ollama_values(conversation))
+        assert text == render_prompt(tokenizer, conversation)
+        assert text == render(template, ollama_values(conversation))

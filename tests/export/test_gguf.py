@@ -1,0 +1,126 @@
+"""GGUF export with llama.cpp's own converter and quantizer, checked in llama.cpp.
+
+Conversions take ~30 s each on two shared cores; the tiny/bench GGUFs are cached
+(``qwen_backends.testing.tiny_gguf``), and only the broken-template case converts here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
+
+from qwen_backends.errors import ConfigurationError, ExportError, ModelNotFoundError
+from qwen_backends.export.gguf import GGUF_TYPES, convert_to_gguf, gguf_file_name, verify_gguf
+from qwen_backends.factory import create_backend
+from qwen_backends.testing import tiny_gguf
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m qwen_backends.cli ARGS`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_backends.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+
+
+#: Qwen3's chat template as Unsloth's old Ollama export wrote it: ChatML with no think block.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_types_and_file_names() -> None:
+    assert {"f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"} <= set(GGUF_TYPES)
+    assert gguf_file_name("qwen3-smoke", "Q4_K_M") == "qwen3-smoke.Q4_K_M.gguf"
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigurationError, match="did you mean 'q4_k_m'"):
+        convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_k_mm")
+    with pytest.raises(ConfigurationError, match=r"must be a \.gguf file name"):
+        convert_to_gguf(tiny_model_dir, tmp_path / "x.bin", "q8_0")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        convert_to_gguf(tmp_path / "missing", tmp_path / "x.gguf")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="not a Hugging Face checkpoint folder"):
+        convert_to_gguf(tmp_path / "empty", tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_k_quants_are_written_by_llama_cpps_quantizer() -> None:
+    path = tiny_gguf("q4_k_m", "bench")
+    with create_backend(
+        backend="llamacpp", model=str(path), llamacpp={"n_threads": 1, "n_ctx": 512}
+    ) as backend:
+        metadata = backend.llama.metadata  # type: ignore[attr-defined]
+        assert metadata["general.file_type"] == "15"  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+        result = backend.generate("hi", {"temperature": 0, "max_new_tokens": 4})
+        assert result.completion_tokens == 4
+    assert path.stat().st_size < tiny_gguf("q8_0", "bench").stat().st_size
+
+
+def test_a_good_gguf_passes_the_check(tiny_model_dir: Path) -> None:
+    report = verify_gguf(tiny_gguf("q8_0"), tokenizer_dir=tiny_model_dir)
+    assert report.prompts_checked == 3
+    assert report.answers == []
+
+
+def test_a_gguf_whose_template_differs_from_training_fails_the_check(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # The GGUF carries plain ChatML (as Unsloth's old export wrote), training used Qwen3's
+    # official template: llama.cpp and Ollama would prompt the model without the think block.
+    broken = tmp_path / "chatml"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "chat_template.jinja").write_text(CHATML)
+    output = convert_to_gguf(broken, tmp_path / "model.gguf", "q8_0")
+    with pytest.raises(ExportError, match="embedded in the GGUF renders") as caught:
+        verify_gguf(output, tokenizer_dir=tiny_model_dir)
+    assert "Qwen3's official chat template" in str(caught.value)
+    # against its own checkpoint it is consistent
+    assert verify_gguf(output, tokenizer_dir=broken).prompts_checked == 3
+
+
+def test_the_cli_writes_a_gguf_that_the_llamacpp_backend_answers_with(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    output = tmp_path / "tiny.F16.gguf"
+    result = cli(
+        "export", "gguf", str(tiny_model_dir), "--output", str(output), "--quant", "F16",
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "checked in llama.cpp: 3 prompts render identically" in result.stdout
+    assert f"wrote {output}" in result.stdout
+    greedy = {"temperature": 0, "max_new_tokens": 12}
+    options = {"n_threads": 1, "n_ctx": 512}
+    cached = tiny_gguf("f16")
+    with (
+        create_backend(backend="llamacpp", model=str(output), llamacpp=options) as ours,
+        create_backend(backend="llamacpp", model=str(cached), llamacpp=options) as reference,
+    ):
+        assert ours.generate("hi", greedy).text == reference.generate("hi", greedy).text
+
+
+def test_the_cli_rejects_bad_input_in_one_line(tmp_path: Path) -> None:
+    result = cli("export", "gguf", "x", "--output", "y.gguf", "--quant", "q9")
+    assert result.returncode == 2 and "invalid choice: 'q9'" in result.stderr
+    result = cli("export", "gguf", str(tmp_path / "missing"), "--output", "y.gguf")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert (
+        lines[0].startswith("qwen-backends: error: model folder") and "does not exist" in lines[0]
+    )
