@@ -176,6 +176,18 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
+    built = Harness("hf", shared, make, tokenizer, leaking, ending)
+    built.calling = _forced_call(tokenizer, forcing)
+    return built
+
+
+def _forced_call(
+    tokenizer: Any, forcing: Callable[[list[int]], contextlib.AbstractContextManager[ModelBackend]]
+) -> Callable[
+    [SamplingParams, list[Any]], contextlib.AbstractContextManager[tuple[ModelBackend, str]]
+]:
+    """In-process backends call a tool by being forced to write the block, then an answer."""
+
     @contextlib.contextmanager
     def calling(sampling: SamplingParams, tools: list[Any]) -> Iterator[tuple[ModelBackend, str]]:
         name, arguments = INJECTED_CALL
@@ -187,9 +199,7 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
         with forcing([*script, IM_END]) as backend:
             yield backend, "Hello world"
 
-    built = Harness("hf", shared, make, tokenizer, leaking, ending)
-    built.calling = calling
-    return built
+    return calling
 
 
 # -- llamacpp: in process, a GGUF of the tiny checkpoint ---------------------------------------
@@ -234,7 +244,9 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    return Harness("llamacpp", shared, make, tokenizer, leaking, ending)
+    built = Harness("llamacpp", shared, make, tokenizer, leaking, ending)
+    built.calling = _forced_call(tokenizer, forcing)
+    return built
 
 
 class _Force:
