@@ -38,7 +38,11 @@ distribution. Greedy output matches transformers on the same weights (f16/q8_0).
 ``response_format`` is a GBNF grammar built from the schema
 (``LlamaGrammar.from_json_schema``, cached per schema) passed to ``Llama.generate``;
 llama-cpp-python's ``response_format`` of type ``json_schema`` is silently ignored, so it is not
-used. ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
+used. llama-cpp-python's schema converter ignores ``minimum``/``maximum``, so an integer with
+both bounds (at most :data:`MAX_ENUMERATED_RANGE` values) is rewritten as an ``enum`` of its
+values first (:func:`llama_schema`), and any other numeric bound is refused with
+:class:`~qwen_backends.errors.UnsupportedFeatureError` rather than silently not enforced.
+``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
@@ -48,6 +52,7 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -404,7 +409,10 @@ class LlamaCppBackend(ModelBackend):
             from llama_cpp import LlamaGrammar
 
             try:
-                grammar = LlamaGrammar.from_json_schema(response_format.schema_json, verbose=False)
+                schema = json.dumps(llama_schema(response_format.schema))
+                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
+            except QwenBackendsError:
+                raise
             except Exception as exc:  # the converter raises plain exceptions for what it lacks
                 raise UnsupportedFeatureError(
                     self.name,
@@ -594,3 +602,70 @@ class _IncrementalDecoder:
 
 def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return {"tools": list(tools)} if tools else {}
+
+
+#: Largest integer range :func:`llama_schema` spells out as an ``enum``.
+MAX_ENUMERATED_RANGE = 1024
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def llama_schema(schema: Any) -> Any:
+    """``schema`` with every bounded integer written as an ``enum`` of its values.
+
+    llama-cpp-python's JSON-schema-to-grammar converter does not enforce numeric bounds.
+
+    Raises
+    ------
+    UnsupportedFeatureError
+        For a numeric bound that cannot be spelled out (a ``number``, a one-sided or wide
+        integer range, ``multipleOf``).
+    """
+    if isinstance(schema, list):
+        return [llama_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounds = [key for key in _BOUNDS if key in schema]
+    node = {
+        # A mapping of names to schemas: a property may be *named* "minimum".
+        key: (
+            {name: llama_schema(sub) for name, sub in value.items()}
+            if key in ("properties", "$defs", "patternProperties") and isinstance(value, dict)
+            else llama_schema(value)
+        )
+        for key, value in schema.items()
+        if key not in bounds
+    }
+    if not bounds:
+        return node
+    low, high = _integer_range(schema)
+    if schema.get("type") != "integer" or low is None or high is None or "multipleOf" in bounds:
+        raise UnsupportedFeatureError(
+            "llamacpp",
+            "response_format",
+            f"llama.cpp's schema grammar does not enforce {', '.join(bounds)} here; use an "
+            "integer with both bounds, or an enum",
+        )
+    if high - low + 1 > MAX_ENUMERATED_RANGE:
+        raise UnsupportedFeatureError(
+            "llamacpp",
+            "response_format",
+            f"an integer range of {high - low + 1:,} values is too wide to spell out as a "
+            f"grammar (at most {MAX_ENUMERATED_RANGE:,}); narrow it or drop the bounds",
+        )
+    node.pop("type", None)
+    node["enum"] = list(range(low, high + 1))
+    return node
+
+
+def _integer_range(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    import math
+
+    low = schema.get("minimum")
+    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
+        low = math.floor(schema["exclusiveMinimum"]) + 1
+    high = schema.get("maximum")
+    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
+        high = math.ceil(schema["exclusiveMaximum"]) - 1
+    low = math.ceil(low) if isinstance(low, (int, float)) else None
+    high = math.floor(high) if isinstance(high, (int, float)) else None
+    return low, high
