@@ -507,7 +507,11 @@ class LlamaCppBackend(ModelBackend):
                             partial_text="".join(produced),
                             backend=self.name,
                         )
-                    if token in self.end_ids:
+                    # A finished grammar allows only llama.cpp's end-of-generation set, which
+                    # holds more than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
+                    if token in self.end_ids or (
+                        grammar is not None and self.is_end_of_generation(token)
+                    ):
                         reason = "stop"
                         break
                     visible = pipeline.feed(decoder.feed(token))

@@ -44,3 +44,42 @@ def test_bounds_that_cannot_be_spelled_out_are_refused(schema: dict, message: st
     with pytest.raises(UnsupportedFeatureError, match=message) as caught:
         llama_schema(schema)
     assert caught.value.backend == "llamacpp" and "\n" not in str(caught.value)
+
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "code": {"type": "string", "maxLength": 4},
+        "point": {
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": -2, "maximum": 2}},
+            "required": ["x"],
+            "additionalProperties": False,
+        },
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+    },
+    "required": ["colour", "count", "code", "point", "tags"],
+    "additionalProperties": False,
+}
+
+
+def test_sampled_output_matches_a_bounded_schema_for_many_seeds() -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
+    from qwen_backends.factory import create_backend
+    from qwen_backends.testing import tiny_gguf
+
+    options = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 2048}
+    with create_backend(
+        backend="llamacpp", model=str(tiny_gguf("q8_0")), llamacpp=options
+    ) as backend:
+        answers = set()
+        for seed in range(8):
+            result = backend.generate(
+                "Fill it in.", {"max_new_tokens": 120, "seed": seed}, response_format=BOUNDED
+            )
+            assert set(result.parsed) == set(BOUNDED["properties"])
+            assert 0 <= result.parsed["count"] <= 9 and len(result.parsed["code"]) <= 4
+            answers.add(result.text)
+        assert len(answers) > 1
