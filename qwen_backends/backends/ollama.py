@@ -21,8 +21,8 @@ last message. ``tools`` go in Ollama's native ``tools`` field; the answer's
 ``message.tool_calls`` become :class:`~qwen_backends.backends.base.ToolCall` objects, and
 ``<tool_call>`` blocks left in the content (a model whose Ollama template has no tool parser)
 are parsed locally. Ollama's tool format keeps only ``type``, ``description``, ``enum`` and
-``items`` of each parameter (the client and the server both drop the rest), so a warning names
-what a spec loses.
+``items`` of each parameter (the ``ollama`` 0.6.3 client drops the rest; the server's API types
+hold the same fields), so a warning names what a spec loses.
 Errors from the client (``ResponseError``, the builtin ``ConnectionError``, raw ``httpx``
 exceptions) go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
 error classes and retries as every server backend (5xx, 429, timeouts and broken connections
