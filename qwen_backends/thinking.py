@@ -16,6 +16,7 @@ Every backend and path calls into this module; none re-implements it:
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -308,14 +309,26 @@ class ThinkingStreamFilter:
 
 
 def longest_partial_suffix(text: str, patterns: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``."""
-    longest = 0
-    for pattern in patterns:
-        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
-            if text.endswith(pattern[:size]):
-                longest = size
-                break
-    return longest
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``patterns``.
+
+    Only positions within reach of the longest pattern whose character starts some pattern are
+    tried, so the cost follows the text's tail, not the number of patterns (thousands of stop
+    strings are fed a piece at a time when streaming).
+    """
+    reach, heads = _partial_index(tuple(patterns))
+    for start in range(max(0, len(text) - reach), len(text)):
+        if text[start] in heads:
+            tail = text[start:]
+            if any(len(pattern) > len(tail) and pattern.startswith(tail) for pattern in patterns):
+                return len(tail)
+    return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _partial_index(patterns: tuple[str, ...]) -> tuple[int, frozenset[str]]:
+    """(longest proper prefix length, first characters) of ``patterns``, computed once."""
+    reach = max((len(pattern) for pattern in patterns), default=1) - 1
+    return reach, frozenset(pattern[0] for pattern in patterns if len(pattern) > 1)
 
 
 # -- raw text -> what the caller sees ------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qwen_backends._cache import build_once, cache_dir
-from qwen_backends.errors import MissingDependencyError, ModelNotFoundError
+from qwen_backends.errors import MissingDependencyError, ModelNotFoundError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -128,9 +128,8 @@ def load_tokenizer(
             source, revision=revision, token=token, local_files_only=local_files_only
         )
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
-            f"cannot load the tokenizer of {source!r} ({first_line}); check the name or path, "
+            f"cannot load the tokenizer of {source!r} ({first_line(exc)}); check the name or path, "
             f"or without network use the byte-exact offline Qwen3-4B tokenizer: "
             f"load_tokenizer('{OFFLINE}') / --tokenizer {OFFLINE}"
         ) from exc

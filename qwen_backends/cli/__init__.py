@@ -30,7 +30,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finetune",
     "export",
     "serve",
-    "export",
 )
 
 #: Exit status for a user mistake (bad argument, setting or input).

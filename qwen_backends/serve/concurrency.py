@@ -4,7 +4,7 @@ Two policies, chosen from the backend's :class:`~qwen_backends.backends.base.Cap
 
 - **concurrent** (server backends, ``native_async``: ollama, vllm): every request goes straight
   to ``agenerate`` / ``astream``; the server behind the backend schedules them.
-- **one at a time** (in-process backends: hf, unsloth, llamacpp, mlx): one generation runs, up
+- **one at a time** (in-process backends: hf, unsloth, llama.cpp, MLX): one generation runs, up
   to ``max_queue`` more wait in arrival order, and a request that finds the queue full is
   refused at once with :class:`QueueFullError` (HTTP 503 with ``Retry-After``), so nothing
   ever hangs. A slot is released only when the backend is really free again: a cancelled

@@ -393,8 +393,10 @@ def test_english_only_samples_only_english_tier_tokens(
     assert len(generated) == 12 and set(generated) <= allowed
     free = backend.generate("Hello", SamplingParams(top_k=0, top_p=1.0, seed=4, max_new_tokens=12))
     assert free.text != result.text
-    blocked = backend._english_blocked()
-    assert blocked.shape == (151_936,) and blocked is backend._english_blocked()
+    bias = backend._english_bias()
+    assert bias.shape == (151_936,) and bias is backend._english_bias()
+    assert bias.dtype == torch.float32 and set(bias.unique().tolist()) == {0.0, float("-inf")}
+    assert set(torch.nonzero(bias == 0).flatten().tolist()) == {i for i in allowed if i < 151_936}
 
 
 # -- thinking never reaches the caller -----------------------------------------------------------

@@ -23,7 +23,7 @@ SETTINGS_MODULES = (PACKAGE / "family.py", PACKAGE / "settings.py")
 
 MODEL_NAME = regex.compile(r"Qwen/|unsloth/|\bqwen3?:\w", regex.IGNORECASE)
 OTHER_FAMILIES = regex.compile(
-    r"(?<!\w)llama(?![.\-_]?cpp)|tinyllama|codellama|meta-llama|mistral|mixtral|gemma"
+    r"(?<!\w)llama[-_ ]?\d|tinyllama|codellama|meta-llama|mistral|mixtral|gemma"
     r"|\bphi-?[1-4]\b|microsoft/phi|\bgpt-?2\b|\bgpt-?j\b|gpt-?neo|distilgpt|falcon|tiiuae"
     r"|deepseek|\bbert-(?:base|large)|flan-t5|\bt5-(?:small|base|large)|facebook/opt"
     r"|eleutherai|bigscience|starcoder|baichuan|chatglm|internlm|smollm|vicuna|pythia"
@@ -127,6 +127,8 @@ def test_no_other_model_families_in_code_configs_or_docs() -> None:
 def test_family_detector() -> None:
     flagged = [
         "meta-llama/Llama-3",
+        "llama-2-7b",
+        "Llama 3",
         "load gpt2",
         "Mistral-7B",
         "google/gemma-2b",
@@ -137,6 +139,9 @@ def test_family_detector() -> None:
         "ollama serve",
         "convert with llama.cpp",
         "backend=llamacpp",
+        "Llama(model_path=path)",
+        "LLAMA_FTYPE_MOSTLY_Q8_0",
+        "llama_model_quantize",
         "Qwen3-4B",
         "qwen3:4b-instruct",
         "GPT-4's",

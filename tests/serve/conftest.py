@@ -149,7 +149,7 @@ def ollama_server(stand_in: OllamaServer) -> OllamaServer:
 def ollama_backend(isolated_session: None, stand_in: OllamaServer) -> Iterator[ModelBackend]:
     """The ollama backend pointed at the stand-in."""
     backend = create_backend(backend="ollama", ollama={"host": stand_in.url})
-    backend.retry_backoff = 0.0  # type: ignore[attr-defined]
+    backend.remote.backoff = 0.0  # type: ignore[attr-defined]  # retry at once
     yield backend
     backend.close()
 

@@ -469,7 +469,7 @@ def test_backend_timeout_is_a_504(ollama_server: OllamaServer) -> None:
     slow = create_backend(
         backend="ollama", ollama={"host": ollama_server.url, "timeout": 0.5, "max_retries": 0}
     )
-    slow.retry_backoff = 0.0  # type: ignore[attr-defined]
+    slow.remote.backoff = 0.0  # type: ignore[attr-defined]  # retry at once
     with slow, Served(slow) as served:
         served.client().chat.completions.create(model=served.model, messages=HI, max_tokens=1)
         ollama_server.latency = 2.0
