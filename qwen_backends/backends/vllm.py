@@ -329,12 +329,14 @@ class VLLMBackend(ModelBackend):
     # -- hooks --------------------------------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
+        self._english_only_ids(request.sampling)  # its errors come before any request
         self._check_template()
         started = time.perf_counter()
         response = self._create(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
+        self._english_only_ids(request.sampling)  # its errors come before any request
         self._check_template()
         started = time.perf_counter()
         chunks = self._create(request, stream=True)
@@ -398,12 +400,14 @@ class VLLMBackend(ModelBackend):
             chunks.close()
 
     async def _agenerate(self, request: Request) -> Generation:
+        await self._abody(request, stream=False)  # english_only errors before any request
         await self._acheck_template()
         started = time.perf_counter()
         response = await self._acreate(request, stream=False)
         return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        await self._abody(request, stream=False)  # english_only errors before any request
         await self._acheck_template()
         started = time.perf_counter()
         chunks = await self._acreate(request, stream=True)
