@@ -25,7 +25,12 @@ Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them:
   the same after the call as before it (a call without a seed draws a fresh one the same way);
 - text goes through one pipeline (stop strings, then thinking removal, then
   :func:`~qwen_backends.chat.strip_thinking`) that gives the same result however the text is cut
-  into pieces, which is why ``"".join(stream(...)) == generate(...).text`` for the same seed.
+  into pieces, which is why ``"".join(stream(...)) == generate(...).text`` for the same seed;
+- ``response_format`` is a grammar-constrained logits processor (xgrammar, see
+  :mod:`qwen_backends.backends.transformers_grammar`): the sampler can only draw tokens that keep
+  the answer a valid prefix of a schema-valid JSON document; the base class validates the result;
+- ``tools`` are rendered by the chat template (Qwen3's ``<tools>`` system block) and the model's
+  ``<tool_call>`` blocks are parsed locally (:mod:`qwen_backends.tools`), also while streaming.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from qwen_backends.backends.torch_devices import (
     resolve_device,
     resolve_dtype,
 )
+from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor, XGrammarEngine
 from qwen_backends.backends.transformers_sampling import (
     AllowedTokensLogitsProcessor,
     CancelCriterion,
@@ -84,12 +90,14 @@ from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
+from qwen_backends.tools import ToolCallFilter, parse_tool_calls
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from qwen_backends.settings import Settings
+    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["HFBackend"]
 
@@ -314,7 +322,13 @@ class HFBackend(ModelBackend):
     """
 
     name = "hf"
-    capabilities = Capabilities(english_only=True, native_batching=True, renders_locally=True)
+    capabilities = Capabilities(
+        english_only=True,
+        native_batching=True,
+        renders_locally=True,
+        structured_output=True,
+        tools=True,
+    )
 
     def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
         super().__init__(settings)
@@ -322,6 +336,7 @@ class HFBackend(ModelBackend):
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._english_bias_tensor: torch.Tensor | None = None
+        self._grammar_engine: XGrammarEngine | None = None
         self.model, self.tokenizer = self._load()
         self._prepare()
 
@@ -420,7 +435,7 @@ class HFBackend(ModelBackend):
     # -- generation hooks ---------------------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
-        return self._run_batch([self._checked_prompt(request)], request.sampling)[0]
+        return self._run_batch([self._checked_prompt(request)], request)[0]
 
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         """All conversations in one ``model.generate`` call (left padding, one forward per step).
@@ -428,12 +443,13 @@ class HFBackend(ModelBackend):
         Each :class:`Generation` reports the wall time of the whole batch.
         """
         prompts = [self._checked_prompt(request) for request in requests]
-        return self._run_batch(prompts, requests[0].sampling)
+        # The public API gives every request of a batch the same sampling, format and tools.
+        return self._run_batch(prompts, requests[0])
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # Checks (and the context error) happen now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        return self._stream_tokens(prompt_ids, request.sampling)
+        return self._stream_tokens(prompt_ids, request)
 
     def template_mode(self) -> TemplateMode:
         """The loaded tokenizer's template mode (hybrid or non-thinking)."""
@@ -493,11 +509,44 @@ class HFBackend(ModelBackend):
             processors.append(AllowedTokensLogitsProcessor(self._english_bias()))
         return processors
 
-    def _generate_kwargs(self, sampling: SamplingParams, prompt_length: int) -> dict[str, Any]:
+    def _constrained(
+        self, processors: list[Any], sampling: SamplingParams, response_format: ResponseFormat
+    ) -> list[Any]:
+        """``processors`` plus the grammar processor, last.
+
+        The grammar processor also applies ``english_only`` (see
+        :class:`GrammarLogitsProcessor`), in place of the plain English mask: intersected in
+        one mask, the two can never leave a step with nothing to sample.
+        """
+        import torch
+
+        engine = self._grammar()
+        blocked = torch.isinf(self._english_bias()) if sampling.english_only else None
+        kept = [p for p in processors if not isinstance(p, AllowedTokensLogitsProcessor)]
+        grammar = GrammarLogitsProcessor(engine, engine.compile(response_format), blocked=blocked)
+        return [*kept, grammar]
+
+    def _grammar(self) -> XGrammarEngine:
+        """The grammar engine for this tokenizer, built on first use (about a second)."""
+        if self._grammar_engine is None:
+            self._grammar_engine = XGrammarEngine(
+                self.tokenizer, _vocab_rows(self.model), self.eos_token_ids
+            )
+        return self._grammar_engine
+
+    def _generate_kwargs(
+        self,
+        sampling: SamplingParams,
+        prompt_length: int,
+        response_format: ResponseFormat | None = None,
+    ) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` besides the inputs."""
         from transformers import LogitsProcessorList
 
         processors = self._logits_processors(sampling, prompt_length)
+        if response_format is not None:
+            # Before the sampler, which draws from whatever logits are left finite.
+            processors = self._constrained(processors, sampling, response_format)
         sampler = TokenSampler.for_sampling(sampling)
         if sampler is not None:
             processors.append(sampler)
@@ -591,9 +640,10 @@ class HFBackend(ModelBackend):
             raise GenerationError(f"generation failed: {first_line(exc)}") from exc
         return output
 
-    def _run_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+    def _run_batch(self, prompts: list[list[int]], request: Request) -> list[Generation]:
         import torch
 
+        sampling = request.sampling
         start = time.perf_counter()
         width = max(len(ids) for ids in prompts)
         # Left padding: every prompt ends at the same column, so one forward per step serves all.
@@ -609,12 +659,14 @@ class HFBackend(ModelBackend):
         )
         with self._exclusive(), self._rng_scope(sampling):
             output = self._model_generate(
-                input_ids, attention_mask, **self._generate_kwargs(sampling, width)
+                input_ids,
+                attention_mask,
+                **self._generate_kwargs(sampling, width, request.response_format),
             )
         rows = output[:, width:].tolist()
         seconds = time.perf_counter() - start
         return [
-            self._finish(row, len(ids), sampling, seconds)
+            _with_tool_calls(self._finish(row, len(ids), sampling, seconds), request)
             for row, ids in zip(rows, prompts, strict=True)
         ]
 
@@ -664,11 +716,10 @@ class HFBackend(ModelBackend):
                 low = middle + 1
         return high
 
-    def _stream_tokens(
-        self, prompt_ids: list[int], sampling: SamplingParams
-    ) -> Iterator[str | Generation]:
+    def _stream_tokens(self, prompt_ids: list[int], request: Request) -> Iterator[str | Generation]:
         import torch
 
+        sampling = request.sampling
         with self._exclusive():
             start = time.perf_counter()
             cancel = threading.Event()
@@ -677,7 +728,7 @@ class HFBackend(ModelBackend):
             failure: list[BaseException] = []
             outputs: list[torch.Tensor] = []
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            kwargs = self._generate_kwargs(sampling, len(prompt_ids))
+            kwargs = self._generate_kwargs(sampling, len(prompt_ids), request.response_format)
 
             def work() -> None:
                 try:
@@ -703,16 +754,21 @@ class HFBackend(ModelBackend):
             worker = threading.Thread(target=work, name="qwen-hf-stream", daemon=True)
             worker.start()
             pipeline = TextPipeline(sampling.stop)
+            calls = ToolCallFilter() if request.tools else None
             produced: list[str] = []
             try:
                 for piece in streamer:
                     visible = pipeline.feed(piece)
+                    if calls is not None:
+                        visible = calls.feed(visible)
                     if visible:
                         produced.append(visible)
                         yield visible
                     if pipeline.stopped:
                         break
                 tail = pipeline.flush()
+                if calls is not None:
+                    tail = calls.feed(tail) + calls.flush()
                 if tail:
                     produced.append(tail)
                     yield tail
@@ -732,7 +788,12 @@ class HFBackend(ModelBackend):
                 result = self._finish(
                     row, len(prompt_ids), sampling, time.perf_counter() - start, tokenizer
                 )
-                yield dataclasses.replace(result, text="".join(produced))
+                result = dataclasses.replace(result, text="".join(produced))
+                if calls is not None and calls.calls:
+                    result = dataclasses.replace(
+                        result, tool_calls=tuple(calls.calls), finish_reason="tool_calls"
+                    )
+                yield result
 
     def close(self) -> None:
         """Drop the model and tokenizer and free accelerator memory. Safe to call twice.
@@ -749,6 +810,7 @@ class HFBackend(ModelBackend):
             self.model = None  # type: ignore[assignment]
             self.tokenizer = None  # type: ignore[assignment]
             self._english_bias_tensor = None
+            self._grammar_engine = None
         if device_type == "cuda":
             import torch
 
@@ -773,6 +835,18 @@ def _vocab_rows(model: Any) -> int:
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return int(embeddings.weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
+
+
+def _with_tool_calls(generation: Generation, request: Request) -> Generation:
+    """Take the model's tool calls out of the text when tools were given."""
+    if not request.tools:
+        return generation
+    text, calls = parse_tool_calls(generation.text)
+    if not calls:
+        return dataclasses.replace(generation, text=text)
+    return dataclasses.replace(
+        generation, text=text, tool_calls=tuple(calls), finish_reason="tool_calls"
+    )
 
 
 def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:

@@ -35,6 +35,16 @@ never count, whereas transformers' repetition_penalty also counts the prompt), a
 applied after top-k/top-p/min-p, so sampled (not greedy) output follows a slightly different
 distribution. Greedy output matches transformers on the same weights (f16/q8_0).
 
+``response_format`` is a GBNF grammar built from the schema
+(``LlamaGrammar.from_json_schema``, cached per schema) passed to ``Llama.generate``;
+llama-cpp-python's ``response_format`` of type ``json_schema`` is silently ignored, so it is not
+used. llama-cpp-python's schema converter ignores ``minimum``/``maximum``, so an integer with
+both bounds (at most :data:`MAX_ENUMERATED_RANGE` values) is rewritten as an ``enum`` of its
+values first (:func:`llama_schema`), and any other numeric bound is refused with
+:class:`~qwen_backends.errors.UnsupportedFeatureError` rather than silently not enforced.
+``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
+the generated text (:mod:`qwen_backends.tools`), in streams too.
+
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
 own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered prompt.
 """
@@ -42,6 +52,7 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -65,17 +76,20 @@ from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
+    UnsupportedFeatureError,
     first_line,
 )
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline, template_mode
+from qwen_backends.tools import ToolCallFilter
 
 if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedTokenizerBase
 
     from qwen_backends.settings import Settings
+    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["GGUF_MAGIC", "LlamaCppBackend", "gguf_tokenizer"]
 
@@ -144,7 +158,12 @@ class LlamaCppBackend(ModelBackend):
 
     name = "llamacpp"
     capabilities = Capabilities(
-        english_only=True, native_batching=False, renders_locally=True, seeded=True
+        english_only=True,
+        native_batching=False,
+        renders_locally=True,
+        seeded=True,
+        structured_output=True,
+        tools=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -152,6 +171,7 @@ class LlamaCppBackend(ModelBackend):
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._english_mask: np.ndarray | None = None
+        self._grammars: dict[str, Any] = {}
         self._mask_mismatch = 0
         self.llama = self._load()
         try:
@@ -321,11 +341,11 @@ class LlamaCppBackend(ModelBackend):
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
-        return render_prompt_ids(self.tokenizer, messages)
+        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
-        return render_prompt(self.tokenizer, messages)
+        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
 
     def _generate(self, request: Request) -> Generation:
         final: Generation | None = None
@@ -338,7 +358,8 @@ class LlamaCppBackend(ModelBackend):
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # The prompt and the context check run now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        return self._run(prompt_ids, request.sampling)
+        grammar = self._grammar(request.response_format)
+        return self._run(prompt_ids, request.sampling, grammar, bool(request.tools))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -379,7 +400,30 @@ class LlamaCppBackend(ModelBackend):
             finally:
                 self._owner = None
 
-    def generate_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+    def _grammar(self, response_format: ResponseFormat | None) -> Any:
+        """The llama.cpp grammar of ``response_format`` (``None`` without one), cached."""
+        if response_format is None:
+            return None
+        grammar = self._grammars.get(response_format.key)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            try:
+                schema = json.dumps(llama_schema(response_format.schema))
+                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
+            except QwenBackendsError:
+                raise
+            except Exception as exc:  # the converter raises plain exceptions for what it lacks
+                raise UnsupportedFeatureError(
+                    self.name,
+                    f"response_format {response_format.name}",
+                    f"llama.cpp cannot turn this schema into a grammar ({first_line(exc)}); "
+                    "simplify it",
+                ) from exc
+            self._grammars[response_format.key] = grammar
+        return grammar
+
+    def generate_kwargs(self, sampling: SamplingParams, grammar: Any = None) -> dict[str, Any]:
         """Every argument ``Llama.generate`` receives for ``sampling`` (nothing left default).
 
         Also sets the sampler's seed and penalty window on :attr:`llama` (llama-cpp-python
@@ -404,7 +448,7 @@ class LlamaCppBackend(ModelBackend):
             "frequency_penalty": 0.0,
             "penalize_nl": True,
             "logits_processor": [self._english_processor] if sampling.english_only else None,
-            "grammar": None,
+            "grammar": grammar,
             "reset": True,
         }
 
@@ -435,16 +479,23 @@ class LlamaCppBackend(ModelBackend):
             self._english_mask = mask
         return self._english_mask
 
-    def _run(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str | Generation]:
+    def _run(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        grammar: Any = None,
+        tools: bool = False,
+    ) -> Iterator[str | Generation]:
         """Generate token by token; yield visible text, then the final :class:`Generation`."""
         with self._exclusive():
             start = time.perf_counter()
             pipeline = TextPipeline(sampling.stop)
+            calls = ToolCallFilter() if tools else None
             decoder = _IncrementalDecoder(self.tokenizer)
             produced: list[str] = []
             count = 0
             reason: FinishReason = "length"
-            tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling))
+            tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, grammar))
             try:
                 for token in tokens:
                     count += 1
@@ -456,10 +507,16 @@ class LlamaCppBackend(ModelBackend):
                             partial_text="".join(produced),
                             backend=self.name,
                         )
-                    if token in self.end_ids:
+                    # A finished grammar allows only llama.cpp's end-of-generation set, which
+                    # holds more than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
+                    if token in self.end_ids or (
+                        grammar is not None and self.is_end_of_generation(token)
+                    ):
                         reason = "stop"
                         break
                     visible = pipeline.feed(decoder.feed(token))
+                    if calls is not None:
+                        visible = calls.feed(visible)
                     if visible:
                         produced.append(visible)
                         yield visible
@@ -479,15 +536,19 @@ class LlamaCppBackend(ModelBackend):
             finally:
                 tokens.close()
             tail = ("" if pipeline.stopped else pipeline.feed(decoder.flush())) + pipeline.flush()
+            if calls is not None:
+                tail = calls.feed(tail) + calls.flush()
             if tail:
                 produced.append(tail)
                 yield tail
+            found = tuple(calls.calls) if calls is not None else ()
             yield Generation(
                 text="".join(produced),
-                finish_reason=reason,
+                finish_reason="tool_calls" if found else reason,
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=count,
                 seconds=time.perf_counter() - start,
+                tool_calls=found,
             )
 
     def close(self) -> None:
@@ -541,3 +602,74 @@ class _IncrementalDecoder:
         text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
         self.window, self.sent = [], 0
         return text
+
+
+def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return {"tools": list(tools)} if tools else {}
+
+
+#: Largest integer range :func:`llama_schema` spells out as an ``enum``.
+MAX_ENUMERATED_RANGE = 1024
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def llama_schema(schema: Any) -> Any:
+    """``schema`` with every bounded integer written as an ``enum`` of its values.
+
+    llama-cpp-python's JSON-schema-to-grammar converter does not enforce numeric bounds.
+
+    Raises
+    ------
+    UnsupportedFeatureError
+        For a numeric bound that cannot be spelled out (a ``number``, a one-sided or wide
+        integer range, ``multipleOf``).
+    """
+    if isinstance(schema, list):
+        return [llama_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounds = [key for key in _BOUNDS if key in schema]
+    node = {
+        # A mapping of names to schemas: a property may be *named* "minimum".
+        key: (
+            {name: llama_schema(sub) for name, sub in value.items()}
+            if key in ("properties", "$defs", "patternProperties") and isinstance(value, dict)
+            else llama_schema(value)
+        )
+        for key, value in schema.items()
+        if key not in bounds
+    }
+    if not bounds:
+        return node
+    low, high = _integer_range(schema)
+    if schema.get("type") != "integer" or low is None or high is None or "multipleOf" in bounds:
+        raise UnsupportedFeatureError(
+            "llamacpp",
+            "response_format",
+            f"llama.cpp's schema grammar does not enforce {', '.join(bounds)} here; use an "
+            "integer with both bounds, or an enum",
+        )
+    if high - low + 1 > MAX_ENUMERATED_RANGE:
+        raise UnsupportedFeatureError(
+            "llamacpp",
+            "response_format",
+            f"an integer range of {high - low + 1:,} values is too wide to spell out as a "
+            f"grammar (at most {MAX_ENUMERATED_RANGE:,}); narrow it or drop the bounds",
+        )
+    node.pop("type", None)
+    node["enum"] = list(range(low, high + 1))
+    return node
+
+
+def _integer_range(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    import math
+
+    low = schema.get("minimum")
+    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
+        low = math.floor(schema["exclusiveMinimum"]) + 1
+    high = schema.get("maximum")
+    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
+        high = math.ceil(schema["exclusiveMaximum"]) - 1
+    low = math.ceil(low) if isinstance(low, (int, float)) else None
+    high = math.floor(high) if isinstance(high, (int, float)) else None
+    return low, high

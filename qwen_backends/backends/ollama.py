@@ -14,6 +14,15 @@ Uses the official ``ollama`` client (:class:`ollama.Client` for sync calls, a sh
   from the returned text and a warning is logged.
 
 Sampling is sent as a plain ``options`` dict (``ollama.Options`` silently drops ``min_p``).
+
+``response_format`` goes as Ollama's ``format`` (the JSON schema; the server turns it into a
+grammar) and, as Ollama's documentation advises, the schema is also stated at the end of the
+last message. ``tools`` go in Ollama's native ``tools`` field; the answer's
+``message.tool_calls`` become :class:`~qwen_backends.backends.base.ToolCall` objects, and
+``<tool_call>`` blocks left in the content (a model whose Ollama template has no tool parser)
+are parsed locally. Ollama's tool format keeps only ``type``, ``description``, ``enum`` and
+``items`` of each parameter (the ``ollama`` 0.6.3 client drops the rest; the server's API types
+hold the same fields), so a warning names what a spec loses.
 Errors from the client (``ResponseError``, the builtin ``ConnectionError``, raw ``httpx``
 exceptions) go through the shared remote layer (:mod:`qwen_backends.backends.remote`): the same
 error classes and retries as every server backend (5xx, 429, timeouts and broken connections
@@ -50,6 +59,7 @@ from qwen_backends.backends.base import (
     Generation,
     ModelBackend,
     Request,
+    ToolCall,
 )
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.chat import Message
@@ -71,6 +81,7 @@ from qwen_backends.thinking import (
     ThinkingStreamFilter,
     strip_thinking,
 )
+from qwen_backends.tools import ToolCallFilter, new_call_id, parse_tool_calls
 
 if TYPE_CHECKING:
     import ssl
@@ -78,6 +89,7 @@ if TYPE_CHECKING:
     import ollama
 
     from qwen_backends.settings import OllamaSettings, Settings
+    from qwen_backends.structured import ResponseFormat
 
 __all__ = [
     "INSTRUCT_TAGS",
@@ -85,6 +97,7 @@ __all__ = [
     "OllamaBackend",
     "built_model_source",
     "chat_request",
+    "dropped_tool_fields",
     "ollama_template_mode",
     "parse_version",
     "sampling_options",
@@ -149,6 +162,8 @@ def chat_request(
     settings: OllamaSettings,
     *,
     stream: bool,
+    response_format: ResponseFormat | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for ``Client.chat`` / ``AsyncClient.chat``.
 
@@ -166,15 +181,52 @@ def chat_request(
         The ``ollama`` settings section (``num_ctx``, ``keep_alive``).
     stream
         Whether the answer is streamed as NDJSON.
+    response_format
+        Output schema: sent as ``format`` and stated at the end of the last message.
+    tools
+        OpenAI-style function specs, sent as ``tools``.
     """
-    return {
+    converted = [_ollama_message(message) for message in messages]
+    body: dict[str, Any] = {
         "model": model,
-        "messages": [_ollama_message(message) for message in messages],
+        "messages": converted,
         "think": False,
         "options": sampling_options(sampling, settings.num_ctx),
         "keep_alive": _keep_alive(settings.keep_alive),
         "stream": stream,
     }
+    if response_format is not None:
+        last = converted[-1]
+        last["content"] = f"{last['content']}\n\n{response_format.instructions()}"
+        body["format"] = response_format.schema
+    if tools:
+        body["tools"] = [dict(tool) for tool in tools]
+    return body
+
+
+def dropped_tool_fields(tool: Mapping[str, Any]) -> list[str]:
+    """JSON-schema keywords of ``tool``'s parameters that Ollama's tool format cannot carry
+    (paths such as ``properties.days.minimum``), in order."""
+    import ollama
+
+    kept = ollama.Tool.model_validate(tool).model_dump(exclude_none=True, by_alias=True)
+    function = tool.get("function", {})
+    return _missing(function.get("parameters", {}), kept["function"].get("parameters", {}), "")
+
+
+def _missing(original: Any, kept: Any, path: str) -> list[str]:
+    if not isinstance(original, Mapping):
+        return []
+    if not isinstance(kept, Mapping):
+        return [path.rstrip(".") or "parameters"]
+    lost: list[str] = []
+    for key, value in original.items():
+        if key not in kept:
+            lost.append(f"{path}{key}")
+        elif key in ("properties", "$defs") and isinstance(value, Mapping):
+            for name, schema in value.items():
+                lost += _missing(schema, kept[key].get(name), f"{path}{key}.{name}.")
+    return lost
 
 
 def _ollama_message(message: Message) -> dict[str, Any]:
@@ -282,10 +334,12 @@ def built_model_source(model: str) -> tuple[Family, str] | None:
 
 
 class _StreamState:
-    """Folds streamed ``ChatResponse`` chunks into text pieces and the final counts."""
+    """Folds streamed ``ChatResponse`` chunks into text pieces, tool calls and the final counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, tools: bool = False) -> None:
         self.filter = ThinkingStreamFilter()
+        self.calls = ToolCallFilter() if tools else None
+        self.native_calls: list[ToolCall] = []
         self.thinking_chars = 0
         self.final: Any = None
         #: Everything handed out so far (kept in a GenerationError if the stream breaks).
@@ -294,12 +348,24 @@ class _StreamState:
     def feed(self, chunk: Any) -> str:
         message = chunk.message
         self.thinking_chars += len(message.thinking or "")
+        self.native_calls += _tool_calls(message)
         if chunk.done:
             self.final = chunk
-        return self._emit(self.filter.feed(message.content or ""))
+        return self._emit(self._visible(self.filter.feed(message.content or "")))
 
     def finish(self) -> str:
-        return self._emit(self.filter.flush())
+        tail = self._visible(self.filter.flush())
+        if self.calls is not None:
+            tail += self.calls.flush()
+        return self._emit(tail)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """Native calls first, then calls parsed from the content."""
+        return (*self.native_calls, *(self.calls.calls if self.calls is not None else ()))
+
+    def _visible(self, text: str) -> str:
+        return self.calls.feed(text) if self.calls is not None else text
 
     def _emit(self, piece: str) -> str:
         self.text += piece
@@ -328,7 +394,7 @@ class OllamaBackend(ModelBackend):
     """
 
     name = "ollama"
-    capabilities = Capabilities(native_async=True)
+    capabilities = Capabilities(native_async=True, structured_output=True, tools=True)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -350,6 +416,7 @@ class OllamaBackend(ModelBackend):
         self._ssl: ssl.SSLContext = httpx.create_ssl_context()
         self._client = ollama.Client(host=config.host, timeout=config.timeout, verify=self._ssl)
         self._checked = False
+        self._warned_tools: set[tuple[str, tuple[str, ...]]] = set()
         self._check_lock = threading.Lock()
         self._mode: TemplateMode | None = None
 
@@ -434,7 +501,7 @@ class OllamaBackend(ModelBackend):
         body = self._build(request, stream=False)
         start = time.perf_counter()
         response = self.remote.call(lambda: self._client.chat(**body), self._status_errors)
-        return self._generation(response, time.perf_counter() - start)
+        return self._generation(response, time.perf_counter() - start, tools=bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         self._ensure_checked()
@@ -443,10 +510,12 @@ class OllamaBackend(ModelBackend):
         chunks, first = self.remote.call(
             lambda: _open(self._client.chat(**body)), self._status_errors
         )
-        return self._stream_chunks(chunks, first, started)
+        return self._stream_chunks(chunks, first, started, tools=bool(request.tools))
 
-    def _stream_chunks(self, chunks: Any, first: Any, started: float) -> Iterator[str | Generation]:
-        state = _StreamState()
+    def _stream_chunks(
+        self, chunks: Any, first: Any, started: float, *, tools: bool = False
+    ) -> Iterator[str | Generation]:
+        state = _StreamState(tools)
         try:
             chunk = first
             while chunk is not None:
@@ -466,7 +535,9 @@ class OllamaBackend(ModelBackend):
             await self._aensure_checked(client)
             start = time.perf_counter()
             response = await self.remote.acall(lambda: client.chat(**body), self._status_errors)
-            return self._generation(response, time.perf_counter() - start)
+            return self._generation(
+                response, time.perf_counter() - start, tools=bool(request.tools)
+            )
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         body = self._build(request, stream=True)
@@ -476,7 +547,7 @@ class OllamaBackend(ModelBackend):
             chunks, first = await self.remote.acall(
                 lambda: _aopen(client.chat(**body)), self._status_errors
             )
-            state = _StreamState()
+            state = _StreamState(bool(request.tools))
             try:
                 chunk = first
                 while chunk is not None:
@@ -502,23 +573,48 @@ class OllamaBackend(ModelBackend):
     # -- request and response handling --------------------------------------------------
 
     def _build(self, request: Request, *, stream: bool) -> dict[str, Any]:
+        for tool in request.tools:
+            self._warn_dropped(tool)
         return chat_request(
-            self.model_name, request.messages, request.sampling, self.settings.ollama, stream=stream
+            self.model_name,
+            request.messages,
+            request.sampling,
+            self.settings.ollama,
+            stream=stream,
+            response_format=request.response_format,
+            tools=request.tools,
         )
 
-    def _generation(self, response: Any, seconds: float) -> Generation:
+    def _warn_dropped(self, tool: Mapping[str, Any]) -> None:
+        name = tool["function"]["name"]
+        lost = tuple(dropped_tool_fields(tool))
+        if lost and (name, lost) not in self._warned_tools:
+            self._warned_tools.add((name, lost))
+            logger.warning(
+                "Ollama's tool format cannot carry %s of tool %r (it keeps type, description, "
+                "enum and items per parameter); the model will not see them",
+                ", ".join(lost),
+                name,
+            )
+
+    def _generation(self, response: Any, seconds: float, *, tools: bool = False) -> Generation:
         message = getattr(response, "message", None)
         if message is None or getattr(response, "done", None) is not True:
             raise self.remote.protocol_error("the chat answer has no message or is not done")
         content = message.content or ""
         text = strip_thinking(content)
         self._warn_thinking(len(message.thinking or ""), text != content)
+        calls: tuple[ToolCall, ...] = ()
+        if tools:
+            text, parsed = parse_tool_calls(text)
+            calls = (*_tool_calls(message), *parsed)
         return Generation(
             text=text,
-            finish_reason=_finish_reason(response.done_reason),
+            finish_reason="tool_calls" if calls else _finish_reason(response.done_reason),
             prompt_tokens=_count(response.prompt_eval_count),
             completion_tokens=_count(response.eval_count),
             seconds=seconds,
+            tool_calls=calls,
         )
 
     def _feed(self, state: _StreamState, chunk: Any) -> str:
@@ -538,12 +634,14 @@ class OllamaBackend(ModelBackend):
         if tail:
             yield tail
         final = state.final
+        calls = state.tool_calls
         yield Generation(
             text=state.text,
-            finish_reason=_finish_reason(final.done_reason),
+            finish_reason="tool_calls" if calls else _finish_reason(final.done_reason),
             prompt_tokens=_count(final.prompt_eval_count),
             completion_tokens=_count(final.eval_count),
             seconds=seconds,
+            tool_calls=calls,
         )
 
     def _warn_thinking(self, thinking_chars: int, tags: bool) -> None:
@@ -729,6 +827,16 @@ class OllamaBackend(ModelBackend):
             yield client
         finally:
             await client._client.aclose()
+
+
+def _tool_calls(message: Any) -> list[ToolCall]:
+    """The native ``message.tool_calls`` of an Ollama answer (which carry no ids)."""
+    calls = []
+    for call in getattr(message, "tool_calls", None) or ():
+        function = call.function
+        arguments = dict(function.arguments or {})
+        calls.append(ToolCall(id=new_call_id(), name=function.name, arguments=arguments))
+    return calls
 
 
 def _finish_reason(done_reason: str | None) -> FinishReason:

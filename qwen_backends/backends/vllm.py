@@ -9,6 +9,17 @@ carries ``chat_template_kwargs={"enable_thinking": False}`` plus every sampling 
 that comes back anyway (a ``reasoning``/``reasoning_content`` field from a server started with a
 reasoning parser, or ``<think>`` text) is removed and logged.
 
+``response_format`` goes as the OpenAI ``response_format`` of type ``json_schema``, which vLLM
+enforces with its structured-output backend. ``tools`` go in the ``tools`` field (the server's
+chat template renders Qwen3's ``<tools>`` block). Tool calls are read the same way whether or not
+the server was started with a tool parser (``--enable-auto-tool-choice --tool-call-parser
+hermes``): with one, from ``message.tool_calls`` (streamed deltas assembled by index); without
+one, the ``<tool_call>`` blocks stay in the content and are parsed here
+(:mod:`qwen_backends.tools`), in streams too. A server without a tool parser refuses the default
+``tool_choice`` (``auto``) with HTTP 400; the backend then resends with ``tool_choice="none"``
+(the template still renders the tools) and keeps doing so. History tool calls are sent with
+their arguments as a JSON string, as the OpenAI protocol requires.
+
 Before the first answer the backend asks the server which template mode its model has
 (:meth:`VLLMBackend.template_mode`): vLLM's ``POST /tokenize`` (at the server root, not under
 ``/v1``) renders a one-turn probe with ``enable_thinking=False`` and returns the token strings.
@@ -29,7 +40,10 @@ missing field) are :class:`~qwen_backends.errors.ProtocolError`, never a raw
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -43,6 +57,7 @@ from qwen_backends.backends.base import (
     Generation,
     ModelBackend,
     Request,
+    ToolCall,
 )
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.chat import Message
@@ -60,12 +75,14 @@ from qwen_backends.thinking import (
     prompt_mode,
     strip_thinking,
 )
+from qwen_backends.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCallFilter, parse_tool_calls
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
 
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
+    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["VLLMBackend", "build_request", "decode_token_strs"]
 
@@ -121,6 +138,9 @@ def build_request(
     model: str,
     allowed_token_ids: Sequence[int] | None = None,
     stream: bool = False,
+    response_format: ResponseFormat | None = None,
+    tools: Sequence[dict[str, Any]] = (),
+    tool_choice: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.chat.completions.create`` (sync and async alike).
 
@@ -136,6 +156,12 @@ def build_request(
         Restrict sampling to these ids (``english_only``); ``None`` allows the whole vocabulary.
     stream
         Ask for a stream of chunks, the last one carrying the token usage.
+    response_format
+        Output schema, sent as ``response_format`` of type ``json_schema``.
+    tools
+        OpenAI-style function specs, sent as ``tools``.
+    tool_choice
+        Sent with ``tools`` when given; ``None`` leaves the server's default (``auto``).
     """
     extra_body: dict[str, Any] = {
         "chat_template_kwargs": {"enable_thinking": False},
@@ -147,7 +173,7 @@ def build_request(
         extra_body["allowed_token_ids"] = list(allowed_token_ids)
     request: dict[str, Any] = {
         "model": model,
-        "messages": messages,
+        "messages": [_openai_message(message) for message in messages],
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_completion_tokens": sampling.max_new_tokens,
@@ -160,7 +186,42 @@ def build_request(
     if stream:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
+    if response_format is not None:
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", response_format.name)[:64],
+                "schema": response_format.schema,
+                "strict": True,
+            },
+        }
+    if tools:
+        request["tools"] = list(tools)
+        if tool_choice is not None:
+            request["tool_choice"] = tool_choice
     return request
+
+
+def _openai_message(message: Message) -> Message:
+    """``message`` as the OpenAI protocol wants it: tool-call arguments as a JSON string."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    converted = []
+    for index, call in enumerate(calls):
+        function = dict(call.get("function", call))
+        arguments = function.get("arguments") or {}
+        converted.append(
+            {
+                "id": call.get("id") or f"call_{index}",
+                "type": "function",
+                "function": {
+                    "name": function.get("name"),
+                    "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                },
+            }
+        )
+    return {**message, "tool_calls": converted}
 
 
 class VLLMBackend(ModelBackend):
@@ -181,7 +242,13 @@ class VLLMBackend(ModelBackend):
     """
 
     name = "vllm"
-    capabilities = Capabilities(english_only=True, native_batching=True, native_async=True)
+    capabilities = Capabilities(
+        english_only=True,
+        native_batching=True,
+        native_async=True,
+        structured_output=True,
+        tools=True,
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -201,6 +268,8 @@ class VLLMBackend(ModelBackend):
         self._async_clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._english_ids: list[int] | None = None
+        #: ``None`` (the server's default, auto) until a server without a tool parser refuses it.
+        self._tool_choice: str | None = None
         self._served: list[str] | None = None
         self._mode: TemplateMode | None = None
         self._mode_checked = False
@@ -260,27 +329,64 @@ class VLLMBackend(ModelBackend):
     # -- hooks --------------------------------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
-        body = self._body(request, stream=False)
+        self._english_only_ids(request.sampling)  # its errors come before any request
         self._check_template()
         started = time.perf_counter()
-        client = self._sync_client()
-        response = self.remote.call(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
-        return self._generation(response, time.perf_counter() - started)
+        response = self._create(request, stream=False)
+        return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
-        body = self._body(request, stream=True)
+        self._english_only_ids(request.sampling)  # its errors come before any request
         self._check_template()
         started = time.perf_counter()
-        client = self._sync_client()
-        chunks = self.remote.call(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
-        return self._stream_chunks(chunks, started)
+        chunks = self._create(request, stream=True)
+        return self._stream_chunks(chunks, started, bool(request.tools))
 
-    def _stream_chunks(self, chunks: Any, started: float) -> Iterator[str | Generation]:
-        assembler = _StreamAssembler(self.remote)
+    def _create(self, request: Request, *, stream: bool) -> Any:
+        """``chat.completions.create`` for ``request`` (see :meth:`_tool_choice_fallback`)."""
+        client = self._sync_client()
+        for attempt in (1, 2):
+            body = self._body(request, stream=stream)
+            try:
+                create = functools.partial(client.chat.completions.create, **body)
+                return self.remote.call(create, self._status_errors)
+            except ConfigurationError as exc:
+                if attempt == 2 or not self._tool_choice_fallback(request, exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acreate(self, request: Request, *, stream: bool) -> Any:
+        """Async :meth:`_create`."""
+        client = self._async_client()
+        for attempt in (1, 2):
+            body = await self._abody(request, stream=stream)
+            try:
+                acreate = functools.partial(client.chat.completions.create, **body)
+                return await self.remote.acall(acreate, self._status_errors)
+            except ConfigurationError as exc:
+                if attempt == 2 or not self._tool_choice_fallback(request, exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tool_choice_fallback(self, request: Request, error: ConfigurationError) -> bool:
+        """Whether to resend with ``tool_choice="none"``: the server refused ``auto`` because
+        it has no tool parser. The template still renders the tools and the calls are parsed
+        here from the content, so the result is the same; remembered for this backend."""
+        if not request.tools or self._tool_choice is not None:
+            return False
+        if "enable-auto-tool-choice" not in str(error):
+            return False
+        logger.info(
+            "the vLLM server has no tool parser; sending tool_choice='none' and parsing tool "
+            "calls from the content"
+        )
+        self._tool_choice = "none"
+        return True
+
+    def _stream_chunks(
+        self, chunks: Any, started: float, tools: bool = False
+    ) -> Iterator[str | Generation]:
+        assembler = _StreamAssembler(self.remote, tools)
         try:
             for chunk in chunks:
                 piece = assembler.feed(chunk)
@@ -294,24 +400,18 @@ class VLLMBackend(ModelBackend):
             chunks.close()
 
     async def _agenerate(self, request: Request) -> Generation:
-        body = await self._abody(request, stream=False)
+        await self._abody(request, stream=False)  # english_only errors before any request
         await self._acheck_template()
         started = time.perf_counter()
-        client = self._async_client()
-        response = await self.remote.acall(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
-        return self._generation(response, time.perf_counter() - started)
+        response = await self._acreate(request, stream=False)
+        return self._generation(response, time.perf_counter() - started, bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
-        body = await self._abody(request, stream=True)
+        await self._abody(request, stream=False)  # english_only errors before any request
         await self._acheck_template()
         started = time.perf_counter()
-        client = self._async_client()
-        chunks = await self.remote.acall(
-            lambda: client.chat.completions.create(**body), self._status_errors
-        )
-        assembler = _StreamAssembler(self.remote)
+        chunks = await self._acreate(request, stream=True)
+        assembler = _StreamAssembler(self.remote, bool(request.tools))
         try:
             async for chunk in chunks:
                 piece = assembler.feed(chunk)
@@ -468,6 +568,9 @@ class VLLMBackend(ModelBackend):
             model=self.model_name,
             allowed_token_ids=self._english_only_ids(request.sampling),
             stream=stream,
+            response_format=request.response_format,
+            tools=request.tools,
+            tool_choice=self._tool_choice,
         )
 
     async def _abody(self, request: Request, *, stream: bool) -> dict[str, Any]:
@@ -476,7 +579,7 @@ class VLLMBackend(ModelBackend):
             await asyncio.to_thread(self._english_only_ids, request.sampling)
         return self._body(request, stream=stream)
 
-    def _generation(self, response: Any, seconds: float) -> Generation:
+    def _generation(self, response: Any, seconds: float, tools: bool = False) -> Generation:
         """A :class:`Generation` from a (non-streamed) chat completion, checked field by field."""
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -496,7 +599,19 @@ class VLLMBackend(ModelBackend):
                 "(%d characters)",
                 len(reasoning or "") + len(content) - len(text),
             )
-        return _finished(self.remote, text, choices[0].finish_reason, response.usage, seconds)
+        calls: list[ToolCall] = []
+        if tools:
+            for index, call in enumerate(getattr(message, "tool_calls", None) or ()):
+                function = call.function
+                parsed = _server_call(call.id, function.name, function.arguments, index)
+                if isinstance(parsed, str):
+                    text += parsed  # not valid JSON: kept as text, as for a local parse
+                else:
+                    calls.append(parsed)
+            text, local = parse_tool_calls(text)
+            calls += local
+        generation = _finished(self.remote, text, choices[0].finish_reason, response.usage, seconds)
+        return _with_calls(generation, calls)
 
     # -- english_only -------------------------------------------------------------------------
 
@@ -646,6 +761,38 @@ def _finish_reason(value: str | None, text: str, remote: Remote) -> FinishReason
     )
 
 
+def _server_call(call_id: Any, name: Any, arguments: Any, index: int) -> ToolCall | str:
+    """A server-parsed call as a :class:`ToolCall`, or (arguments not a JSON object) the
+    ``<tool_call>`` block the model wrote, to keep as text with a warning."""
+    try:
+        decoded = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        decoded = None
+    if not isinstance(decoded, dict) or not isinstance(name, str) or not name:
+        raw = json.dumps({"name": name, "arguments": arguments})
+        logger.warning(
+            "the vLLM server parsed a tool call whose arguments are not a JSON object; kept "
+            "as text: %.80r",
+            raw,
+        )
+        return f"{TOOL_CALL_OPEN}\n{raw}\n{TOOL_CALL_CLOSE}"
+    from qwen_backends.tools import new_call_id
+
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) and call_id else new_call_id(),
+        name=name,
+        arguments=decoded,
+    )
+
+
+def _with_calls(generation: Generation, calls: Sequence[ToolCall]) -> Generation:
+    if not calls:
+        return generation
+    from dataclasses import replace
+
+    return replace(generation, tool_calls=tuple(calls), finish_reason="tool_calls")
+
+
 def _about_context(message: str) -> bool:
     lowered = message.lower()
     return "max_model_len" in lowered or "context length" in lowered
@@ -659,12 +806,15 @@ class _StreamAssembler:
     protocol promises is a :class:`~qwen_backends.errors.ProtocolError` (text so far kept).
     """
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: Remote, tools: bool = False) -> None:
         self.remote = remote
         self.text = ""  # what was handed out so far
         self.finish_reason: str | None = None
         self.usage: Any = None
         self._filter = ThinkingStreamFilter()
+        self._calls = ToolCallFilter() if tools else None
+        # Server-parsed calls arrive as deltas: index -> [id, name, argument fragments].
+        self._deltas: dict[int, list[Any]] = {}
         self._warned = False
 
     def feed(self, chunk: Any) -> str:
@@ -686,7 +836,17 @@ class _StreamAssembler:
             return ""
         if _reasoning_of(delta):
             self._warn("a reasoning field")
-        return self._emit(self._filter.feed(delta.content or ""))
+        for call in getattr(delta, "tool_calls", None) or ():
+            entry = self._deltas.setdefault(call.index, [None, None, ""])
+            entry[0] = entry[0] or call.id
+            function = call.function
+            if function is not None:
+                entry[1] = entry[1] or function.name
+                entry[2] += function.arguments or ""
+        return self._emit(self._visible(self._filter.feed(delta.content or "")))
+
+    def _visible(self, text: str) -> str:
+        return self._calls.feed(text) if self._calls is not None else text
 
     def finish(self, seconds: float) -> Iterator[str | Generation]:
         """What is left at the end of the stream, then the final :class:`Generation`.
@@ -698,7 +858,18 @@ class _StreamAssembler:
         GenerationError
             If the server ended the stream for another reason than a stop or the length limit.
         """
-        rest = self._filter.flush()
+        rest = self._visible(self._filter.flush())
+        calls: list[ToolCall] = []
+        if self._calls is not None:
+            rest += self._calls.flush()
+            for index in sorted(self._deltas):
+                call_id, name, arguments = self._deltas[index]
+                parsed = _server_call(call_id, name, arguments, index)
+                if isinstance(parsed, str):
+                    rest += parsed
+                else:
+                    calls.append(parsed)
+            calls += self._calls.calls
         if self.finish_reason is None:
             raise self.remote.protocol_error(
                 "the stream ended before its last chunk (no finish_reason)",
@@ -707,6 +878,7 @@ class _StreamAssembler:
         generation = _finished(
             self.remote, self.text + rest, self.finish_reason, self.usage, seconds
         )
+        generation = _with_calls(generation, calls)
         piece = self._emit(rest)
         if piece:
             yield piece

@@ -2,7 +2,8 @@
 
 Both stream the answer to stdout as it is produced, with any backend (``--backend``), in
 non-thinking mode; ``generate --json`` prints the whole
-:class:`~qwen_backends.backends.base.Generation` instead.
+:class:`~qwen_backends.backends.base.Generation` instead, and ``generate --json-schema FILE``
+constrains the answer to the JSON schema in FILE and prints the validated JSON.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qwen_backends._files import decode_utf8
 from qwen_backends.chat import Message
@@ -44,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--json", action="store_true", help="print the full result as JSON instead of streaming"
     )
+    generate.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="constrain the answer to the JSON schema in FILE and print the validated JSON",
+    )
     add_backend_options(generate)
     add_sampling_options(generate)
     generate.set_defaults(handler=run)
@@ -66,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     sampling = sampling_from_args(args, settings.sampling)
     messages = [*_opening(args.system), {"role": "user", "content": prompt}]
+    schema = _read_schema(args.json_schema) if args.json_schema else None
     with create_backend(settings) as backend:
-        if args.json:
+        if schema is not None:
+            result = backend.generate(messages, sampling, response_format=schema)
+            shown = result.to_dict() if args.json else result.parsed
+            print(json.dumps(shown, ensure_ascii=False))
+        elif args.json:
             print(json.dumps(backend.generate(messages, sampling).to_dict(), ensure_ascii=False))
         else:
             _stream_to_stdout(backend, messages, sampling)
@@ -121,6 +133,30 @@ def run_chat(args: argparse.Namespace) -> int:
             else:  # an empty turn cannot go back into a chat template
                 history.pop()
                 print("(empty answer; that turn is not kept)", file=sys.stderr)
+
+
+def _read_schema(path: str) -> dict[str, Any]:
+    """The JSON schema in the file at ``path``, checked."""
+    from qwen_backends.structured import ResponseFormat
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the JSON schema file {path!r} ({exc.strerror or exc}); check the path"
+        ) from exc
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}:{exc.lineno}: the JSON schema file is not JSON ({exc.msg})"
+        ) from exc
+    if not isinstance(schema, dict):
+        raise ConfigurationError(
+            f"{path} holds a {type(schema).__name__}; a JSON schema is an object"
+        )
+    ResponseFormat.of(schema)  # a bad schema is reported before the model loads
+    return schema
 
 
 def _read_stdin() -> str:

@@ -17,6 +17,9 @@ hits the generation itself. Modes:
 ``think``      the upstream's answer with a thinking block put before its text, the tags split
                across stream chunks (``<thi`` | ``nk>...</th`` | ``ink>``): a runtime that leaks
                thinking despite the non-thinking switch
+``tool_call``  the upstream's answer with a ``<tool_call>`` block for :data:`INJECTED_CALL` put
+               before its text, split across stream chunks like ``think``: a model calling a
+               tool (a runtime without a tool parser leaves the block in the content)
 ``pass``       relay everything (a control)
 
 ``inject`` merges fields into every relayed generation request body (``logit_bias`` ...).
@@ -40,6 +43,7 @@ from typing import Any
 
 __all__ = [
     "GENERATION_PATHS",
+    "INJECTED_CALL",
     "LEAKED_THINKING",
     "MAX_HANG",
     "MODES",
@@ -48,10 +52,20 @@ __all__ = [
     "wait_until",
 ]
 
-MODES = ("refused", "503", "429", "hang", "html", "truncated", "cut", "think", "pass")
+MODES = (
+    "refused", "503", "429", "hang", "html", "truncated", "cut", "think", "tool_call", "pass"
+)  # fmt: skip
 #: The thinking a ``think`` proxy adds; it must never reach a caller.
 LEAKED_THINKING = "secret plan"
 _THINK_PIECES = ("<thi", f"nk>\n{LEAKED_THINKING}\n</th", "ink>\n\n")
+#: The call a ``tool_call`` proxy adds: ``(name, arguments)``.
+INJECTED_CALL = ("get_weather", {"city": "Oslo"})
+_CALL_PIECES = (
+    "<tool_",
+    f'call>\n{{"name": "{INJECTED_CALL[0]}", "argu',
+    f'ments": {json.dumps(INJECTED_CALL[1])}}}\n</tool',
+    "_call>\n",
+)
 #: Paths whose requests get the fault (anything ending with one of these).
 GENERATION_PATHS = ("/api/chat", "/chat/completions")
 #: Longest a ``hang`` keeps a connection silent.
@@ -240,8 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif mode == "truncated":
                 data = response.read()
                 self._send(response.status, data[: max(1, len(data) // 2)], kept)
-            elif mode == "think":
-                self._send(response.status, _with_thinking(response.read()), kept)
+            elif mode in ("think", "tool_call"):
+                data = response.read()
+                if response.status == 200:  # an error answer (a 400) goes back unchanged
+                    pieces = _THINK_PIECES if mode == "think" else _CALL_PIECES
+                    data = _with_thinking(data, pieces)
+                self._send(response.status, data, kept)
             else:  # cut
                 self._cut(response, kept, chunked)
         finally:
@@ -305,13 +323,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _with_thinking(data: bytes) -> bytes:
-    """``data`` (one JSON answer, NDJSON or server-sent events) with a thinking block first."""
+def _with_thinking(data: bytes, pieces: tuple[str, ...] = _THINK_PIECES) -> bytes:
+    """``data`` (one JSON answer, NDJSON or server-sent events) with ``pieces`` (a thinking
+    block by default) first."""
     text = data.decode()
     if text.lstrip().startswith("{") and "\n{" not in text.strip():
         answer = json.loads(text)
         message = answer["choices"][0]["message"] if "choices" in answer else answer["message"]
-        message["content"] = "".join(_THINK_PIECES) + (message.get("content") or "")
+        message["content"] = "".join(pieces) + (message.get("content") or "")
         return json.dumps(answer).encode()
     sse = text.lstrip().startswith("data:")
     separator = "\n\n" if sse else "\n"
@@ -324,7 +343,7 @@ def _with_thinking(data: bytes) -> bytes:
             parsed = json.loads(payload)
             holder = _content_holder(parsed)
             if holder is not None and holder.get("content"):
-                for piece in _THINK_PIECES:
+                for piece in pieces:
                     holder_copy = dict(holder, content=piece)
                     _set_holder(parsed, holder_copy)
                     copy = json.dumps(parsed)

@@ -15,12 +15,13 @@ unchanged against it.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from faults import FaultProxy
+from faults import INJECTED_CALL, FaultProxy
 
 from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
@@ -62,6 +63,13 @@ class Harness:
         ``"Hi"``, and the text a caller must see instead.
     ending
         A context manager giving a backend whose model ends its turn at the first token.
+    calling
+        ``calling(sampling, tools)`` is a context manager giving ``(backend, expected_text)``: a
+        backend whose model writes a ``<tool_call>`` block for :data:`faults.INJECTED_CALL`
+        (split across chunks) before its answer to ``"Hi"``, and the text a caller must see.
+    enforces_schema
+        Whether the runtime enforces ``response_format`` (the Ollama stand-in records ``format``
+        but, unlike a real server, does not apply it).
     """
 
     name: str
@@ -73,6 +81,13 @@ class Harness:
     upstream: str | None = None
     through: Callable[..., ModelBackend] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    calling: (
+        Callable[
+            [SamplingParams, list[Any]], contextlib.AbstractContextManager[tuple[ModelBackend, str]]
+        ]
+        | None
+    ) = None
+    enforces_schema: bool = True
 
 
 BUILDERS: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {}
@@ -101,6 +116,23 @@ def _leak_through_proxy(
             yield backend, expected
 
     return leaking
+
+
+def _call_through_proxy(
+    upstream: str, through: Callable[..., ModelBackend], direct: ModelBackend
+) -> Callable[
+    [SamplingParams, list[Any]], contextlib.AbstractContextManager[tuple[ModelBackend, str]]
+]:
+    """Server backends call a tool through a ``tool_call`` proxy: the block before the answer."""
+
+    @contextlib.contextmanager
+    def calling(sampling: SamplingParams, tools: list[Any]) -> Iterator[tuple[ModelBackend, str]]:
+        # A removed call takes the whitespace after it (qwen_backends.tools).
+        expected = direct.generate("Hi", sampling, tools=tools).text.lstrip()
+        with FaultProxy(upstream, "tool_call") as proxy, through(proxy.url) as backend:
+            yield backend, expected
+
+    return calling
 
 
 # -- hf: in process, the tiny checkpoint ------------------------------------------------------
@@ -144,7 +176,30 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    return Harness("hf", shared, make, tokenizer, leaking, ending)
+    built = Harness("hf", shared, make, tokenizer, leaking, ending)
+    built.calling = _forced_call(tokenizer, forcing)
+    return built
+
+
+def _forced_call(
+    tokenizer: Any, forcing: Callable[[list[int]], contextlib.AbstractContextManager[ModelBackend]]
+) -> Callable[
+    [SamplingParams, list[Any]], contextlib.AbstractContextManager[tuple[ModelBackend, str]]
+]:
+    """In-process backends call a tool by being forced to write the block, then an answer."""
+
+    @contextlib.contextmanager
+    def calling(sampling: SamplingParams, tools: list[Any]) -> Iterator[tuple[ModelBackend, str]]:
+        name, arguments = INJECTED_CALL
+        raw = (
+            f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n'
+            "</tool_call>\nHello world"
+        )
+        script = list(tokenizer(raw, add_special_tokens=False).input_ids)
+        with forcing([*script, IM_END]) as backend:
+            yield backend, "Hello world"
+
+    return calling
 
 
 # -- llamacpp: in process, a GGUF of the tiny checkpoint ---------------------------------------
@@ -189,7 +244,9 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    return Harness("llamacpp", shared, make, tokenizer, leaking, ending)
+    built = Harness("llamacpp", shared, make, tokenizer, leaking, ending)
+    built.calling = _forced_call(tokenizer, forcing)
+    return built
 
 
 class _Force:
@@ -246,6 +303,8 @@ def _ollama(request: pytest.FixtureRequest) -> Harness:
         ending,
         upstream=server.url,
         through=through,
+        calling=_call_through_proxy(server.url, through, shared),
+        enforces_schema=False,
     )
     built.closers.append(server.stop)
     return built
@@ -291,6 +350,7 @@ def _vllm(request: pytest.FixtureRequest) -> Harness:
         ending,
         upstream=root,
         through=through,
+        calling=_call_through_proxy(root, through, shared),
     )
 
 

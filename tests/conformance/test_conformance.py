@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import pytest
-from faults import LEAKED_THINKING, FaultProxy
+from faults import INJECTED_CALL, LEAKED_THINKING, FaultProxy
 from harnesses import Harness
 
 from qwen_backends.backends.base import Generation, ModelBackend
@@ -23,6 +24,7 @@ from qwen_backends.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     InvalidMessagesError,
+    OutputValidationError,
     ProtocolError,
     QwenBackendsError,
     RateLimitError,
@@ -237,6 +239,126 @@ def test_same_seed_same_answer_where_seeded(conformant: Harness) -> None:
     assert backend.generate("Hi", HOT).text == first
     assert "".join(backend.stream("Hi", HOT)) == first
     assert backend.generate("Hi", HOT.replace(seed=8)).text != first
+
+
+# -- structured output and tools -----------------------------------------------------------------
+
+
+class Pick(pydantic.BaseModel):
+    """A bounded answer: whatever the weights, a grammar can always finish it."""
+
+    colour: Literal["red", "green", "blue"]
+    count: int = pydantic.Field(ge=0, le=9)
+    ok: bool
+
+
+def get_weather(city: str) -> str:
+    """Get the weather for a city.
+
+    Parameters
+    ----------
+    city
+        The city's name.
+    """
+    return f"sunny in {city}"
+
+
+def test_response_format_gives_a_validated_object_everywhere(conformant: Harness) -> None:
+    backend = conformant.backend
+    sampling = HOT.replace(max_new_tokens=48)
+    if not backend.capabilities.structured_output:
+        _assert_refused(backend, "response_format", response_format=Pick)
+        return
+    if not conformant.enforces_schema:
+        # The runtime does not apply the schema here: the raw text must come back in the error.
+        with pytest.raises(OutputValidationError) as caught:
+            backend.generate("Hi", sampling, response_format=Pick)
+        assert caught.value.backend == conformant.name and "\n" not in str(caught.value)
+        assert caught.value.partial_text
+        return
+    result = backend.generate("Hi", sampling, response_format=Pick)
+    assert isinstance(result.parsed, Pick)
+    assert Pick.model_validate_json(result.text) == result.parsed
+    pieces, streamed = _joined(backend.stream("Hi", sampling, response_format=Pick))
+    assert "".join(pieces) == result.text
+    assert streamed is not None and streamed.parsed == result.parsed
+    answer = _arun(backend, lambda: backend.agenerate("Hi", sampling, response_format=Pick))
+    assert answer.parsed == result.parsed
+    (batched,) = backend.generate_batch(["Hi"], sampling, response_format=Pick)
+    assert isinstance(batched.parsed, Pick)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    as_dict = backend.generate("Hi", sampling, response_format=schema)
+    assert isinstance(as_dict.parsed, dict) and isinstance(as_dict.parsed["n"], int)
+
+
+def test_output_cut_before_the_schema_is_complete_keeps_the_raw_text(
+    conformant: Harness,
+) -> None:
+    if not conformant.backend.capabilities.structured_output:
+        _assert_refused(conformant.backend, "response_format", response_format=Pick)
+        return
+    with pytest.raises(OutputValidationError) as caught:
+        conformant.backend.generate("Hi", GREEDY.replace(max_new_tokens=2), response_format=Pick)
+    assert caught.value.backend == conformant.name
+    assert "max_new_tokens" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_tool_calls_come_back_the_same_on_every_backend(conformant: Harness) -> None:
+    if not conformant.backend.capabilities.tools:
+        _assert_refused(conformant.backend, "tools", tools=[get_weather])
+        return
+    assert conformant.calling is not None, f"{conformant.name}: the harness needs `calling`"
+    sampling = GREEDY.replace(max_new_tokens=24)
+    with conformant.calling(sampling, [get_weather]) as (backend, expected):
+        result = backend.generate("Hi", sampling, tools=[get_weather])
+        pieces, streamed = _joined(backend.stream("Hi", sampling, tools=[get_weather]))
+        answer = _arun(backend, lambda: backend.agenerate("Hi", sampling, tools=[get_weather]))
+    for generation in (result, streamed, answer):
+        assert generation is not None
+        assert [(call.name, call.arguments) for call in generation.tool_calls] == [INJECTED_CALL]
+        assert generation.tool_calls[0].id
+        assert generation.finish_reason == "tool_calls"
+        assert generation.text == expected
+    assert "".join(pieces) == expected
+    assert not any("tool_call" in piece or "<tool" in piece for piece in pieces)
+
+
+def test_tool_results_round_trip(conformant: Harness) -> None:
+    from qwen_backends.tools import ToolCall, assistant_message, run_tool_calls
+
+    if not conformant.backend.capabilities.tools:
+        _assert_refused(conformant.backend, "tools", tools=[get_weather])
+        return
+
+    call = ToolCall("call_1", "get_weather", {"city": "Oslo"})
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        assistant_message("", [call]),
+        *run_tool_calls([call], [get_weather]),
+    ]
+    sampling = GREEDY.replace(max_new_tokens=2)
+    result = conformant.backend.generate(history, sampling, tools=[get_weather])
+    plain = conformant.backend.generate(history[:1], sampling, tools=[get_weather])
+    assert result.prompt_tokens > plain.prompt_tokens  # the call and its result were rendered
+    try:
+        prompt = conformant.backend.rendered_prompt(history, tools=[get_weather])
+    except UnsupportedFeatureError:
+        return  # rendered by the server
+    assert "<tool_response>\nsunny in Oslo\n</tool_response>" in prompt
+
+
+def _assert_refused(backend: ModelBackend, option: str, **keywords: Any) -> None:
+    """A backend without the capability refuses it in one line on every call, before running."""
+    calls = [
+        lambda: backend.generate("Hi", GREEDY, **keywords),
+        lambda: backend.stream("Hi", GREEDY, **keywords),
+        lambda: backend.generate_batch(["Hi"], GREEDY, **keywords),
+        lambda: backend.astream("Hi", GREEDY, **keywords),
+    ]
+    for call in calls:
+        with pytest.raises(UnsupportedFeatureError, match=option) as caught:
+            call()
+        assert "\n" not in str(caught.value) and caught.value.backend == backend.name
 
 
 # -- async and lifecycle ----------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Structured output: one :class:`ResponseFormat` for every backend.
+
+A caller passes ``response_format=`` either a pydantic model class or a JSON-schema dict;
+:meth:`ResponseFormat.of` turns both into one object that every backend uses the same way:
+
+- :attr:`ResponseFormat.schema` -- the JSON schema the runtime enforces (a grammar-constrained
+  logits processor on hf/unsloth, Ollama's ``format``, vLLM's ``response_format``, a llama.cpp
+  grammar built from it);
+- :meth:`ResponseFormat.validate` -- the raw text back to a validated object (a pydantic instance
+  for a model class, plain JSON data for a dict schema), raising
+  :class:`~qwen_backends.errors.OutputValidationError` with the raw text attached when it does not
+  parse or match (typically: cut off by ``max_new_tokens``);
+- :meth:`ResponseFormat.instructions` -- the schema as a sentence for the prompt, for runtimes
+  whose documentation advises stating it (Ollama).
+
+Constraining never relies on retry-until-valid: the runtime's own mechanism enforces the schema,
+and validation only reports what still went wrong.
+
+Dict schemas are checked and validated with ``jsonschema`` (imported when first needed).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from qwen_backends.errors import ConfigurationError, OutputValidationError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["ResponseFormat", "ResponseFormatLike"]
+
+#: What ``response_format=`` accepts.
+ResponseFormatLike = Any
+
+
+class ResponseFormat:
+    """A JSON schema to constrain output to, with the pydantic model it came from (if any).
+
+    Build it with :meth:`of`. Two formats with the same schema and model are equal and hash
+    alike, so compiled grammars can be cached per schema (:attr:`key`).
+
+    Attributes
+    ----------
+    schema
+        The JSON schema (a private deep copy; do not mutate).
+    model
+        The pydantic model class whose instances :meth:`validate` returns, or ``None`` for a
+        dict schema (then :meth:`validate` returns plain JSON data).
+    name
+        A short name for messages and for runtimes that want one (vLLM): the model's class
+        name, else the schema's ``title``, else ``"response"``.
+    """
+
+    __slots__ = ("key", "model", "name", "schema")
+
+    def __init__(
+        self, schema: dict[str, Any], model: type[BaseModel] | None = None, name: str = ""
+    ) -> None:
+        self.schema = schema
+        self.model = model
+        if not name:
+            title = schema.get("title")
+            name = model.__name__ if model else title if isinstance(title, str) else ""
+        self.name = name or "response"
+        #: Compact JSON text of the schema (key order kept: it is the order fields are generated
+        #: in): the cache key for compiled grammars.
+        self.key = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def of(cls, spec: ResponseFormatLike) -> ResponseFormat:
+        """Normalise ``spec`` (a pydantic model class, a JSON-schema dict or a
+        :class:`ResponseFormat`) into a :class:`ResponseFormat`.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``spec`` is neither, or the dict is not a valid JSON schema (the message names
+            the offending part).
+        """
+        if isinstance(spec, ResponseFormat):
+            return spec
+        if isinstance(spec, type) and _is_pydantic_model(spec):
+            return _from_model(spec)
+        if isinstance(spec, Mapping):
+            return _from_key(_schema_key(spec))
+        raise ConfigurationError(
+            f"response_format must be a pydantic model class or a JSON-schema dict, got "
+            f"{type(spec).__name__}; e.g. response_format=MyModel or "
+            "response_format={'type': 'object', 'properties': {...}}"
+        )
+
+    @property
+    def schema_json(self) -> str:
+        """The schema as compact JSON text (what runtimes that take a string receive)."""
+        return self.key
+
+    def instructions(self) -> str:
+        """One sentence for the prompt that states the schema (Ollama advises this)."""
+        return f"Answer with JSON only, matching this JSON schema: {self.key}"
+
+    def validate(self, text: str, *, backend: str | None = None) -> Any:
+        """Parse ``text`` and check it against the schema.
+
+        Parameters
+        ----------
+        text
+            The model's answer.
+        backend
+            The backend's name, recorded on the error.
+
+        Returns
+        -------
+        Any
+            An instance of :attr:`model`, or the JSON data for a dict schema.
+
+        Raises
+        ------
+        OutputValidationError
+            If ``text`` is not JSON or does not match; ``partial_text`` holds ``text``.
+        """
+        body = text.strip()
+        if not body:
+            raise OutputValidationError(
+                f"the model returned no JSON for {self.name}; check max_new_tokens and stop "
+                "strings",
+                partial_text=text,
+                backend=backend,
+            )
+        if self.model is not None:
+            from pydantic import ValidationError
+
+            try:
+                return self.model.model_validate_json(body)
+            except ValidationError as exc:
+                problem = _pydantic_problem(exc)
+                raise OutputValidationError(
+                    f"the model's output is not a valid {self.name} ({problem}); "
+                    f"{_HINT} (raw text in .partial_text)",
+                    partial_text=text,
+                    backend=backend,
+                ) from exc
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise OutputValidationError(
+                f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {_HINT} "
+                "(raw text in .partial_text)",
+                partial_text=text,
+                backend=backend,
+            ) from exc
+        validator = _validator(self.key)
+        error = _best_error(validator.iter_errors(data))
+        if error is not None:
+            where = "/".join(map(str, error.absolute_path)) or "the top level"
+            raise OutputValidationError(
+                f"the model's output does not match the {self.name} schema at {where} "
+                f"({error.message}); {_HINT} (raw text in .partial_text)",
+                partial_text=text,
+                backend=backend,
+            )
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResponseFormat):
+            return NotImplemented
+        return self.key == other.key and self.model is other.model
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.model))
+
+    def __repr__(self) -> str:
+        return f"ResponseFormat(name={self.name!r})"
+
+
+_HINT = "if it was cut off (finish_reason 'length'), raise max_new_tokens or remove stop strings"
+
+
+def _is_pydantic_model(value: type) -> bool:
+    try:
+        from pydantic import BaseModel
+    except ImportError:  # pragma: no cover - pydantic is a core dependency
+        return False
+    return issubclass(value, BaseModel)
+
+
+@functools.lru_cache(maxsize=256)
+def _from_model(model: type[BaseModel]) -> ResponseFormat:
+    return ResponseFormat(_checked_schema(_schema_key(model.model_json_schema())), model)
+
+
+@functools.lru_cache(maxsize=256)
+def _from_key(key: str) -> ResponseFormat:
+    # Formats are immutable, so one object per schema text is shared (and checked once).
+    return ResponseFormat(_checked_schema(key))
+
+
+def _schema_key(schema: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"response_format schema is not JSON data ({exc}); use only dicts, lists, strings, "
+            "numbers, booleans and None"
+        ) from exc
+
+
+def _checked_schema(key: str) -> dict[str, Any]:
+    """The schema in ``key`` (canonical JSON text) once it is known to be a valid schema."""
+    clean = json.loads(key)
+    validator_class = _validator_class()
+    try:
+        validator_class.check_schema(clean)
+    except Exception as exc:  # jsonschema.SchemaError; imported lazily
+        message = getattr(exc, "message", str(exc))
+        path = "/".join(map(str, getattr(exc, "absolute_path", ()))) or "the top level"
+        raise ConfigurationError(
+            f"response_format is not a valid JSON schema at {path}: {message}; fix the schema "
+            "(see https://json-schema.org)"
+        ) from exc
+    return clean
+
+
+def _validator_class() -> Any:
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        from qwen_backends.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "structured output with a JSON-schema dict needs jsonschema; pip install jsonschema"
+        ) from exc
+    return jsonschema.Draft202012Validator
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(key: str) -> Any:
+    return _validator_class()(json.loads(key))
+
+
+def _best_error(errors: Any) -> Any:
+    import jsonschema.exceptions
+
+    return jsonschema.exceptions.best_match(errors)
+
+
+def _pydantic_problem(exc: Any) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "validation failed"
+    first = errors[0]
+    where = ".".join(map(str, first.get("loc", ()))) or "the top level"
+    more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"

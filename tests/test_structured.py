@@ -1,0 +1,102 @@
+"""ResponseFormat: normalising pydantic models and JSON-schema dicts, and validating output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import pydantic
+import pytest
+
+from qwen_backends.errors import ConfigurationError, GenerationError, OutputValidationError
+from qwen_backends.structured import ResponseFormat
+
+
+class City(pydantic.BaseModel):
+    """A city."""
+
+    name: str = pydantic.Field(max_length=20)
+    population: int = pydantic.Field(ge=0)
+    kind: Literal["town", "city"]
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 5},
+        "tags": {"type": "array", "items": {"type": "integer"}, "maxItems": 2},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def test_a_pydantic_model_gives_its_schema_and_validates_to_an_instance() -> None:
+    fmt = ResponseFormat.of(City)
+    assert fmt.model is City
+    assert fmt.name == "City"
+    assert fmt.schema == City.model_json_schema()
+    parsed = fmt.validate(' {"name": "Oslo", "population": 700000, "kind": "city"}\n')
+    assert parsed == City(name="Oslo", population=700000, kind="city")
+
+
+def test_a_dict_schema_validates_to_plain_data() -> None:
+    fmt = ResponseFormat.of(SCHEMA)
+    assert fmt.model is None
+    assert fmt.name == "response"
+    assert fmt.validate('{"name": "ab", "tags": [1, 2]}') == {"name": "ab", "tags": [1, 2]}
+    assert ResponseFormat.of({**SCHEMA, "title": "Thing"}).name == "Thing"
+
+
+def test_formats_are_shared_per_schema_and_keep_key_order() -> None:
+    assert ResponseFormat.of(City) is ResponseFormat.of(City)
+    assert ResponseFormat.of(dict(SCHEMA)) is ResponseFormat.of(json.loads(json.dumps(SCHEMA)))
+    fmt = ResponseFormat.of(SCHEMA)
+    assert ResponseFormat.of(fmt) is fmt
+    assert fmt == ResponseFormat(dict(SCHEMA)) and hash(fmt) == hash(ResponseFormat(dict(SCHEMA)))
+    # Field order is the order the model writes fields in: it must survive normalisation.
+    assert list(json.loads(fmt.schema_json)["properties"]) == ["name", "tags"]
+    assert fmt.schema_json in fmt.instructions()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "returned no JSON"),
+        ('{"name": "ab"', "is not JSON"),
+        ('{"name": "abcdefgh"}', "at name"),
+        ('{"name": "ab", "tags": [1, 2, 3]}', "at tags"),
+        ('{"name": "ab", "extra": 1}', "at the top level"),
+    ],
+)
+def test_bad_output_raises_with_the_raw_text_attached(text: str, problem: str) -> None:
+    with pytest.raises(OutputValidationError) as caught:
+        ResponseFormat.of(SCHEMA).validate(text)
+    assert isinstance(caught.value, GenerationError)
+    assert caught.value.partial_text == text
+    assert problem in str(caught.value)
+    assert "max_new_tokens" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_output_for_a_model_names_the_field() -> None:
+    with pytest.raises(OutputValidationError, match=r"not a valid City \(population") as caught:
+        ResponseFormat.of(City).validate('{"name": "Oslo", "population": -1, "kind": "city"}')
+    assert caught.value.partial_text.startswith('{"name": "Oslo"')
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("a string", "must be a pydantic model class or a JSON-schema dict, got str"),
+        (City(name="x", population=1, kind="town"), "got City"),
+        (int, "got type"),
+        ({"type": "object", "properties": {"x": {"type": "nope"}}}, "not a valid JSON schema"),
+        ({"type": "object", "default": {1, 2}}, "is not JSON data"),
+    ],
+)
+def test_bad_formats_are_refused_in_one_line(spec: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ResponseFormat.of(spec)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
