@@ -55,6 +55,7 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
+from qwen_backends.backends.local import GenerationLock, check_context, check_open
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -78,7 +79,6 @@ from qwen_backends.backends.transformers_sampling import (
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     BackendUnavailableError,
-    ContextLengthError,
     GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -333,8 +333,7 @@ class HFBackend(ModelBackend):
     def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
         super().__init__(settings)
         self._probes = probes
-        self._lock = threading.Lock()
-        self._owner: int | None = None
+        self._guard = GenerationLock(self.name)
         self._english_bias_tensor: torch.Tensor | None = None
         self._grammar_engine: XGrammarEngine | None = None
         self.model, self.tokenizer = self._load()
@@ -472,28 +471,20 @@ class HFBackend(ModelBackend):
     # -- internals -------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise GenerationError(
-                f"this {self.name} backend was closed; create a new one with create_backend()"
-            )
+        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
-        sampling = request.sampling
         prompt_ids = self._prompt_ids(request.messages, request.tools)
-        total = len(prompt_ids) + sampling.max_new_tokens
         window = self.context_window
-        if total > window:
-            yarn = (
-                ""
-                if window > NATIVE_CONTEXT
-                else f", or set QWEN_HF__YARN=true for {int(NATIVE_CONTEXT * YARN_FACTOR):,} tokens"
-            )
-            raise ContextLengthError(
-                f"the prompt has {len(prompt_ids):,} tokens and max_new_tokens is "
-                f"{sampling.max_new_tokens:,}: {total:,} exceeds the context window of "
-                f"{window:,} tokens; shorten the prompt or lower max_new_tokens{yarn}"
-            )
+        yarn = (
+            ""
+            if window > NATIVE_CONTEXT
+            else f", or set QWEN_HF__YARN=true for {int(NATIVE_CONTEXT * YARN_FACTOR):,} tokens"
+        )
+        check_context(
+            len(prompt_ids), request.sampling.max_new_tokens, window, backend=self.name, hint=yarn
+        )
         return prompt_ids
 
     def _logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
@@ -582,20 +573,6 @@ class HFBackend(ModelBackend):
         return self._english_bias_tensor
 
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        if self._owner == threading.get_ident():
-            raise GenerationError(
-                "a generation is already running on this thread (an unfinished stream?); "
-                "finish or close() that stream first"
-            )
-        with self._lock:
-            self._owner = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._owner = None
-
-    @contextlib.contextmanager
     def _rng_scope(self, sampling: SamplingParams) -> Iterator[None]:
         """Seed sampling for this call only; the global RNG state is restored afterwards."""
         if sampling.is_greedy:
@@ -657,7 +634,7 @@ class HFBackend(ModelBackend):
             dtype=torch.long,
             device=self.device,
         )
-        with self._exclusive(), self._rng_scope(sampling):
+        with self._guard.generation(), self._rng_scope(sampling):
             output = self._model_generate(
                 input_ids,
                 attention_mask,
@@ -720,7 +697,7 @@ class HFBackend(ModelBackend):
         import torch
 
         sampling = request.sampling
-        with self._exclusive():
+        with self._guard.generation():
             start = time.perf_counter()
             cancel = threading.Event()
             tokenizer = self.tokenizer  # close() on this thread drops the attribute
@@ -803,8 +780,7 @@ class HFBackend(ModelBackend):
         """
         if self._closed:
             return
-        same_thread = self._owner == threading.get_ident()
-        with contextlib.nullcontext() if same_thread else self._lock:
+        with self._guard.closing():
             super().close()
             device_type = getattr(getattr(self, "device", None), "type", "cpu")
             self.model = None  # type: ignore[assignment]

@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -69,9 +68,9 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
+from qwen_backends.backends.local import GenerationLock, check_context, check_open
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
-    ContextLengthError,
     GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -168,8 +167,7 @@ class LlamaCppBackend(ModelBackend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._lock = threading.Lock()
-        self._owner: int | None = None
+        self._guard = GenerationLock(self.name)
         self._english_mask: np.ndarray | None = None
         self._grammars: dict[str, Any] = {}
         self._mask_mismatch = 0
@@ -364,41 +362,24 @@ class LlamaCppBackend(ModelBackend):
     # -- internals ----------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise GenerationError(
-                f"this {self.name} backend was closed; create a new one with create_backend()",
-                backend=self.name,
-            )
+        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         prompt_ids = self._prompt_ids(request.messages, request.tools)
-        total = len(prompt_ids) + request.sampling.max_new_tokens
-        window = self.context_window
-        if total > window:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt_ids):,} tokens and max_new_tokens is "
-                f"{request.sampling.max_new_tokens:,}: {total:,} exceeds the context window of "
-                f"{window:,} tokens; shorten the prompt or lower max_new_tokens, or raise "
-                "QWEN_LLAMACPP__N_CTX (at most the model's 40,960)",
-                backend=self.name,
-            )
+        check_context(
+            len(prompt_ids),
+            request.sampling.max_new_tokens,
+            self.context_window,
+            backend=self.name,
+            hint=", or raise QWEN_LLAMACPP__N_CTX (at most the model's 40,960)",
+        )
         return prompt_ids
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        if self._owner == threading.get_ident():
-            raise GenerationError(
-                "a generation is already running on this thread (an unfinished stream?); "
-                "finish or close() that stream first",
-                backend=self.name,
-            )
-        with self._lock:
+        with self._guard.generation():
             self._check_open()
-            self._owner = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._owner = None
+            yield
 
     def _grammar(self, response_format: ResponseFormat | None) -> Any:
         """The llama.cpp grammar of ``response_format`` (``None`` without one), cached."""
@@ -555,8 +536,8 @@ class LlamaCppBackend(ModelBackend):
         """Free the llama.cpp model and context. Safe to call twice; waits for a running call."""
         if self._closed:
             return
-        same_thread = self._owner == threading.get_ident()
-        with contextlib.nullcontext() if same_thread else self._lock:
+        same_thread = self._guard.held_here
+        with self._guard.closing():
             super().close()
             llama, self.llama = self.llama, None
             if llama is not None and not same_thread:

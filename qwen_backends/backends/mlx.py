@@ -55,9 +55,9 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
+from qwen_backends.backends.local import GenerationLock, check_context, check_open
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
-    ContextLengthError,
     GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -333,8 +333,7 @@ class MLXBackend(ModelBackend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._lock = threading.Lock()
-        self._owner: int | None = None
+        self._guard = GenerationLock(self.name)
         self._english_mask: AdditiveMask | None = None
         self.model, self.wrapper = self._load()
         self.tokenizer: PreTrainedTokenizerBase = self.wrapper._tokenizer
@@ -467,8 +466,7 @@ class MLXBackend(ModelBackend):
         """Drop the model and tokenizer (waits for a generation on another thread)."""
         if self._closed:
             return
-        same_thread = self._owner == threading.get_ident()
-        with contextlib.nullcontext() if same_thread else self._lock:
+        with self._guard.closing():
             super().close()
             self.model = None
             self.wrapper = None
@@ -477,23 +475,18 @@ class MLXBackend(ModelBackend):
     # -- internals ------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise GenerationError(
-                f"this {self.name} backend was closed; create a new one with create_backend()",
-                backend=self.name,
-            )
+        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
         prompt_ids = self._prompt_ids(request.messages, request.tools)
-        total = len(prompt_ids) + request.sampling.max_new_tokens
-        if total > self.context_window:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt_ids):,} tokens and max_new_tokens is "
-                f"{request.sampling.max_new_tokens:,}: {total:,} exceeds the context window of "
-                f"{self.context_window:,} tokens (QWEN_MLX__MAX_CONTEXT); shorten the prompt or "
-                "lower max_new_tokens"
-            )
+        check_context(
+            len(prompt_ids),
+            request.sampling.max_new_tokens,
+            self.context_window,
+            backend=self.name,
+            hint=" (the window is QWEN_MLX__MAX_CONTEXT)",
+        )
         return prompt_ids
 
     def logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
@@ -528,27 +521,12 @@ class MLXBackend(ModelBackend):
             self._english_mask = AdditiveMask(mx.array(mask))
         return self._english_mask
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        if self._owner == threading.get_ident():
-            raise GenerationError(
-                "a generation is already running on this thread (an unfinished stream?); "
-                "finish or close() that stream first",
-                backend=self.name,
-            )
-        with self._lock:
-            self._owner = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._owner = None
-
     def _run(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str | Generation]:
         """Generate token by token; yield visible pieces, then the final :class:`Generation`."""
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
 
-        with self._exclusive():
+        with self._guard.generation():
             self._check_open()
             start = time.perf_counter()
             pipeline = TextPipeline(sampling.stop)

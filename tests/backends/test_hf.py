@@ -504,9 +504,9 @@ def test_closing_a_stream_stops_generation(
     steps = force_tokens(backend, monkeypatch, [])
     stream = backend.stream("Hello", SamplingParams(seed=1, max_new_tokens=500))
     next(iter(stream))
-    assert backend._lock.locked()
+    assert backend._guard.busy
     stream.close()  # type: ignore[attr-defined]
-    assert not backend._lock.locked()
+    assert not backend._guard.busy
     assert len(steps) < 50  # the worker stopped long before max_new_tokens
     assert backend.generate("Hello", SamplingParams(seed=1, max_new_tokens=2)).text
 
@@ -595,7 +595,7 @@ def test_runtime_failures_become_generation_errors(
         for piece in backend.stream("Hi", SamplingParams(**SHORT)):
             received.append(piece)
     assert received == ["partial "] and streamed.value.partial_text == "partial "
-    assert not backend._lock.locked()
+    assert not backend._guard.busy
 
 
 def test_closed_backend_refuses_work(isolated: None, backend: HFBackend) -> None:
