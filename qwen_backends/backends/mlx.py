@@ -67,6 +67,7 @@ from qwen_backends.errors import (
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline
+from qwen_backends.tools import ToolCallFilter
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -329,7 +330,7 @@ class MLXBackend(ModelBackend):
     """
 
     name = "mlx"
-    capabilities = Capabilities(english_only=True, renders_locally=True)
+    capabilities = Capabilities(english_only=True, renders_locally=True, tools=True)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -408,7 +409,7 @@ class MLXBackend(ModelBackend):
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # Checks (and the context error) happen now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        return self._run(prompt_ids, request.sampling)
+        return self._run(prompt_ids, request.sampling, tools=bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         """The sync stream on one dedicated thread, its items handed over through a queue.
@@ -543,8 +544,14 @@ class MLXBackend(ModelBackend):
             finally:
                 self._owner = None
 
-    def _run(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str | Generation]:
-        """Generate token by token; yield visible pieces, then the final :class:`Generation`."""
+    def _run(
+        self, prompt_ids: list[int], sampling: SamplingParams, *, tools: bool = False
+    ) -> Iterator[str | Generation]:
+        """Generate token by token; yield visible pieces, then the final :class:`Generation`.
+
+        With ``tools``, ``<tool_call>`` blocks are taken out of the text as it streams
+        (:class:`~qwen_backends.tools.ToolCallFilter`) and returned as ``tool_calls``.
+        """
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
 
@@ -553,6 +560,7 @@ class MLXBackend(ModelBackend):
             start = time.perf_counter()
             pipeline = TextPipeline(sampling.stop)
             decoder = IncrementalDecoder(self.tokenizer)
+            calls = ToolCallFilter() if tools else None
             produced: list[str] = []
             count, ended = 0, False
             responses = stream_generate(
@@ -570,12 +578,16 @@ class MLXBackend(ModelBackend):
                         ended = True
                         break
                     visible = pipeline.feed(decoder.add(response.token))
+                    if calls is not None:
+                        visible = calls.feed(visible)
                     if visible:
                         produced.append(visible)
                         yield visible
                     if pipeline.stopped:
                         break
                 tail = pipeline.feed(decoder.flush()) + pipeline.flush()
+                if calls is not None:
+                    tail = calls.feed(tail) + calls.flush()
                 if tail:
                     produced.append(tail)
                     yield tail
@@ -590,9 +602,11 @@ class MLXBackend(ModelBackend):
             finally:
                 responses.close()
             reason: FinishReason = "stop" if ended or pipeline.stopped else "length"
+            found = tuple(calls.calls) if calls is not None else ()
             yield Generation(
                 text="".join(produced),
-                finish_reason=reason,
+                finish_reason="tool_calls" if found else reason,
+                tool_calls=found,
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=count,
                 seconds=time.perf_counter() - start,
