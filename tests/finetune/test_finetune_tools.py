@@ -1,6 +1,6 @@
 """The CPU fine-tuning pipeline teaches the tiny checkpoint a tool call, end to end.
 
-One run of ``configs/finetune/cpu_smoke.yaml`` on chats whose first answer is a
+One run of ``configs/finetune/cpu_smoke.yaml`` (about 45 s here) on chats whose first answer is a
 ``<tool_call>`` (a conversation-level ``tools`` list, an assistant turn with ``tool_calls``), then
 a tool result answered in text; exported merged (hf) and as GGUF q8_0 (llamacpp). On both
 backends the test runs the loop a user runs: ``generate(messages, tools=[...])`` returns the
@@ -54,6 +54,8 @@ TOOLS = [WEATHER, TIME]
 LOOPS = [
     ("What is the weather in Oslo?", "get_weather", {"city": "Oslo"}, "sunny, 21 C",
      "It is sunny in Oslo."),
+    ("Weather in Rome, please.", "get_weather", {"city": "Rome"}, "rain, 12 C",
+     "It is raining in Rome."),
     ("What time is it in Tokyo?", "get_time", {"zone": "Asia/Tokyo"}, "14:05",
      "It is 14:05 in Tokyo."),
 ]  # fmt: skip
@@ -104,8 +106,14 @@ def trained(
         max_seq_length=512,
         data={"path": str(data)},
         export={"output_dir": str(folder / "out"), "gguf": ["q8_0"], "modelfile": False},
-        # All 5 answers in every step; more passes than the smoke run: the prompts are longer.
-        training={"progress_bar": False, "per_device_train_batch_size": 5, "max_steps": 100, "learning_rate": 1.0e-2},
+        # All 7 answers in every step. More passes and a higher rate than the smoke run: the
+        # answers differ after a long shared prompt (the tools block), and greedy needs a margin.
+        training={
+            "progress_bar": False,
+            "per_device_train_batch_size": 7,
+            "max_steps": 100,
+            "learning_rate": 1.0e-2,
+        },
     )
     yield run_finetune(config)
     torch.set_num_threads(previous)
@@ -127,9 +135,7 @@ def test_the_fine_tuned_model_calls_the_tool_and_answers_its_result(
         for question, name, arguments, result, answer in LOOPS:
             messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
             asked = model.generate(messages, GREEDY, tools=TOOLS)
-            assert [(c.name, c.arguments) for c in asked.tool_calls] == [(name, arguments)], (
-                asked
-            )
+            assert [(c.name, c.arguments) for c in asked.tool_calls] == [(name, arguments)], asked
             assert (asked.text, asked.finish_reason) == ("", "tool_calls")
             call = asked.tool_calls[0]
             messages += [assistant_message(asked.text, [call]), tool_message(call, result)]
