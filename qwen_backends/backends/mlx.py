@@ -8,7 +8,10 @@ with ``huggingface_hub.snapshot_download`` so offline use fails with one clear
 
 Prompts are always rendered by the project's own non-thinking renderer
 (:func:`~qwen_backends.chat.render_prompt_ids`) with the Hugging Face tokenizer mlx-lm loaded,
-never by mlx-lm's chat path (its server fixes template arguments at start-up).
+never by mlx-lm's chat path (its server fixes template arguments at start-up). ``tools`` are
+rendered by that template too, and the model's ``<tool_call>`` blocks are parsed from the
+generated text (:mod:`qwen_backends.tools`), in streams too; ``response_format`` is refused
+(:class:`~qwen_backends.errors.UnsupportedFeatureError`): no grammar processor here yet.
 
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
