@@ -8,7 +8,10 @@ with ``huggingface_hub.snapshot_download`` so offline use fails with one clear
 
 Prompts are always rendered by the project's own non-thinking renderer
 (:func:`~qwen_backends.chat.render_prompt_ids`) with the Hugging Face tokenizer mlx-lm loaded,
-never by mlx-lm's chat path (its server fixes template arguments at start-up).
+never by mlx-lm's chat path (its server fixes template arguments at start-up). ``tools`` are
+rendered by that template too, and the model's ``<tool_call>`` blocks are parsed from the
+generated text (:mod:`qwen_backends.tools`), in streams too; ``response_format`` is refused
+(:class:`~qwen_backends.errors.UnsupportedFeatureError`): no grammar processor here yet.
 
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
@@ -67,6 +70,7 @@ from qwen_backends.errors import (
 from qwen_backends.models import looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline
+from qwen_backends.tools import ToolCallFilter
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -329,7 +333,7 @@ class MLXBackend(ModelBackend):
     """
 
     name = "mlx"
-    capabilities = Capabilities(english_only=True, renders_locally=True)
+    capabilities = Capabilities(english_only=True, renders_locally=True, tools=True)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -407,7 +411,7 @@ class MLXBackend(ModelBackend):
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # Checks (and the context error) happen now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        return self._run(prompt_ids, request.sampling)
+        return self._run(prompt_ids, request.sampling, tools=bool(request.tools))
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         """The sync stream on one dedicated thread, its items handed over through a queue.
@@ -521,8 +525,14 @@ class MLXBackend(ModelBackend):
             self._english_mask = AdditiveMask(mx.array(mask))
         return self._english_mask
 
-    def _run(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[str | Generation]:
-        """Generate token by token; yield visible pieces, then the final :class:`Generation`."""
+    def _run(
+        self, prompt_ids: list[int], sampling: SamplingParams, *, tools: bool = False
+    ) -> Iterator[str | Generation]:
+        """Generate token by token; yield visible pieces, then the final :class:`Generation`.
+
+        With ``tools``, ``<tool_call>`` blocks are taken out of the text as it streams
+        (:class:`~qwen_backends.tools.ToolCallFilter`) and returned as ``tool_calls``.
+        """
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
 
@@ -531,6 +541,7 @@ class MLXBackend(ModelBackend):
             start = time.perf_counter()
             pipeline = TextPipeline(sampling.stop)
             decoder = IncrementalDecoder(self.tokenizer)
+            calls = ToolCallFilter() if tools else None
             produced: list[str] = []
             count, ended = 0, False
             responses = stream_generate(
@@ -548,12 +559,16 @@ class MLXBackend(ModelBackend):
                         ended = True
                         break
                     visible = pipeline.feed(decoder.add(response.token))
+                    if calls is not None:
+                        visible = calls.feed(visible)
                     if visible:
                         produced.append(visible)
                         yield visible
                     if pipeline.stopped:
                         break
                 tail = pipeline.feed(decoder.flush()) + pipeline.flush()
+                if calls is not None:
+                    tail = calls.feed(tail) + calls.flush()
                 if tail:
                     produced.append(tail)
                     yield tail
@@ -568,9 +583,11 @@ class MLXBackend(ModelBackend):
             finally:
                 responses.close()
             reason: FinishReason = "stop" if ended or pipeline.stopped else "length"
+            found = tuple(calls.calls) if calls is not None else ()
             yield Generation(
                 text="".join(produced),
-                finish_reason=reason,
+                finish_reason="tool_calls" if found else reason,
+                tool_calls=found,
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=count,
                 seconds=time.perf_counter() - start,

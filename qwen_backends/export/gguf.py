@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qwen_backends._cache import build_once, cache_dir
 from qwen_backends.errors import (
@@ -433,11 +433,14 @@ def verify_gguf(
             if backend.tokenizer_source == "embedded"
             else gguf_tokenizer(template, str(tokenizer_dir) if tokenizer_dir else "offline")
         )
-        conversations = [list(c) for c in PROBE_CONVERSATIONS] + [list(m) for m, _ in trained]
+        conversations = [list(c) for c in PROBE_CONVERSATIONS] + [m for m, _ in trained]
         for messages in conversations:
-            expected = render_prompt_ids(reference_tokenizer, messages)
+            # A fine-tuning chat with tools (finetune.data.Chat) was trained with them rendered.
+            tools = list(getattr(messages, "tools", ()))
+            options: dict[str, Any] = {"tools": tools} if tools else {}
+            expected = render_prompt_ids(reference_tokenizer, messages, **options)
             try:
-                got = render_prompt_ids(embedded, messages)
+                got = render_prompt_ids(embedded, messages, **options)
             except QwenBackendsError as exc:
                 raise ExportError(
                     f"{path.name}: the chat template embedded in the GGUF cannot render a "

@@ -17,10 +17,23 @@ answer and ``<|im_end|>``.
 A conversation with several assistant turns gives one example per turn, each rendered from its
 own history, because the chat template renders earlier assistant turns *without* the empty think
 block: one long sequence would train turns in a format inference never shows.
+
+**Tool calls.** A record may carry a conversation-level ``tools`` list (OpenAI-style function
+specs, checked by :func:`qwen_backends.tools.normalize_tools`); it is kept on the
+:class:`Chat` (``chat.tools``) and every prompt of that conversation is rendered with it
+(``render_prompt(tokenizer, history, tools=tools)``, the template's ``<tools>`` system block, as
+every backend renders ``generate(messages, tools=...)``). An assistant turn with ``tool_calls``
+is trained as the template renders such a turn: its text (if any), then one
+``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`` block per call (separated by
+a newline), then ``<|im_end|>`` (:func:`assistant_answer`); so the model learns to write exactly
+the blocks the backends parse into ``Generation.tool_calls``. Tool results follow as
+``{"role": "tool", "content": ...}`` turns, and the assistant turn after them is trained on its
+text like any other.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +53,10 @@ if TYPE_CHECKING:
 __all__ = [
     "END_OF_TURN",
     "IGNORE_INDEX",
+    "Chat",
     "EncodedExample",
     "PadCollator",
+    "assistant_answer",
     "assistant_turns",
     "encode_conversations",
     "encode_turn",
@@ -70,6 +85,31 @@ _SHAREGPT_ROLES = {
     "function_response": "tool",
     "observation": "tool",
 }
+
+
+class Chat(list[Message]):
+    """A conversation (a list of messages) with the ``tools`` its prompts are rendered with.
+
+    Parameters
+    ----------
+    messages
+        The messages.
+    tools
+        OpenAI-style function specs (already normalised); empty for a chat without tools.
+    """
+
+    def __init__(self, messages: Iterable[Message] = (), tools: Sequence[Message] = ()) -> None:
+        super().__init__(messages)
+        self.tools: tuple[Message, ...] = tuple(tools)
+
+
+def _tools_of(messages: Sequence[Mapping[str, Any]]) -> tuple[Message, ...]:
+    tools = getattr(messages, "tools", ())
+    return tuple(tools) if tools else ()
+
+
+def _template_kwargs(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"tools": [dict(tool) for tool in tools]} if tools else {}
 
 
 @dataclass(frozen=True)
@@ -113,16 +153,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> list[Message]:
-    """Return the ``role``/``content`` messages of one dataset record.
+def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> Chat:
+    """Return the ``role``/``content`` messages of one dataset record, with its tools.
 
     Accepts ``{"messages": [{"role", "content"}, ...]}`` and ShareGPT
-    ``{"conversations": [{"from", "value"}, ...]}`` (``human``/``gpt``/``system``/...).
+    ``{"conversations": [{"from", "value"}, ...]}`` (``human``/``gpt``/``system``/...), either
+    with an optional ``"tools": [function spec, ...]`` list for the whole conversation.
 
     Raises
     ------
     InvalidMessagesError
-        If the record has neither shape, or a turn has an unknown speaker.
+        If the record has neither shape, a turn has an unknown speaker, or a tool spec is
+        malformed.
     """
     if "messages" in record:
         turns = record["messages"]
@@ -137,7 +179,7 @@ def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> 
         )
     if not isinstance(turns, Sequence) or isinstance(turns, str | bytes):
         raise InvalidMessagesError(f"{where}: '{kind}' must be a list of turns")
-    messages: list[Message] = []
+    messages = Chat(tools=_record_tools(record, where))
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise InvalidMessagesError(f"{where}, turn {index}: each turn must be an object")
@@ -155,35 +197,122 @@ def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> 
     return messages
 
 
-def assistant_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[list[Message], str]]:
-    """Split a conversation into ``(history, answer)`` pairs, one per assistant turn.
+def _record_tools(record: Mapping[str, Any], where: str) -> tuple[Message, ...]:
+    from qwen_backends.tools import normalize_tools
 
-    ``history`` is everything before the turn (it must end with a user or tool message, as at
-    inference); ``answer`` is the turn's text with any thinking removed.
+    tools = record.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or not all(isinstance(tool, Mapping) for tool in tools):
+        raise InvalidMessagesError(
+            f"{where}: 'tools' must be a list of function specs "
+            '({"type": "function", "function": {"name", "description", "parameters"}})'
+        )
+    try:
+        return normalize_tools(tools)
+    except ConfigurationError as exc:
+        raise InvalidMessagesError(f"{where}: {exc}") from None
+
+
+def assistant_answer(message: Mapping[str, Any], tool_names: Iterable[str] = ()) -> str:
+    """What the model must generate for an assistant turn, as Qwen3's template renders it.
+
+    The text (thinking removed), then for each of ``tool_calls`` a
+    ``<tool_call>\n{"name": NAME, "arguments": JSON}\n</tool_call>`` block, a newline before
+    each block that follows text or another block (the template's rule; ``arguments`` as
+    ``tojson`` writes a dict, or the string as given). ``<|im_end|>`` is not included.
+
+    Parameters
+    ----------
+    message
+        The assistant message.
+    tool_names
+        The tools the conversation declares; a call to another name is refused (empty: no
+        tools, so any call is refused).
 
     Raises
     ------
     InvalidMessagesError
-        If the conversation has no assistant turn, a turn has empty content or tool calls, or
-        a history is not a valid conversation.
+        If the message has neither text nor calls, or a call is malformed or names an
+        undeclared tool.
     """
-    pairs: list[tuple[list[Message], str]] = []
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        raise InvalidMessagesError("content must be a string")
+    text = strip_thinking(content)
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise InvalidMessagesError("tool_calls must be a list of calls")
+    if not text.strip() and not calls:
+        raise InvalidMessagesError("it has no text to train on")
+    names = set(tool_names)
+    parts = [text] if text.strip() else []
+    for number, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidMessagesError(
+                f"tool call {number} is not {{'type': 'function', 'function': {{'name', "
+                "'arguments'}}}}"
+            )
+        if name not in names:
+            declared = ", ".join(sorted(names)) or "none"
+            raise InvalidMessagesError(
+                f"tool call {number} calls {name!r}, which the conversation's 'tools' do not "
+                f"declare (declared: {declared}); add its spec to the record's 'tools'"
+            )
+        assert isinstance(function, Mapping)
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                decoded = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                raise InvalidMessagesError(
+                    f"tool call {number} ({name}): arguments {arguments!r} is not a JSON object"
+                )
+        elif isinstance(arguments, Mapping):
+            arguments = json.dumps(dict(arguments), ensure_ascii=False)
+        else:
+            raise InvalidMessagesError(
+                f"tool call {number} ({name}): arguments must be an object (or a JSON string)"
+            )
+        block = f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+        parts.append(block)
+    return "\n".join(parts)
+
+
+def assistant_turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[Chat, str]]:
+    """Split a conversation into ``(history, answer)`` pairs, one per assistant turn.
+
+    ``history`` is everything before the turn (it must end with a user or tool message, as at
+    inference), a :class:`Chat` carrying the conversation's ``tools``; ``answer`` is what the
+    model must generate for the turn (:func:`assistant_answer`: the text with any thinking
+    removed, and its ``<tool_call>`` blocks).
+
+    Raises
+    ------
+    InvalidMessagesError
+        If the conversation has no assistant turn, a turn has neither text nor tool calls, a
+        tool call names a tool the conversation does not declare, or a history is not a valid
+        conversation.
+    """
+    tools = _tools_of(messages)
+    names = [tool["function"]["name"] for tool in tools]
+    pairs: list[tuple[Chat, str]] = []
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or message.get("role") != "assistant":
             continue
-        if message.get("tool_calls"):
-            raise InvalidMessagesError(
-                f"assistant turn {index} has tool_calls; training on tool calls is not "
-                "supported, remove those turns"
-            )
-        content = message.get("content")
-        if not isinstance(content, str) or not strip_thinking(content).strip():
-            raise InvalidMessagesError(f"assistant turn {index} has no text to train on")
+        try:
+            answer = assistant_answer(message, names)
+        except InvalidMessagesError as exc:
+            raise InvalidMessagesError(f"assistant turn {index}: {exc}") from None
         if index == 0:
             raise InvalidMessagesError(
                 "the conversation starts with an assistant turn; it must follow a user message"
             )
-        pairs.append(([dict(m) for m in messages[:index]], strip_thinking(content)))
+        pairs.append((Chat((dict(m) for m in messages[:index]), tools), answer))
     if not pairs:
         raise InvalidMessagesError("the conversation has no assistant turn to learn from")
     return pairs
@@ -195,14 +324,22 @@ def training_text(
     answer: str,
     *,
     allow_control_tokens: bool = False,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The text an assistant turn is trained as: ``render_prompt(history) + answer + <|im_end|>``.
 
     This is the one rendering function of fine-tuning; it is the inference prompt (non-thinking:
     ending with the empty think block for the hybrid, at the assistant header for
-    Instruct-2507) followed by what the model should generate.
+    Instruct-2507; with ``tools``, default ``history.tools``, in the template's ``<tools>``
+    block) followed by what the model should generate.
     """
-    prompt = render_prompt(tokenizer, list(history), allow_control_tokens=allow_control_tokens)
+    specs = _tools_of(history) if tools is None else tools
+    prompt = render_prompt(
+        tokenizer,
+        list(history),
+        allow_control_tokens=allow_control_tokens,
+        **_template_kwargs(specs),
+    )
     return prompt + strip_thinking(answer) + END_OF_TURN
 
 
@@ -213,13 +350,15 @@ def encode_turn(
     max_seq_length: int | None = None,
     *,
     allow_control_tokens: bool = False,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> EncodedExample:
     """Token ids and assistant-only labels of one turn (see the module docs).
 
-    The prompt is tokenized exactly as backends tokenize it (:func:`render_prompt_ids`) and the
-    answer separately, so the prompt ids are a prefix of the example whatever the answer starts
-    with; decoding ``input_ids`` gives :func:`training_text`. Control-token text in the history
-    or the answer is refused unless ``allow_control_tokens``.
+    The prompt is tokenized exactly as backends tokenize it (:func:`render_prompt_ids`, with
+    ``tools``, default ``history.tools``) and the answer separately, so the prompt ids are a
+    prefix of the example whatever the answer starts with; decoding ``input_ids`` gives
+    :func:`training_text`. Control-token text in the history or the answer is refused unless
+    ``allow_control_tokens``.
     """
     if not allow_control_tokens:
         token = find_control_token(answer)
@@ -228,8 +367,12 @@ def encode_turn(
                 f"the answer contains the control token {token}; remove it, or set "
                 "data.allow_control_tokens: true if it is meant"
             )
+    specs = _tools_of(history) if tools is None else tools
     prompt_ids = render_prompt_ids(
-        tokenizer, list(history), allow_control_tokens=allow_control_tokens
+        tokenizer,
+        list(history),
+        allow_control_tokens=allow_control_tokens,
+        **_template_kwargs(specs),
     )
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if not isinstance(end_id, int) or end_id == tokenizer.unk_token_id:
@@ -294,7 +437,7 @@ def encode_conversations(
     return examples, dropped
 
 
-def load_conversations(config: DataConfig) -> list[list[Message]]:
+def load_conversations(config: DataConfig) -> list[Chat]:
     """The conversations a :class:`~qwen_backends.finetune.config.DataConfig` names.
 
     Raises
@@ -314,7 +457,7 @@ def load_conversations(config: DataConfig) -> list[list[Message]]:
         name = str(config.hub_dataset)
         records = _hub_records(name, config.split)
         located = ((f"{name} record {index}", record) for index, record in enumerate(records))
-    conversations: list[list[Message]] = []
+    conversations: list[Chat] = []
     for where, record in located:
         if config.limit is not None and len(conversations) >= config.limit:
             break

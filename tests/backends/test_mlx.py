@@ -396,9 +396,55 @@ def test_context_overflow_is_refused_before_generating(
 def test_what_it_cannot_honour_is_refused(backend: MLXBackend) -> None:
     with pytest.raises(UnsupportedFeatureError, match="response_format"):
         backend.generate("Hello", VARIED, response_format={"type": "object"})
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(UnsupportedFeatureError, match="tools"):
-        backend.generate("Hello", VARIED, tools=[tool])
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tools_are_rendered_through_the_template(backend: MLXBackend) -> None:
+    prompt = backend.rendered_prompt("Weather in Oslo?", tools=[WEATHER])
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
+    assert backend.prompt_ids("Weather in Oslo?", tools=[WEATHER]) == render_prompt_ids(
+        backend.tokenizer, [{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER]
+    )
+
+
+def test_a_tool_call_is_parsed_out_of_generate_and_stream(
+    backend: MLXBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\nOk'
+    script = backend.tokenizer(raw, add_special_tokens=False).input_ids
+    force_tokens(backend, monkeypatch, [*script, IM_END])
+    sampling = VARIED.replace(max_new_tokens=len(script) + 4)
+    result = backend.generate("Hi", sampling, tools=[WEATHER])
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_weather", {"city": "Oslo"})]
+    assert (result.text, result.finish_reason) == ("Ok", "tool_calls")
+    stream = backend.stream("Hi", sampling, tools=[WEATHER])
+    pieces = list(stream)
+    assert "".join(pieces) == "Ok" and not any("<tool" in piece for piece in pieces)
+    assert stream.generation is not None and stream.generation.tool_calls[0].name == "get_weather"
+    # Without tools the same text is plain text.
+    plain = backend.generate("Hi", sampling)
+    assert plain.text == raw and plain.tool_calls == () and plain.finish_reason == "stop"
+
+
+def test_a_malformed_tool_call_stays_in_the_text(
+    backend: MLXBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = "<tool_call>\n{not json}\n</tool_call>"
+    script = backend.tokenizer(raw, add_special_tokens=False).input_ids
+    force_tokens(backend, monkeypatch, [*script, IM_END])
+    result = backend.generate("Hi", VARIED.replace(max_new_tokens=len(script) + 2), tools=[WEATHER])
+    assert (result.text, result.tool_calls, result.finish_reason) == (raw, (), "stop")
 
 
 def test_runtime_failures_become_generation_errors(

@@ -401,4 +401,6 @@ def _mlx(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    return Harness("mlx", shared, make, tokenizer, leaking, ending)
+    built = Harness("mlx", shared, make, tokenizer, leaking, ending)
+    built.calling = _forced_call(tokenizer, forcing)
+    return built

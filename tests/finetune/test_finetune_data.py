@@ -250,3 +250,156 @@ def test_training_data_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigurationError, match=rf"{re.escape(str(data))}:2: not UTF-8 text"):
         load_conversations(DataConfig(path=str(data)))
+
+
+# -- tool calls ----------------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+TOOL_RECORD = {
+    "tools": [WEATHER],
+    "messages": [
+        {"role": "user", "content": "Weather in Oslo and Rome?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                _call("get_weather", {"city": "Oslo", "note": "°C"}),
+                _call("get_weather", '{"city": "Rome"}'),
+            ],
+        },
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rain"},
+        {"role": "assistant", "content": "Let me check once more.", "tool_calls": [
+            _call("get_weather", {"city": "Oslo"})
+        ]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny in Oslo, rain in Rome."},
+    ],
+}  # fmt: skip
+
+
+def test_tool_call_turns_train_exactly_what_the_template_renders(offline_tokenizer: Any) -> None:
+    chat = normalize_conversation(TOOL_RECORD)
+    assert [tool["function"]["name"] for tool in chat.tools] == ["get_weather"]
+    turns = assistant_turns(chat)
+    assert [answer for _, answer in turns] == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "note": "°C"}}\n'
+        '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n'
+        "</tool_call>",
+        'Let me check once more.\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Oslo"}}\n</tool_call>',
+        "Sunny in Oslo, rain in Rome.",
+    ]
+    for history, answer in turns:
+        assert history.tools == chat.tools
+        # The template rendering the whole turn as the last message (non-thinking) is exactly
+        # the training text plus the newline after <|im_end|>.
+        whole = offline_tokenizer.apply_chat_template(
+            list(chat)[: len(history) + 1],
+            tools=list(chat.tools),
+            tokenize=False,
+            enable_thinking=False,
+        )
+        text = training_text(offline_tokenizer, history, answer)
+        assert text + "\n" == whole
+        assert text.count("# Tools") == 1
+        example = encode_turn(offline_tokenizer, history, answer)
+        assert offline_tokenizer.decode(example.input_ids) == text
+        prompt_ids = render_prompt_ids(offline_tokenizer, history, tools=list(chat.tools))
+        assert example.input_ids[: len(prompt_ids)] == prompt_ids
+        assert example.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+        assert example.labels[len(prompt_ids) :] == example.input_ids[len(prompt_ids) :]
+    # <tool_call> is learnt as the single token the model emits and the backends parse.
+    first = encode_turn(offline_tokenizer, *turns[0])
+    assert first.input_ids[first.prompt_length] == offline_tokenizer.convert_tokens_to_ids(
+        "<tool_call>"
+    )
+
+
+def test_tools_without_calls_still_reach_the_prompt(offline_tokenizer: Any) -> None:
+    chat = normalize_conversation(
+        {"tools": [WEATHER], "messages": [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello."}]}
+    )  # fmt: skip
+    ((history, answer),) = assistant_turns(chat)
+    assert answer == "Hello."
+    assert training_text(offline_tokenizer, history, answer).startswith(
+        render_prompt(offline_tokenizer, history, tools=[WEATHER])
+    )
+    plain = training_text(offline_tokenizer, history, answer, tools=[])
+    assert "# Tools" not in plain
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "", "tool_calls": [
+                              _call("get_weather", {})]}]},
+            "declared: none",
+        ),
+        (
+            {"tools": [WEATHER], "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "", "tool_calls": [_call("get_time", {})]}]},
+            "calls 'get_time'",
+        ),
+        (
+            {"tools": [WEATHER], "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    _call("get_weather", "{not json")]}]},
+            "not a JSON object",
+        ),
+        (
+            {"tools": [WEATHER], "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "x"}]}]},
+            "tool call 0 is not",
+        ),
+        (
+            {"tools": [WEATHER], "messages": [
+                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
+            "no text to train on",
+        ),
+    ],
+    ids=["no-tools", "undeclared", "bad-arguments", "no-name", "empty"],
+)  # fmt: skip
+def test_bad_tool_call_turns_are_refused_in_one_line(record: Any, message: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=re.escape(message)) as caught:
+        assistant_turns(normalize_conversation(record))
+    assert "assistant turn 1" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ({"type": "function"}, "'tools' must be a list"),
+        ([{"type": "function", "function": {"name": "bad name"}}], "tool name 'bad name'"),
+        ([WEATHER, WEATHER], "two tools are named 'get_weather'"),
+    ],
+    ids=["not-a-list", "bad-name", "duplicate"],
+)
+def test_bad_tool_specs_are_refused_with_where(tools: Any, message: str) -> None:
+    record = {"tools": tools, "messages": [{"role": "user", "content": "Hi"}]}
+    with pytest.raises(InvalidMessagesError, match=re.escape(message)) as caught:
+        normalize_conversation(record, "data.jsonl:3")
+    assert str(caught.value).startswith("data.jsonl:3: ")
