@@ -1,13 +1,16 @@
-"""qwen-backends: Qwen3-4B behind one interface on transformers, Ollama, Unsloth and vLLM.
+"""qwen-backends: Qwen3-4B behind one interface on every runtime, always non-thinking.
 
-Always in NON-THINKING mode. The data path::
+Runtimes: transformers, Ollama, llama.cpp, MLX, Unsloth and vLLM (:mod:`qwen_backends.registry`).
 
-    messages --chat.validate_messages--> chat.render_prompt (non-thinking) --> backend --> text
+The data path::
+
+    messages --chat.validate_messages--> chat.render_prompt (non-thinking)
+             --> backends/<runtime>.py --> thinking.py (nothing of it reaches you) --> Generation
 
 Quick start::
 
     from qwen_backends import create_backend
-    with create_backend() as backend:          # QWEN_BACKEND picks hf / ollama / unsloth / vllm
+    with create_backend() as backend:          # QWEN_BACKEND picks the runtime
         print(backend.generate("What is 2+2?").text)
 
 Importing this package loads no heavy library (torch, transformers, ollama, unsloth, openai);

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="qwen-backends",
-        description="Qwen3-4B through one interface on transformers, Ollama, Unsloth and vLLM "
-        "(always non-thinking).",
+        description="Qwen3-4B through one interface on transformers, Ollama, llama.cpp, MLX, "
+        "Unsloth and vLLM (always non-thinking).",
     )
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
