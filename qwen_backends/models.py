@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["looks_like_path"]
+__all__ = ["hub_offline", "looks_like_path"]
 
 
 def looks_like_path(name: str) -> bool:
@@ -20,3 +21,10 @@ def looks_like_path(name: str) -> bool:
         or name.endswith(".gguf")
         or Path(name).expanduser().exists()
     )
+
+
+def hub_offline(local_files_only: bool = False) -> bool:
+    """Whether downloads from the model hub are off (``HF_HUB_OFFLINE`` or a backend's
+    ``local_files_only`` setting)."""
+    flag = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return local_files_only or flag

@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import secrets
 import threading
 import time
@@ -55,7 +54,12 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import GenerationLock, check_context, check_open
+from qwen_backends.backends.local import (
+    GenerationLock,
+    check_context,
+    check_open,
+    tool_kwargs,
+)
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -86,7 +90,7 @@ from qwen_backends.errors import (
     first_line,
 )
 from qwen_backends.family import FAMILIES
-from qwen_backends.models import looks_like_path
+from qwen_backends.models import hub_offline, looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
@@ -178,12 +182,7 @@ def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         detail = first_line(exc)
         if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
             raise _local_load_error(Path(source), exc) from exc
-        offline = hf.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-        )
+        offline = hub_offline(hf.local_files_only)
         if isinstance(exc, KeyError) or "does not recognize this architecture" in detail:
             raise ModelNotFoundError(
                 f"transformers cannot build {source!r} ({detail}); Qwen3 needs transformers "
@@ -458,14 +457,14 @@ class HFBackend(ModelBackend):
         self._check_open()
         allow = self.settings.allow_control_tokens
         return render_prompt_ids(
-            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
         )
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
         allow = self.settings.allow_control_tokens
         return render_prompt(
-            self.tokenizer, messages, allow_control_tokens=allow, **_tool_kwargs(tools)
+            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
         )
 
     # -- internals -------------------------------------------------------------------------
@@ -823,7 +822,3 @@ def _with_tool_calls(generation: Generation, request: Request) -> Generation:
     return dataclasses.replace(
         generation, text=text, tool_calls=tuple(calls), finish_reason="tool_calls"
     )
-
-
-def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    return {"tools": list(tools)} if tools else {}

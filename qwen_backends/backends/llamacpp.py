@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -68,7 +67,12 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import GenerationLock, check_context, check_open
+from qwen_backends.backends.local import (
+    GenerationLock,
+    check_context,
+    check_open,
+    tool_kwargs,
+)
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     GenerationError,
@@ -78,7 +82,7 @@ from qwen_backends.errors import (
     UnsupportedFeatureError,
     first_line,
 )
-from qwen_backends.models import looks_like_path
+from qwen_backends.models import hub_offline, looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline, template_mode
 from qwen_backends.tools import ToolCallFilter
@@ -98,10 +102,6 @@ logger = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 #: A string whose ids must agree between llama.cpp and the tokenizer (Qwen3 vocabulary check).
 _VOCAB_PROBE = "<|im_start|>user\nHello, world! Schöne Grüße 😀<|im_end|>\n<think>\n\n</think>\n\n"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def gguf_tokenizer(template: str | None, vocabulary: str = "offline") -> PreTrainedTokenizerBase:
@@ -196,7 +196,7 @@ class LlamaCppBackend(ModelBackend):
         if looks_like_path(source):
             path = Path(source).expanduser()
             return "ready" if path.is_file() else f"cannot start: no GGUF file at {source}"
-        if _offline():
+        if hub_offline():
             return f"needs {source} ({settings.gguf_filename}) in the hub cache (offline)"
         return f"ready (downloads {source} {settings.gguf_filename} on first use)"
 
@@ -273,7 +273,7 @@ class LlamaCppBackend(ModelBackend):
                 hint = (
                     "downloads are off (HF_HUB_OFFLINE) and the file is not in the hub cache; "
                     "point QWEN_MODEL at a local .gguf file, or download it once while online"
-                    if _offline()
+                    if hub_offline()
                     else "check the repo id, QWEN_LLAMACPP__FILENAME, the network and HF_TOKEN"
                 )
             else:
@@ -339,11 +339,11 @@ class LlamaCppBackend(ModelBackend):
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
+        return render_prompt_ids(self.tokenizer, messages, **tool_kwargs(tools))
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
-        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
+        return render_prompt(self.tokenizer, messages, **tool_kwargs(tools))
 
     def _generate(self, request: Request) -> Generation:
         final: Generation | None = None
@@ -583,10 +583,6 @@ class _IncrementalDecoder:
         text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
         self.window, self.sent = [], 0
         return text
-
-
-def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    return {"tools": list(tools)} if tools else {}
 
 
 #: Largest integer range :func:`llama_schema` spells out as an ``enum``.

@@ -4,7 +4,8 @@
   started on the thread that holds an open stream is refused instead of deadlocking, and
   ``close()`` waits for other threads' generations;
 - :func:`check_context` -- the prompt plus ``max_new_tokens`` must fit the context window;
-- :func:`check_open` -- a closed backend refuses work with one line.
+- :func:`check_open` -- a closed backend refuses work with one line;
+- :func:`tool_kwargs` -- the tools as chat-template keyword arguments.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from qwen_backends.errors import ContextLengthError, GenerationError
 
-__all__ = ["GenerationLock", "check_context", "check_open"]
+__all__ = ["GenerationLock", "check_context", "check_open", "tool_kwargs"]
 
 
 class GenerationLock:
@@ -104,3 +106,8 @@ def check_open(closed: bool, backend: str) -> None:
             f"this {backend} backend was closed; create a new one with create_backend()",
             backend=backend,
         )
+
+
+def tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """``{"tools": [...]}`` for the chat template when there are tools, else nothing."""
+    return {"tools": list(tools)} if tools else {}

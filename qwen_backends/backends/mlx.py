@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import platform
 import secrets
 import threading
@@ -58,7 +57,12 @@ from qwen_backends.backends.base import (
     ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import GenerationLock, check_context, check_open
+from qwen_backends.backends.local import (
+    GenerationLock,
+    check_context,
+    check_open,
+    tool_kwargs,
+)
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     GenerationError,
@@ -67,7 +71,7 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
-from qwen_backends.models import looks_like_path
+from qwen_backends.models import hub_offline, looks_like_path
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline
 from qwen_backends.tools import ToolCallFilter
@@ -227,11 +231,6 @@ def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def _offline(local_files_only: bool) -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return local_files_only or flag
-
-
 def resolve_model_dir(source: str, settings: Settings) -> Path:
     """The local directory of ``source``: the directory itself, or a hub snapshot.
 
@@ -266,7 +265,7 @@ def resolve_model_dir(source: str, settings: Settings) -> Path:
             token=options.token.get_secret_value() if options.token is not None else None,
         )
     except Exception as exc:
-        if _offline(options.local_files_only):
+        if hub_offline(options.local_files_only):
             hint = (
                 "downloads are off (HF_HUB_OFFLINE or QWEN_MLX__LOCAL_FILES_ONLY) and it is not in "
                 "the local cache; point QWEN_MODEL / --model at a local directory holding it (or "
@@ -460,11 +459,11 @@ class MLXBackend(ModelBackend):
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **_tool_kwargs(tools))
+        return render_prompt_ids(self.tokenizer, messages, **tool_kwargs(tools))
 
     def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
         self._check_open()
-        return render_prompt(self.tokenizer, messages, **_tool_kwargs(tools))
+        return render_prompt(self.tokenizer, messages, **tool_kwargs(tools))
 
     def close(self) -> None:
         """Drop the model and tokenizer (waits for a generation on another thread)."""
@@ -608,7 +607,3 @@ def _vocab_rows(model: Any) -> int:
     if isinstance(size, int):
         return size
     return int(model.model.embed_tokens.weight.shape[0])
-
-
-def _tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    return {"tools": list(tools)} if tools else {}
