@@ -1,6 +1,6 @@
 """Qwen3-4B on Unsloth (``backend="unsloth"``): Colab / Lightning GPUs, 4-bit by default.
 
-Only loading differs from the hf backend: :meth:`UnslothBackend._load` calls
+Only loading (and the decode call) differs from the hf backend: :meth:`UnslothBackend._load` calls
 ``FastLanguageModel.from_pretrained`` (model, ``max_seq_length``, ``load_in_4bit``, ``dtype``,
 ``token`` from ``settings.unsloth``) and ``FastLanguageModel.for_inference``. Rendering (always
 non-thinking), the SamplingParams mapping, ``english_only``, streaming and batching are the hf
@@ -183,7 +183,9 @@ class UnslothBackend(HFBackend):
 
     Build it with ``create_backend(backend="unsloth")`` (or ``QWEN_BACKEND=unsloth``); settings
     come from ``settings.unsloth`` and the model from ``settings.model_name``
-    (``unsloth/Qwen3-4B`` by default, 4-bit). Generation is :class:`HFBackend`'s.
+    (``unsloth/Qwen3-4B`` by default, 4-bit). Generation is :class:`HFBackend`'s, through
+    Unsloth's patched ``model.generate`` rather than the hf backend's own decode loop: Unsloth's
+    fast inference path manages its own cache inside ``generate``.
 
     Raises
     ------
@@ -192,6 +194,7 @@ class UnslothBackend(HFBackend):
     """
 
     name = "unsloth"
+    own_decode_loop = False
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer
 
 from qwen_backends import create_backend
+from qwen_backends.backends import hf as hf_module
 from qwen_backends.backends.hf import HFBackend
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
@@ -97,16 +98,16 @@ def cuda_probes(bf16: bool = True, count: int = 2, modules: tuple[str, ...] = ()
 
 
 def capture_ids(backend: HFBackend, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
-    """Record the token ids ``model.generate`` returns."""
+    """Record the token ids the decode loop returns."""
     seen: list[torch.Tensor] = []
-    original = backend.model.generate
+    original = hf_module.decode
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         output = original(*args, **kwargs)
         seen.append(output)
         return output
 
-    monkeypatch.setattr(backend.model, "generate", recording)
+    monkeypatch.setattr(hf_module, "decode", recording)
     return seen
 
 
@@ -515,9 +516,9 @@ def test_context_overflow_is_refused_before_generating(
     backend: HFBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def never(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("generate must not run")
+        raise AssertionError("decoding must not start")
 
-    monkeypatch.setattr(backend.model, "generate", never)
+    monkeypatch.setattr(hf_module, "decode", never)
     too_many = SamplingParams(max_new_tokens=32_760)
     with pytest.raises(ContextLengthError, match=r"13 tokens .* 32,773 exceeds .* QWEN_HF__YARN"):
         backend.generate("Hello", too_many)
@@ -543,7 +544,7 @@ def test_batch_equals_one_by_one_under_greedy(
     one_by_one = [backend.generate(messages, sampling) for messages in conversations]
     calls = capture_ids(backend, monkeypatch)
     batched = backend.generate_batch(conversations, sampling)
-    assert len(calls) == 1  # one generate call: one forward per step for all rows
+    assert len(calls) == 1  # one decode call: one forward per step for all rows
     assert [_without_time(g) for g in batched] == [_without_time(g) for g in one_by_one]
     assert len({g.prompt_tokens for g in batched}) > 1  # left padding is exercised
 
@@ -586,7 +587,7 @@ def test_runtime_failures_become_generation_errors(
             streamer.on_finalized_text("partial ")
         raise RuntimeError("CUDA error: device-side assert triggered\nmore detail")
 
-    monkeypatch.setattr(backend.model, "generate", failing)
+    monkeypatch.setattr(hf_module, "decode", failing)
     with pytest.raises(GenerationError, match="generation failed: CUDA error") as caught:
         backend.generate("Hi", SamplingParams(**SHORT))
     assert isinstance(caught.value.__cause__, RuntimeError)

@@ -24,8 +24,10 @@ from transformers.generation.logits_process import (
 )
 
 from qwen_backends import create_backend
+from qwen_backends.backends import hf as hf_module
 from qwen_backends.backends import transformers_sampling
 from qwen_backends.backends.hf import HFBackend
+from qwen_backends.backends.transformers_decode import DecodeSteps
 from qwen_backends.backends.transformers_sampling import (
     AllowedTokensLogitsProcessor,
     PresencePenaltyLogitsProcessor,
@@ -301,8 +303,10 @@ def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
 
 
 def effective_processors(backend: HFBackend, sampling: SamplingParams) -> list[str]:
-    """The processor types transformers' generate would run for the backend's kwargs."""
+    """What runs on the logits each step for the backend's kwargs: in the hf backend's decode
+    loop, and in transformers' generate (the Unsloth backend's path); the two must agree."""
     kwargs = backend._generate_kwargs(sampling, prompt_length=5)
+    own = DecodeSteps(kwargs["generation_config"], kwargs["logits_processor"]).names()
     config, _ = backend.model._prepare_generation_config(kwargs["generation_config"])
     processors = backend.model._get_logits_processor(
         generation_config=config,
@@ -310,7 +314,8 @@ def effective_processors(backend: HFBackend, sampling: SamplingParams) -> list[s
         logits_processor=kwargs["logits_processor"],
         device="cpu",
     )
-    return [type(p).__name__ for p in processors]
+    assert [type(p).__name__ for p in processors] == own
+    return own
 
 
 def test_neutral_values_add_no_processor(backend: HFBackend) -> None:
@@ -328,7 +333,7 @@ def test_neutral_values_add_no_processor(backend: HFBackend) -> None:
         "TokenSampler",
     ]
     config = backend._generate_kwargs(SamplingParams(), prompt_length=5)["generation_config"]
-    assert config.do_sample is False  # the sampler draws; generate takes its choice
+    assert config.do_sample is False  # the sampler draws; the loop takes its choice
     native = generation_config_for(SamplingParams(), eos_token_ids=(1,), pad_token_id=0)
     assert (native.do_sample, native.top_k, native.top_p) == (True, 20, 0.8)
 
@@ -366,19 +371,17 @@ def test_english_only_restricts_the_top_k_sampler(backend: HFBackend) -> None:
 
     allowed = set(allowed_token_ids(backend.tokenizer, tier="english"))
     seen: list[torch.Tensor] = []
-    original = backend.model.generate
+    original = hf_module.decode
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         seen.append(output := original(*args, **kwargs))
         return output
 
-    backend.model.generate = recording  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_module, "decode", recording)
         result = backend.generate(
             "Hello", SamplingParams(english_only=True, seed=2, max_new_tokens=16)
         )
-    finally:
-        del backend.model.generate
     generated = seen[0][0, result.prompt_tokens :].tolist()
     assert len(generated) == 16 and set(generated) <= allowed
 

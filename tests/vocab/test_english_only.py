@@ -2,7 +2,7 @@
 
 The checkpoint's weights are random, so unconstrained sampling wanders over the whole
 vocabulary (most of it non-English); with ``english_only`` every generated id must lie in
-:func:`allowed_token_ids`. The ids are read from the real ``model.generate`` output, not
+:func:`allowed_token_ids`. The ids are read from the decode loop's real output tensor, not
 re-encoded from text.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from qwen_backends import SamplingParams, create_backend
+from qwen_backends.backends import hf as hf_module
 from qwen_backends.vocab import allowed_token_ids
 
 # Full-distribution sampling, so the constraint is the only thing keeping tokens English.
@@ -47,9 +48,9 @@ def backend(tiny_model_dir: Path) -> Any:
 
 @pytest.fixture
 def generated(backend: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Records the new ids of every ``model.generate`` call (the real output tensor)."""
+    """Records the new ids of every decode call (the real output tensor)."""
     rows: list[list[int]] = []
-    original = backend.model.generate
+    original = hf_module.decode
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         output = original(*args, **kwargs)
@@ -57,7 +58,7 @@ def generated(backend: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
         rows.extend(output[:, width:].tolist())
         return output
 
-    monkeypatch.setattr(backend.model, "generate", spy)
+    monkeypatch.setattr(hf_module, "decode", spy)
     return rows
 
 

@@ -1,0 +1,203 @@
+"""The hf backend's own decode loop: ``model.generate``'s greedy path without its per-step work.
+
+:func:`decode` takes the keyword arguments the hf backend would give ``model.generate``
+(``input_ids``, ``attention_mask``, ``generation_config``, ``logits_processor``,
+``stopping_criteria``, ``streamer``) and returns the same tensor: the prompt columns followed by
+the new tokens, finished rows padded with ``pad_token_id``, as long as the longest row. The model
+sees the same inputs as under ``generate`` (a ``DynamicCache``, positions from the attention
+mask, ``logits_to_keep=1``), so greedy decoding gives the same tokens.
+
+What it leaves out is what a non-thinking chat call never needs: ``generate``'s configuration
+merging and validation, its processor and stopping-criteria lists built per call, its output
+bookkeeping and per-step input preparation (about 1.5 ms a step on two CPU cores, 5 % of a
+decoding step on the benchmark checkpoint; see docs/benchmarks.md). And when the last logits
+processor is the :class:`~qwen_backends.backends.transformers_sampling.TokenSampler`, its drawn
+token is taken as is instead of being turned into a one-hot score row for ``argmax``.
+
+The steps, per token: the model's logits for the newest position (as float32), transformers'
+``RepetitionPenaltyLogitsProcessor`` when ``repetition_penalty != 1`` (first, as ``generate``
+orders it), the caller's processors in order, then the sampler's draw or ``argmax``; rows that
+ended get the pad token; a row ends at an end-of-turn token or when a stopping criterion says so,
+and the loop ends when every row has ended or ``max_new_tokens`` are made.
+
+torch and transformers are imported inside the functions, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from qwen_backends.backends.transformers_sampling import TokenSampler, greedy_tokens
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig
+
+__all__ = ["DecodeSteps", "decode"]
+
+
+class DecodeSteps:
+    """What one decoding step does to the logits, from a ``generate``-style configuration.
+
+    Parameters
+    ----------
+    generation_config
+        Read for ``repetition_penalty``; must be greedy (``do_sample=False``): drawing is the
+        sampler's job, as the last of ``logits_processor``.
+    logits_processor
+        The caller's processors, in order; a trailing :class:`TokenSampler` becomes
+        :attr:`sampler`.
+
+    Attributes
+    ----------
+    processors
+        Callables ``(input_ids, scores) -> scores`` run in order every step.
+    sampler
+        The sampler that draws the token, or ``None`` for ``argmax`` (greedy decoding).
+    """
+
+    def __init__(
+        self, generation_config: GenerationConfig, logits_processor: Sequence[Any] = ()
+    ) -> None:
+        if generation_config.do_sample:
+            raise ValueError(
+                "decode() draws through a TokenSampler (the last logits processor); give it a "
+                "greedy GenerationConfig (generation_config_for(..., native_sampling=False))"
+            )
+        processors = list(logits_processor)
+        self.sampler: TokenSampler | None = None
+        if processors and isinstance(processors[-1], TokenSampler):
+            self.sampler = processors.pop()
+        penalty = generation_config.repetition_penalty
+        if penalty is not None and penalty != 1.0:
+            from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+            processors.insert(0, RepetitionPenaltyLogitsProcessor(penalty))
+        self.processors: list[Any] = processors
+
+    def names(self) -> list[str]:
+        """The type names of what runs each step, in order (the sampler last, if any)."""
+        steps = [*self.processors, *([self.sampler] if self.sampler is not None else [])]
+        return [type(step).__name__ for step in steps]
+
+    def next_tokens(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """One token id per row, chosen from the newest ``logits`` ``(batch, vocab)``."""
+        scores = logits
+        for processor in self.processors:
+            scores = processor(input_ids, scores)
+        if self.sampler is not None:
+            return self.sampler.sample(scores)
+        return greedy_tokens(scores)
+
+
+def decode(
+    model: Any,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    generation_config: GenerationConfig,
+    logits_processor: Sequence[Any] = (),
+    stopping_criteria: Sequence[Any] = (),
+    streamer: Any = None,
+) -> torch.Tensor:
+    """Decode up to ``generation_config.max_new_tokens`` tokens after each row of ``input_ids``.
+
+    Call it under ``torch.inference_mode`` (or ``no_grad``). Random draws come from torch's
+    global generator, through the sampler, exactly as under ``generate``.
+
+    Parameters
+    ----------
+    model
+        A causal language model (``PreTrainedModel``) taking ``past_key_values``.
+    input_ids, attention_mask
+        ``(batch, width)`` prompts, left-padded (mask 0 on padding), on the model's device.
+    generation_config
+        Greedy; read for ``max_new_tokens``, ``repetition_penalty``, ``eos_token_id`` and
+        ``pad_token_id``.
+    logits_processor
+        Processors run after the repetition penalty, the last one optionally the sampler.
+    stopping_criteria
+        Callables ``(input_ids, scores) -> bool tensor (batch,)``; a row ends where one is true.
+    streamer
+        Gets the prompt, then each step's tokens (``put``), then ``end()``, as from ``generate``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, width + steps)``: the prompts and the new tokens (pad after a row's end).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    steps = DecodeSteps(generation_config, logits_processor)
+    limit = generation_config.max_new_tokens
+    if limit is None or limit < 1:
+        raise ValueError("decode() needs max_new_tokens >= 1 in the generation config")
+    eos = _token_ids(generation_config.eos_token_id)
+    pad = generation_config.pad_token_id
+    if pad is None or not eos:
+        raise ValueError("decode() needs eos_token_id and pad_token_id in the generation config")
+    batch, width = input_ids.shape
+    device = input_ids.device
+    # One buffer for prompt + answer: each step writes a column instead of concatenating.
+    tokens = torch.full((batch, width + limit), pad, dtype=torch.long, device=device)
+    tokens[:, :width] = input_ids
+    end_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    pad_id = torch.tensor(pad, dtype=torch.long, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    # Positions as generate derives them: counted over real tokens, 0 on left padding.
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    extra = {"logits_to_keep": 1} if _keeps_last_logits(model.__class__) else {}
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    # Without padding the mask says nothing the causal mask does not: leaving it out spares the
+    # model building and checking it every step (same attention, same tokens).
+    padded = not bool(attention_mask.all())
+    inputs, mask, length = input_ids, (attention_mask if padded else None), width
+    while True:
+        output = model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+            **extra,
+        )
+        logits = output.logits[:, -1, :].float()
+        del output
+        chosen = steps.next_tokens(tokens[:, :length], logits)
+        chosen = torch.where(unfinished, chosen, pad_id)
+        tokens[:, length] = chosen
+        length += 1
+        if streamer is not None:
+            streamer.put(chosen.cpu())
+        unfinished &= ~torch.isin(chosen, end_ids)
+        for criterion in stopping_criteria:
+            unfinished &= ~criterion(tokens[:, :length], logits)
+        if length - width >= limit or not bool(unfinished.any()):
+            break
+        inputs = chosen[:, None]
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
+        positions = positions[:, -1:] + 1
+    if streamer is not None:
+        streamer.end()
+    return tokens[:, :length]
+
+
+def _token_ids(value: int | Sequence[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+@functools.cache
+def _keeps_last_logits(model_type: Any) -> bool:
+    """Whether the model's ``forward`` takes ``logits_to_keep`` (Qwen3 does): the lm_head then
+    runs on the newest position only, as under ``generate``."""
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
