@@ -48,6 +48,16 @@ def prompts(*rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def greedy_decode(model: Any, rows: tuple[list[int], ...], limit: int, **extra: Any) -> Any:
+    """``decode`` with greedy settings over left-padded ``rows``; ``extra`` goes to decode."""
+    ids, mask = prompts(*rows)
+    config = generation_config_for(
+        SamplingParams.preset("greedy", max_new_tokens=limit), eos_token_ids=EOS, pad_token_id=PAD
+    )
+    with torch.inference_mode():
+        return decode(model, input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+
+
 SHORT = [151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198]
 LONG = [151644, 872, 198, *range(1000, 1012), 151645, 198, 151644, 77091, 198]
 
@@ -132,21 +142,9 @@ def test_rows_that_end_early_are_padded_and_the_loop_stops_when_all_end(model: A
                     scores[row, EOS[0]] = 1e4
             return scores
 
-    ids, mask = prompts(SHORT, LONG)
-    config = generation_config_for(
-        SamplingParams.preset("greedy", max_new_tokens=20),
-        eos_token_ids=EOS,
-        pad_token_id=PAD,
-    )
-    with torch.inference_mode():
-        out = decode(
-            model,
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=config,
-            logits_processor=[EndAt(ids.shape[1], [2, 5])],
-        )
-    new = out[:, ids.shape[1] :].tolist()
+    width = len(LONG)
+    out = greedy_decode(model, (SHORT, LONG), 20, logits_processor=[EndAt(width, [2, 5])])
+    new = out[:, width:].tolist()
     assert len(new[0]) == 6  # ended when the last row did, not at max_new_tokens
     assert new[0][2] == EOS[0] and new[0][3:] == [PAD] * 3
     assert new[1][5] == EOS[0] and PAD not in new[1][:5]
@@ -169,19 +167,7 @@ def test_stopping_criteria_end_rows_and_the_streamer_gets_every_step(model: Any)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
     streamer = Recorder()
-    ids, mask = prompts(SHORT)
-    config = generation_config_for(
-        SamplingParams.preset("greedy", max_new_tokens=30), eos_token_ids=EOS, pad_token_id=PAD
-    )
-    with torch.inference_mode():
-        out = decode(
-            model,
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=config,
-            stopping_criteria=[after_four],
-            streamer=streamer,
-        )
+    out = greedy_decode(model, (SHORT,), 30, stopping_criteria=[after_four], streamer=streamer)
     assert out.shape[1] == len(SHORT) + 4
     assert streamer.puts[0] == SHORT  # the prompt first, as generate does
     assert [put[0] for put in streamer.puts[1:]] == out[0, len(SHORT) :].tolist()
