@@ -169,14 +169,22 @@ def create_app(
 
     async def chat_completions(request: HTTPRequest) -> Response:
         _authorize(state, request)
+        settings = state.backend.settings
         call = parse_chat_request(
-            await _body(request), state.models, state.backend.settings.sampling
+            await _body(request),
+            state.models,
+            settings.sampling,
+            allow_control_tokens=settings.allow_control_tokens,
         )
         return _Answer(state, call)
 
     async def tokenize(request: HTTPRequest) -> Response:
         _authorize(state, request)
-        messages, tools = parse_tokenize_request(await _body(request), state.models)
+        messages, tools = parse_tokenize_request(
+            await _body(request),
+            state.models,
+            allow_control_tokens=state.backend.settings.allow_control_tokens,
+        )
         ids = await asyncio.to_thread(state.backend.prompt_ids, messages, tools=tools or None)
         return _json(200, {"model": state.models[0], "count": len(ids), "tokens": ids})
 

@@ -178,7 +178,13 @@ class ChatCall:
     include_usage: bool = False
 
 
-def parse_chat_request(body: Any, models: Sequence[str], defaults: SamplingParams) -> ChatCall:
+def parse_chat_request(
+    body: Any,
+    models: Sequence[str],
+    defaults: SamplingParams,
+    *,
+    allow_control_tokens: bool = False,
+) -> ChatCall:
     """Check a ``POST /v1/chat/completions`` body and map it onto the library.
 
     Parameters
@@ -189,6 +195,10 @@ def parse_chat_request(body: Any, models: Sequence[str], defaults: SamplingParam
         Model ids this server answers to.
     defaults
         Sampling used for every field the request leaves out (``settings.sampling``).
+    allow_control_tokens
+        Accept chat-template control tokens (``<|im_start|>`` ...) in message text: the
+        server's ``allow_control_tokens`` setting (``QWEN_ALLOW_CONTROL_TOKENS``); refused
+        (a 400 naming the message) by default.
 
     Raises
     ------
@@ -210,7 +220,7 @@ def parse_chat_request(body: Any, models: Sequence[str], defaults: SamplingParam
     include_usage = _stream_options(present, stream)
     return ChatCall(
         model=model,
-        messages=_messages(present.get("messages")),
+        messages=_messages(present.get("messages"), allow_control_tokens),
         sampling=_sampling(present, defaults),
         response_format=_response_format(present.get("response_format")),
         tools=_tools(present.get("tools")),
@@ -220,9 +230,12 @@ def parse_chat_request(body: Any, models: Sequence[str], defaults: SamplingParam
 
 
 def parse_tokenize_request(
-    body: Any, models: Sequence[str]
+    body: Any, models: Sequence[str], *, allow_control_tokens: bool = False
 ) -> tuple[list[Message], list[dict[str, Any]]]:
-    """Check a ``POST /v1/tokenize`` body: ``{"model", "messages", "tools"?}``."""
+    """Check a ``POST /v1/tokenize`` body: ``{"model", "messages", "tools"?}``.
+
+    ``allow_control_tokens`` as for :func:`parse_chat_request`.
+    """
     if not isinstance(body, Mapping):
         raise RequestError("the request body must be a JSON object")
     present = {key: value for key, value in body.items() if value is not None}
@@ -235,7 +248,7 @@ def parse_tokenize_request(
             "optionally tools",
             param=unknown[0],
         )
-    return _messages(present.get("messages")), _tools(present.get("tools"))
+    return _messages(present.get("messages"), allow_control_tokens), _tools(present.get("tools"))
 
 
 # -- request parts -------------------------------------------------------------------------------
@@ -341,7 +354,7 @@ def _stream_options(present: dict[str, Any], stream: bool) -> bool:
     return include
 
 
-def _messages(value: Any) -> list[Message]:
+def _messages(value: Any, allow_control_tokens: bool) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise RequestError(
             "messages must be a non-empty list of {role, content} objects", param="messages"
@@ -364,7 +377,7 @@ def _messages(value: Any) -> list[Message]:
                 del entry[key]
         converted.append(entry)
     try:
-        return validate_messages(converted)
+        return validate_messages(converted, allow_control_tokens=allow_control_tokens)
     except ConfigurationError as exc:
         raise RequestError(str(exc), param="messages") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from conftest import Served
 from ollama_server import OllamaServer
 
+from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
 from qwen_backends.errors import OutputValidationError
 
@@ -316,6 +318,36 @@ def test_api_key_is_required_and_compared(hf_backend: ModelBackend) -> None:
         answer = good.chat.completions.create(model=served.model, messages=HI, max_tokens=2)
         assert answer.choices[0].finish_reason in ("stop", "length")
         assert httpx.get(f"http://127.0.0.1:{served.port}/health").json() == {"status": "ok"}
+
+
+def test_the_control_token_setting_reaches_the_server(
+    isolated_session: None, tiny_model_dir: Path
+) -> None:
+    """QWEN_ALLOW_CONTROL_TOKENS: the server refuses such text by default, and passes it to the
+    backend (rendered as plain text) when the served backend's settings opt in."""
+    quoted = [{"role": "user", "content": "say <|im_end|> back"}]
+    with (
+        create_backend(
+            backend="hf", model=str(tiny_model_dir), allow_control_tokens=True
+        ) as opted_in,
+        Served(opted_in) as served,
+    ):
+        body = {"model": served.model, "messages": quoted}
+        counted = httpx.post(f"{served.base_url}/tokenize", json=body)
+        assert counted.status_code == 200
+        assert counted.json()["tokens"] == opted_in.prompt_ids(quoted)
+        answer = served.client().chat.completions.create(
+            model=served.model, messages=quoted, max_tokens=2, seed=1
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_control_tokens_are_refused_by_default(served: Served) -> None:
+    body = {"model": served.model, "messages": [{"role": "user", "content": "a <|im_end|> b"}]}
+    for path in ("chat/completions", "tokenize"):
+        response = httpx.post(f"{served.base_url}/{path}", json=body)
+        assert response.status_code == 400, path
+        assert "<|im_end|>" in response.json()["error"]["message"]
 
 
 def _wait_until(condition: Any, timeout: float = 20.0) -> bool:

@@ -231,6 +231,20 @@ def test_bad_messages_are_refused(messages: list[Any], words: str) -> None:
     assert caught.value.param is not None and caught.value.param.startswith("messages")
 
 
+def test_control_tokens_are_refused_unless_the_server_opts_in() -> None:
+    messages = [{"role": "user", "content": "quote <|im_start|>system literally"}]
+    body = {"model": MODEL, "messages": messages}
+    with pytest.raises(RequestError) as caught:
+        parse_chat_request(body, [MODEL], DEFAULTS)
+    assert "<|im_start|>" in str(caught.value) and caught.value.param == "messages"
+    with pytest.raises(RequestError):
+        parse_tokenize_request(body, [MODEL])
+    call = parse_chat_request(body, [MODEL], DEFAULTS, allow_control_tokens=True)
+    assert call.messages[0]["content"] == messages[0]["content"]
+    tokenized, _ = parse_tokenize_request(body, [MODEL], allow_control_tokens=True)
+    assert tokenized == messages
+
+
 def test_model_is_required_and_must_be_served() -> None:
     with pytest.raises(RequestError) as missing:
         parse_chat_request({"messages": HI}, [MODEL], DEFAULTS)
