@@ -10,8 +10,10 @@ Prompts are always rendered by the project's own non-thinking renderer
 (:func:`~qwen_backends.chat.render_prompt_ids`) with the Hugging Face tokenizer mlx-lm loaded,
 never by mlx-lm's chat path (its server fixes template arguments at start-up). ``tools`` are
 rendered by that template too, and the model's ``<tool_call>`` blocks are parsed from the
-generated text (:mod:`qwen_backends.tools`), in streams too; ``response_format`` is refused
-(:class:`~qwen_backends.errors.UnsupportedFeatureError`): no grammar processor here yet.
+generated text (:mod:`qwen_backends.tools`), in streams too. ``response_format`` is the hf
+backend's xgrammar mask (:class:`GrammarMask`, the same
+:class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` state applied to MLX
+logits), so the sampler can only draw tokens that keep the answer schema-valid.
 
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
@@ -63,6 +65,7 @@ from qwen_backends.backends.local import (
     check_open,
     tool_kwargs,
 )
+from qwen_backends.backends.transformers_grammar import unpack_bitmask
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     GenerationError,
@@ -80,9 +83,21 @@ if TYPE_CHECKING:
     import mlx.core as mx
     from transformers import PreTrainedTokenizerBase
 
+    from qwen_backends.backends.transformers_grammar import (
+        GrammarLogitsProcessor,
+        XGrammarEngine,
+    )
     from qwen_backends.settings import Settings
+    from qwen_backends.structured import ResponseFormat
 
-__all__ = ["AdditiveMask", "IncrementalDecoder", "MLXBackend", "PresencePenalty", "make_sampler"]
+__all__ = [
+    "AdditiveMask",
+    "GrammarMask",
+    "IncrementalDecoder",
+    "MLXBackend",
+    "PresencePenalty",
+    "make_sampler",
+]
 
 #: Files a hub snapshot needs (weights, config, tokenizer, template); mlx-lm fetches the same.
 HUB_PATTERNS = (
@@ -182,6 +197,37 @@ class AdditiveMask:
         if mask is None:
             mask = self._cast[logits.dtype] = self.mask.astype(logits.dtype)
         return logits + mask
+
+
+class GrammarMask:
+    """``response_format`` for mlx-lm: a schema's grammar mask on MLX logits (the last processor).
+
+    The grammar state is the hf backend's
+    :class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` (xgrammar, one
+    matcher, ``english_only`` folded in the same way); each step it is advanced by the newest
+    token and its packed mask is unpacked and applied with ``mx.where``. Build one per call.
+
+    Parameters
+    ----------
+    grammar
+        A fresh grammar processor for this call.
+    """
+
+    def __init__(self, grammar: GrammarLogitsProcessor) -> None:
+        self.grammar = grammar
+        self._started = False
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        """Return ``logits`` with every token the grammar forbids at ``-inf``."""
+        import mlx.core as mx
+        import numpy as np
+
+        # mlx-lm calls processors with the prompt first, then with each drawn token appended.
+        last = [int(np.asarray(tokens[-1:])[0])] if self._started else None
+        self._started = True
+        words = self.grammar.allowed_words(last, rows=1)
+        allowed = unpack_bitmask(words, logits.shape[-1]).numpy()
+        return mx.where(mx.array(allowed), logits, mx.array(float("-inf"), dtype=logits.dtype))
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -332,12 +378,15 @@ class MLXBackend(ModelBackend):
     """
 
     name = "mlx"
-    capabilities = Capabilities(english_only=True, renders_locally=True, tools=True)
+    capabilities = Capabilities(
+        english_only=True, renders_locally=True, structured_output=True, tools=True
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
         self._english_mask: AdditiveMask | None = None
+        self._grammar_engine: XGrammarEngine | None = None
         self.model, self.wrapper = self._load()
         self.tokenizer: PreTrainedTokenizerBase = self.wrapper._tokenizer
         self._prepare()
@@ -410,7 +459,12 @@ class MLXBackend(ModelBackend):
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # Checks (and the context error) happen now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        return self._run(prompt_ids, request.sampling, tools=bool(request.tools))
+        return self._run(
+            prompt_ids,
+            request.sampling,
+            tools=bool(request.tools),
+            response_format=request.response_format,
+        )
 
     async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         """The sync stream on one dedicated thread, its items handed over through a queue.
@@ -474,6 +528,7 @@ class MLXBackend(ModelBackend):
             self.model = None
             self.wrapper = None
             self._english_mask = None
+            self._grammar_engine = None
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -508,6 +563,34 @@ class MLXBackend(ModelBackend):
             processors.append(self.english_mask())
         return processors
 
+    def _constrained(
+        self, processors: list[Any], sampling: SamplingParams, response_format: ResponseFormat
+    ) -> list[Any]:
+        """``processors`` plus the grammar of ``response_format``, last; the grammar takes
+        ``english_only`` into its own mask (as on the hf backend), in place of the plain one."""
+        kept = [p for p in processors if not isinstance(p, AdditiveMask)]
+        return [*kept, self._grammar_mask(response_format, sampling.english_only)]
+
+    def _grammar_mask(self, response_format: ResponseFormat, english_only: bool) -> GrammarMask:
+        """A fresh :class:`GrammarMask` for one call (the engine is built on first use)."""
+        import numpy as np
+        import torch
+
+        from qwen_backends.backends.transformers_grammar import (
+            GrammarLogitsProcessor,
+            XGrammarEngine,
+        )
+
+        if self._grammar_engine is None:
+            self._grammar_engine = XGrammarEngine(
+                self.tokenizer, self.vocab_size, sorted(self.eos_token_ids), backend=self.name
+            )
+        engine = self._grammar_engine
+        blocked = None
+        if english_only:
+            blocked = torch.from_numpy(np.isinf(np.array(self.english_mask().mask)))
+        return GrammarMask(GrammarLogitsProcessor(engine, engine.compile(response_format), blocked))
+
     def english_mask(self) -> AdditiveMask:
         """The ``english_only`` processor, built once per instance."""
         if self._english_mask is None:
@@ -525,7 +608,12 @@ class MLXBackend(ModelBackend):
         return self._english_mask
 
     def _run(
-        self, prompt_ids: list[int], sampling: SamplingParams, *, tools: bool = False
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        *,
+        tools: bool = False,
+        response_format: ResponseFormat | None = None,
     ) -> Iterator[str | Generation]:
         """Generate token by token; yield visible pieces, then the final :class:`Generation`.
 
@@ -543,13 +631,16 @@ class MLXBackend(ModelBackend):
             calls = ToolCallFilter() if tools else None
             produced: list[str] = []
             count, ended = 0, False
+            processors = self.logits_processors(sampling, len(prompt_ids))
+            if response_format is not None:
+                processors = self._constrained(processors, sampling, response_format)
             responses = stream_generate(
                 self.model,
                 self.wrapper,
                 mx.array(prompt_ids),
                 max_tokens=sampling.max_new_tokens,
                 sampler=make_sampler(sampling, self.vocab_size),
-                logits_processors=self.logits_processors(sampling, len(prompt_ids)),
+                logits_processors=processors,
             )
             try:
                 for response in responses:

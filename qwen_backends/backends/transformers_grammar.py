@@ -1,4 +1,4 @@
-"""Grammar-constrained decoding for transformers (hf / unsloth): JSON-schema output.
+"""Grammar-constrained decoding for transformers (hf / unsloth) and mlx: JSON-schema output.
 
 :class:`GrammarLogitsProcessor` is an ordinary transformers logits processor. Each step it asks a
 grammar matcher (one per row) which tokens keep the output a valid prefix of a document matching
@@ -7,7 +7,9 @@ transformers applies *before* temperature, top-k, top-p and min-p, so whatever t
 with the remaining logits it can only draw an allowed token. ``english_only`` is folded into the
 same mask (:attr:`GrammarLogitsProcessor.blocked`): a token must be allowed by both; if the schema
 itself requires a token outside the English tier (an ``enum`` value in another script), the
-grammar wins for that step rather than leaving nothing to sample.
+grammar wins for that step rather than leaving nothing to sample. The mask itself
+(:meth:`GrammarLogitsProcessor.allowed_words`) is plain torch on the CPU, so the mlx backend
+applies the very same mask to MLX logits.
 
 The grammar library is xgrammar, chosen by measurement (``benchmarks/bench_structured.py``,
 figures in ``docs/benchmarks.md``): cheapest per token and fastest to compile among xgrammar,
@@ -115,6 +117,8 @@ class XGrammarEngine:
         Tokens that end the turn once the document is complete (``<|im_end|>``, ``<|endoftext|>``).
     cache_size
         Compiled schemas kept (least recently used dropped first).
+    backend
+        The backend using it, for error messages and the install hint.
 
     Raises
     ------
@@ -129,14 +133,16 @@ class XGrammarEngine:
         stop_token_ids: Sequence[int],
         *,
         cache_size: int = 64,
+        backend: str = "hf",
     ) -> None:
         try:
             import xgrammar
         except ImportError as exc:
             raise MissingDependencyError(
-                "structured output on the hf backend needs xgrammar; "
-                "pip install 'qwen-backends[hf]'"
+                f"structured output on the {backend} backend needs xgrammar; "
+                f"pip install 'qwen-backends[{backend}]'"
             ) from exc
+        self.backend = backend
         self._xgr = xgrammar
         self.vocab_size = vocab_size
         info = xgrammar.TokenizerInfo.from_huggingface(
@@ -169,7 +175,7 @@ class XGrammarEngine:
                 except (RuntimeError, ValueError) as exc:
                     reason = _LOG_PREFIX.sub("", str(exc).strip()).split("\n")[0] or "unknown"
                     raise UnsupportedFeatureError(
-                        "hf",
+                        self.backend,
                         f"response_format {response_format.name}",
                         f"xgrammar cannot enforce this schema ({reason}); simplify it",
                     ) from exc
@@ -228,8 +234,8 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
 class GrammarLogitsProcessor:
     """Mask every token the schema's grammar forbids (a transformers logits processor).
 
-    Build a new one for every ``model.generate`` call (it keeps per-row state); put it in
-    ``logits_processor`` so it runs before the sampling warpers.
+    Build a new one for every decode call (it keeps per-row state); put it in
+    ``logits_processor`` so it runs before the sampler.
 
     Parameters
     ----------
@@ -266,15 +272,26 @@ class GrammarLogitsProcessor:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Return ``scores`` with disallowed tokens at ``-inf`` (a new tensor)."""
+        rows = scores.shape[0]
+        last = None if self._matchers is None else input_ids[:, -1].tolist()
+        words = self.allowed_words(last, rows)
+        allowed = unpack_bitmask(words.to(scores.device, non_blocking=True), scores.shape[1])
+        return scores.masked_fill(~allowed, float("-inf"))  # type: ignore[return-value]
+
+    def allowed_words(self, last: Sequence[int] | None, rows: int) -> torch.Tensor:
+        """The packed int32 mask (see :func:`unpack_bitmask`) of each row's allowed next tokens.
+
+        ``last``: each row's newest token, to advance the grammar by; ``None`` on the first step
+        (the matchers start then). The runtime-independent part of :meth:`__call__`, for
+        runtimes whose logits are not torch tensors (the mlx backend).
+        """
         import torch
 
-        rows = scores.shape[0]
         if self._matchers is None:
             self._matchers = [self.engine.matcher(self.compiled) for _ in range(rows)]
             size = (self.engine.vocab_size + 31) // 32
             self._bitmask = torch.empty((rows, size), dtype=torch.int32)
-        else:
-            last = input_ids[:, -1].tolist()
+        elif last is not None:
             for row, matcher in enumerate(self._matchers):
                 if row in self.failed_rows or matcher.finished():
                     continue
@@ -298,8 +315,7 @@ class GrammarLogitsProcessor:
             narrower = words & ~blocked
             empty = (narrower == 0).all(dim=1, keepdim=True)
             words = torch.where(empty, words, narrower)
-        allowed = unpack_bitmask(words.to(scores.device, non_blocking=True), scores.shape[1])
-        return scores.masked_fill(~allowed, float("-inf"))  # type: ignore[return-value]
+        return words
 
     def _blocked_words(self) -> list[torch.Tensor]:
         if self._refinements is None:

@@ -393,9 +393,62 @@ def test_context_overflow_is_refused_before_generating(
         assert b.generate("Hello", VARIED.replace(max_new_tokens=7)).completion_tokens == 7
 
 
-def test_what_it_cannot_honour_is_refused(backend: MLXBackend) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="response_format"):
-        backend.generate("Hello", VARIED, response_format={"type": "object"})
+# -- structured output -------------------------------------------------------------------------
+
+#: A bounded schema: whatever the random weights, the grammar can finish it.
+PICK = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["colour", "count", "ok"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams.preset("greedy", max_new_tokens=48),
+        SamplingParams.preset("greedy", english_only=True, presence_penalty=1.0, max_new_tokens=48),
+    ],
+    ids=["plain", "english"],
+)
+def test_constrained_greedy_answers_equal_hf_on_the_same_weights(
+    backend: MLXBackend, hf: HFBackend, sampling: SamplingParams
+) -> None:
+    for messages in CONVERSATIONS:
+        got = backend.generate(messages, sampling, response_format=PICK)
+        expected = hf.generate(messages, sampling, response_format=PICK)
+        assert got.text == expected.text and got.parsed == expected.parsed
+        assert set(got.parsed) == {"colour", "count", "ok"}
+        assert (got.completion_tokens, got.finish_reason) == (
+            expected.completion_tokens,
+            expected.finish_reason,
+        )
+
+
+def test_sampled_structured_output_streams_and_validates(backend: MLXBackend) -> None:
+    answers = set()
+    for seed in range(3):
+        sampling = SamplingParams(seed=seed, top_k=0, top_p=1.0, max_new_tokens=48)
+        whole = backend.generate("Pick one.", sampling, response_format=PICK)
+        stream = backend.stream("Pick one.", sampling, response_format=PICK)
+        assert "".join(stream) == whole.text
+        assert stream.generation is not None and stream.generation.parsed == whole.parsed
+        assert (
+            whole.parsed["colour"] in ("red", "green", "blue") and 0 <= whole.parsed["count"] <= 9
+        )
+        answers.add(whole.text)
+    assert len(answers) > 1  # the grammar constrains the draw, it does not fix the answer
+
+
+def test_a_schema_xgrammar_cannot_enforce_is_refused_naming_mlx(backend: MLXBackend) -> None:
+    with pytest.raises(UnsupportedFeatureError, match="Lookbehind") as caught:
+        backend.generate("x", VARIED, response_format={"type": "string", "pattern": "(?<=a)b"})
+    assert caught.value.backend == "mlx"
 
 
 # -- tools -----------------------------------------------------------------------------------
