@@ -150,7 +150,10 @@ def decode(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     # Positions as generate derives them: counted over real tokens, 0 on left padding.
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    cache = DynamicCache(config=model.config)
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older transformers take no config here
+        cache = DynamicCache()
     extra = {"logits_to_keep": 1} if _keeps_last_logits(model.__class__) else {}
     if streamer is not None:
         streamer.put(input_ids.cpu())
