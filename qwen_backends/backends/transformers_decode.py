@@ -9,14 +9,16 @@ mask, ``logits_to_keep=1``), so greedy decoding gives the same tokens.
 
 What it leaves out is what a non-thinking chat call never needs: ``generate``'s configuration
 merging and validation, its processor and stopping-criteria lists built per call, its output
-bookkeeping and per-step input preparation (about 1.5 ms a step on two CPU cores, 5 % of a
-decoding step on the benchmark checkpoint; see docs/benchmarks.md). And when the last logits
+bookkeeping and per-step input preparation (0.5-1.5 ms a step on two CPU cores, 2-6 % of a
+decoding step on the benchmark checkpoint; see docs/benchmarks.md). When the last logits
 processor is the :class:`~qwen_backends.backends.transformers_sampling.TokenSampler`, its drawn
-token is taken as is instead of being turned into a one-hot score row for ``argmax``.
+token is taken as is instead of being turned into a one-hot score row for ``argmax``; greedy
+steps use :func:`~qwen_backends.backends.transformers_sampling.greedy_tokens` (``argmax`` by
+blocks, the same token).
 
 The steps, per token: the model's logits for the newest position (as float32), transformers'
 ``RepetitionPenaltyLogitsProcessor`` when ``repetition_penalty != 1`` (first, as ``generate``
-orders it), the caller's processors in order, then the sampler's draw or ``argmax``; rows that
+orders it), the caller's processors in order, then the sampler's draw or the ``argmax``; rows that
 ended get the pad token; a row ends at an end-of-turn token or when a stopping criterion says so,
 and the loop ends when every row has ended or ``max_new_tokens`` are made.
 
