@@ -8,6 +8,10 @@ both sides alike; the median of the per-pair ratios, which is the per-token rati
 sides generate exactly ``--tokens`` tokens; the same for process CPU time, steadier on a shared
 machine. Goal: <= 1.03.
 
+Structured output: ``response_format`` (a bounded JSON schema, enforced by the xgrammar mask)
+against the same call without it, per generated token (the answers differ in length), interleaved;
+the hf backend's figure for the same mask is 1.02 (docs/benchmarks.md).
+
 Runs wherever MLX runs; on Linux that is MLX's CPU build (Apple GPU figures must be measured on a
 Mac). Usage: ``.venv/bin/python benchmarks/bench_mlx.py [--size bench] [--pairs 9] [--tokens 32]``.
 """
@@ -18,6 +22,7 @@ import argparse
 import collections
 import statistics
 import time
+from typing import Any
 
 from qwen_backends import create_backend
 from qwen_backends.backends.mlx import MLXBackend
@@ -86,6 +91,46 @@ def overhead(backend: MLXBackend, sampling: SamplingParams, pairs: int) -> dict[
     }
 
 
+#: A bounded schema: whatever the random weights, the grammar can finish it.
+PICK = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "note": {"type": "string", "maxLength": 40},
+    },
+    "required": ["colour", "count", "note"],
+    "additionalProperties": False,
+}
+
+
+def structured(backend: MLXBackend, pairs: int, tokens: int) -> dict[str, float]:
+    """Per-token wall time with ``response_format`` against without, interleaved pairs."""
+    sampling = SamplingParams(seed=1, max_new_tokens=tokens)
+
+    def per_token(**extra: Any) -> float:
+        start = time.perf_counter()
+        result = backend.generate(PROMPT, sampling, **extra)
+        return (time.perf_counter() - start) / result.completion_tokens
+
+    per_token(response_format=PICK)  # warm-up: compiles the schema, builds the engine
+    per_token()
+    ratios, constrained, free = [], [], []
+    for index in range(pairs):
+        if index % 2 == 0:
+            a, b = per_token(response_format=PICK), per_token()
+        else:
+            b, a = per_token(), per_token(response_format=PICK)
+        constrained.append(a)
+        free.append(b)
+        ratios.append(a / b)
+    return {
+        "constrained_ms": 1000 * statistics.median(constrained),
+        "free_ms": 1000 * statistics.median(free),
+        "ratio": statistics.median(ratios),
+    }
+
+
 def text_work(backend: MLXBackend, ids: list[int], repeats: int = 200) -> float:
     """Microseconds per token of the backend's own text work (decode, stop strings, thinking)."""
     from qwen_backends.backends.mlx import IncrementalDecoder
@@ -127,6 +172,12 @@ def main() -> None:
             f"mlx-lm {figures['raw_ms_per_token']:.2f} ms/token, ratio {figures['ratio']:.3f} "
             f"(CPU time {figures['cpu_ratio']:.3f}; goal <= 1.03)"
         )
+    figures = structured(backend, args.pairs, 2 * args.tokens)
+    print(
+        f"response_format (xgrammar mask) / unconstrained, per token: "
+        f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
+        f"{figures['ratio']:.3f}"
+    )
     sample = backend.tokenizer(
         "Red, yellow and blue are the three primary colours of paint; red, green and blue of "
         "light. Ünïcödé 中文 🙂 too.",

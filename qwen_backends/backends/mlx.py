@@ -65,7 +65,6 @@ from qwen_backends.backends.local import (
     check_open,
     tool_kwargs,
 )
-from qwen_backends.backends.transformers_grammar import unpack_bitmask
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     GenerationError,
@@ -205,7 +204,7 @@ class GrammarMask:
     The grammar state is the hf backend's
     :class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` (xgrammar, one
     matcher, ``english_only`` folded in the same way); each step it is advanced by the newest
-    token and its packed mask is unpacked and applied with ``mx.where``. Build one per call.
+    token and its packed mask is unpacked (numpy) and applied with ``mx.where``. Build one per call.
 
     Parameters
     ----------
@@ -225,8 +224,10 @@ class GrammarMask:
         # mlx-lm calls processors with the prompt first, then with each drawn token appended.
         last = [int(np.asarray(tokens[-1:])[0])] if self._started else None
         self._started = True
-        words = self.grammar.allowed_words(last, rows=1)
-        allowed = unpack_bitmask(words, logits.shape[-1]).numpy()
+        words = self.grammar.allowed_words(last, rows=1).numpy()
+        # numpy, not torch: torch's worker threads would compete with MLX's for the cores.
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+        allowed = bits[: logits.shape[-1]].astype(bool)
         return mx.where(mx.array(allowed), logits, mx.array(float("-inf"), dtype=logits.dtype))
 
 
