@@ -184,8 +184,9 @@ class UnslothBackend(HFBackend):
     Build it with ``create_backend(backend="unsloth")`` (or ``QWEN_BACKEND=unsloth``); settings
     come from ``settings.unsloth`` and the model from ``settings.model_name``
     (``unsloth/Qwen3-4B`` by default, 4-bit). Generation is :class:`HFBackend`'s, through
-    Unsloth's patched ``model.generate`` rather than the hf backend's own decode loop: Unsloth's
-    fast inference path manages its own cache inside ``generate``.
+    Unsloth's patched ``model.generate`` rather than the hf backend's own decode loop: Unsloth
+    patches the model for inference (``for_inference``) and its ``generate`` is the path it
+    supports.
 
     Raises
     ------
