@@ -46,6 +46,7 @@ from qwen_backends.errors import (
     QwenBackendsError,
     ThinkingModeError,
 )
+from qwen_backends.export.answers import Answer, ask, conversation_tools
 
 if TYPE_CHECKING:
     from qwen_backends.chat import Message
@@ -348,9 +349,9 @@ class VerifyReport:
     prompts_checked
         Conversations whose prompt ids matched :func:`~qwen_backends.chat.render_prompt_ids`.
     answers
-        ``(expected, got)`` for each trained answer asked.
+        ``(expected, got)`` for each trained answer asked, as :meth:`Answer.shown` lines.
     matched
-        How many trained answers came back exactly.
+        How many trained answers came back exactly (text and tool calls, turn ended).
     reference_matched
         How many the merged model answered exactly through the hf backend (``None`` if not
         measured).
@@ -380,8 +381,9 @@ def verify_gguf(
        (``tokenizer_dir``; default the offline Qwen3-4B tokenizer) for
        :data:`PROBE_CONVERSATIONS` and every conversation in ``trained``;
     2. ``<|im_end|>`` is an end-of-generation token of the GGUF;
-    3. the trained answers come back greedy, each ending with ``<|im_end|>``
-       (``finish_reason == "stop"``): at least ``reference_matched`` of them (how many the
+    3. the trained answers come back greedy, asked with the conversation's trained tools (text
+       and tool calls compared, :mod:`qwen_backends.export.answers`), each ending its turn: at
+       least ``reference_matched`` of them (how many the
        merged model gets right) for f32/f16/bf16/q8_0, at least half of that for lower-bit types;
        without a reference, at least half of them.
 
@@ -408,7 +410,6 @@ def verify_gguf(
     from qwen_backends.backends.llamacpp import LlamaCppBackend, gguf_tokenizer
     from qwen_backends.chat import render_prompt_ids
     from qwen_backends.factory import create_backend
-    from qwen_backends.sampling import SamplingParams
     from qwen_backends.tokenizer import load_tokenizer
 
     path = Path(gguf)
@@ -436,7 +437,7 @@ def verify_gguf(
         conversations = [list(c) for c in PROBE_CONVERSATIONS] + [m for m, _ in trained]
         for messages in conversations:
             # A fine-tuning chat with tools (finetune.data.Chat) was trained with them rendered.
-            tools = list(getattr(messages, "tools", ()))
+            tools = conversation_tools(messages)
             options: dict[str, Any] = {"tools": tools} if tools else {}
             expected = render_prompt_ids(reference_tokenizer, messages, **options)
             try:
@@ -467,14 +468,11 @@ def verify_gguf(
             return report
         kind = (quant or _type_from_name(path.name) or "").lower()
         for messages, answer in trained:
-            budget = len(reference_tokenizer(answer, add_special_tokens=False)["input_ids"]) + 8
-            result = backend.generate(
-                messages, SamplingParams.preset("greedy", max_new_tokens=budget)
-            )
-            answered = result.text.strip()
-            report.answers.append((answer, answered))
-            if answered == answer.strip() and result.finish_reason == "stop":
-                report.matched += 1
+            budget = answer_budget(reference_tokenizer, answer)
+            trained_answer = Answer.trained(answer, tools=conversation_tools(messages) is not None)
+            answered = ask(backend, messages, budget)
+            report.answers.append((trained_answer.shown(), answered.shown()))
+            report.matched += answered.matches(trained_answer)
     total = len(trained)
     if reference_matched is None:
         required = math.ceil(total / 2)
@@ -483,7 +481,7 @@ def verify_gguf(
     else:
         required = math.ceil(reference_matched / 2)
     if report.matched < required:
-        wrong = next((pair for pair in report.answers if pair[0].strip() != pair[1]), None)
+        wrong = next((pair for pair in report.answers if pair[0] != pair[1]), None)
         example = f" (asked for {wrong[0]!r}, got {wrong[1]!r})" if wrong else ""
         raise ExportError(
             f"{path.name}: only {report.matched}/{total} trained answers came back greedy "
@@ -493,6 +491,11 @@ def verify_gguf(
             "export.verify_gguf: false to keep it unchecked"
         )
     return report
+
+
+def answer_budget(tokenizer: Any, answer: str) -> int:
+    """New tokens a trained ``answer`` may take when asked again: its own length plus 8."""
+    return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 8
 
 
 def _type_from_name(name: str) -> str | None:

@@ -22,6 +22,7 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
+from qwen_backends.export.answers import ask, conversation_tools
 from qwen_backends.models import looks_like_path
 
 __all__ = ["MLX_QUANTIZATIONS", "MLXCheck", "MLXQuant", "check_mlx_export", "export_mlx"]
@@ -177,9 +178,11 @@ def check_mlx_export(
 ) -> MLXCheck:
     """Load ``export_dir`` with the mlx backend and compare it with ``source_dir`` through hf.
 
-    For each conversation (ending with the user turn to answer): the mlx backend's prompt ids
-    must equal :func:`~qwen_backends.chat.render_prompt_ids` with the source's tokenizer, and
-    the greedy answers through both backends are compared.
+    For each conversation (ending with the user turn to answer; a fine-tuning ``Chat`` brings
+    its trained tools): the mlx backend's prompt ids must equal
+    :func:`~qwen_backends.chat.render_prompt_ids` with the source's tokenizer, and the greedy
+    answers through both backends (text and tool calls, :mod:`qwen_backends.export.answers`)
+    are compared.
 
     Raises
     ------
@@ -192,16 +195,16 @@ def check_mlx_export(
 
     from qwen_backends.chat import render_prompt_ids
     from qwen_backends.factory import create_backend
-    from qwen_backends.sampling import SamplingParams
 
-    greedy = SamplingParams.preset("greedy", max_new_tokens=max_new_tokens)
     check = MLXCheck(Path(export_dir))
-    chats = [list(chat) for chat in conversations]
     tokenizer = AutoTokenizer.from_pretrained(str(source_dir))
     with create_backend(backend="mlx", model=str(export_dir)) as mlx:
-        for chat in chats:
-            expected = render_prompt_ids(tokenizer, chat)
-            got = mlx.prompt_ids(chat)
+        for chat in conversations:
+            # A fine-tuning chat with tools (finetune.data.Chat) was trained with them rendered.
+            tools = conversation_tools(chat)
+            options: dict[str, Any] = {"tools": tools} if tools else {}
+            expected = render_prompt_ids(tokenizer, list(chat), **options)
+            got = mlx.prompt_ids(list(chat), tools=tools)
             if got != expected:
                 raise ConfigurationError(
                     f"the MLX export {export_dir} renders a different prompt than its source "
@@ -209,12 +212,12 @@ def check_mlx_export(
                     "tokenizer files were not copied intact: export again from the merged model"
                 )
             check.prompts_checked += 1
-        mlx_answers = [mlx.generate(chat, greedy).text for chat in chats]
+        mlx_answers = [ask(mlx, chat, max_new_tokens).shown() for chat in conversations]
     with create_backend(backend="hf", model=str(source_dir)) as hf:
-        hf_answers = [hf.generate(chat, greedy).text for chat in chats]
+        hf_answers = [ask(hf, chat, max_new_tokens).shown() for chat in conversations]
     check.answers = [
         (str(chat[-1]["content"]), a, b)
-        for chat, a, b in zip(chats, hf_answers, mlx_answers, strict=True)
+        for chat, a, b in zip(conversations, hf_answers, mlx_answers, strict=True)
     ]
     if check.agreement < min_agreement:
         question, through_hf, through_mlx = next(a for a in check.answers if a[1] != a[2])

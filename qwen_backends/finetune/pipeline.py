@@ -346,9 +346,9 @@ def _verify_ggufs(
     conversations: Sequence[Sequence[Message]],
 ) -> None:
     """Check every GGUF in llama.cpp against the merged model (see the module docs, step 7)."""
-    from qwen_backends.export.gguf import verify_gguf
+    from qwen_backends.export.answers import Answer, ask, conversation_tools
+    from qwen_backends.export.gguf import answer_budget, verify_gguf
     from qwen_backends.finetune.data import assistant_turns
-    from qwen_backends.sampling import SamplingParams
 
     trained = [assistant_turns(chat)[-1] for chat in conversations][: config.export.verify_examples]
     threads = config.training.cpu_threads or 1
@@ -357,15 +357,13 @@ def _verify_ggufs(
         from qwen_backends.factory import create_backend
 
         with create_backend(backend="hf", model=str(merged_dir.resolve())) as backend:
+            tokenizer: Any = getattr(backend, "tokenizer")  # noqa: B009 - the hf backend's
             reference = 0
             for history, answer in trained:
-                tokenizer: Any = getattr(backend, "tokenizer")  # noqa: B009 - the hf backend's
-                tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
-                budget = len(tokens) + 8  # the same budget verify_gguf gives the GGUF
-                result = backend.generate(
-                    history, SamplingParams.preset("greedy", max_new_tokens=budget)
-                )
-                reference += result.text.strip() == answer.strip()
+                # Asked and compared exactly as verify_gguf asks the GGUF.
+                expected = Answer.trained(answer, tools=conversation_tools(history) is not None)
+                got = ask(backend, history, answer_budget(tokenizer, answer))
+                reference += got.matches(expected)
     for path, quant in zip(gguf_files, config.export.gguf, strict=False):
         report = verify_gguf(
             path,

@@ -150,3 +150,25 @@ def test_the_fine_tuned_model_calls_the_tool_and_answers_its_result(
         assert "".join(pieces) == "" and not any("tool_call" in p for p in pieces)
         hello = model.generate(PLAIN[0], GREEDY, tools=TOOLS)
         assert (hello.text, hello.tool_calls) == (PLAIN[1], ())
+
+
+def test_the_gguf_check_asks_with_the_trained_tools_and_compares_calls(
+    trained: FinetuneResult,
+) -> None:
+    """Every trained turn, tool calls included, comes back through llama.cpp when the check asks
+    with the conversation's tools (as training rendered them)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from qwen_backends.export.gguf import verify_gguf
+    from qwen_backends.finetune.data import Chat, assistant_turns
+
+    turns = [
+        pair
+        for record in _records()
+        for pair in assistant_turns(Chat(record["messages"], record["tools"]))
+    ]
+    assert any("<tool_call>" in answer for _, answer in turns)
+    report = verify_gguf(
+        trained.gguf_files[0], tokenizer_dir=trained.merged_dir, trained=turns, quant="q8_0"
+    )
+    assert report.matched == len(turns) == 7, report.answers
+    assert ('get_weather({"city": "Oslo"})', 'get_weather({"city": "Oslo"})') in report.answers
