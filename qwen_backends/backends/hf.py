@@ -55,15 +55,9 @@ from qwen_backends.backends.base import (
     Capabilities,
     FinishReason,
     Generation,
-    ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import (
-    GenerationLock,
-    check_context,
-    check_open,
-    tool_kwargs,
-)
+from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
     LowMemoryWarning,
@@ -85,7 +79,6 @@ from qwen_backends.backends.transformers_sampling import (
     english_bias,
     generation_config_for,
 )
-from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     BackendUnavailableError,
     GenerationError,
@@ -288,7 +281,7 @@ def _local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError
 # -- the backend -----------------------------------------------------------------------------------
 
 
-class HFBackend(ModelBackend):
+class HFBackend(LocalBackend):
     """Qwen3-4B through Hugging Face transformers, non-thinking, on CUDA, MPS or CPU.
 
     Build it with ``create_backend(backend="hf", model=...)``; settings come from
@@ -461,24 +454,7 @@ class HFBackend(ModelBackend):
         """The loaded tokenizer's template mode (hybrid or non-thinking)."""
         return self._template_mode
 
-    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
-        self._check_open()
-        allow = self.settings.allow_control_tokens
-        return render_prompt_ids(
-            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
-        )
-
-    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
-        self._check_open()
-        allow = self.settings.allow_control_tokens
-        return render_prompt(
-            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
-        )
-
     # -- internals -------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""

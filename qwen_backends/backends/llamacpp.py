@@ -64,16 +64,9 @@ from qwen_backends.backends.base import (
     Capabilities,
     FinishReason,
     Generation,
-    ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import (
-    GenerationLock,
-    check_context,
-    check_open,
-    tool_kwargs,
-)
-from qwen_backends.chat import Message, render_prompt, render_prompt_ids
+from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -127,7 +120,7 @@ def gguf_tokenizer(template: str | None, vocabulary: str = "offline") -> PreTrai
     return tokenizer
 
 
-class LlamaCppBackend(ModelBackend):
+class LlamaCppBackend(LocalBackend):
     """Qwen3-4B from a GGUF file through llama-cpp-python, non-thinking.
 
     Build it with ``create_backend(backend="llamacpp", model="path/to/model.gguf")``; settings
@@ -337,14 +330,6 @@ class LlamaCppBackend(ModelBackend):
         """
         return min(self.settings.llamacpp.n_ctx, int(self.llama.n_ctx()))
 
-    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
-        self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **tool_kwargs(tools))
-
-    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
-        self._check_open()
-        return render_prompt(self.tokenizer, messages, **tool_kwargs(tools))
-
     def _generate(self, request: Request) -> Generation:
         final: Generation | None = None
         for item in self._stream(request):
@@ -360,9 +345,6 @@ class LlamaCppBackend(ModelBackend):
         return self._run(prompt_ids, request.sampling, grammar, bool(request.tools))
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         prompt_ids = self._prompt_ids(request.messages, request.tools)

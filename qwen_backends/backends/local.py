@@ -1,5 +1,8 @@
 """What the in-process backends (hf, unsloth, llamacpp, mlx) share around a generation.
 
+- :class:`LocalBackend` -- the prompt hooks of a backend that renders with a Hugging Face
+  tokenizer it holds: the project's non-thinking renderer with the conversation's tools and the
+  ``allow_control_tokens`` setting, and the closed check, written once;
 - :class:`GenerationLock` -- one generation at a time per backend instance; a second generation
   started on the thread that holds an open stream is refused instead of deadlocking, and
   ``close()`` waits for other threads' generations;
@@ -13,11 +16,45 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from qwen_backends.backends.base import ModelBackend
+from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import ContextLengthError, GenerationError
 
-__all__ = ["GenerationLock", "check_context", "check_open", "tool_kwargs"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["GenerationLock", "LocalBackend", "check_context", "check_open", "tool_kwargs"]
+
+
+class LocalBackend(ModelBackend):
+    """A backend that renders prompts in process with the Hugging Face tokenizer it holds.
+
+    Subclasses set :attr:`tokenizer` when they load; :meth:`_prompt_ids` and :meth:`_render`
+    are then the project's non-thinking renderer with the conversation's tools and the
+    ``allow_control_tokens`` setting, the same on every in-process backend.
+    """
+
+    #: The Hugging Face tokenizer prompts are rendered (and answers decoded) with.
+    tokenizer: PreTrainedTokenizerBase
+
+    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
+        self._check_open()
+        allow = self.settings.allow_control_tokens
+        return render_prompt_ids(
+            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
+        )
+
+    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
+        self._check_open()
+        allow = self.settings.allow_control_tokens
+        return render_prompt(
+            self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
+        )
+
+    def _check_open(self) -> None:
+        check_open(self._closed, self.name)
 
 
 class GenerationLock:

@@ -56,16 +56,9 @@ from qwen_backends.backends.base import (
     Capabilities,
     FinishReason,
     Generation,
-    ModelBackend,
     Request,
 )
-from qwen_backends.backends.local import (
-    GenerationLock,
-    check_context,
-    check_open,
-    tool_kwargs,
-)
-from qwen_backends.chat import Message, render_prompt, render_prompt_ids
+from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -353,7 +346,7 @@ def _translating_load_errors(source: str) -> Iterator[None]:
 # -- the backend --------------------------------------------------------------------------------
 
 
-class MLXBackend(ModelBackend):
+class MLXBackend(LocalBackend):
     """Qwen3-4B through mlx-lm, non-thinking: the Apple GPU on a Mac, the CPU on Linux.
 
     Build it with ``create_backend(backend="mlx", model=...)``; settings come from
@@ -512,14 +505,6 @@ class MLXBackend(ModelBackend):
             stop.set()
             await asyncio.to_thread(worker.join)
 
-    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
-        self._check_open()
-        return render_prompt_ids(self.tokenizer, messages, **tool_kwargs(tools))
-
-    def _render(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> str:
-        self._check_open()
-        return render_prompt(self.tokenizer, messages, **tool_kwargs(tools))
-
     def close(self) -> None:
         """Drop the model and tokenizer (waits for a generation on another thread)."""
         if self._closed:
@@ -532,9 +517,6 @@ class MLXBackend(ModelBackend):
             self._grammar_engine = None
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        check_open(self._closed, self.name)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""

@@ -203,7 +203,9 @@ class TinyQwen:
                 clean, tokenize=False, add_generation_prompt=True
             )
             return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return render_prompt_ids(tokenizer, clean)
+        # A server's template inserts whatever text it gets: refusing control tokens is the
+        # client library's job (allow_control_tokens), not Ollama's.
+        return render_prompt_ids(tokenizer, clean, allow_control_tokens=True)
 
     def tokenizer_for(self, template: str) -> Any:
         """The checkpoint's tokenizer carrying release ``template``'s chat template."""

@@ -18,6 +18,7 @@ import pytest
 from faults import INJECTED_CALL, LEAKED_THINKING, FaultProxy
 from harnesses import Harness
 
+from qwen_backends import create_backend
 from qwen_backends.backends.base import Generation, ModelBackend
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
@@ -100,6 +101,17 @@ def test_invalid_messages_are_refused_the_same_way(
         with pytest.raises(InvalidMessagesError, match=match) as caught:
             call()
         assert "\n" not in str(caught.value)
+
+
+def test_control_tokens_are_refused_unless_the_settings_opt_in(conformant: Harness) -> None:
+    quoted = [{"role": "user", "content": "say <|im_end|> back"}]
+    with pytest.raises(InvalidMessagesError, match="control token <\\|im_end\\|>"):
+        conformant.backend.generate(quoted, GREEDY)
+    with create_backend(conformant.backend.settings, allow_control_tokens=True) as opted_in:
+        answer = opted_in.generate(quoted, GREEDY.replace(max_new_tokens=2))
+        assert answer.finish_reason in ("stop", "length")
+        if opted_in.capabilities.renders_locally:
+            assert opted_in.count_prompt_tokens(quoted) == answer.prompt_tokens
 
 
 def test_thinking_switches_are_refused(conformant: Harness) -> None:
@@ -526,8 +538,6 @@ def test_a_server_that_recovers_is_retried_transparently(server_harness: Harness
 
 @pytest.mark.vllm
 def test_hf_and_vllm_agree_on_the_same_checkpoint(vllm_served: tuple[str, str]) -> None:
-    from qwen_backends import create_backend
-
     base_url, model = vllm_served
     with (
         create_backend(backend="hf", model=model) as hf,
