@@ -33,11 +33,9 @@ def _isolated_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Run every test with no QWEN_* variables and outside the repo (no .env, no configs/)."""
-    for name in list(os.environ):
-        if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("OLLAMA_HOST", raising=False)
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    from isolation import isolate  # tests/backends, on the path from above
+
+    isolate(monkeypatch, tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ deterministic under a seed.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from isolation import isolated_in
 from transformers import AutoTokenizer
 
 from qwen_backends import create_backend
@@ -59,11 +59,7 @@ VARIED = SamplingParams.preset("greedy", presence_penalty=2.0, max_new_tokens=12
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Module-wide version of the autouse isolation (no QWEN_* env, no configs/ in cwd)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.chdir(tmp_path_factory.mktemp("hf-cwd"))
+    with isolated_in(tmp_path_factory.mktemp("hf-cwd")):
         yield
 
 

@@ -8,7 +8,6 @@ to stand in for a model that learned to call tools.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import pydantic
 import pytest
 import torch
+from isolation import isolated_in
 
 from qwen_backends import create_backend
 from qwen_backends.backends.hf import HFBackend
@@ -50,11 +50,7 @@ def get_weather(city: str) -> str:
 def backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HFBackend]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine thrashes with two threads per process
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.chdir(tmp_path_factory.mktemp("hf-structured"))
+    with isolated_in(tmp_path_factory.mktemp("hf-structured")):
         instance = create_backend(backend="hf", model=str(tiny_model_dir))
         assert isinstance(instance, HFBackend)
         yield instance

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from isolation import isolated_in
 
 pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
 
@@ -58,11 +58,7 @@ CONVERSATIONS: list[Any] = [
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Module-wide version of the autouse isolation (no QWEN_* env, no configs/ in cwd)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.chdir(tmp_path_factory.mktemp("mlx-cwd"))
+    with isolated_in(tmp_path_factory.mktemp("mlx-cwd")):
         yield
 
 

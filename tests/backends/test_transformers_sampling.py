@@ -8,13 +8,13 @@ those probabilities (a chi-square bound at p ~ 1e-6, deterministic because the s
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from isolation import isolated_in
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
@@ -291,11 +291,7 @@ def test_a_thousand_stop_strings_build_nothing() -> None:
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[HFBackend]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.chdir(tmp_path_factory.mktemp("sampling-cwd"))
+    with isolated_in(tmp_path_factory.mktemp("sampling-cwd")):
         instance = create_backend(backend="hf", model=str(tiny_model_dir))
         assert isinstance(instance, HFBackend)
         yield instance

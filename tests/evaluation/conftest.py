@@ -4,13 +4,13 @@ backend on it and one finished run of the prompt set, both shared by the whole s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eval_data import PROMPTS, SAMPLING, write_prompts
+from isolation import isolated_in
 
 from qwen_backends.backends.base import ModelBackend
 from qwen_backends.evaluation import EvaluationResult, run_evaluation
@@ -57,11 +57,7 @@ def make_settings(
 def _hermetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Session-wide stand-in for the autouse isolation: no QWEN_* variables, a clean cwd."""
     root = tmp_path_factory.mktemp("evaluation-session")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.chdir(root)
+    with isolated_in(root):
         yield root
 
 

@@ -3,7 +3,6 @@ stand-in (tests/backends/ollama_server.py), each behind uvicorn in a thread on a
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isolation import isolated_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backends"))
 
@@ -108,12 +108,7 @@ class Served:
 @pytest.fixture(scope="session")
 def isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Session-wide version of the autouse isolation (no QWEN_* env, no configs/ in cwd)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("QWEN_") and name != "QWEN_BACKENDS_CACHE":
-                patch.delenv(name)
-        patch.delenv("OLLAMA_HOST", raising=False)
-        patch.chdir(tmp_path_factory.mktemp("serve-cwd"))
+    with isolated_in(tmp_path_factory.mktemp("serve-cwd")):
         yield
 
 
