@@ -17,10 +17,11 @@ Importing this package loads no heavy library (torch, transformers, ollama, unsl
 each backend imports its own when it is built.
 """
 
-from qwen_backends.backends.base import Capabilities, Generation, ModelBackend, ToolCall
+from qwen_backends.backends.base import Capabilities, ModelBackend
 from qwen_backends.chat import render_prompt, validate_messages
 from qwen_backends.errors import QwenBackendsError
 from qwen_backends.factory import create_backend
+from qwen_backends.results import Generation, ToolCall
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
 from qwen_backends.structured import ResponseFormat

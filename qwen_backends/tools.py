@@ -41,8 +41,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from qwen_backends.backends.base import ToolCall
 from qwen_backends.errors import ConfigurationError
+from qwen_backends.results import ToolCall
 from qwen_backends.thinking import longest_partial_suffix
 
 __all__ = [

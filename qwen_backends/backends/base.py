@@ -22,12 +22,13 @@ import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.chat import Conversation, Message, validate_messages
 from qwen_backends.errors import ConfigurationError, UnsupportedFeatureError
+from qwen_backends.results import FinishReason, Generation, Request, ToolCall
 from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -46,97 +47,9 @@ __all__ = [
     "ToolCall",
 ]
 
-FinishReason = Literal["stop", "length", "tool_calls"]
 #: What the public methods accept as ``sampling``: the object, a mapping of its fields, a preset
 #: name (``"greedy"``), or ``None`` for ``settings.sampling``.
 SamplingLike = SamplingParams | Mapping[str, Any] | str | None
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model asked for.
-
-    Attributes
-    ----------
-    id
-        An id unique within the answer (send it back as ``tool_call_id`` with the result).
-    name
-        The function's name.
-    arguments
-        The arguments, parsed from the model's JSON.
-    """
-
-    id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The result of one generation; every backend fills it by the same definitions.
-
-    Attributes
-    ----------
-    text
-        The answer, with any thinking removed and stop strings cut (tool-call blocks removed).
-    finish_reason
-        ``"stop"`` (end of turn or a stop string), ``"length"`` (``max_new_tokens`` reached) or
-        ``"tool_calls"`` (the answer asks for tool calls, see :attr:`tool_calls`).
-    prompt_tokens
-        Tokens of the rendered non-thinking prompt.
-    completion_tokens
-        Every token the model generated, **including** the end-of-turn token that ended the
-        answer (as transformers, vLLM and OpenAI count); for a stop string, up to the token that
-        completed it. A ``"length"`` answer has exactly ``max_new_tokens``.
-    seconds
-        Wall-clock time of the call.
-    tool_calls
-        Function calls the model asked for (only when tools were given).
-    parsed
-        The validated object for a ``response_format`` call (a pydantic instance or a dict).
-    """
-
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    tool_calls: tuple[ToolCall, ...] = ()
-    parsed: Any = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens per second of wall-clock time (0 when no time was measured)."""
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, for JSON output (``parsed`` as plain data too)."""
-        data = asdict(self)
-        dump = getattr(self.parsed, "model_dump", None)
-        data["parsed"] = dump(mode="json") if callable(dump) else self.parsed
-        return data
-
-
-@dataclass(frozen=True)
-class Request:
-    """One checked call, as the hooks receive it.
-
-    Attributes
-    ----------
-    messages
-        The validated conversation.
-    sampling
-        Checked sampling parameters the backend can honour.
-    response_format
-        The output schema (a :class:`qwen_backends.structured.ResponseFormat`), or ``None``.
-    tools
-        OpenAI-style function specs (``{"type": "function", "function": {...}}``).
-    """
-
-    messages: list[Message]
-    sampling: SamplingParams
-    response_format: Any = None
-    tools: tuple[dict[str, Any], ...] = field(default=())
 
 
 @dataclass(frozen=True)

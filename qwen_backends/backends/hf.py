@@ -51,12 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwen_backends.backends.base import (
-    Capabilities,
-    FinishReason,
-    Generation,
-    Request,
-)
+from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
 from qwen_backends.backends.torch_devices import (
     DeviceProbes,
@@ -89,6 +84,7 @@ from qwen_backends.errors import (
 )
 from qwen_backends.family import FAMILIES
 from qwen_backends.models import hub_offline, looks_like_path
+from qwen_backends.results import FinishReason, Generation, Request
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
 from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode

@@ -60,12 +60,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.base import (
-    Capabilities,
-    FinishReason,
-    Generation,
-    Request,
-)
+from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
 from qwen_backends.errors import (
     GenerationError,
@@ -76,6 +71,7 @@ from qwen_backends.errors import (
     first_line,
 )
 from qwen_backends.models import hub_offline, looks_like_path
+from qwen_backends.results import FinishReason, Generation, Request
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import TextPipeline, template_mode
 from qwen_backends.tools import ToolCallFilter

@@ -53,14 +53,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.base import (
-    Capabilities,
-    FinishReason,
-    Generation,
-    ModelBackend,
-    Request,
-    ToolCall,
-)
+from qwen_backends.backends.base import Capabilities, ModelBackend
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.chat import Message
 from qwen_backends.errors import (
@@ -72,6 +65,7 @@ from qwen_backends.errors import (
     ThinkingModeError,
 )
 from qwen_backends.family import FAMILIES, Family
+from qwen_backends.results import FinishReason, Generation, Request, ToolCall
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import OLLAMA_NON_THINKING_TAGS
 from qwen_backends.thinking import (

@@ -51,14 +51,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.base import (
-    Capabilities,
-    FinishReason,
-    Generation,
-    ModelBackend,
-    Request,
-    ToolCall,
-)
+from qwen_backends.backends.base import Capabilities, ModelBackend
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.chat import Message
 from qwen_backends.errors import (
@@ -69,6 +62,7 @@ from qwen_backends.errors import (
     QwenBackendsError,
     UnsupportedFeatureError,
 )
+from qwen_backends.results import FinishReason, Generation, Request, ToolCall
 from qwen_backends.thinking import (
     TemplateMode,
     ThinkingStreamFilter,

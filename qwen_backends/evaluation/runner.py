@@ -33,7 +33,8 @@ from qwen_backends.evaluation.prompts import PromptCase, load_prompts
 from qwen_backends.evaluation.store import OutputsFile, RunLock, write_json_atomic
 
 if TYPE_CHECKING:
-    from qwen_backends.backends.base import Generation, ModelBackend
+    from qwen_backends.backends.base import ModelBackend
+    from qwen_backends.results import Generation
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
 

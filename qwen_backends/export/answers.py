@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qwen_backends.backends.base import Generation, ModelBackend, ToolCall
+    from qwen_backends.backends.base import ModelBackend
+    from qwen_backends.results import Generation, ToolCall
 
 __all__ = ["Answer", "ask", "conversation_tools"]
 

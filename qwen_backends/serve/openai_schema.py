@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwen_backends.backends.base import Generation, ToolCall
 from qwen_backends.chat import Message, validate_messages
 from qwen_backends.errors import (
     BackendTimeoutError,
@@ -38,6 +37,7 @@ from qwen_backends.errors import (
     UnsupportedFeatureError,
     first_line,
 )
+from qwen_backends.results import Generation, ToolCall
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import reject_thinking
 
