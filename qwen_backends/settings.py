@@ -50,6 +50,7 @@ from pydantic_settings import (
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
 from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
 from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
+from qwen_backends.grammar import DEFAULT_COMPILE_TIMEOUT
 from qwen_backends.registry import BACKENDS
 from qwen_backends.sampling import SamplingParams, validation_message
 from qwen_backends.thinking import reject_thinking
@@ -358,6 +359,14 @@ class Settings(BaseSettings):
         description="Let message content contain Qwen3 control-token text such as <|im_start|> "
         "(it is tokenized as the real control token, so untrusted text could forge turns); "
         "off by default: such messages are refused.",
+    )
+    structured_compile_timeout: float = Field(
+        DEFAULT_COMPILE_TIMEOUT,
+        gt=0,
+        le=600,
+        description="Seconds an in-process backend (hf, unsloth, llamacpp, mlx) may spend "
+        "compiling a response_format schema into its grammar; a schema that takes longer is "
+        "refused with UnsupportedFeatureError. Compiled schemas are cached per backend.",
     )
     hf: HFSettings = Field(default_factory=HFSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)

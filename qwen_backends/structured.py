@@ -102,7 +102,9 @@ class ResponseFormat:
         """One sentence for the prompt that states the schema (Ollama advises this)."""
         return f"Answer with JSON only, matching this JSON schema: {self.key}"
 
-    def validate(self, text: str, *, backend: str | None = None) -> Any:
+    def validate(
+        self, text: str, *, backend: str | None = None, finish_reason: str | None = None
+    ) -> Any:
         """Parse ``text`` and check it against the schema.
 
         Parameters
@@ -111,6 +113,10 @@ class ResponseFormat:
             The model's answer.
         backend
             The backend's name, recorded on the error.
+        finish_reason
+            Why generation ended (``"length"``, ``"stop"`` ...), when known: the error then says
+            whether the answer was cut or ended without matching, and only the advice that
+            applies.
 
         Returns
         -------
@@ -123,10 +129,10 @@ class ResponseFormat:
             If ``text`` is not JSON or does not match; ``partial_text`` holds ``text``.
         """
         body = text.strip()
+        hint = _hint(finish_reason)
         if not body:
             raise OutputValidationError(
-                f"the model returned no JSON for {self.name}; check max_new_tokens and stop "
-                "strings",
+                f"the model returned no JSON for {self.name}; {hint}",
                 partial_text=text,
                 backend=backend,
             )
@@ -139,7 +145,8 @@ class ResponseFormat:
                 problem = _pydantic_problem(exc)
                 raise OutputValidationError(
                     f"the model's output is not a valid {self.name} ({problem}); "
-                    f"{_HINT} (raw text in .partial_text)",
+                    f"{_hint(finish_reason, cut_json=_json_error(body) is not None)} "
+                    "(raw text in .partial_text)",
                     partial_text=text,
                     backend=backend,
                 ) from exc
@@ -147,18 +154,19 @@ class ResponseFormat:
             data = json.loads(body)
         except json.JSONDecodeError as exc:
             raise OutputValidationError(
-                f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {_HINT} "
+                f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {hint} "
                 "(raw text in .partial_text)",
                 partial_text=text,
                 backend=backend,
             ) from exc
         validator = _validator(self.key)
-        error = _best_error(validator.iter_errors(data))
-        if error is not None:
-            where = "/".join(map(str, error.absolute_path)) or "the top level"
+        mismatch = _best_error(validator.iter_errors(data))
+        if mismatch is not None:
+            where = "/".join(map(str, mismatch.absolute_path)) or "the top level"
             raise OutputValidationError(
                 f"the model's output does not match the {self.name} schema at {where} "
-                f"({error.message}); {_HINT} (raw text in .partial_text)",
+                f"({mismatch.validator}: {mismatch.message}); "
+                f"{_hint(finish_reason, cut_json=False)} (raw text in .partial_text)",
                 partial_text=text,
                 backend=backend,
             )
@@ -176,7 +184,34 @@ class ResponseFormat:
         return f"ResponseFormat(name={self.name!r})"
 
 
-_HINT = "if it was cut off (finish_reason 'length'), raise max_new_tokens or remove stop strings"
+def _hint(finish_reason: str | None, *, cut_json: bool = True) -> str:
+    """The advice that applies to an answer that failed validation.
+
+    ``cut_json``: the text is not complete JSON (an answer that parsed but does not match was
+    not cut short, whatever ended it).
+    """
+    if not cut_json:
+        ended = f"the answer ended (finish_reason {finish_reason!r}) " if finish_reason else ""
+        return (
+            f"{ended}complete but not matching: the runtime did not enforce this part of the "
+            "schema; see docs/structured_output.md for what each backend enforces"
+        )
+    if finish_reason == "length":
+        return "it was cut at max_new_tokens (finish_reason 'length'); raise max_new_tokens"
+    if finish_reason == "stop":
+        return (
+            "it ended (finish_reason 'stop') before the JSON was complete: a stop string may "
+            "have cut it; remove stop strings that can occur inside JSON"
+        )
+    return "if it was cut off (finish_reason 'length'), raise max_new_tokens or remove stop strings"
+
+
+def _json_error(body: str) -> json.JSONDecodeError | None:
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        return exc
+    return None
 
 
 def _is_pydantic_model(value: type) -> bool:

@@ -456,7 +456,9 @@ class ModelBackend(ABC):
             return generation
         from dataclasses import replace
 
-        parsed = request.response_format.validate(generation.text, backend=self.name)
+        parsed = request.response_format.validate(
+            generation.text, backend=self.name, finish_reason=generation.finish_reason
+        )
         return replace(generation, parsed=parsed)
 
     def _finish_stream(

@@ -30,9 +30,10 @@ subclass keeps Unsloth's ``generate``):
 - text goes through one pipeline (stop strings, then thinking removal, then
   :func:`~qwen_backends.chat.strip_thinking`) that gives the same result however the text is cut
   into pieces, which is why ``"".join(stream(...)) == generate(...).text`` for the same seed;
-- ``response_format`` is a grammar-constrained logits processor (xgrammar, see
-  :mod:`qwen_backends.backends.transformers_grammar`): the sampler can only draw tokens that keep
-  the answer a valid prefix of a schema-valid JSON document; the base class validates the result;
+- ``response_format`` is a grammar-constrained logits processor (the engine of
+  :mod:`qwen_backends.grammar`, see :mod:`qwen_backends.backends.transformers_grammar`): the
+  sampler can only draw tokens that keep the answer a valid prefix of a schema-valid JSON
+  document; the base class validates the result;
 - ``tools`` are rendered by the chat template (Qwen3's ``<tools>`` system block) and the model's
   ``<tool_call>`` blocks are parsed locally (:mod:`qwen_backends.tools`), also while streaming.
 """
@@ -64,7 +65,7 @@ from qwen_backends.backends.torch_devices import (
     resolve_dtype,
 )
 from qwen_backends.backends.transformers_decode import decode
-from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor, XGrammarEngine
+from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
 from qwen_backends.backends.transformers_sampling import (
     AllowedTokensLogitsProcessor,
     CancelCriterion,
@@ -94,6 +95,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from qwen_backends.grammar import GrammarEngine
     from qwen_backends.settings import Settings
     from qwen_backends.structured import ResponseFormat
 
@@ -331,7 +333,7 @@ class HFBackend(LocalBackend):
         self._probes = probes
         self._guard = GenerationLock(self.name)
         self._english_bias_tensor: torch.Tensor | None = None
-        self._grammar_engine: XGrammarEngine | None = None
+        self._grammar_engine: GrammarEngine | None = None
         self.model, self.tokenizer = self._load()
         self._prepare()
 
@@ -496,11 +498,17 @@ class HFBackend(LocalBackend):
         grammar = GrammarLogitsProcessor(engine, engine.compile(response_format), blocked=blocked)
         return [*kept, grammar]
 
-    def _grammar(self) -> XGrammarEngine:
+    def _grammar(self) -> GrammarEngine:
         """The grammar engine for this tokenizer, built on first use (about a second)."""
         if self._grammar_engine is None:
-            self._grammar_engine = XGrammarEngine(
-                self.tokenizer, _vocab_rows(self.model), self.eos_token_ids
+            from qwen_backends.grammar import GrammarEngine
+
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                _vocab_rows(self.model),
+                self.eos_token_ids,
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
             )
         return self._grammar_engine
 

@@ -35,13 +35,12 @@ never count, whereas transformers' repetition_penalty also counts the prompt), a
 applied after top-k/top-p/min-p, so sampled (not greedy) output follows a slightly different
 distribution. Greedy output matches transformers on the same weights (f16/q8_0).
 
-``response_format`` is a GBNF grammar built from the schema
-(``LlamaGrammar.from_json_schema``, cached per schema) passed to ``Llama.generate``;
-llama-cpp-python's ``response_format`` of type ``json_schema`` is silently ignored, so it is not
-used. llama-cpp-python's schema converter ignores ``minimum``/``maximum``, so an integer with
-both bounds (at most :data:`MAX_ENUMERATED_RANGE` values) is rewritten as an ``enum`` of its
-values first (:func:`llama_schema`), and any other numeric bound is refused with
-:class:`~qwen_backends.errors.UnsupportedFeatureError` rather than silently not enforced.
+``response_format`` is the grammar engine every in-process backend shares
+(:mod:`qwen_backends.grammar`) as a numpy ``logits_processor`` (a
+:class:`~qwen_backends.grammar.GrammarProcessor`, ``english_only`` folded into its mask), not
+llama.cpp's GBNF grammars: llama-cpp-python's schema converter hands llama.cpp grammar text it
+never parsed (rejected text kills the process), lets raw control characters into strings and
+ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
@@ -52,7 +51,6 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -67,7 +65,6 @@ from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
-    UnsupportedFeatureError,
     first_line,
 )
 from qwen_backends.models import hub_offline, looks_like_path
@@ -80,6 +77,7 @@ if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedTokenizerBase
 
+    from qwen_backends.grammar import GrammarEngine, GrammarProcessor
     from qwen_backends.settings import Settings
     from qwen_backends.structured import ResponseFormat
 
@@ -158,7 +156,7 @@ class LlamaCppBackend(LocalBackend):
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
         self._english_mask: np.ndarray | None = None
-        self._grammars: dict[str, Any] = {}
+        self._grammar_engine: GrammarEngine | None = None
         self._mask_mismatch = 0
         self.llama = self._load()
         try:
@@ -337,7 +335,7 @@ class LlamaCppBackend(LocalBackend):
     def _stream(self, request: Request) -> Iterator[str | Generation]:
         # The prompt and the context check run now, not at the first next().
         prompt_ids = self._checked_prompt(request)
-        grammar = self._grammar(request.response_format)
+        grammar = self._grammar(request.response_format, request.sampling.english_only)
         return self._run(prompt_ids, request.sampling, grammar, bool(request.tools))
 
     # -- internals ----------------------------------------------------------------------------
@@ -359,39 +357,47 @@ class LlamaCppBackend(LocalBackend):
             self._check_open()
             yield
 
-    def _grammar(self, response_format: ResponseFormat | None) -> Any:
-        """The llama.cpp grammar of ``response_format`` (``None`` without one), cached."""
+    def _grammar(
+        self, response_format: ResponseFormat | None, english_only: bool = False
+    ) -> GrammarProcessor | None:
+        """A fresh grammar processor for one call (``None`` without ``response_format``); the
+        engine is built on first use and compiles each schema once."""
         if response_format is None:
             return None
-        grammar = self._grammars.get(response_format.key)
-        if grammar is None:
-            from llama_cpp import LlamaGrammar
+        import numpy as np
 
-            try:
-                schema = json.dumps(llama_schema(response_format.schema))
-                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
-            except QwenBackendsError:
-                raise
-            except Exception as exc:  # the converter raises plain exceptions for what it lacks
-                raise UnsupportedFeatureError(
-                    self.name,
-                    f"response_format {response_format.name}",
-                    f"llama.cpp cannot turn this schema into a grammar ({first_line(exc)}); "
-                    "simplify it",
-                ) from exc
-            self._grammars[response_format.key] = grammar
-        return grammar
+        from qwen_backends.grammar import GrammarEngine, GrammarProcessor
 
-    def generate_kwargs(self, sampling: SamplingParams, grammar: Any = None) -> dict[str, Any]:
+        if self._grammar_engine is None:
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.n_vocab,
+                (self.im_end_id, *sorted(self.end_ids - {self.im_end_id})),
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
+            )
+        engine = self._grammar_engine
+        blocked = np.isinf(self._english()) if english_only else None
+        return GrammarProcessor(engine.matcher(engine.compile(response_format), blocked))
+
+    def generate_kwargs(
+        self, sampling: SamplingParams, grammar: GrammarProcessor | None = None
+    ) -> dict[str, Any]:
         """Every argument ``Llama.generate`` receives for ``sampling`` (nothing left default).
 
-        Also sets the sampler's seed and penalty window on :attr:`llama` (llama-cpp-python
-        reads both from the instance when it builds the sampler chain).
+        ``grammar`` (see :meth:`_grammar`) is the logits processor of ``response_format``; it
+        holds the ``english_only`` mask itself. Also sets the sampler's seed and penalty window
+        on :attr:`llama` (llama-cpp-python reads both from the instance when it builds the
+        sampler chain).
         """
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
         self.llama.set_seed(seed)
-        if sampling.english_only:
+        processors: list[Any] = []
+        if grammar is not None:
+            processors.append(grammar)
+        elif sampling.english_only:
             self._english()  # built once, before any token
+            processors.append(self._english_processor)
         window = self.settings.llamacpp.last_n_tokens
         self.llama.last_n_tokens_size = window if window is not None else self.context_window
         return {
@@ -406,8 +412,8 @@ class LlamaCppBackend(LocalBackend):
             "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": 0.0,
             "penalize_nl": True,
-            "logits_processor": [self._english_processor] if sampling.english_only else None,
-            "grammar": grammar,
+            "logits_processor": processors or None,
+            "grammar": None,
             "reset": True,
         }
 
@@ -442,7 +448,7 @@ class LlamaCppBackend(LocalBackend):
         self,
         prompt_ids: list[int],
         sampling: SamplingParams,
-        grammar: Any = None,
+        grammar: GrammarProcessor | None = None,
         tools: bool = False,
     ) -> Iterator[str | Generation]:
         """Generate token by token; yield visible text, then the final :class:`Generation`."""
@@ -561,70 +567,3 @@ class _IncrementalDecoder:
         text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
         self.window, self.sent = [], 0
         return text
-
-
-#: Largest integer range :func:`llama_schema` spells out as an ``enum``.
-MAX_ENUMERATED_RANGE = 1024
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-
-
-def llama_schema(schema: Any) -> Any:
-    """``schema`` with every bounded integer written as an ``enum`` of its values.
-
-    llama-cpp-python's JSON-schema-to-grammar converter does not enforce numeric bounds.
-
-    Raises
-    ------
-    UnsupportedFeatureError
-        For a numeric bound that cannot be spelled out (a ``number``, a one-sided or wide
-        integer range, ``multipleOf``).
-    """
-    if isinstance(schema, list):
-        return [llama_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    bounds = [key for key in _BOUNDS if key in schema]
-    node = {
-        # A mapping of names to schemas: a property may be *named* "minimum".
-        key: (
-            {name: llama_schema(sub) for name, sub in value.items()}
-            if key in ("properties", "$defs", "patternProperties") and isinstance(value, dict)
-            else llama_schema(value)
-        )
-        for key, value in schema.items()
-        if key not in bounds
-    }
-    if not bounds:
-        return node
-    low, high = _integer_range(schema)
-    if schema.get("type") != "integer" or low is None or high is None or "multipleOf" in bounds:
-        raise UnsupportedFeatureError(
-            "llamacpp",
-            "response_format",
-            f"llama.cpp's schema grammar does not enforce {', '.join(bounds)} here; use an "
-            "integer with both bounds, or an enum",
-        )
-    if high - low + 1 > MAX_ENUMERATED_RANGE:
-        raise UnsupportedFeatureError(
-            "llamacpp",
-            "response_format",
-            f"an integer range of {high - low + 1:,} values is too wide to spell out as a "
-            f"grammar (at most {MAX_ENUMERATED_RANGE:,}); narrow it or drop the bounds",
-        )
-    node.pop("type", None)
-    node["enum"] = list(range(low, high + 1))
-    return node
-
-
-def _integer_range(schema: dict[str, Any]) -> tuple[int | None, int | None]:
-    import math
-
-    low = schema.get("minimum")
-    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
-        low = math.floor(schema["exclusiveMinimum"]) + 1
-    high = schema.get("maximum")
-    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
-        high = math.ceil(schema["exclusiveMaximum"]) - 1
-    low = math.ceil(low) if isinstance(low, (int, float)) else None
-    high = math.floor(high) if isinstance(high, (int, float)) else None
-    return low, high

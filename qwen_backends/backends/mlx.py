@@ -10,10 +10,10 @@ Prompts are always rendered by the project's own non-thinking renderer
 (:func:`~qwen_backends.chat.render_prompt_ids`) with the Hugging Face tokenizer mlx-lm loaded,
 never by mlx-lm's chat path (its server fixes template arguments at start-up). ``tools`` are
 rendered by that template too, and the model's ``<tool_call>`` blocks are parsed from the
-generated text (:mod:`qwen_backends.tools`), in streams too. ``response_format`` is the hf
-backend's xgrammar mask (:class:`GrammarMask`, the same
-:class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` state applied to MLX
-logits), so the sampler can only draw tokens that keep the answer schema-valid.
+generated text (:mod:`qwen_backends.tools`), in streams too. ``response_format`` is the grammar
+engine every in-process backend shares (:mod:`qwen_backends.grammar`) as the last of mlx-lm's
+logits processors (a :class:`~qwen_backends.grammar.GrammarProcessor`: numpy and MLX, no torch),
+so the sampler can only draw tokens that keep the answer schema-valid.
 
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
@@ -71,16 +71,12 @@ if TYPE_CHECKING:
     import mlx.core as mx
     from transformers import PreTrainedTokenizerBase
 
-    from qwen_backends.backends.transformers_grammar import (
-        GrammarLogitsProcessor,
-        XGrammarEngine,
-    )
+    from qwen_backends.grammar import GrammarEngine, GrammarProcessor
     from qwen_backends.settings import Settings
     from qwen_backends.structured import ResponseFormat
 
 __all__ = [
     "AdditiveMask",
-    "GrammarMask",
     "IncrementalDecoder",
     "MLXBackend",
     "PresencePenalty",
@@ -185,39 +181,6 @@ class AdditiveMask:
         if mask is None:
             mask = self._cast[logits.dtype] = self.mask.astype(logits.dtype)
         return logits + mask
-
-
-class GrammarMask:
-    """``response_format`` for mlx-lm: a schema's grammar mask on MLX logits (the last processor).
-
-    The grammar state is the hf backend's
-    :class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` (xgrammar, one
-    matcher, ``english_only`` folded in the same way); each step it is advanced by the newest
-    token and its packed mask is unpacked (numpy) and applied with ``mx.where``. Build one per call.
-
-    Parameters
-    ----------
-    grammar
-        A fresh grammar processor for this call.
-    """
-
-    def __init__(self, grammar: GrammarLogitsProcessor) -> None:
-        self.grammar = grammar
-        self._started = False
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        """Return ``logits`` with every token the grammar forbids at ``-inf``."""
-        import mlx.core as mx
-        import numpy as np
-
-        # mlx-lm calls processors with the prompt first, then with each drawn token appended.
-        last = [int(np.asarray(tokens[-1:])[0])] if self._started else None
-        self._started = True
-        words = self.grammar.allowed_words(last, rows=1).numpy()
-        # numpy, not torch: torch's worker threads would compete with MLX's for the cores.
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
-        allowed = bits[: logits.shape[-1]].astype(bool)
-        return mx.where(mx.array(allowed), logits, mx.array(float("-inf"), dtype=logits.dtype))
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -376,7 +339,7 @@ class MLXBackend(LocalBackend):
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
         self._english_mask: AdditiveMask | None = None
-        self._grammar_engine: XGrammarEngine | None = None
+        self._grammar_engine: GrammarEngine | None = None
         self.model, self.wrapper = self._load()
         self.tokenizer: PreTrainedTokenizerBase = self.wrapper._tokenizer
         self._prepare()
@@ -550,25 +513,25 @@ class MLXBackend(LocalBackend):
         kept = [p for p in processors if not isinstance(p, AdditiveMask)]
         return [*kept, self._grammar_mask(response_format, sampling.english_only)]
 
-    def _grammar_mask(self, response_format: ResponseFormat, english_only: bool) -> GrammarMask:
-        """A fresh :class:`GrammarMask` for one call (the engine is built on first use)."""
+    def _grammar_mask(
+        self, response_format: ResponseFormat, english_only: bool
+    ) -> GrammarProcessor:
+        """A fresh grammar processor for one call (the engine is built on first use)."""
         import numpy as np
-        import torch
 
-        from qwen_backends.backends.transformers_grammar import (
-            GrammarLogitsProcessor,
-            XGrammarEngine,
-        )
+        from qwen_backends.grammar import GrammarEngine, GrammarProcessor
 
         if self._grammar_engine is None:
-            self._grammar_engine = XGrammarEngine(
-                self.tokenizer, self.vocab_size, sorted(self.eos_token_ids), backend=self.name
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.vocab_size,
+                sorted(self.eos_token_ids),
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
             )
         engine = self._grammar_engine
-        blocked = None
-        if english_only:
-            blocked = torch.from_numpy(np.isinf(np.array(self.english_mask().mask)))
-        return GrammarMask(GrammarLogitsProcessor(engine, engine.compile(response_format), blocked))
+        blocked = np.isinf(np.array(self.english_mask().mask)) if english_only else None
+        return GrammarProcessor(engine.matcher(engine.compile(response_format), blocked))
 
     def english_mask(self) -> AdditiveMask:
         """The ``english_only`` processor, built once per instance."""
