@@ -10,6 +10,13 @@ answer is validated against the *full* schema afterwards (:meth:`ResponseFormat.
 answer that breaks one of them raises :class:`~qwen_backends.errors.OutputValidationError`
 naming the keyword, never passes silently. Those keywords are :data:`CHECKED_AFTER`.
 
+An object that lists its ``properties`` without saying whether others are allowed is generated
+with the listed ones only (as OpenAI's strict mode does): a subset of what the schema allows, so
+every answer still validates, and a model cannot pad the answer with invented properties until
+it runs out of tokens. In a schema with ``allOf`` (which merges objects), and for objects that
+carry ``$ref``, ``anyOf`` ... beside their properties, objects stay as written, since closing
+them could change what the schema means.
+
 ``oneOf`` is enforced as ``anyOf`` only where its branches provably exclude each other (then the
 two mean the same): a discriminating property whose ``const`` / ``enum`` values differ between
 branches, closed objects with a required property the other branch does not allow, or branches
@@ -57,6 +64,17 @@ _ONE = (
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 #: Keywords whose value is a list of subschemas.
 _LIST = ("allOf", "anyOf", "oneOf", "prefixItems")
+#: Keywords next to ``properties`` that may bring in more properties.
+_OPENERS = (
+    "patternProperties",
+    "unevaluatedProperties",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "$ref",
+    "dependentSchemas",
+    "if",
+)
 _TYPES_OF_CONST = {bool: "boolean", str: "string", dict: "object", list: "array"}
 
 
@@ -98,7 +116,10 @@ def prepare(schema: dict[str, Any]) -> PreparedSchema:
         For a ``oneOf`` whose branches may overlap.
     """
     found: set[str] = set()
-    stripped = _strip(schema, found)
+    # allOf merges objects (directly or through $ref): closing any of them could change what
+    # the schema means, so a schema with allOf keeps every object as it is written.
+    close = not any("allOf" in node for _, node in _subschemas(schema, ""))
+    stripped = _strip(schema, found, close=close)
     for path, node in _subschemas(schema, ""):
         branches = node.get("oneOf")
         if isinstance(branches, list) and not _exclusive(branches, schema):
@@ -112,7 +133,7 @@ def prepare(schema: dict[str, Any]) -> PreparedSchema:
     return PreparedSchema(stripped, tuple(sorted(found)))
 
 
-def _strip(node: Any, found: set[str]) -> Any:
+def _strip(node: Any, found: set[str], *, close: bool) -> Any:
     if not isinstance(node, dict):
         return node
     result: dict[str, Any] = {}
@@ -120,14 +141,29 @@ def _strip(node: Any, found: set[str]) -> Any:
         if key in CHECKED_AFTER:
             found.add(key)
         elif key in _MAP and isinstance(value, dict):
-            result[key] = {name: _strip(sub, found) for name, sub in value.items()}
+            result[key] = {name: _strip(sub, found, close=close) for name, sub in value.items()}
         elif key in _LIST and isinstance(value, list):
-            result[key] = [_strip(sub, found) for sub in value]
+            result[key] = [_strip(sub, found, close=close) for sub in value]
         elif key in _ONE:
-            result[key] = _strip(value, found)
+            result[key] = _strip(value, found, close=close)
         else:
             result[key] = value
+    if close and _open_object(result):
+        result["additionalProperties"] = False
     return result
+
+
+def _open_object(node: dict[str, Any]) -> bool:
+    """Whether ``node`` lists its properties but leaves others open, with nothing that could
+    add properties from elsewhere (``allOf``, ``$ref`` ...): such an object is generated with
+    its listed properties only."""
+    properties = node.get("properties")
+    if not isinstance(properties, dict):
+        return False
+    if any(key in node for key in (*_OPENERS, "additionalProperties")):
+        return False
+    required = node.get("required", [])
+    return isinstance(required, list) and all(name in properties for name in required)
 
 
 def _subschemas(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
