@@ -64,9 +64,9 @@ def test_formats_are_shared_per_schema_and_keep_key_order() -> None:
     [
         ("", "returned no JSON"),
         ('{"name": "ab"', "is not JSON"),
-        ('{"name": "abcdefgh"}', "at name"),
-        ('{"name": "ab", "tags": [1, 2, 3]}', "at tags"),
-        ('{"name": "ab", "extra": 1}', "at the top level"),
+        ('{"name": "abcdefgh"}', "at name (maxLength:"),
+        ('{"name": "ab", "tags": [1, 2, 3]}', "at tags (maxItems:"),
+        ('{"name": "ab", "extra": 1}', "at the top level (additionalProperties:"),
     ],
 )
 def test_bad_output_raises_with_the_raw_text_attached(text: str, problem: str) -> None:
@@ -75,8 +75,26 @@ def test_bad_output_raises_with_the_raw_text_attached(text: str, problem: str) -
     assert isinstance(caught.value, GenerationError)
     assert caught.value.partial_text == text
     assert problem in str(caught.value)
-    assert "max_new_tokens" in str(caught.value)
+    # Raising max_new_tokens helps only an answer that is not complete JSON.
+    assert ("max_new_tokens" in str(caught.value)) == ("JSON" in problem)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "finish_reason", "says", "never"),
+    [
+        ('{"name": "ab"', "length", "cut at max_new_tokens", "stop string"),
+        ('{"name": "ab"', "stop", "a stop string may have cut it", "max_new_tokens"),
+        ('{"name": "abcdefgh"}', "stop", "ended (finish_reason 'stop') complete", "max_new_"),
+        ('{"name": "abcdefgh"}', "length", "maxLength", "raise max_new_tokens"),
+    ],
+)
+def test_the_error_says_whether_the_answer_was_cut_or_ended_without_matching(
+    text: str, finish_reason: str, says: str, never: str
+) -> None:
+    with pytest.raises(OutputValidationError) as caught:
+        ResponseFormat.of(SCHEMA).validate(text, finish_reason=finish_reason)
+    assert says in str(caught.value) and never not in str(caught.value)
 
 
 def test_bad_output_for_a_model_names_the_field() -> None:
