@@ -290,6 +290,8 @@ def _bounded(function: Callable[[], Any], timeout: float) -> tuple[str, Any, flo
 
 def _percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
@@ -353,7 +355,7 @@ def run_corpus(
             if not matcher.accept(token):
                 figures["failures"][entry["name"]] = f"refused its own token {token}"
                 break
-            if token == stop:
+            if token in STOPS:
                 figures["ended"] += 1
                 raw = tokenizer.decode(tokens).encode()
                 figures["control"] += any(byte < 0x20 for byte in raw)
@@ -542,8 +544,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{library:<14} {setup:5.1f} s  {len(compiles):>3}/{len(corpus):<3}  "
             f"{_percentile(compiles, 0.5):8.1f} / {_percentile(compiles, 0.9):7.1f} / "
-            f"{_percentile(compiles, 0.99):7.1f} / {max(compiles):8.1f}      "
-            f"{statistics.mean(masks):6.3f} / {_percentile(masks, 0.5):6.3f} / "
+            f"{_percentile(compiles, 0.99):7.1f} / {_percentile(compiles, 1.0):8.1f}      "
+            f"{statistics.fmean(masks) if masks else float('nan'):6.3f} / "
+            f"{_percentile(masks, 0.5):6.3f} / "
             f"{_percentile(masks, 0.99):6.3f}        {figures['ended']:>4} {figures['valid']:>5} "
             f"{len(figures['invalid']):>7} {figures['control']:>7}  {torch_free(library)}"
         )

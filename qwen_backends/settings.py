@@ -248,10 +248,11 @@ class LlamaCppSettings(Section):
         "(default: the family's, *Q4_K_M.gguf).",
     )
     tokenizer: str = Field(
-        "offline",
+        "gguf",
         description="Vocabulary used to render prompts and decode answers when no Hugging Face "
-        "tokenizer folder sits beside the GGUF: 'offline' (byte-exact Qwen3), a hub id or a "
-        "folder. The chat template always comes from the GGUF itself.",
+        "tokenizer folder sits beside the GGUF: 'gguf' (the one embedded in the GGUF; needs "
+        "neither transformers nor torch), 'offline' (byte-exact Qwen3), a hub id or a folder. "
+        "The chat template always comes from the GGUF itself.",
     )
     n_ctx: int = Field(
         NATIVE_CONTEXT,

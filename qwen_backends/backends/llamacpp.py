@@ -13,9 +13,12 @@ tokenizer used for that, and for decoding:
 
 - a Hugging Face tokenizer folder beside the GGUF (``tokenizer.json`` +
   ``tokenizer_config.json`` in the same folder), used as is; else
-- the ``settings.llamacpp.tokenizer`` vocabulary (default the byte-exact offline Qwen3
-  tokenizer) with the chat template embedded in the GGUF (``tokenizer.chat_template``), so the
-  prompt is exactly what that template renders non-thinking. Its mode is checked with
+- by default (``settings.llamacpp.tokenizer = "gguf"``) the tokenizer embedded in the GGUF
+  itself (:func:`~qwen_backends.gguf_tokenizer.tokenizer_from_gguf`: its vocabulary, merges and
+  chat template, byte-exact with Hugging Face's, without transformers or torch); else
+- the ``settings.llamacpp.tokenizer`` vocabulary (``"offline"``, a hub id or a folder) with the
+  chat template embedded in the GGUF (``tokenizer.chat_template``), so the prompt is exactly
+  what that template renders non-thinking. Its mode is checked with
   :func:`~qwen_backends.thinking.template_mode` (a thinking-only template is refused).
 
 Generated ids are decoded with that tokenizer, not ``Llama.detokenize``: detokenize has a
@@ -276,6 +279,12 @@ class LlamaCppBackend(LocalBackend):
             from qwen_backends.tokenizer import load_tokenizer
 
             tokenizer, source = load_tokenizer(str(folder)), "directory"
+        elif self.settings.llamacpp.tokenizer == "gguf":
+            from qwen_backends.gguf_tokenizer import tokenizer_from_gguf
+
+            # No transformers (nor torch): the GGUF's own vocabulary, merges and template.
+            light: Any = tokenizer_from_gguf(self.model_path, self.embedded_template)
+            tokenizer, source = light, "embedded"
         else:
             tokenizer = gguf_tokenizer(self.embedded_template, self.settings.llamacpp.tokenizer)
             source = "embedded"
