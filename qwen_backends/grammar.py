@@ -337,8 +337,9 @@ def unpack_mask(words: Any, size: int) -> np.ndarray:
     import numpy as np
 
     words = np.ascontiguousarray(words, dtype=np.int32)
-    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-    return bits[..., :size].astype(bool)
+    count = min(size, words.shape[-1] * 32)
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, count=count, bitorder="little")
+    return bits.view(bool)
 
 
 def apply_mask(logits: Any, words: Any) -> Any:
