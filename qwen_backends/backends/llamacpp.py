@@ -51,17 +51,15 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
-from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
+from qwen_backends.backends.local import LocalBackend
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -71,10 +69,9 @@ from qwen_backends.errors import (
     first_line,
 )
 from qwen_backends.models import hub_offline, looks_like_path
-from qwen_backends.results import FinishReason, Generation, Request
+from qwen_backends.results import Request
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.thinking import TextPipeline, template_mode
-from qwen_backends.tools import ToolCallFilter
+from qwen_backends.thinking import template_mode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -145,6 +142,8 @@ class LlamaCppBackend(LocalBackend):
     """
 
     name = "llamacpp"
+    runtime = "llama.cpp"
+    context_hint = ", or raise QWEN_LLAMACPP__N_CTX (at most the model's 40,960)"
     capabilities = Capabilities(
         english_only=True,
         native_batching=False,
@@ -155,21 +154,11 @@ class LlamaCppBackend(LocalBackend):
     )
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._guard = GenerationLock(self.name)
         self._english_mask: np.ndarray | None = None
         self._grammars: dict[str, Any] = {}
         self._mask_mismatch = 0
-        self.llama = self._load()
-        try:
-            self.model_path = Path(self.llama.model_path)
-            meta = dict(self.llama.metadata or {})
-            self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
-            self.tokenizer, self.tokenizer_source = self._load_tokenizer()
-            self._prepare()
-        except BaseException:
-            self.llama.close()
-            raise
+        self.llama: Any = None
+        super().__init__(settings)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -201,8 +190,20 @@ class LlamaCppBackend(LocalBackend):
             "logits_all": False,
         }
 
-    def _load(self) -> Any:
-        """The ``Llama`` for ``settings.model_name`` (a local GGUF or a hub repo + pattern)."""
+    def _load(self) -> None:
+        """The ``Llama`` for ``settings.model_name`` (a local GGUF or a hub repo + pattern), then
+        the tokenizer that renders prompts for it (see the module docs)."""
+        self.llama = self._load_llama()
+        try:
+            self.model_path = Path(self.llama.model_path)
+            meta = dict(self.llama.metadata or {})
+            self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
+            self.tokenizer, self.tokenizer_source = self._load_tokenizer()
+        except BaseException:
+            self.llama.close()
+            raise
+
+    def _load_llama(self) -> Any:
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -285,7 +286,7 @@ class LlamaCppBackend(LocalBackend):
         return tokenizer, source
 
     def _prepare(self) -> None:
-        """Check the vocabulary agrees, and derive the end-of-turn ids."""
+        """Check the vocabulary agrees; add llama.cpp's own end of generation to the end ids."""
         import llama_cpp
 
         expected = list(self.tokenizer(_VOCAB_PROBE, add_special_tokens=False)["input_ids"])
@@ -295,20 +296,13 @@ class LlamaCppBackend(LocalBackend):
                 f"the vocabulary of {self.model_path.name} does not match the Qwen3 tokenizer "
                 f"({self.tokenizer_source}); this backend runs Qwen3 GGUFs only"
             )
-        ids: dict[str, int] = {}
-        for token in ("<|im_end|>", "<|endoftext|>"):
-            found = self.tokenizer.convert_tokens_to_ids(token)
-            if not isinstance(found, int):
-                raise ModelNotFoundError(f"the tokenizer has no {token} token; it is not Qwen3's")
-            ids[token] = found
-        self.im_end_id: int = int(ids["<|im_end|>"])
-        vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
-        self._vocab = vocab
-        end = {self.im_end_id, int(ids["<|endoftext|>"]), int(self.llama.token_eos())}
-        self.end_ids: frozenset[int] = frozenset(
-            token for token in end if self.is_end_of_generation(token)
-        ) | {self.im_end_id}
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        end = {*self.end_ids, int(self.llama.token_eos())}
+        self.end_ids = frozenset(token for token in end if self.is_end_of_generation(token)) | {
+            self.im_end_id
+        }
         self.n_vocab: int = int(self.llama.n_vocab())
+        self.vocab_rows = self.n_vocab
 
     def is_end_of_generation(self, token: int) -> bool:
         """Whether llama.cpp itself treats ``token`` as end of generation (its EOG set)."""
@@ -326,38 +320,14 @@ class LlamaCppBackend(LocalBackend):
         """
         return min(self.settings.llamacpp.n_ctx, int(self.llama.n_ctx()))
 
-    def _generate(self, request: Request) -> Generation:
-        final: Generation | None = None
-        for item in self._stream(request):
-            if isinstance(item, Generation):
-                final = item
-        assert final is not None  # _run always ends with the Generation
-        return final
+    def _compile(self, request: Request) -> Any:
+        """The llama.cpp grammar of ``response_format`` (``None`` without one)."""
+        return self._grammar(request.response_format)
 
-    def _stream(self, request: Request) -> Iterator[str | Generation]:
-        # The prompt and the context check run now, not at the first next().
-        prompt_ids = self._checked_prompt(request)
-        grammar = self._grammar(request.response_format)
-        return self._run(prompt_ids, request.sampling, grammar, bool(request.tools))
-
-    # -- internals ----------------------------------------------------------------------------
-
-    def _checked_prompt(self, request: Request) -> list[int]:
-        prompt_ids = self._prompt_ids(request.messages, request.tools)
-        check_context(
-            len(prompt_ids),
-            request.sampling.max_new_tokens,
-            self.context_window,
-            backend=self.name,
-            hint=", or raise QWEN_LLAMACPP__N_CTX (at most the model's 40,960)",
-        )
-        return prompt_ids
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        with self._guard.generation():
-            self._check_open()
-            yield
+    def _end_ids(self, request: Request, compiled: Any) -> Container[int]:
+        # A finished grammar allows only llama.cpp's end-of-generation set, which holds more
+        # than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
+        return self.end_ids if compiled is None else _EndOfGeneration(self)
 
     def _grammar(self, response_format: ResponseFormat | None) -> Any:
         """The llama.cpp grammar of ``response_format`` (``None`` without one), cached."""
@@ -418,7 +388,7 @@ class LlamaCppBackend(LocalBackend):
         mask = self._english()
         if scores.shape[0] != mask.shape[0]:
             # The mask is by token id and needs every logit. An exception raised here would be
-            # swallowed by the ctypes callback, so _run raises it after the token.
+            # swallowed by the ctypes callback, so _tokens raises it after the token.
             self._mask_mismatch = scores.shape[0]
             return scores
         np.add(scores, mask, out=scores)
@@ -426,141 +396,42 @@ class LlamaCppBackend(LocalBackend):
 
     def _english(self) -> np.ndarray:
         if self._english_mask is None:
-            import numpy as np
-
-            from qwen_backends.vocab import allowed_token_ids
-
-            mask = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-            allowed = [
-                i for i in allowed_token_ids(self.tokenizer, tier="english") if i < self.n_vocab
-            ]
-            mask[np.asarray(allowed, dtype=np.int64)] = 0.0
-            self._english_mask = mask
+            self._english_mask = self.english_bias()
         return self._english_mask
 
-    def _run(
-        self,
-        prompt_ids: list[int],
-        sampling: SamplingParams,
-        grammar: Any = None,
-        tools: bool = False,
-    ) -> Iterator[str | Generation]:
-        """Generate token by token; yield visible text, then the final :class:`Generation`."""
-        with self._exclusive():
-            start = time.perf_counter()
-            pipeline = TextPipeline(sampling.stop)
-            calls = ToolCallFilter() if tools else None
-            decoder = _IncrementalDecoder(self.tokenizer)
-            produced: list[str] = []
-            count = 0
-            reason: FinishReason = "length"
-            tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, grammar))
-            try:
-                for token in tokens:
-                    count += 1
-                    if self._mask_mismatch:
-                        raise GenerationError(
-                            f"english_only got {self._mask_mismatch} candidate logits instead of "
-                            f"the {self.n_vocab} of the vocabulary; this llama-cpp-python "
-                            "version is not supported (use 0.3.36)",
-                            partial_text="".join(produced),
-                            backend=self.name,
-                        )
-                    # A finished grammar allows only llama.cpp's end-of-generation set, which
-                    # holds more than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
-                    if token in self.end_ids or (
-                        grammar is not None and self.is_end_of_generation(token)
-                    ):
-                        reason = "stop"
-                        break
-                    visible = pipeline.feed(decoder.feed(token))
-                    if calls is not None:
-                        visible = calls.feed(visible)
-                    if visible:
-                        produced.append(visible)
-                        yield visible
-                    if pipeline.stopped:
-                        reason = "stop"
-                        break
-                    if count >= sampling.max_new_tokens:
-                        break
-            except QwenBackendsError:
-                raise
-            except Exception as exc:
-                raise GenerationError(
-                    f"llama.cpp failed while generating: {first_line(exc)}",
-                    partial_text="".join(produced),
-                    backend=self.name,
-                ) from exc
-            finally:
-                tokens.close()
-            tail = ("" if pipeline.stopped else pipeline.feed(decoder.flush())) + pipeline.flush()
-            if calls is not None:
-                tail = calls.feed(tail) + calls.flush()
-            if tail:
-                produced.append(tail)
-                yield tail
-            found = tuple(calls.calls) if calls is not None else ()
-            yield Generation(
-                text="".join(produced),
-                finish_reason="tool_calls" if found else reason,
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=count,
-                seconds=time.perf_counter() - start,
-                tool_calls=found,
-            )
+    def _tokens(self, prompt_ids: list[int], request: Request, compiled: Any) -> Iterator[int]:
+        """``Llama.generate`` with every sampling value mapped (see the module docs)."""
+        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(request.sampling, compiled))
+        try:
+            for token in tokens:
+                if self._mask_mismatch:
+                    raise GenerationError(
+                        f"english_only got {self._mask_mismatch} candidate logits instead of the "
+                        f"{self.n_vocab} of the vocabulary; this llama-cpp-python version is not "
+                        "supported (use 0.3.36)"
+                    )
+                yield token
+        finally:
+            tokens.close()
 
-    def close(self) -> None:
-        """Free the llama.cpp model and context. Safe to call twice; waits for a running call."""
-        if self._closed:
-            return
-        same_thread = self._guard.held_here
-        with self._guard.closing():
-            super().close()
-            llama, self.llama = self.llama, None
-            if llama is not None and not same_thread:
-                llama.close()
-            self._english_mask = None
+    def _release(self, *, same_thread: bool) -> None:
+        """Free the llama.cpp model and context (after an open stream of this thread ends)."""
+        llama, self.llama = self.llama, None
+        if llama is not None and not same_thread:
+            llama.close()
+        self._english_mask = None
 
 
-class _IncrementalDecoder:
-    """Token ids -> text pieces whose concatenation equals decoding all ids at once.
+class _EndOfGeneration:
+    """llama.cpp's end-of-generation set as a container of ids."""
 
-    Decodes the ids since the last complete character; a trailing incomplete UTF-8 sequence
-    (U+FFFD) waits for the next token, and is dropped if none completes it (as the hf backend,
-    vLLM and Ollama do). Special tokens are skipped.
-    """
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self.backend = backend
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
-        self.window: list[int] = []
-        self.sent = 0
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return str(
-            self.tokenizer.decode(
-                list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, int) and (
+            token in self.backend.end_ids or self.backend.is_end_of_generation(token)
         )
-
-    def feed(self, token: int) -> str:
-        self.window.append(token)
-        text = self._decode(self.window)
-        ready = text.rstrip("\ufffd")
-        piece = ready[self.sent :]
-        if ready == text:
-            self.window, self.sent = [], 0
-        else:
-            self.sent = max(self.sent, len(ready))
-        return piece
-
-    def flush(self) -> str:
-        """What is left; an answer cut inside a character ends at the last complete one."""
-        if not self.window:
-            return ""
-        text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
-        self.window, self.sent = [], 0
-        return text
 
 
 #: Largest integer range :func:`llama_schema` spells out as an ``enum``.

@@ -209,7 +209,7 @@ class UnslothBackend(HFBackend):
         """``settings.unsloth.max_seq_length``: what Unsloth prepared the model for."""
         return self.settings.unsloth.max_seq_length
 
-    def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    def _load(self) -> None:
         """:func:`load_unsloth_model` then ``for_inference`` (Unsloth imported first)."""
         options = self.settings.unsloth
         model, tokenizer = load_unsloth_model(
@@ -220,4 +220,4 @@ class UnslothBackend(HFBackend):
             token=options.token.get_secret_value() if options.token is not None else None,
         )
         import_unsloth().FastLanguageModel.for_inference(model)
-        return model, tokenizer
+        self.model, self.tokenizer = model, tokenizer

@@ -25,6 +25,7 @@ from faults import INJECTED_CALL, FaultProxy
 
 from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
+from qwen_backends.backends.local import LocalBackend
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
@@ -152,17 +153,7 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     assert isinstance(shared, HFBackend)
     tokenizer = shared.tokenizer
 
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (a logit bias per step)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared._logits_processors
-
-            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
-                return [_Force(script, prompt_length), *original(sampling, prompt_length)]
-
-            patch.setattr(shared, "_logits_processors", processors)
-            yield shared
+    forcing = _forcing(shared)
 
     @contextlib.contextmanager
     def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
@@ -179,6 +170,27 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     built = Harness("hf", shared, make, tokenizer, leaking, ending)
     built.calling = _forced_call(tokenizer, forcing)
     return built
+
+
+def _forcing(
+    shared: LocalBackend,
+) -> Callable[[list[int]], contextlib.AbstractContextManager[ModelBackend]]:
+    """In-process backends are forced through the token loop's one seam, ``_tokens``: the
+    runtime emits ``script`` first, then the real model goes on after it."""
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared._tokens
+
+            def tokens(prompt_ids: list[int], request: Any, compiled: Any) -> Iterator[int]:
+                yield from script
+                yield from original([*prompt_ids, *script], request, compiled)
+
+            patch.setattr(shared, "_tokens", tokens)
+            yield shared
+
+    return forcing
 
 
 def _forced_call(
@@ -221,18 +233,7 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
     assert isinstance(shared, LlamaCppBackend)
     tokenizer = shared.tokenizer
 
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (then the real model goes on)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared.llama.generate
-
-            def generate(tokens: list[int], **kwargs: Any) -> Iterator[int]:
-                yield from script
-                yield from original([*tokens, *script], **kwargs)
-
-            patch.setattr(shared.llama, "generate", generate)
-            yield shared
+    forcing = _forcing(shared)
 
     @contextlib.contextmanager
     def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
@@ -247,19 +248,6 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
     built = Harness("llamacpp", shared, make, tokenizer, leaking, ending)
     built.calling = _forced_call(tokenizer, forcing)
     return built
-
-
-class _Force:
-    """Logits processor: the next token of ``script`` wins while the script lasts."""
-
-    def __init__(self, script: list[int], prompt_length: int) -> None:
-        self.script, self.prompt_length = script, prompt_length
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        step = input_ids.shape[1] - self.prompt_length
-        if step < len(self.script):
-            scores[:, self.script[step]] = scores.max() + 1e4
-        return scores
 
 
 # -- ollama: the loopback stand-in ----------------------------------------------------------
@@ -372,23 +360,7 @@ def _mlx(request: pytest.FixtureRequest) -> Harness:
     assert isinstance(shared, MLXBackend)
     tokenizer = shared.tokenizer
 
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (a logit bias per step)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared.logits_processors
-
-            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
-                def force(tokens: Any, logits: Any) -> Any:
-                    step = tokens.size - prompt_length
-                    if step < len(script):
-                        logits[:, script[step]] = logits.max() + 1e4
-                    return logits
-
-                return [force, *original(sampling, prompt_length)]
-
-            patch.setattr(shared, "logits_processors", processors)
-            yield shared
+    forcing = _forcing(shared)
 
     @contextlib.contextmanager
     def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
