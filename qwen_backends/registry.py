@@ -43,6 +43,12 @@ __all__ = [
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
+def _is_target(value: str) -> bool:
+    module_name, colon, attributes = value.partition(":")
+    names = [*module_name.split("."), *attributes.split(".")]
+    return bool(colon) and all(part.isidentifier() for part in names)
+
+
 @dataclass(frozen=True)
 class Registration:
     """Where a backend (or fine-tuning engine) lives, what it needs and how it is configured.
@@ -290,9 +296,3 @@ def load_target(target: str) -> Any:
     for attribute in attributes.split("."):
         found = getattr(found, attribute)
     return found
-
-
-def _is_target(value: str) -> bool:
-    module_name, colon, attributes = value.partition(":")
-    names = [*module_name.split("."), *attributes.split(".")]
-    return bool(colon) and all(part.isidentifier() for part in names)
