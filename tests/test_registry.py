@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from qwen_backends.cli import build_parser
-from qwen_backends.cli.info import collect
 from pydantic import SecretStr
 
+from qwen_backends.cli import build_parser
+from qwen_backends.cli.info import collect
 from qwen_backends.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
+from qwen_backends.factory import readiness
 from qwen_backends.family import FAMILIES
 from qwen_backends.registry import BACKENDS, ENGINES, Registration
-from qwen_backends.factory import readiness
 from qwen_backends.settings import Section, Settings, mask_url
 
 ROOT = Path(__file__).resolve().parents[1]
