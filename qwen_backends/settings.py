@@ -333,7 +333,12 @@ class ServeSettings(Section):
 
 
 class Settings(BaseSettings):
-    """Everything qwen-backends needs to know, resolved from all sources (see module docs)."""
+    """Everything qwen-backends needs to know, resolved from all sources (see module docs).
+
+    Besides the fields below, each backend registered in :data:`qwen_backends.registry.BACKENDS`
+    with a settings section has a field named like it (``hf``, ``ollama`` ...), added from the
+    registry.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="QWEN_",

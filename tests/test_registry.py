@@ -17,7 +17,7 @@ from qwen_backends.cli.info import collect
 from qwen_backends.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
 from qwen_backends.factory import readiness
 from qwen_backends.family import FAMILIES
-from qwen_backends.registry import BACKENDS, ENGINES, Registration
+from qwen_backends.registry import BACKENDS, ENGINES, Registration, load_target
 from qwen_backends.settings import Section, Settings, mask_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,8 @@ def test_each_registration_names_a_lazy_class_with_the_same_name() -> None:
         assert module_name == f"qwen_backends.backends.{module_name.rsplit('.', 1)[-1]}"
         module = importlib.import_module(module_name)
         assert getattr(module, class_name).name == name
+        # the readiness probe defaults to the class's own
+        assert load_target(registration.readiness_target) == getattr(module, class_name).readiness
 
 
 def test_each_backend_has_a_settings_section_of_its_name() -> None:
