@@ -49,7 +49,7 @@ from pydantic_settings import (
 )
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
-from qwen_backends.errors import ConfigurationError, ThinkingModeError
+from qwen_backends.errors import ConfigurationError, ThinkingModeError, first_line
 from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
 from qwen_backends.registry import BACKENDS, load_target
 from qwen_backends.sampling import SamplingParams, validation_message
@@ -550,18 +550,30 @@ def _derive_backend_sections() -> None:
     Raises
     ------
     ConfigurationError
-        When a registration's ``settings`` is not a :class:`Section` or its name is a general
-        setting's.
+        When a registration's ``settings`` is not an importable :class:`Section`, its
+        ``url_fields`` are not fields of it, or its name is a general setting's.
     """
     sections: dict[str, FieldInfo] = {}
     for name, registration in BACKENDS.items():
         if registration.settings is None:
             continue
-        section = load_target(registration.settings)
+        try:
+            section = load_target(registration.settings)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"the {name} backend's settings={registration.settings!r} cannot be imported "
+                f"({first_line(exc)}); check the module and class name"
+            ) from exc
         if not (isinstance(section, type) and issubclass(section, Section)):
             raise ConfigurationError(
                 f"the {name} backend's settings={registration.settings!r} is not a Section "
                 "subclass; point it at a class deriving from qwen_backends.settings.Section"
+            )
+        unknown = [field for field in registration.url_fields if field not in section.model_fields]
+        if unknown:
+            raise ConfigurationError(
+                f"the {name} backend's url_fields name {', '.join(unknown)}, which "
+                f"{section.__name__} does not have; name fields of its settings section"
             )
         sections[name] = FieldInfo.from_annotated_attribute(section, Field(default_factory=section))
     fields = Settings.model_fields

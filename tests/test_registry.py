@@ -199,6 +199,9 @@ def build_parser_choices() -> list[str]:
         ("echo-2", ECHO, "not a lowercase identifier"),
         ("sampling", ECHO, "'sampling' is also a general setting"),
         ("echo", replace(ECHO, settings=f"{__name__}:echo_readiness"), "is not a Section"),
+        ("echo", replace(ECHO, settings=f"{__name__}:NoSuchSettings"), "cannot be imported"),
+        ("echo", replace(ECHO, settings="no_such_module_xyz:S"), "cannot be imported"),
+        ("echo", replace(ECHO, url_fields=("host",)), "url_fields name host, which EchoSettings"),
     ],
 )
 def test_a_refused_registration_leaves_everything_as_it_was(
