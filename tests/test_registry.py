@@ -7,6 +7,7 @@ import ast
 import importlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -56,15 +57,19 @@ def test_settings_accept_exactly_the_registered_names(monkeypatch: pytest.Monkey
         Settings(backend="newcomr")
 
 
-def test_cli_choices_and_info_list_every_backend() -> None:
-    parser = build_parser()
+def build_parser_choices() -> list[str]:
+    """The CLI's ``generate --backend`` choices, built now."""
     generate = next(
         action
-        for action in parser._subparsers._actions  # type: ignore[union-attr]
+        for action in build_parser()._subparsers._actions  # type: ignore[union-attr]
         if isinstance(action, argparse._SubParsersAction)
     ).choices["generate"]
-    backend_flag = next(a for a in generate._actions if "--backend" in a.option_strings)
-    assert list(backend_flag.choices) == list(BACKENDS)  # type: ignore[arg-type]
+    flag = next(a for a in generate._actions if "--backend" in a.option_strings)
+    return list(flag.choices or ())
+
+
+def test_cli_choices_and_info_list_every_backend() -> None:
+    assert build_parser_choices() == list(BACKENDS)
     report = collect(Settings())
     assert list(report["backends"]) == list(BACKENDS)
     assert {registration.extra for registration in BACKENDS.values()} <= set(report["extras"])
@@ -180,17 +185,6 @@ def test_a_registered_backend_gets_its_section_family_model_probe_and_masking(
         Settings().section(EchoSettings, "echo")
 
 
-def build_parser_choices() -> list[str]:
-    """The CLI's ``generate --backend`` choices, built now."""
-    generate = next(
-        action
-        for action in build_parser()._subparsers._actions  # type: ignore[union-attr]
-        if isinstance(action, argparse._SubParsersAction)
-    ).choices["generate"]
-    flag = next(a for a in generate._actions if "--backend" in a.option_strings)
-    return list(flag.choices)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(
     ("name", "registration", "message"),
     [
@@ -218,8 +212,9 @@ def test_a_refused_registration_leaves_everything_as_it_was(
 @pytest.mark.parametrize("field", ["target", "settings", "readiness"])
 @pytest.mark.parametrize("value", ["qwen_backends.settings.HFSettings", "a b:C", "m:"])
 def test_registration_targets_must_be_module_colon_name(field: str, value: str) -> None:
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(ConfigurationError, match=f"{field}=.* is not 'module:Name'"):
-        replace(ECHO, **{field: value})
+        replace(ECHO, **changes)
 
 
 def test_unregistering_an_unknown_name_has_a_did_you_mean() -> None:
