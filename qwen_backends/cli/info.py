@@ -12,7 +12,7 @@ import urllib.request
 from typing import Any
 
 from qwen_backends.cli._options import add_backend_options, settings_from_args
-from qwen_backends.factory import backend_class
+from qwen_backends.factory import readiness
 from qwen_backends.family import FAMILIES
 from qwen_backends.registry import BACKENDS, missing_modules
 from qwen_backends.settings import Settings
@@ -88,11 +88,7 @@ def accelerators() -> dict[str, bool | str]:
 
 def backend_status(name: str, settings: Settings) -> str:
     """A short verdict on whether backend ``name`` can start on this machine."""
-    missing = missing_modules(name)
-    if missing:
-        extra = BACKENDS[name].extra
-        return f"cannot start: missing {', '.join(missing)} (pip install 'qwen-backends[{extra}]')"
-    return backend_class(name).readiness(settings)
+    return readiness(name, settings)
 
 
 def probe_server(
