@@ -9,7 +9,9 @@ unchanged against it.
 - ``ollama``: the loopback Ollama stand-in (tests/backends/ollama_server.py);
 - ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment);
 - ``mlx``: the ``tiny`` checkpoint through mlx-lm in process (MLX's CPU build on Linux; skipped
-  without the mlx extra).
+  without the mlx extra);
+- ``echo``: echo_backend.py, a minimal in-process backend added by docs/adding_a_backend.md's
+  steps (registered for the run only), which proves the checklist.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from qwen_backends.backends.local import LocalBackend
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
-HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm"]
+HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm", "echo"]
 #: Those that talk to a server (the fault tests run against these).
 SERVER_HARNESSES = ["ollama", "vllm"]
 #: Qwen3's end-of-turn token.
@@ -151,8 +153,13 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, HFBackend)
-    tokenizer = shared.tokenizer
+    return _local_harness("hf", shared, make)
 
+
+def _local_harness(name: str, shared: LocalBackend, make: BackendMaker) -> Harness:
+    """The harness of an in-process backend: its model is made to misbehave through the token
+    loop's one seam (see :func:`_forcing`)."""
+    tokenizer = shared.tokenizer
     forcing = _forcing(shared)
 
     @contextlib.contextmanager
@@ -167,7 +174,7 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    built = Harness("hf", shared, make, tokenizer, leaking, ending)
+    built = Harness(name, shared, make, tokenizer, leaking, ending)
     built.calling = _forced_call(tokenizer, forcing)
     return built
 
@@ -231,23 +238,7 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, LlamaCppBackend)
-    tokenizer = shared.tokenizer
-
-    forcing = _forcing(shared)
-
-    @contextlib.contextmanager
-    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
-        raw = "<think>\nsecret plan\n</think>\n\nHello world"
-        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
-        with forcing([*script, IM_END]) as backend:
-            yield backend, "Hello world"
-
-    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
-        return forcing([IM_END])
-
-    built = Harness("llamacpp", shared, make, tokenizer, leaking, ending)
-    built.calling = _forced_call(tokenizer, forcing)
-    return built
+    return _local_harness("llamacpp", shared, make)
 
 
 # -- ollama: the loopback stand-in ----------------------------------------------------------
@@ -358,21 +349,30 @@ def _mlx(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, MLXBackend)
-    tokenizer = shared.tokenizer
+    return _local_harness("mlx", shared, make)
 
-    forcing = _forcing(shared)
 
-    @contextlib.contextmanager
-    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
-        raw = "<think>\nsecret plan\n</think>\n\nHello world"
-        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
-        assert len(script) > 6
-        with forcing([*script, IM_END]) as backend:
-            yield backend, "Hello world"
+# -- echo: the minimal backend of docs/adding_a_backend.md ----------------------------------------
 
-    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
-        return forcing([IM_END])
 
-    built = Harness("mlx", shared, make, tokenizer, leaking, ending)
-    built.calling = _forced_call(tokenizer, forcing)
+@harness("echo")
+def _echo(request: pytest.FixtureRequest) -> Harness:
+    from echo_backend import ECHO
+
+    from qwen_backends.registry import BACKENDS
+
+    BACKENDS.register("echo", ECHO)
+    shared = create_backend(backend="echo")
+    assert isinstance(shared, LocalBackend)
+    built = _local_harness("echo", shared, create_backend_for("echo"))
+    built.closers.append(lambda: BACKENDS.unregister("echo"))
     return built
+
+
+def create_backend_for(name: str) -> BackendMaker:
+    """``make(**section)`` for a backend that needs no model argument."""
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend=name, **{name: section})
+
+    return make
