@@ -68,7 +68,7 @@ from qwen_backends.errors import (
     UnsupportedFeatureError,
     first_line,
 )
-from qwen_backends.models import hub_offline, looks_like_path
+from qwen_backends.models import hub_hint, hub_offline, looks_like_path
 from qwen_backends.results import Request
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import template_mode
@@ -260,12 +260,9 @@ class LlamaCppBackend(LocalBackend):
         except Exception as exc:  # llama.cpp and the hub client raise many types
             detail = first_line(exc)
             if not looks_like_path(self.model_name):
-                hint = (
-                    "downloads are off (HF_HUB_OFFLINE) and the file is not in the hub cache; "
-                    "point QWEN_MODEL at a local .gguf file, or download it once while online"
-                    if hub_offline()
-                    else "check the repo id, QWEN_LLAMACPP__FILENAME, the network and HF_TOKEN"
-                )
+                repo, pattern = self.model_name, self.settings.gguf_filename
+                hint = hub_hint(repo, None, offline=hub_offline(), local="a local .gguf file")
+                hint += f" (QWEN_LLAMACPP__FILENAME picks the file in the repo, now {pattern!r})"
             else:
                 hint = (
                     "the file may be truncated or from a newer llama.cpp than llama-cpp-python "

@@ -57,7 +57,7 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
-from qwen_backends.models import hub_offline, looks_like_path
+from qwen_backends.models import hub_hint, hub_offline, looks_like_path
 from qwen_backends.results import Request
 from qwen_backends.sampling import SamplingParams
 
@@ -248,18 +248,13 @@ def resolve_model_dir(source: str, settings: Settings) -> Path:
             token=options.token.get_secret_value() if options.token is not None else None,
         )
     except Exception as exc:
-        if hub_offline(options.local_files_only):
-            hint = (
-                "downloads are off (HF_HUB_OFFLINE or QWEN_MLX__LOCAL_FILES_ONLY) and it is not in "
-                "the local cache; point QWEN_MODEL / --model at a local directory holding it (or "
-                f"convert one: qwen-backends export mlx MODEL_DIR --output DIR), or download it "
-                f"once while online: hf download {source}"
-            )
-        else:
-            hint = (
-                "check the hub id (and QWEN_MLX__REVISION), the network, and QWEN_MLX__TOKEN / "
-                "HF_TOKEN for gated or private models"
-            )
+        hint = hub_hint(
+            source,
+            "QWEN_MLX",
+            offline=hub_offline(options.local_files_only),
+            local="a local directory holding it (or convert one: qwen-backends export mlx "
+            "MODEL_DIR --output DIR)",
+        )
         raise ModelNotFoundError(
             f"cannot fetch model {source!r} ({first_line(exc)}); {hint}", backend="mlx"
         ) from exc

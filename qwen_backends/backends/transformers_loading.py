@@ -37,7 +37,7 @@ from qwen_backends.errors import (
     first_line,
 )
 from qwen_backends.family import FAMILIES
-from qwen_backends.models import hub_offline, looks_like_path
+from qwen_backends.models import hub_hint, hub_offline, looks_like_path
 from qwen_backends.settings import YARN_FACTOR, HFSettings
 from qwen_backends.thinking import template_mode
 
@@ -140,18 +140,8 @@ def translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
                 "only safetensors weights are loaded by default; convert the checkpoint to "
                 "safetensors, or set QWEN_HF__TRUST_REMOTE_CODE=true if you trust its files"
             )
-        elif offline:
-            hint = (
-                "downloads are off (HF_HUB_OFFLINE or QWEN_HF__LOCAL_FILES_ONLY) and the model is "
-                "not in the local cache; point QWEN_MODEL / --model at a local directory holding "
-                f"it, or download it once while online: hf download {source}"
-            )
         else:
-            hint = (
-                "check the hub id or local path (and QWEN_HF__REVISION), the network, and "
-                "QWEN_HF__TOKEN / HF_TOKEN for gated or private models; without network use a "
-                "local directory and QWEN_HF__LOCAL_FILES_ONLY=true"
-            )
+            hint = hub_hint(source, "QWEN_HF", offline=offline)
         raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower() and Path(source).is_dir():
