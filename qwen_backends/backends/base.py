@@ -79,6 +79,10 @@ class Capabilities:
         Can pass tools to the model and parse its tool calls.
     seeded
         The same seed gives the same answer.
+    logprobs
+        Reports per-token log-probabilities (``sampling.logprobs``).
+    scoring
+        Scores given text (:meth:`ModelBackend.score`): needs the prompt's log-probabilities.
     """
 
     english_only: bool = False
@@ -88,6 +92,8 @@ class Capabilities:
     structured_output: bool = False
     tools: bool = False
     seeded: bool = True
+    logprobs: bool = False
+    scoring: bool = False
 
 
 class TextStream(Iterator[str]):
@@ -336,6 +342,10 @@ class ModelBackend(ABC):
             If it asks for something this backend cannot do (nothing is dropped silently).
         """
         resolved = SamplingParams.coerce(sampling, default=self.settings.sampling)
+        if resolved.logprobs and not self.capabilities.logprobs:
+            raise UnsupportedFeatureError(
+                self.name, "logprobs", "it cannot report token log-probabilities"
+            )
         if resolved.english_only and not self.capabilities.english_only:
             raise UnsupportedFeatureError(
                 self.name,
