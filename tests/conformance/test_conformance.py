@@ -373,6 +373,37 @@ def _assert_refused(backend: ModelBackend, option: str, **keywords: Any) -> None
         assert "\n" not in str(caught.value) and caught.value.backend == backend.name
 
 
+def test_logprobs_are_reported_the_same_way_or_refused(conformant: Harness) -> None:
+    backend = conformant.backend
+    sampling = GREEDY.replace(max_new_tokens=6, logprobs=True, top_logprobs=2)
+    if not backend.capabilities.logprobs:
+        for call in (
+            lambda: backend.generate("Hi", sampling),
+            lambda: backend.stream("Hi", sampling),
+            lambda: backend.generate_batch(["Hi"], sampling),
+            lambda: backend.astream("Hi", sampling),
+        ):
+            with pytest.raises(UnsupportedFeatureError, match="logprobs") as caught:
+                call()
+            assert "\n" not in str(caught.value) and caught.value.backend == backend.name
+        return
+    result = backend.generate("Hi", sampling)
+    assert result.logprobs is not None and len(result.logprobs) == result.completion_tokens
+    assert "".join(entry.token for entry in result.logprobs).startswith(result.text)
+    for entry in result.logprobs:  # greedy with a penalty: the raw best may lose
+        assert entry.logprob <= 0.0 and len(entry.top) == 2
+        assert entry.top[0].logprob >= entry.top[1].logprob
+        assert entry.logprob <= entry.top[0].logprob
+    _, streamed = _joined(backend.stream("Hi", sampling))
+    assert streamed is not None and streamed.logprobs is not None
+    assert [e.id for e in streamed.logprobs] == [e.id for e in result.logprobs]
+    assert backend.generate("Hi", GREEDY).logprobs is None
+    with conformant.leaking(sampling.replace(max_new_tokens=24)) as (leaky, expected):
+        leaked = leaky.generate("Hi", sampling.replace(max_new_tokens=24))
+    assert leaked.text == expected and leaked.logprobs is not None
+    assert "think>" not in "".join(entry.token for entry in leaked.logprobs)
+
+
 # -- async and lifecycle ----------------------------------------------------------------------
 
 
