@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from assembled import assembled
 from vllm_server import free_port, vllm_python
 
+from qwen_backends.backends.answer import Assembler
 from qwen_backends.backends.base import Generation
 from qwen_backends.backends.vllm import TOP_K_OFF, VLLMBackend, build_request, decode_token_strs
 from qwen_backends.chat import render_prompt_ids, validate_messages
@@ -149,9 +151,7 @@ def _offline_backend() -> VLLMBackend:
 def test_stream_assembler_removes_thinking_split_across_chunks(
     pieces: list[str], expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from qwen_backends.backends.vllm import _StreamAssembler
-
-    assembler = _StreamAssembler(_offline_backend().remote)
+    assembler = Assembler(_offline_backend())
     out = "".join(assembler.feed(_chunk(piece)) for piece in pieces)
     assembler.feed(_chunk(None, finish="stop", usage=(3, 4)))
     *tail, final = list(assembler.finish(0.1))
@@ -163,8 +163,6 @@ def test_stream_assembler_removes_thinking_split_across_chunks(
 
 def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     from openai.types.chat import ChatCompletion
-
-    from qwen_backends.backends.vllm import _StreamAssembler
 
     backend = _offline_backend()
     response = ChatCompletion.model_validate(
@@ -187,21 +185,19 @@ def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixtur
             "usage": {"prompt_tokens": 13, "completion_tokens": 9, "total_tokens": 22},
         }
     )
-    generation = backend._generation(response, 0.5)
+    _, generation = assembled(backend, [response])
     assert (generation.text, generation.finish_reason) == ("Four.", "stop")
     assert (generation.prompt_tokens, generation.completion_tokens) == (13, 9)
     assert "returned thinking" in caplog.text
     caplog.clear()
-    assembler = _StreamAssembler(backend.remote)
+    assembler = Assembler(backend)
     assert assembler.feed(_chunk(None, reasoning="hmm")) == ""
     assert assembler.feed(_chunk("Four.")) == "Four."
     assert "reasoning field" in caplog.text
 
 
 def test_an_aborted_generation_is_an_error_with_the_partial_text() -> None:
-    from qwen_backends.backends.vllm import _StreamAssembler
-
-    assembler = _StreamAssembler(_offline_backend().remote)
+    assembler = Assembler(_offline_backend())
     assert assembler.feed(_chunk("Partial")) == "Partial"
     aborted = _chunk(" answer", usage=(3, 2))
     aborted.choices[0].finish_reason = "abort"  # type: ignore[assignment]  # vLLM sends it
