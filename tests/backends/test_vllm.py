@@ -208,6 +208,81 @@ def test_an_aborted_generation_is_an_error_with_the_partial_text() -> None:
     assert info.value.backend == "vllm"
 
 
+class _ErrorEventServer:
+    """A stub OpenAI-compatible server: ``/tokenize`` answers like the hybrid's template, and a
+    streamed chat answer sends :data:`PIECES` then an error event (as vLLM does when its engine
+    fails mid-answer), then ends."""
+
+    PIECES = ("Hello", " world")
+    HYBRID_PROMPT = ["<|im_start|>", "user", "Ċ", "hi", "<|im_end|>", "Ċ", "<|im_start|>"]
+    HYBRID_PROMPT += ["assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"]
+
+    def __init__(self) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/tokenize":
+                    tokens = list(range(len(stub.HYBRID_PROMPT)))
+                    body = json.dumps({"tokens": tokens, "token_strs": stub.HYBRID_PROMPT})
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for piece in stub.PIECES:
+                    delta = {"content": piece}
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0}
+                    self._event({**chunk, "model": "m", "choices": [choice]})
+                self._event({"error": {"message": "the engine died", "code": 500}})
+
+            def _event(self, data: dict[str, Any]) -> None:
+                self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+                self.wfile.flush()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_an_error_event_mid_stream_keeps_the_text_received() -> None:
+    async def collect(stream: Any, into: list[str]) -> None:
+        async for piece in stream:
+            into.append(piece)
+
+    with _ErrorEventServer() as url, _backend(url, "m") as backend:
+        for call in ("stream", "astream"):
+            received: list[str] = []
+            with pytest.raises(GenerationError) as caught:
+                if call == "stream":
+                    for piece in backend.stream("hi", GREEDY):
+                        received.append(piece)
+                else:
+                    _arun(backend, lambda: collect(backend.astream("hi", GREEDY), received))
+            assert received == list(_ErrorEventServer.PIECES), call
+            assert caught.value.partial_text == "Hello world", call
+            message = str(caught.value)
+            assert "the engine died" in message and "partial_text" in message, call
+            assert "\n" not in message and caught.value.backend == "vllm", call
+
+
 # -- a real vLLM server ---------------------------------------------------------------------------
 
 
