@@ -3,8 +3,9 @@
 vLLM is how Qwen3-4B scales past one machine (tensor and pipeline parallelism, multi-node via
 Ray); this backend only talks to such a server, so the same code serves a laptop or a cluster.
 
-Every request is built by :func:`build_request` and always carries ``chat_template_kwargs={"enable_thinking": False}`` plus every sampling value explicitly
-(vLLM would otherwise fall back to the model's thinking-mode ``generation_config``). Reasoning
+Every request is built by :func:`build_request` and always carries
+``chat_template_kwargs={"enable_thinking": False}`` plus every sampling value explicitly (vLLM
+would otherwise fall back to the model's thinking-mode ``generation_config``). Reasoning
 that comes back anyway (a ``reasoning``/``reasoning_content`` field from a server started with a
 reasoning parser, or ``<think>`` text) is removed and logged.
 

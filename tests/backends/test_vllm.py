@@ -11,6 +11,7 @@ and records what the backend sent and what came back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -214,8 +215,10 @@ class _ErrorEventServer:
     fails mid-answer), then ends."""
 
     PIECES = ("Hello", " world")
-    HYBRID_PROMPT = ["<|im_start|>", "user", "Ċ", "hi", "<|im_end|>", "Ċ", "<|im_start|>"]
-    HYBRID_PROMPT += ["assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"]
+    HYBRID_PROMPT = (
+        *("<|im_start|>", "user", "Ċ", "hi", "<|im_end|>", "Ċ"),
+        *("<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"),
+    )
 
     def __init__(self) -> None:
         stub = self
@@ -228,7 +231,7 @@ class _ErrorEventServer:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path == "/tokenize":
                     tokens = list(range(len(stub.HYBRID_PROMPT)))
-                    body = json.dumps({"tokens": tokens, "token_strs": stub.HYBRID_PROMPT})
+                    body = json.dumps({"tokens": tokens, "token_strs": list(stub.HYBRID_PROMPT)})
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
@@ -275,7 +278,9 @@ def test_an_error_event_mid_stream_keeps_the_text_received() -> None:
                     for piece in backend.stream("hi", GREEDY):
                         received.append(piece)
                 else:
-                    _arun(backend, lambda: collect(backend.astream("hi", GREEDY), received))
+                    _arun(
+                        backend, functools.partial(collect, backend.astream("hi", GREEDY), received)
+                    )
             assert received == list(_ErrorEventServer.PIECES), call
             assert caught.value.partial_text == "Hello world", call
             message = str(caught.value)

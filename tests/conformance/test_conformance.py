@@ -9,6 +9,7 @@ weights: gibberish) are deterministic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -562,7 +563,8 @@ def test_a_server_error_mid_stream_keeps_the_text_received(server_harness: Harne
                     for piece in backend.stream("Hi", sampling):
                         received.append(piece)
                 else:
-                    _arun(backend, lambda: collect(backend.astream("Hi", sampling), received))
+                    stream = backend.astream("Hi", sampling)
+                    _arun(backend, functools.partial(collect, stream, received))
             where = f"{server_harness.name} {call}"
             assert type(caught.value) is GenerationError, (where, repr(caught.value))
             assert received and caught.value.partial_text == "".join(received), where
