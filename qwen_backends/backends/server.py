@@ -277,9 +277,9 @@ class ServerBackend(ModelBackend):
             try:
                 call = dialogue.send(reply) if error is None else dialogue.throw(error)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             try:
-                reply = self.remote.call(lambda call=call: _send(call, client), call.status_errors)
+                reply = self.remote.call(functools.partial(_send, call, client), call.status_errors)
                 error = None
             except Exception as exc:
                 reply, error = None, exc
@@ -292,10 +292,10 @@ class ServerBackend(ModelBackend):
             try:
                 call = dialogue.send(reply) if error is None else dialogue.throw(error)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             try:
                 reply = await self.remote.acall(
-                    lambda call=call: _asend(call, client), call.status_errors
+                    functools.partial(_asend, call, client), call.status_errors
                 )
                 error = None
             except Exception as exc:
