@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from qwen_backends.backends.answer import Assembler
 from qwen_backends.backends.base import ModelBackend
@@ -271,35 +271,27 @@ class ServerBackend(ModelBackend):
         """Answer ``dialogue`` with the sync client, each call through the retry policy."""
         self._check_open()
         client = self._sync_client()
-        reply: Any = None
-        error: Exception | None = None
-        while True:
+        steps = _Steps(dialogue)
+        while steps.advance():
             try:
-                call = dialogue.send(reply) if error is None else dialogue.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            try:
-                reply = self.remote.call(functools.partial(_send, call, client), call.status_errors)
-                error = None
+                steps.reply = self.remote.call(
+                    functools.partial(_send, steps.call, client), steps.call.status_errors
+                )
             except Exception as exc:
-                reply, error = None, exc
+                steps.error = exc
+        return steps.result
 
     async def _arun(self, client: Any, dialogue: Dialogue[T]) -> T:
         """Answer ``dialogue`` with the async ``client`` (see :meth:`_run`)."""
-        reply: Any = None
-        error: Exception | None = None
-        while True:
+        steps = _Steps(dialogue)
+        while steps.advance():
             try:
-                call = dialogue.send(reply) if error is None else dialogue.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            try:
-                reply = await self.remote.acall(
-                    functools.partial(_asend, call, client), call.status_errors
+                steps.reply = await self.remote.acall(
+                    functools.partial(_asend, steps.call, client), steps.call.status_errors
                 )
-                error = None
             except Exception as exc:
-                reply, error = None, exc
+                steps.error = exc
+        return steps.result
 
     def _call(self, call: Call) -> Any:
         """The answer to one :class:`Call`, sent with the sync client."""
@@ -347,6 +339,28 @@ def _generation(items: Iterator[str | Generation]) -> Generation:
         generation = item
     assert isinstance(generation, Generation)
     return generation
+
+
+class _Steps(Generic[T]):
+    """Walks a dialogue: the call it asks next, and the answer (or error) to hand back."""
+
+    def __init__(self, dialogue: Dialogue[T]) -> None:
+        self.dialogue = dialogue
+        self.call: Call
+        self.reply: Any = None
+        self.error: Exception | None = None
+        self.result: T
+
+    def advance(self) -> bool:
+        """Hand back the last answer; ``True`` with :attr:`call` set while the dialogue asks
+        for more, ``False`` with :attr:`result` set once it returned."""
+        reply, error, self.reply, self.error = self.reply, self.error, None, None
+        try:
+            self.call = self.dialogue.send(reply) if error is None else self.dialogue.throw(error)
+        except StopIteration as stop:
+            self.result = stop.value
+            return False
+        return True
 
 
 def _single(call: Call) -> Dialogue[Any]:

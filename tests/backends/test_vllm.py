@@ -11,7 +11,6 @@ and records what the backend sent and what came back.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import threading
 import time
@@ -266,26 +265,27 @@ class _ErrorEventServer:
 
 
 def test_an_error_event_mid_stream_keeps_the_text_received() -> None:
-    async def collect(stream: Any, into: list[str]) -> None:
-        async for piece in stream:
-            into.append(piece)
-
     with _ErrorEventServer() as url, _backend(url, "m") as backend:
-        for call in ("stream", "astream"):
-            received: list[str] = []
-            with pytest.raises(GenerationError) as caught:
-                if call == "stream":
-                    for piece in backend.stream("hi", GREEDY):
-                        received.append(piece)
-                else:
-                    _arun(
-                        backend, functools.partial(collect, backend.astream("hi", GREEDY), received)
-                    )
-            assert received == list(_ErrorEventServer.PIECES), call
-            assert caught.value.partial_text == "Hello world", call
-            message = str(caught.value)
-            assert "the engine died" in message and "partial_text" in message, call
-            assert "\n" not in message and caught.value.backend == "vllm", call
+        received: list[str] = []
+        with pytest.raises(GenerationError) as caught:
+            for piece in backend.stream("hi", GREEDY):
+                received.append(piece)
+        outcomes = [(received, caught.value)]
+
+        async def astream() -> tuple[list[str], GenerationError]:
+            pieces: list[str] = []
+            with pytest.raises(GenerationError) as error:
+                async for piece in backend.astream("hi", GREEDY):
+                    pieces.append(piece)
+            return pieces, error.value
+
+        outcomes.append(_arun(backend, astream))
+    for pieces, error in outcomes:
+        assert pieces == list(_ErrorEventServer.PIECES)
+        assert error.partial_text == "Hello world"
+        message = str(error)
+        assert "the engine died" in message and "partial_text" in message
+        assert "\n" not in message and error.backend == "vllm"
 
 
 # -- a real vLLM server ---------------------------------------------------------------------------
