@@ -25,6 +25,7 @@ that comes back despite the switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -208,20 +209,12 @@ class ServerBackend(ModelBackend):
         self, request: Request, chunks: Any, first: Any, started: float
     ) -> Iterator[str | Generation]:
         assembler = Assembler(self, tools=bool(request.tools))
-        try:
-            chunk = first
-            while chunk is not _END:
-                piece = assembler.feed(chunk)
-                if piece:
+        # Closing the response makes the server stop generating (early break included).
+        with _closing(chunks), self._translating(assembler):
+            for chunk in _chain(first, chunks):
+                if piece := assembler.feed(chunk):
                     yield piece
-                chunk = _END if chunks is None else next(chunks, _END)
             yield from assembler.finish(time.perf_counter() - started)
-        except Exception as exc:
-            raise self._answer_error(exc, assembler.text) from exc
-        finally:
-            if chunks is not None:
-                # Closing the response makes the server stop generating (early break included).
-                chunks.close()
 
     async def _aanswer(self, request: Request, *, stream: bool) -> AsyncIterator[str | Generation]:
         """Async :meth:`_answer` (an async generator: nothing runs before the first step)."""
@@ -236,20 +229,22 @@ class ServerBackend(ModelBackend):
             started = time.perf_counter()
             chunks, first = await self._arun(client, self._open(request, stream=stream))
             assembler = Assembler(self, tools=bool(request.tools))
-            try:
-                chunk = first
-                while chunk is not _END:
-                    piece = assembler.feed(chunk)
-                    if piece:
-                        yield piece
-                    chunk = _END if chunks is None else await anext(chunks, _END)
-                for item in assembler.finish(time.perf_counter() - started):
-                    yield item
-            except Exception as exc:
-                raise self._answer_error(exc, assembler.text) from exc
-            finally:
-                if chunks is not None:
-                    await _aclose(chunks)
+            async with _aclosing(chunks):
+                with self._translating(assembler):
+                    async for chunk in _achain(first, chunks):
+                        if piece := assembler.feed(chunk):
+                            yield piece
+                    for item in assembler.finish(time.perf_counter() - started):
+                        yield item
+
+    @contextlib.contextmanager
+    def _translating(self, assembler: Assembler) -> Iterator[None]:
+        """Errors in the middle of an answer as the library's, with the text handed out so far
+        in ``partial_text``."""
+        try:
+            yield
+        except Exception as exc:
+            raise self._answer_error(exc, assembler.text) from exc
 
     def _open(self, request: Request, *, stream: bool) -> Dialogue[tuple[Any, Any]]:
         """Send ``request``: ``(chunks, first_chunk)``, ``chunks`` ``None`` for a whole answer."""
@@ -387,6 +382,41 @@ async def _asend(call: Call, client: Any) -> Any:
     except BaseException:
         await _aclose(reply)
         raise
+
+
+def _chain(first: Any, chunks: Iterator[Any] | None) -> Iterator[Any]:
+    """The chunks of an answer: ``first`` (read when it was opened), then the rest."""
+    if first is not _END:
+        yield first
+        if chunks is not None:
+            yield from chunks
+
+
+async def _achain(first: Any, chunks: AsyncIterator[Any] | None) -> AsyncIterator[Any]:
+    """Async :func:`_chain`."""
+    if first is not _END:
+        yield first
+        if chunks is not None:
+            async for chunk in chunks:
+                yield chunk
+
+
+@contextlib.contextmanager
+def _closing(chunks: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if chunks is not None:
+            chunks.close()
+
+
+@contextlib.asynccontextmanager
+async def _aclosing(chunks: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        if chunks is not None:
+            await _aclose(chunks)
 
 
 async def _aclose(chunks: Any) -> None:
