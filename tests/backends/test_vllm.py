@@ -427,11 +427,16 @@ class _Proxy:
 
 
 def _arun(backend: VLLMBackend, call: Callable[[], Awaitable[_T]]) -> _T:
-    """Run ``call()`` in a fresh event loop, closing the backend's async client before it ends."""
+    """Run ``call()`` in a fresh event loop, closing the backend's async client for that loop
+    before it ends (``aclose()`` would close the backend, which later calls of a test use)."""
 
     async def main() -> _T:
-        async with backend:
+        try:
             return await call()
+        finally:
+            client = backend._async_clients.pop(asyncio.get_running_loop(), None)
+            if client is not None:
+                await client.close()
 
     return asyncio.run(main())
 
