@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwen_backends.errors import GenerationError
 from qwen_backends.openai_wire import tool_call_from_openai
@@ -24,9 +24,10 @@ from qwen_backends.thinking import ThinkingStreamFilter
 from qwen_backends.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCallFilter, new_call_id
 
 if TYPE_CHECKING:
-    from qwen_backends.backends.server import ServerBackend
+    from qwen_backends.backends.remote import Remote
+    from qwen_backends.results import FinishReason
 
-__all__ = ["Assembler", "CallPart", "Piece"]
+__all__ = ["Assembler", "CallPart", "Piece", "Source"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,22 @@ class Piece:
     completion_tokens: int | None = None
 
 
+class Source(Protocol):
+    """What the assembler needs of a server backend
+    (:class:`~qwen_backends.backends.server.ServerBackend` provides it)."""
+
+    remote: Remote
+
+    @property
+    def thinking_field(self) -> str: ...
+
+    def _parse(self, chunk: Any) -> Piece: ...
+
+    def _finish_reason(self, value: str | None) -> FinishReason | None: ...
+
+    def _warn_thinking(self, where: str) -> None: ...
+
+
 class Assembler:
     """Turns the chunks of one answer into visible text pieces and the final
     :class:`~qwen_backends.results.Generation`.
@@ -94,7 +111,7 @@ class Assembler:
         Everything handed out so far (kept in ``partial_text`` when the answer breaks).
     """
 
-    def __init__(self, backend: ServerBackend, *, tools: bool = False) -> None:
+    def __init__(self, backend: Source, *, tools: bool = False) -> None:
         self.backend = backend
         self.text = ""
         self._thinking = ThinkingStreamFilter()
