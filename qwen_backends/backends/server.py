@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -210,7 +210,7 @@ class ServerBackend(ModelBackend):
     ) -> Iterator[str | Generation]:
         assembler = Assembler(self, tools=bool(request.tools))
         # Closing the response makes the server stop generating (early break included).
-        with _closing(chunks), self._translating(assembler):
+        with _closed_after(chunks), self._translating(assembler):
             for chunk in _chain(first, chunks):
                 if piece := assembler.feed(chunk):
                     yield piece
@@ -229,9 +229,9 @@ class ServerBackend(ModelBackend):
             started = time.perf_counter()
             chunks, first = await self._arun(client, self._open(request, stream=stream))
             assembler = Assembler(self, tools=bool(request.tools))
-            async with _aclosing(chunks):
+            async with _aclosed_after(chunks), contextlib.aclosing(_achain(first, chunks)) as rest:
                 with self._translating(assembler):
-                    async for chunk in _achain(first, chunks):
+                    async for chunk in rest:
                         if piece := assembler.feed(chunk):
                             yield piece
                     for item in assembler.finish(time.perf_counter() - started):
@@ -392,7 +392,7 @@ def _chain(first: Any, chunks: Iterator[Any] | None) -> Iterator[Any]:
             yield from chunks
 
 
-async def _achain(first: Any, chunks: AsyncIterator[Any] | None) -> AsyncIterator[Any]:
+async def _achain(first: Any, chunks: AsyncIterator[Any] | None) -> AsyncGenerator[Any, None]:
     """Async :func:`_chain`."""
     if first is not _END:
         yield first
@@ -402,7 +402,7 @@ async def _achain(first: Any, chunks: AsyncIterator[Any] | None) -> AsyncIterato
 
 
 @contextlib.contextmanager
-def _closing(chunks: Any) -> Iterator[None]:
+def _closed_after(chunks: Any) -> Iterator[None]:
     try:
         yield
     finally:
@@ -411,7 +411,7 @@ def _closing(chunks: Any) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _aclosing(chunks: Any) -> AsyncIterator[None]:
+async def _aclosed_after(chunks: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
