@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from qwen_backends.backends.remote import Failure, Remote
     from qwen_backends.settings import Settings
 
-__all__ = ["Call", "Dialogue", "ServerBackend"]
+__all__ = ["Call", "Dialogue", "ServerBackend", "StatusErrors"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,10 @@ class ServerBackend(ModelBackend):
         try:
             yield
         except Exception as exc:
-            raise self._answer_error(exc, assembler.text) from exc
+            error = self._answer_error(exc, assembler.text)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _open(self, request: Request, *, stream: bool) -> Dialogue[tuple[Any, Any]]:
         """Send ``request``: ``(chunks, first_chunk)``, ``chunks`` ``None`` for a whole answer."""
