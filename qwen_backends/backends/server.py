@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from qwen_backends.backends.answer import Assembler
-from qwen_backends.backends.base import ModelBackend
-from qwen_backends.backends.base import check_open
+from qwen_backends.backends.base import ModelBackend, check_open
 from qwen_backends.errors import ConfigurationError, GenerationError, QwenBackendsError
 from qwen_backends.results import FinishReason, Generation, Request
 
