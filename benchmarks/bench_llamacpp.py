@@ -116,7 +116,7 @@ def text_cost(backend: LlamaCppBackend, tokens: int) -> float:
 
     On a busy machine the pair ratio above is noisy; this isolates the backend's own work.
     """
-    from qwen_backends.backends.llamacpp import _IncrementalDecoder
+    from qwen_backends.backends.token_loop import IncrementalDecoder
     from qwen_backends.thinking import TextPipeline
 
     ids = backend.tokenizer("The quick brown fox jumps over the lazy dog. " * 40)["input_ids"]
@@ -124,9 +124,9 @@ def text_cost(backend: LlamaCppBackend, tokens: int) -> float:
     rounds = 20
     start = time.perf_counter()
     for _ in range(rounds):
-        decoder, pipeline = _IncrementalDecoder(backend.tokenizer), TextPipeline(("</answer>",))
+        decoder, pipeline = IncrementalDecoder(backend.tokenizer), TextPipeline(("</answer>",))
         for token in ids:
-            pipeline.feed(decoder.feed(token))
+            pipeline.feed(decoder.add(token))
         pipeline.flush()
     return (time.perf_counter() - start) / (rounds * len(ids))
 

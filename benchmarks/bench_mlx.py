@@ -133,7 +133,7 @@ def structured(backend: MLXBackend, pairs: int, tokens: int) -> dict[str, float]
 
 def text_work(backend: MLXBackend, ids: list[int], repeats: int = 200) -> float:
     """Microseconds per token of the backend's own text work (decode, stop strings, thinking)."""
-    from qwen_backends.backends.mlx import IncrementalDecoder
+    from qwen_backends.backends.token_loop import IncrementalDecoder
     from qwen_backends.thinking import TextPipeline
 
     start = time.perf_counter()

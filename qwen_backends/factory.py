@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import MissingDependencyError, UnknownBackendError, did_you_mean
+from qwen_backends.errors import UnknownBackendError
 from qwen_backends.registry import BACKENDS, load_target, missing_modules
 from qwen_backends.settings import Settings
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import ModelBackend
 
-__all__ = ["backend_class", "create_backend"]
+__all__ = ["backend_class", "create_backend", "readiness"]
 
 
 def backend_class(name: str) -> type[ModelBackend]:
-    """Import and return the class of backend ``name``.
+    """Import and return the class of backend ``name`` (:meth:`Registry.resolve
+    <qwen_backends.registry.Registry.resolve>` over :data:`~qwen_backends.registry.BACKENDS`).
 
     Raises
     ------
@@ -28,20 +29,27 @@ def backend_class(name: str) -> type[ModelBackend]:
     MissingDependencyError
         When its pip extra is not installed.
     """
-    if name not in BACKENDS:
-        raise UnknownBackendError(
-            f"unknown backend {name!r}; {did_you_mean(name, BACKENDS)}"
-            f"available: {', '.join(BACKENDS)}"
-        )
-    registration = BACKENDS[name]
-    missing = missing_modules(name)
-    if missing:
-        raise MissingDependencyError(
-            f"the {name} backend needs {', '.join(missing)}, which is not installed; "
-            f"install it with: pip install 'qwen-backends[{registration.extra}]'"
-        )
-    cls: type[ModelBackend] = load_target(registration)
+    cls: type[ModelBackend] = BACKENDS.resolve(name)
     return cls
+
+
+def readiness(name: str, settings: Settings) -> str:
+    """A short verdict on whether backend ``name`` can start on this machine (for ``info``).
+
+    Names the pip extra when its modules are missing; otherwise asks the backend's registered
+    readiness probe (:attr:`~qwen_backends.registry.Registration.readiness_target`).
+    """
+    if name not in BACKENDS:
+        raise UnknownBackendError(BACKENDS.unknown(name))
+    registration = BACKENDS[name]
+    missing = missing_modules(registration)
+    if missing:
+        return (
+            f"cannot start: missing {', '.join(missing)} "
+            f"(pip install 'qwen-backends[{registration.extra}]')"
+        )
+    verdict: str = load_target(registration.readiness_target)(settings)
+    return verdict
 
 
 def create_backend(settings: Settings | None = None, **overrides: Any) -> ModelBackend:

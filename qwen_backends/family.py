@@ -27,10 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from qwen_backends.errors import ConfigurationError, UnknownBackendError
+from qwen_backends.registry import BACKENDS
+
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyName", "family_for_model"]
 
 FamilyName = Literal["qwen3-4b", "qwen3-4b-instruct-2507"]
 DEFAULT_FAMILY: FamilyName = "qwen3-4b"
+
+#: Attributes of :class:`Family` a registration may name as its default model.
+_MODEL_ATTRIBUTES = frozenset({"hf", "unsloth", "vllm", "ollama", "gguf_repo", "mlx"})
 
 
 @dataclass(frozen=True)
@@ -83,22 +89,33 @@ class Family:
     def model_for(self, backend: str) -> str:
         """The default model of ``backend`` (a registry name) in this family.
 
-        ``llamacpp`` gets the GGUF repository (its file pattern is :attr:`gguf_file`); a backend
-        without an entry gets the hub repository.
+        The backend's registration names the attribute (:attr:`Registration.family_model
+        <qwen_backends.registry.Registration.family_model>`): ``llamacpp`` gets the GGUF
+        repository (its file pattern is :attr:`gguf_file`).
+
+        Raises
+        ------
+        UnknownBackendError
+            For an unregistered backend.
+        ConfigurationError
+            When the backend's registration names no model of the family table.
         """
-        table = {
-            "hf": self.hf,
-            "unsloth": self.unsloth,
-            "vllm": self.vllm,
-            "ollama": self.ollama,
-            "llamacpp": self.gguf_repo,
-            "mlx": self.mlx,
-        }
-        return table.get(backend, self.hf)
+        if backend not in BACKENDS:
+            raise UnknownBackendError(BACKENDS.unknown(backend))
+        attribute = BACKENDS[backend].family_model
+        if attribute not in _MODEL_ATTRIBUTES:
+            raise ConfigurationError(
+                f"the {backend} backend has no default model in the family table "
+                f"(its registration names {attribute!r}, not one of "
+                f"{', '.join(sorted(_MODEL_ATTRIBUTES))}); set QWEN_MODEL or "
+                f"QWEN_{backend.upper()}__MODEL"
+            )
+        model: str = getattr(self, attribute)
+        return model
 
     def all_names(self) -> frozenset[str]:
         """Every model name of this family (to tell which family a model belongs to)."""
-        names = {self.hf, self.unsloth, self.vllm, self.ollama, self.gguf_repo, self.mlx}
+        names = {getattr(self, attribute) for attribute in _MODEL_ATTRIBUTES}
         if self.ollama_source:
             names.add(self.ollama_source)
         return frozenset(names)

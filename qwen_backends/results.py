@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from qwen_backends.chat import Message
     from qwen_backends.sampling import SamplingParams
 
-__all__ = ["FinishReason", "Generation", "Request", "ToolCall"]
+__all__ = ["FinishReason", "Generation", "Request", "TokenLogprob", "ToolCall", "TopLogprob"]
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -40,6 +40,41 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One likely token at a step: its text, id and log-probability."""
+
+    token: str
+    id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and how likely the model found it.
+
+    Every backend reports the same number: the log-softmax of the model's raw logits at that
+    step (before temperature, penalties, top-k/top-p/min-p, the grammar and the English mask),
+    which is what vLLM reports by default. Tokens of removed thinking are not reported.
+
+    Attributes
+    ----------
+    token
+        The token's text (bytes that do not form whole characters are shown as U+FFFD).
+    id
+        The token id.
+    logprob
+        Natural-log probability.
+    top
+        The ``top_logprobs`` most likely tokens at that step, most likely first.
+    """
+
+    token: str
+    id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,9 @@ class Generation:
         Function calls the model asked for (only when tools were given).
     parsed
         The validated object for a ``response_format`` call (a pydantic instance or a dict).
+    logprobs
+        With ``sampling.logprobs``: one :class:`TokenLogprob` per generated token (the
+        end-of-turn token included, as in ``completion_tokens``); ``None`` otherwise.
     """
 
     text: str
@@ -74,6 +112,7 @@ class Generation:
     seconds: float
     tool_calls: tuple[ToolCall, ...] = ()
     parsed: Any = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def tokens_per_second(self) -> float:

@@ -85,6 +85,16 @@ class SamplingParams(BaseModel):
         description="Restrict sampling to the English-tier tokens of the vocabulary "
         "(see qwen_backends.vocab). Backends that cannot do this raise instead.",
     )
+    logprobs: bool = Field(
+        False,
+        description="Report each generated token's log-probability (Generation.logprobs): the "
+        "log-softmax of the model's raw logits at that step, before temperature, penalties, "
+        "top-k/top-p/min-p and any mask. Backends that cannot raise instead.",
+    )
+    top_logprobs: int = Field(
+        0,
+        description="With logprobs: also the n most likely tokens at each step, 0 <= n <= 20.",
+    )
 
     #: (minimum, maximum, minimum-is-exclusive) per numeric field.
     _BOUNDS: ClassVar[dict[str, tuple[float, float, bool]]] = {
@@ -96,6 +106,7 @@ class SamplingParams(BaseModel):
         "presence_penalty": (0.0, 2.0, False),
         "repetition_penalty": (0.0, 2.0, True),
         "seed": (0, 2**32 - 1, False),
+        "top_logprobs": (0, 20, False),
     }
 
     def __init__(self, **data: Any) -> None:
@@ -114,6 +125,7 @@ class SamplingParams(BaseModel):
         "presence_penalty",
         "repetition_penalty",
         "seed",
+        "top_logprobs",
         mode="before",
     )
     @classmethod
@@ -146,6 +158,11 @@ class SamplingParams(BaseModel):
         for text in self.stop:
             if not text:
                 raise ValueError("stop contains an empty string; remove it")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError(
+                f"top_logprobs={self.top_logprobs} needs logprobs=True; set both, or drop "
+                "top_logprobs"
+            )
         return self
 
     @property
@@ -206,7 +223,7 @@ class SamplingParams(BaseModel):
         return cls(**{**values, **overrides})
 
 
-_INT_FIELDS = frozenset({"top_k", "max_new_tokens", "seed"})
+_INT_FIELDS = frozenset({"top_k", "max_new_tokens", "seed", "top_logprobs"})
 
 
 def _fmt(number: float) -> str:

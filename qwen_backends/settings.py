@@ -29,7 +29,7 @@ import io
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -48,10 +49,10 @@ from pydantic_settings import (
 )
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
-from qwen_backends.errors import ConfigurationError, ThinkingModeError, did_you_mean
+from qwen_backends.errors import ConfigurationError, ThinkingModeError, first_line
 from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
 from qwen_backends.grammar import DEFAULT_COMPILE_TIMEOUT
-from qwen_backends.registry import BACKENDS
+from qwen_backends.registry import BACKENDS, load_target
 from qwen_backends.sampling import SamplingParams, validation_message
 from qwen_backends.thinking import reject_thinking
 
@@ -88,6 +89,9 @@ class Section(BaseModel):
     """A settings section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class HFSettings(Section):
@@ -331,7 +335,12 @@ class ServeSettings(Section):
 
 
 class Settings(BaseSettings):
-    """Everything qwen-backends needs to know, resolved from all sources (see module docs)."""
+    """Everything qwen-backends needs to know, resolved from all sources (see module docs).
+
+    Besides the fields below, each backend registered in :data:`qwen_backends.registry.BACKENDS`
+    with a settings section has a field named like it (``hf``, ``ollama`` ...), added from the
+    registry.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="QWEN_",
@@ -369,12 +378,17 @@ class Settings(BaseSettings):
         "compiling a response_format schema into its grammar; a schema that takes longer is "
         "refused with UnsupportedFeatureError. Compiled schemas are cached per backend.",
     )
-    hf: HFSettings = Field(default_factory=HFSettings)
-    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
-    unsloth: UnslothSettings = Field(default_factory=UnslothSettings)
-    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
-    llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
-    mlx: MLXSettings = Field(default_factory=MLXSettings)
+    # One section per registered backend is added at run time by _derive_backend_sections():
+    # the registry is their one list. The type checker needs them spelt out (a test checks
+    # that these match the registry); a new backend may skip this and read its section with
+    # Settings.section().
+    if TYPE_CHECKING:
+        hf: HFSettings
+        ollama: OllamaSettings
+        unsloth: UnslothSettings
+        vllm: VLLMSettings
+        llamacpp: LlamaCppSettings
+        mlx: MLXSettings
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -399,10 +413,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_backend(cls, value: Any) -> Any:
         if isinstance(value, str) and value not in BACKENDS:
-            raise ValueError(
-                f"unknown backend {value!r}; {did_you_mean(value, BACKENDS)}"
-                f"choose one of {', '.join(BACKENDS)}"
-            )
+            raise ValueError(BACKENDS.unknown(value))
         return value
 
     @field_validator("model", mode="before")
@@ -436,6 +447,26 @@ class Settings(BaseSettings):
         section: Section = getattr(self, self.backend)
         return section
 
+    def section(self, kind: type[SectionT], backend: str | None = None) -> SectionT:
+        """The section of ``backend`` (default: the selected one), checked to be a ``kind``.
+
+        Typed access for a backend whose section is not spelt out for the type checker:
+        ``self.settings.section(EchoSettings, self.name).model``.
+
+        Raises
+        ------
+        ConfigurationError
+            When that backend has no section of type ``kind``.
+        """
+        name = backend or self.backend
+        found = getattr(self, name, None) if name in _backend_fields else None
+        if not isinstance(found, kind):
+            raise ConfigurationError(
+                f"backend {name!r} has no {kind.__name__} settings section; register it with "
+                f"settings='module:{kind.__name__}' (see docs/adding_a_backend.md)"
+            )
+        return found
+
     @property
     def model_name(self) -> str:
         """The model the selected backend loads.
@@ -466,12 +497,19 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked (safe to print or log).
 
-        Secret fields print as ``**********`` and credentials inside server URLs are masked
-        with :func:`mask_url`.
+        Masking goes by field type, never by backend name: every ``SecretStr`` field prints as
+        ``**********``, and credentials inside the fields a backend's registration marks as URLs
+        (:attr:`~qwen_backends.registry.Registration.url_fields`) are masked with
+        :func:`mask_url`.
         """
         data = self.model_dump(mode="json")
-        data["ollama"]["host"] = mask_url(data["ollama"]["host"])
-        data["vllm"]["base_url"] = mask_url(data["vllm"]["base_url"])
+        for name, registration in BACKENDS.items():
+            section = data.get(name)
+            if not isinstance(section, dict):
+                continue
+            for field in registration.url_fields:
+                if isinstance(section.get(field), str):
+                    section[field] = mask_url(section[field])
         return data
 
     @classmethod
@@ -506,6 +544,73 @@ class Settings(BaseSettings):
             )
             sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
         return (*sources, file_secret_settings)
+
+
+#: Names of the Settings fields that are backend sections (derived from the registry).
+_backend_fields: set[str] = set()
+
+
+def _derive_backend_sections() -> None:
+    """Give :class:`Settings` one field per registered backend section, named like the backend.
+
+    The fields go, in registry order, before the first other section (``evaluation``). Runs at
+    import and after every :meth:`~qwen_backends.registry.Registry.register` /
+    ``unregister`` of a backend (not thread-safe: register at start-up or in tests).
+
+    Raises
+    ------
+    ConfigurationError
+        When a registration's ``settings`` is not an importable :class:`Section`, its
+        ``url_fields`` are not fields of it, or its name is a general setting's.
+    """
+    sections: dict[str, FieldInfo] = {}
+    for name, registration in BACKENDS.items():
+        if registration.settings is None:
+            continue
+        try:
+            section = load_target(registration.settings)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"the {name} backend's settings={registration.settings!r} cannot be imported "
+                f"({first_line(exc)}); check the module and class name"
+            ) from exc
+        if not (isinstance(section, type) and issubclass(section, Section)):
+            raise ConfigurationError(
+                f"the {name} backend's settings={registration.settings!r} is not a Section "
+                "subclass; point it at a class deriving from qwen_backends.settings.Section"
+            )
+        unknown = [field for field in registration.url_fields if field not in section.model_fields]
+        if unknown:
+            raise ConfigurationError(
+                f"the {name} backend's url_fields name {', '.join(unknown)}, which "
+                f"{section.__name__} does not have; name fields of its settings section"
+            )
+        sections[name] = FieldInfo.from_annotated_attribute(section, Field(default_factory=section))
+    fields = Settings.model_fields
+    general = {name: info for name, info in fields.items() if name not in _backend_fields}
+    clash = sorted(set(sections) & set(general))
+    if clash:
+        raise ConfigurationError(
+            f"backend name {clash[0]!r} is also a general setting; register it under another name"
+        )
+    ordered: dict[str, FieldInfo] = {}
+    for name, info in general.items():
+        annotation = info.annotation
+        if sections and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            ordered.update(sections)
+            sections = {}
+        ordered[name] = info
+    ordered.update(sections)
+    # In place: model_fields is the class's own field table, which a forced rebuild reads.
+    fields.clear()
+    fields.update(ordered)
+    _backend_fields.clear()
+    _backend_fields.update(name for name in ordered if name not in general)
+    Settings.model_rebuild(force=True)
+
+
+_derive_backend_sections()
+BACKENDS.watch(_derive_backend_sections)
 
 
 def config_file_path() -> Path | None:

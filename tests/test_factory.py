@@ -51,3 +51,22 @@ def test_import_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_readiness_names_the_missing_extra_before_asking_the_probe() -> None:
+    from qwen_backends.factory import readiness
+    from qwen_backends.settings import Settings
+
+    needy = Registration(
+        "qwen_backends.backends.hf:HFBackend",
+        "extra_x",
+        ("no_such_module_xyz",),
+        "x",
+        readiness="no_such_module_xyz:never_called",
+    )
+    with BACKENDS.registered("needy", needy):
+        assert readiness("needy", Settings()) == (
+            "cannot start: missing no_such_module_xyz (pip install 'qwen-backends[extra_x]')"
+        )
+    with pytest.raises(UnknownBackendError, match="did you mean 'ollama'"):
+        readiness("olama", Settings())

@@ -19,6 +19,7 @@ Text a hook returns has thinking removed and stop strings cut (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -27,7 +28,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.chat import Conversation, Message, validate_messages
-from qwen_backends.errors import ConfigurationError, UnsupportedFeatureError
+from qwen_backends.errors import (
+    ConfigurationError,
+    GenerationError,
+    QwenBackendsError,
+    UnsupportedFeatureError,
+)
 from qwen_backends.results import FinishReason, Generation, Request, ToolCall
 from qwen_backends.sampling import SamplingParams
 
@@ -45,6 +51,7 @@ __all__ = [
     "SamplingLike",
     "TextStream",
     "ToolCall",
+    "check_open",
 ]
 
 #: What the public methods accept as ``sampling``: the object, a mapping of its fields, a preset
@@ -72,6 +79,10 @@ class Capabilities:
         Can pass tools to the model and parse its tool calls.
     seeded
         The same seed gives the same answer.
+    logprobs
+        Reports per-token log-probabilities (``sampling.logprobs``).
+    scoring
+        Scores given text (:meth:`ModelBackend.score`): needs the prompt's log-probabilities.
     """
 
     english_only: bool = False
@@ -81,6 +92,8 @@ class Capabilities:
     structured_output: bool = False
     tools: bool = False
     seeded: bool = True
+    logprobs: bool = False
+    scoring: bool = False
 
 
 class TextStream(Iterator[str]):
@@ -213,8 +226,9 @@ class ModelBackend(ABC):
         tools
             Functions the model may call: JSON-schema function specs or Python callables.
         """
-        request = self._request(messages, sampling, response_format, tools)
-        return self._validate_output(request, self._generate(request))
+        with self._attributed():
+            request = self._request(messages, sampling, response_format, tools)
+            return self._validate_output(request, self._generate(request))
 
     def stream(
         self,
@@ -229,8 +243,9 @@ class ModelBackend(ABC):
         Everything is checked before this returns; stopping the iteration early (``break`` and
         ``close()``) stops the generation.
         """
-        request = self._request(messages, sampling, response_format, tools)
-        return TextStream(self._finish_stream(request, self._stream(request)))
+        with self._attributed():
+            request = self._request(messages, sampling, response_format, tools)
+            return TextStream(self._finish_stream(request, self._stream(request)))
 
     def generate_batch(
         self,
@@ -245,14 +260,17 @@ class ModelBackend(ABC):
             raise ConfigurationError(
                 "generate_batch takes a list of conversations; for one prompt use generate()"
             )
-        params = self.resolve_sampling(sampling)
-        requests = [
-            self._request(messages, params, response_format, tools) for messages in conversations
-        ]
-        if not requests:
-            return []
-        results = self._generate_batch(requests)
-        return [self._validate_output(r, g) for r, g in zip(requests, results, strict=True)]
+        with self._attributed():
+            check_open(self._closed, self.name)
+            params = self.resolve_sampling(sampling)
+            requests = [
+                self._request(messages, params, response_format, tools)
+                for messages in conversations
+            ]
+            if not requests:
+                return []
+            results = self._generate_batch(requests)
+            return [self._validate_output(r, g) for r, g in zip(requests, results, strict=True)]
 
     async def agenerate(
         self,
@@ -263,8 +281,9 @@ class ModelBackend(ABC):
         tools: Sequence[Any] | None = None,
     ) -> Generation:
         """Async :meth:`generate` (native on server backends, a worker thread otherwise)."""
-        request = self._request(messages, sampling, response_format, tools)
-        return self._validate_output(request, await self._agenerate(request))
+        with self._attributed():
+            request = self._request(messages, sampling, response_format, tools)
+            return self._validate_output(request, await self._agenerate(request))
 
     def astream(
         self,
@@ -275,8 +294,9 @@ class ModelBackend(ABC):
         tools: Sequence[Any] | None = None,
     ) -> AsyncTextStream:
         """Async :meth:`stream`: ``async for piece in backend.astream(...)``."""
-        request = self._request(messages, sampling, response_format, tools)
-        return AsyncTextStream(self._afinish_stream(request, self._astream(request)))
+        with self._attributed():
+            request = self._request(messages, sampling, response_format, tools)
+            return AsyncTextStream(self._afinish_stream(request, self._astream(request)))
 
     def prompt_ids(
         self, messages: Conversation, *, tools: Sequence[Any] | None = None
@@ -288,7 +308,8 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             Where the backend cannot know them exactly.
         """
-        return self._prompt_ids(self._validate(messages), self._tools(tools))
+        with self._attributed():
+            return self._prompt_ids(self._validate(messages), self._tools(tools))
 
     def count_prompt_tokens(
         self, messages: Conversation, *, tools: Sequence[Any] | None = None
@@ -304,9 +325,11 @@ class ModelBackend(ABC):
         UnsupportedFeatureError
             For backends whose server renders the prompt.
         """
-        return self._render(self._validate(messages), self._tools(tools))
+        with self._attributed():
+            return self._render(self._validate(messages), self._tools(tools))
 
     def _validate(self, messages: Conversation) -> list[Message]:
+        check_open(self._closed, self.name)
         # Control-token text is refused unless the settings opt in (allow_control_tokens).
         return validate_messages(messages, allow_control_tokens=self.settings.allow_control_tokens)
 
@@ -319,6 +342,10 @@ class ModelBackend(ABC):
             If it asks for something this backend cannot do (nothing is dropped silently).
         """
         resolved = SamplingParams.coerce(sampling, default=self.settings.sampling)
+        if resolved.logprobs and not self.capabilities.logprobs:
+            raise UnsupportedFeatureError(
+                self.name, "logprobs", "it cannot report token log-probabilities"
+            )
         if resolved.english_only and not self.capabilities.english_only:
             raise UnsupportedFeatureError(
                 self.name,
@@ -461,19 +488,45 @@ class ModelBackend(ABC):
         )
         return replace(generation, parsed=parsed)
 
+    @contextlib.contextmanager
+    def _attributed(self) -> Iterator[None]:
+        """Errors raised inside name this backend (``error.backend``) unless they already do:
+        the one place a backend's name reaches its errors."""
+        try:
+            yield
+        except QwenBackendsError as exc:
+            if exc.backend is None:
+                exc.backend = self.name
+            raise
+
     def _finish_stream(
         self, request: Request, pieces: Iterator[str | Generation]
     ) -> Iterator[str | Generation]:
-        for item in pieces:
-            yield self._validate_output(request, item) if isinstance(item, Generation) else item
+        with self._attributed():
+            for item in pieces:
+                yield self._validate_output(request, item) if isinstance(item, Generation) else item
 
     async def _afinish_stream(
         self, request: Request, pieces: AsyncIterator[str | Generation]
     ) -> AsyncIterator[str | Generation]:
         try:
-            async for item in pieces:
-                yield self._validate_output(request, item) if isinstance(item, Generation) else item
+            with self._attributed():
+                async for item in pieces:
+                    yield (
+                        self._validate_output(request, item)
+                        if isinstance(item, Generation)
+                        else item
+                    )
         finally:
             close = getattr(pieces, "aclose", None)
             if close is not None:
                 await close()
+
+
+def check_open(closed: bool, backend: str) -> None:
+    """Refuse work on a closed backend with one line (the same on every backend)."""
+    if closed:
+        raise GenerationError(
+            f"this {backend} backend was closed; create a new one with create_backend()",
+            backend=backend,
+        )

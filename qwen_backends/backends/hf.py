@@ -1,13 +1,8 @@
 """Qwen3-4B on Hugging Face transformers (``backend="hf"``): CPU, CUDA or Apple MPS.
 
 Loading (:meth:`HFBackend._load`, the one step a subclass such as the Unsloth backend replaces):
-``AutoTokenizer`` / ``AutoModelForCausalLM`` from ``settings.model_name`` (a hub id or a local
-directory) with the revision, ``local_files_only``, the token, safetensors-only weights unless
-``trust_remote_code``, the resolved device and dtype
-(:func:`~qwen_backends.backends.torch_devices.resolve_device`,
-:func:`~qwen_backends.backends.torch_devices.resolve_dtype`), the attention kernel, optional
-bitsandbytes 4/8-bit weights (CUDA only) and YaRN rope scaling. Every loading failure is
-translated in :func:`_translating_load_errors`.
+:func:`~qwen_backends.backends.transformers_loading.load_model` (hub id or local directory,
+device, dtype, quantization, YaRN; every failure translated there).
 
 Generation works on ``self.model`` / ``self.tokenizer`` whatever loaded them, through the
 backend's own decode loop (:func:`~qwen_backends.backends.transformers_decode.decode`: the tokens
@@ -27,9 +22,11 @@ subclass keeps Unsloth's ``generate``):
   (see :mod:`qwen_backends.backends.transformers_sampling`);
 - a per-call seed runs inside :func:`torch.random.fork_rng`, so the caller's global RNG state is
   the same after the call as before it (a call without a seed draws a fresh one the same way);
-- text goes through one pipeline (stop strings, then thinking removal, then
-  :func:`~qwen_backends.chat.strip_thinking`) that gives the same result however the text is cut
-  into pieces, which is why ``"".join(stream(...)) == generate(...).text`` for the same seed;
+- the generated ids go through the in-process backends' one token loop
+  (:class:`~qwen_backends.backends.local.LocalBackend`): stop strings, thinking removal and
+  tool calls the same however the text is cut, so ``"".join(stream(...)) == generate(...).text``
+  for the same seed; :meth:`HFBackend._generate_batch` decodes a whole batch in one loop and
+  builds each answer with the same assembler;
 - ``response_format`` is a grammar-constrained logits processor (the engine of
   :mod:`qwen_backends.grammar`, see :mod:`qwen_backends.backends.transformers_grammar`): the
   sampler can only draw tokens that keep the answer a valid prefix of a schema-valid JSON
@@ -41,242 +38,44 @@ subclass keeps Unsloth's ``generate``):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import json
+import queue
 import secrets
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
-from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
-from qwen_backends.backends.torch_devices import (
-    DeviceProbes,
-    LowMemoryWarning,
-    bitsandbytes_config,
-    check_load_options,
-    count_parameters,
-    memory_warning,
-    resolve_device,
-    resolve_dtype,
-)
+from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
+from qwen_backends.backends.torch_devices import DeviceProbes
 from qwen_backends.backends.transformers_decode import decode
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
+from qwen_backends.backends.transformers_loading import load_model, vocab_rows
 from qwen_backends.backends.transformers_sampling import (
     AllowedTokensLogitsProcessor,
     CancelCriterion,
     PresencePenaltyLogitsProcessor,
     StopStringCriterion,
     TokenSampler,
-    english_bias,
     generation_config_for,
+    logprob_steps,
 )
-from qwen_backends.errors import (
-    BackendUnavailableError,
-    GenerationError,
-    MissingDependencyError,
-    ModelNotFoundError,
-    QwenBackendsError,
-    first_line,
-)
-from qwen_backends.family import FAMILIES
-from qwen_backends.models import hub_offline, looks_like_path
-from qwen_backends.results import FinishReason, Generation, Request
-from qwen_backends.sampling import SamplingParams
-from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR, HFSettings
-from qwen_backends.thinking import TemplateMode, TextPipeline, template_mode
-from qwen_backends.tools import ToolCallFilter, parse_tool_calls
+from qwen_backends.errors import GenerationError, QwenBackendsError, first_line
+from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
     from qwen_backends.grammar import GrammarEngine
+
+    from qwen_backends.results import Generation, Request
+    from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
-    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["HFBackend"]
-
-
-def _streamer_class() -> type:
-    """A ``TextIteratorStreamer`` whose pieces concatenate to exactly the one-shot decode."""
-    from transformers import TextIteratorStreamer
-
-    class _ExactStreamer(TextIteratorStreamer):
-        """Decodes a window of tokens since the last complete character and emits the new text;
-        a trailing incomplete UTF-8 sequence (U+FFFD) waits for the next token."""
-
-        def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-            super().__init__(tokenizer, skip_prompt=True)
-            self.window: list[int] = []
-            self.sent = 0
-            self.ended = False
-
-        def put(self, value: torch.Tensor) -> None:
-            if self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            if value.dim() > 1:
-                if value.shape[0] > 1:
-                    raise ValueError("the stream handles one sequence at a time")
-                value = value[0]
-            self.window.extend(value.tolist())
-            text = _decode(self.tokenizer, self.window)
-            ready = text.rstrip("\ufffd")
-            if len(ready) > self.sent:
-                self.on_finalized_text(ready[self.sent :])
-            if ready == text:
-                self.window, self.sent = [], 0
-            else:
-                self.sent = max(self.sent, len(ready))
-
-        def end(self) -> None:
-            if self.ended:
-                return
-            self.ended = True
-            text = _complete(_decode(self.tokenizer, self.window)) if self.window else ""
-            self.window, self.sent, tail = [], 0, text[self.sent :]
-            self.on_finalized_text(tail, stream_end=True)
-
-    return _ExactStreamer
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
-    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return str(text)
-
-
-def _complete(text: str) -> str:
-    """``text`` without a trailing incomplete UTF-8 sequence (decoded as U+FFFD).
-
-    An answer can end half-way through a character (``max_new_tokens`` reached after the first
-    byte of a multi-byte character); like vLLM and Ollama, the caller gets complete characters.
-    """
-    return text.rstrip("\ufffd")
-
-
-# -- loading -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
-    """The one place loading failures become :mod:`qwen_backends.errors` types."""
-    try:
-        yield
-    except QwenBackendsError:
-        raise
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"loading {source!r} needs a package that is not installed ({first_line(exc)}); "
-            "pip install 'qwen-backends[hf]' (and bitsandbytes / flash-attn if you enabled them)"
-        ) from exc
-    except (OSError, ValueError, KeyError) as exc:
-        detail = first_line(exc)
-        if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
-            raise _local_load_error(Path(source), exc) from exc
-        offline = hub_offline(hf.local_files_only)
-        if isinstance(exc, KeyError) or "does not recognize this architecture" in detail:
-            raise ModelNotFoundError(
-                f"transformers cannot build {source!r} ({detail}); Qwen3 needs transformers "
-                ">= 4.51: pip install -U 'qwen-backends[hf]'"
-            ) from exc
-        if "safetensors" in detail and not hf.trust_remote_code:
-            hint = (
-                "only safetensors weights are loaded by default; convert the checkpoint to "
-                "safetensors, or set QWEN_HF__TRUST_REMOTE_CODE=true if you trust its files"
-            )
-        elif offline:
-            hint = (
-                "downloads are off (HF_HUB_OFFLINE or QWEN_HF__LOCAL_FILES_ONLY) and the model is "
-                "not in the local cache; point QWEN_MODEL / --model at a local directory holding "
-                f"it, or download it once while online: hf download {source}"
-            )
-        else:
-            hint = (
-                "check the hub id or local path (and QWEN_HF__REVISION), the network, and "
-                "QWEN_HF__TOKEN / HF_TOKEN for gated or private models; without network use a "
-                "local directory and QWEN_HF__LOCAL_FILES_ONLY=true"
-            )
-        raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower() and Path(source).is_dir():
-            raise _local_load_error(Path(source), exc) from exc
-        if "out of memory" in str(exc).lower():
-            raise BackendUnavailableError(
-                f"ran out of memory loading {source!r}; use a smaller dtype "
-                "(QWEN_HF__DTYPE=bfloat16), QWEN_HF__QUANTIZATION=4bit on CUDA, or another device",
-                retryable=False,
-            ) from exc
-        raise ModelNotFoundError(
-            f"cannot load model {source!r} ({first_line(exc)}); check that it is a Qwen3 "
-            "checkpoint that transformers can read"
-        ) from exc
-    except Exception as exc:
-        if type(exc).__name__ != "SafetensorError":  # safetensors' own error is no OSError
-            raise
-        if Path(source).is_dir():
-            raise _local_load_error(Path(source), exc) from exc
-        raise ModelNotFoundError(
-            f"the weights of {source!r} are damaged ({first_line(exc)}); delete its folder from "
-            "the Hugging Face cache (~/.cache/huggingface/hub) and download it again"
-        ) from exc
-
-
-def _local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
-    """Say what is wrong with a local checkpoint directory that failed to load."""
-    detail = first_line(exc)
-    fix = "copy or download the checkpoint again"
-    if isinstance(exc, PermissionError):
-        name = getattr(exc, "filename", None) or directory
-        return ModelNotFoundError(
-            f"cannot read {name} ({exc.strerror}); check the permissions of the model directory "
-            f"{directory}"
-        )
-    config = directory / "config.json"
-    if not config.is_file():
-        return ModelNotFoundError(
-            f"{directory} holds no model (no config.json); point QWEN_MODEL / --model at a Qwen3 "
-            "checkpoint directory (config.json, tokenizer files, *.safetensors), or give a hub id"
-        )
-    try:
-        json.loads(config.read_bytes())
-    except (OSError, ValueError) as problem:
-        return ModelNotFoundError(
-            f"{config} is damaged or truncated ({first_line(problem)}); {fix}"
-        )
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-    if not any((directory / name).is_file() for name in tokenizer_files):
-        return ModelNotFoundError(
-            f"{directory} holds no tokenizer (no tokenizer.json or tokenizer_config.json); copy "
-            "Qwen3-4B's tokenizer files into it"
-        )
-    lowered = detail.lower()
-    if "tokenizer" in lowered:
-        return ModelNotFoundError(
-            f"the tokenizer files in {directory} cannot be loaded ({detail}); {fix}"
-        )
-    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
-    if not any(path.is_file() for path in weights):
-        return ModelNotFoundError(f"{directory} has no weight files (*.safetensors); {fix}")
-    if "permission denied" in lowered:
-        return ModelNotFoundError(
-            f"cannot read the weights in {directory} ({detail}); check the files' permissions"
-        )
-    if any(word in lowered for word in ("safetensor", "deserializ", "header", "incomplete")):
-        return ModelNotFoundError(
-            f"the weights in {directory} are damaged or truncated ({detail}); {fix}"
-        )
-    return ModelNotFoundError(
-        f"cannot load the model in {directory} ({detail}); check that it is a complete Qwen3 "
-        f"checkpoint, or {fix}"
-    )
-
-
-# -- the backend -----------------------------------------------------------------------------------
 
 
 class HFBackend(LocalBackend):
@@ -285,11 +84,8 @@ class HFBackend(LocalBackend):
     Build it with ``create_backend(backend="hf", model=...)``; settings come from
     ``settings.hf`` and the model from ``settings.model_name``.
 
-    One generation at a time: a lock serialises :meth:`generate`, :meth:`generate_batch` and
-    :meth:`stream` on one instance (other threads wait; a stream holds the lock from its first
-    piece until it is exhausted or closed). Starting another generation on the same thread while
-    one of its streams is still open raises :class:`~qwen_backends.errors.GenerationError`
-    instead of deadlocking. Use :meth:`generate_batch` for throughput.
+    One generation at a time per instance (see :class:`~qwen_backends.backends.local.LocalBackend`);
+    use :meth:`generate_batch` for throughput.
 
     Sampling calls fork torch's global RNG for their duration (seeded with ``sampling.seed`` or a
     fresh random seed) and restore it afterwards, so results do not depend on, and do not change,
@@ -317,6 +113,7 @@ class HFBackend(LocalBackend):
     """
 
     name = "hf"
+    runtime = "transformers"
     #: Decode with :func:`~qwen_backends.backends.transformers_decode.decode` (``True``) or with
     #: ``model.generate`` (``False``: the Unsloth backend, whose patched model brings its own).
     own_decode_loop: ClassVar[bool] = True
@@ -326,16 +123,16 @@ class HFBackend(LocalBackend):
         renders_locally=True,
         structured_output=True,
         tools=True,
+        logprobs=True,
     )
 
+    model: PreTrainedModel
+
     def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
-        super().__init__(settings)
         self._probes = probes
-        self._guard = GenerationLock(self.name)
-        self._english_bias_tensor: torch.Tensor | None = None
+        self._english_tensor: torch.Tensor | None = None
         self._grammar_engine: GrammarEngine | None = None
-        self.model, self.tokenizer = self._load()
-        self._prepare()
+        super().__init__(settings)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -351,122 +148,126 @@ class HFBackend(LocalBackend):
         """Most tokens (prompt + new) one call may use: ``settings.hf.context_window``."""
         return self.settings.hf.context_window
 
-    def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """Load ``(model, tokenizer)``; the one step a subclass replaces to load differently."""
-        hf = self.settings.hf
-        source = self.model_name
-        if looks_like_path(source):
-            if not Path(source).expanduser().is_dir():
-                raise ModelNotFoundError(
-                    f"model directory {source!r} does not exist; fix the path in QWEN_MODEL / "
-                    f"--model, or give a hub id such as {FAMILIES[self.settings.family].hf}"
-                )
-            source = str(Path(source).expanduser())
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    @property
+    def context_hint(self) -> str:  # type: ignore[override]
+        """Raise the window with YaRN, unless it is already on."""
+        if self.context_window > NATIVE_CONTEXT:
+            return ""
+        return f", or set QWEN_HF__YARN=true for {int(NATIVE_CONTEXT * YARN_FACTOR):,} tokens"
 
-        device = resolve_device(hf.device, self.probes)
-        dtype = resolve_dtype(hf.dtype, device, self.probes)
-        check_load_options(hf, device, self.probes)
-        common: dict[str, Any] = {
-            "revision": hf.revision,
-            "local_files_only": hf.local_files_only,
-            "token": hf.token.get_secret_value() if hf.token is not None else None,
-            "trust_remote_code": hf.trust_remote_code,
-        }
-        with _translating_load_errors(source, hf):
-            tokenizer = AutoTokenizer.from_pretrained(source, **common)
-            # A thinking-only or foreign template is refused before gigabytes of weights load.
-            template_mode(tokenizer)
-            config = AutoConfig.from_pretrained(source, **common)
-            if hf.yarn:
-                _apply_yarn(config, hf.max_context)
-            weight_format = dtype if hf.quantization == "none" else hf.quantization
-            message = memory_warning(
-                count_parameters(config, hf.trust_remote_code),
-                weight_format,
-                device,
-                self.probes.free_memory(device),
-            )
-            if message:
-                warnings.warn(message, LowMemoryWarning, stacklevel=3)
-            options: dict[str, Any] = {
-                "config": config,
-                "dtype": getattr(torch, dtype),
-                "attn_implementation": hf.attn_implementation,
-                # safetensors only, unless the user trusts the repository's code anyway
-                "use_safetensors": None if hf.trust_remote_code else True,
-            }
-            if hf.quantization != "none":
-                options["quantization_config"] = bitsandbytes_config(hf.quantization, dtype)
-            if device.startswith("cuda"):
-                options["device_map"] = {"": device}
-            model = AutoModelForCausalLM.from_pretrained(source, **common, **options)
-            if "device_map" not in options:
-                model.to(torch.device(device))  # type: ignore[arg-type]
-        return model, tokenizer
+    def _load(self) -> None:
+        """Load ``model`` and ``tokenizer``: the one step a subclass replaces."""
+        self.model, self.tokenizer = load_model(self.settings, self.probes)
 
     def _prepare(self) -> None:
-        """Derive what generation needs from the loaded model and tokenizer."""
         import torch
 
-        # Subclasses that load model and tokenizer together (Unsloth) are checked here.
-        self._template_mode = template_mode(self.tokenizer)
         self.model.eval()
-        ids = {}
-        for token in ("<|im_end|>", "<|endoftext|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
-                raise ModelNotFoundError(
-                    f"the tokenizer of {self.model_name!r} has no {token} token, so it is not a "
-                    "Qwen3 tokenizer; load Qwen3-4B (or a fine-tune of it)"
-                )
-            ids[token] = token_id
-        self.eos_token_ids: tuple[int, ...] = (ids["<|im_end|>"], ids["<|endoftext|>"])
-        self.pad_token_id: int = ids["<|endoftext|>"]
+        self.vocab_rows = vocab_rows(self.model)
+        self.eos_token_ids: tuple[int, ...] = (self.im_end_id, self.end_of_text_id)
+        self.pad_token_id: int = self.end_of_text_id
         try:
             self.device: torch.device = next(self.model.parameters()).device
         except StopIteration:  # pragma: no cover - a model always has parameters
             self.device = torch.device("cpu")
 
-    # -- generation hooks ---------------------------------------------------------------------
-
-    def _generate(self, request: Request) -> Generation:
-        return self._run_batch([self._checked_prompt(request)], request)[0]
+    # -- generation -----------------------------------------------------------------------
 
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:
-        """All conversations in one decode call (left padding, one forward per step).
+        """All conversations in one decode call (left padding, one forward per step); each
+        answer is built by the token loop's assembler. Each :class:`Generation` reports the wall
+        time of the whole batch."""
+        import torch
 
-        Each :class:`Generation` reports the wall time of the whole batch.
-        """
         prompts = [self._checked_prompt(request) for request in requests]
         # The public API gives every request of a batch the same sampling, format and tools.
-        return self._run_batch(prompts, requests[0])
-
-    def _stream(self, request: Request) -> Iterator[str | Generation]:
-        # Checks (and the context error) happen now, not at the first next().
-        prompt_ids = self._checked_prompt(request)
-        return self._stream_tokens(prompt_ids, request)
-
-    def template_mode(self) -> TemplateMode:
-        """The loaded tokenizer's template mode (hybrid or non-thinking)."""
-        return self._template_mode
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _checked_prompt(self, request: Request) -> list[int]:
-        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
-        prompt_ids = self._prompt_ids(request.messages, request.tools)
-        window = self.context_window
-        yarn = (
-            ""
-            if window > NATIVE_CONTEXT
-            else f", or set QWEN_HF__YARN=true for {int(NATIVE_CONTEXT * YARN_FACTOR):,} tokens"
+        request = requests[0]
+        compiled = self._compile(request)
+        start = time.perf_counter()
+        width = max(len(ids) for ids in prompts)
+        # Left padding: every prompt ends at the same column, so one forward per step serves all.
+        input_ids = torch.tensor(
+            [[self.pad_token_id] * (width - len(ids)) + ids for ids in prompts],
+            dtype=torch.long,
+            device=self.device,
         )
-        check_context(
-            len(prompt_ids), request.sampling.max_new_tokens, window, backend=self.name, hint=yarn
+        attention_mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
+            dtype=torch.long,
+            device=self.device,
         )
-        return prompt_ids
+        kwargs = self._generate_kwargs(request.sampling, width, compiled)
+        steps: list[list[Step]] = [[] for _ in prompts]
+        if request.sampling.logprobs:
+            top = request.sampling.top_logprobs
+
+            def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+                for row, step in enumerate(logprob_steps(logits, chosen, top)):
+                    steps[row].append(step)
+
+            kwargs["record"] = record
+        with self._guard.generation(), self._attributed():
+            self._check_open()
+            with self._rng_scope(request.sampling):
+                output = self._model_generate(input_ids, attention_mask, **kwargs)
+        rows: list[list[Any]] = steps if request.sampling.logprobs else output[:, width:].tolist()
+        seconds = time.perf_counter() - start
+        results = []
+        for row, ids in zip(rows, prompts, strict=True):
+            answer = AnswerAssembler(
+                self.tokenizer, self.end_ids, request.sampling, tools=bool(request.tools)
+            )
+            answer.feed_all(row)
+            answer.finish()
+            results.append(answer.generation(len(ids), seconds))
+        return results
+
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """Decode on a worker thread; its ids (:class:`Step` with ``logprobs``) arrive through a
+        queue as they are chosen."""
+        import torch
+
+        cancel = threading.Event()
+        ids: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        finished = object()
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        kwargs = self._generate_kwargs(request.sampling, len(prompt_ids), compiled)
+        criteria = [*kwargs.get("stopping_criteria", []), CancelCriterion(cancel)]
+        kwargs["stopping_criteria"] = criteria
+        streamer = _IdStreamer(ids)
+        if request.sampling.logprobs:
+            kwargs["record"] = streamer.recorder(request.sampling.top_logprobs)
+
+        def work() -> None:
+            try:
+                with self._rng_scope(request.sampling):
+                    self._model_generate(
+                        input_ids, torch.ones_like(input_ids), streamer=streamer, **kwargs
+                    )
+            except BaseException as exc:  # re-raised on the consumer's thread
+                ids.put(_Raised(exc))
+            finally:
+                ids.put(finished)
+
+        worker = threading.Thread(target=work, name="qwen-hf-decode", daemon=True)
+        worker.start()
+        try:
+            while (item := ids.get()) is not finished:
+                if isinstance(item, _Raised):
+                    raise item.error
+                yield item
+        finally:
+            cancel.set()
+            worker.join()
+
+    def _compile(self, request: Request) -> Any:
+        """The grammar of ``response_format``, compiled (cached per schema by the engine)."""
+        if request.response_format is None:
+            return None
+        engine = self._grammar()
+        return engine, engine.compile(request.response_format)
 
     def _logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
         """Processors for what ``GenerationConfig`` cannot express, run after transformers'
@@ -481,50 +282,21 @@ class HFBackend(LocalBackend):
             processors.append(AllowedTokensLogitsProcessor(self._english_bias()))
         return processors
 
-    def _constrained(
-        self, processors: list[Any], sampling: SamplingParams, response_format: ResponseFormat
-    ) -> list[Any]:
-        """``processors`` plus the grammar processor, last.
-
-        The grammar processor also applies ``english_only`` (see
-        :class:`GrammarLogitsProcessor`), in place of the plain English mask: intersected in
-        one mask, the two can never leave a step with nothing to sample.
-        """
-        import torch
-
-        engine = self._grammar()
-        blocked = torch.isinf(self._english_bias()) if sampling.english_only else None
-        kept = [p for p in processors if not isinstance(p, AllowedTokensLogitsProcessor)]
-        grammar = GrammarLogitsProcessor(engine, engine.compile(response_format), blocked=blocked)
-        return [*kept, grammar]
-
-    def _grammar(self) -> GrammarEngine:
-        """The grammar engine for this tokenizer, built on first use (about a second)."""
-        if self._grammar_engine is None:
-            from qwen_backends.grammar import GrammarEngine
-
-            self._grammar_engine = GrammarEngine(
-                self.tokenizer,
-                _vocab_rows(self.model),
-                self.eos_token_ids,
-                compile_timeout=self.settings.structured_compile_timeout,
-                backend=self.name,
-            )
-        return self._grammar_engine
-
     def _generate_kwargs(
-        self,
-        sampling: SamplingParams,
-        prompt_length: int,
-        response_format: ResponseFormat | None = None,
+        self, sampling: SamplingParams, prompt_length: int, compiled: Any = None
     ) -> dict[str, Any]:
         """Keyword arguments for the decode call (``model.generate``'s) besides the inputs."""
         from transformers import LogitsProcessorList
 
         processors = self._logits_processors(sampling, prompt_length)
-        if response_format is not None:
-            # Before the sampler, which draws from whatever logits are left finite.
-            processors = self._constrained(processors, sampling, response_format)
+        if compiled is not None:
+            # Before the sampler, which draws from whatever logits are left finite. The grammar
+            # applies english_only in its own mask: intersected in one mask, the two can never
+            # leave a step with nothing to sample.
+            engine, grammar = compiled
+            blocked = self._english_bias().isinf() if sampling.english_only else None
+            processors = [p for p in processors if not isinstance(p, AllowedTokensLogitsProcessor)]
+            processors.append(GrammarLogitsProcessor(engine, grammar, blocked=blocked))
         sampler = TokenSampler.for_sampling(sampling)
         if sampler is not None:
             processors.append(sampler)
@@ -540,24 +312,32 @@ class HFBackend(LocalBackend):
         if sampling.stop:
             kwargs["stopping_criteria"] = [
                 StopStringCriterion(
-                    functools.partial(_decode, self.tokenizer), sampling.stop, prompt_length
+                    functools.partial(decode_ids, self.tokenizer), sampling.stop, prompt_length
                 )
             ]
         return kwargs
 
+    def _grammar(self) -> GrammarEngine:
+        """The grammar engine for this tokenizer, built on first use (about a second)."""
+        if self._grammar_engine is None:
+            from qwen_backends.grammar import GrammarEngine
+
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.vocab_rows,
+                self.eos_token_ids,
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
+            )
+        return self._grammar_engine
+
     def _english_bias(self) -> torch.Tensor:
-        """Additive 0 / -inf bias for ``english_only``, built once per instance."""
-        if self._english_bias_tensor is None:
+        """:meth:`english_bias` as a tensor on the model's device, built once per instance."""
+        if self._english_tensor is None:
             import torch
 
-            from qwen_backends.vocab import allowed_token_ids
-
-            size = _vocab_rows(self.model)  # 151,936 logits: more than the tokenizer's 151,669
-            allowed = [i for i in allowed_token_ids(self.tokenizer, tier="english") if i < size]
-            blocked = torch.ones(size, dtype=torch.bool)
-            blocked[torch.tensor(allowed, dtype=torch.long)] = False
-            self._english_bias_tensor = english_bias(blocked.to(self.device))
-        return self._english_bias_tensor
+            self._english_tensor = torch.from_numpy(self.english_bias()).to(self.device)
+        return self._english_tensor
 
     @contextlib.contextmanager
     def _rng_scope(self, sampling: SamplingParams) -> Iterator[None]:
@@ -612,209 +392,54 @@ class HFBackend(LocalBackend):
             raise GenerationError(f"generation failed: {first_line(exc)}") from exc
         return output
 
-    def _run_batch(self, prompts: list[list[int]], request: Request) -> list[Generation]:
-        import torch
-
-        sampling = request.sampling
-        start = time.perf_counter()
-        width = max(len(ids) for ids in prompts)
-        # Left padding: every prompt ends at the same column, so one forward per step serves all.
-        input_ids = torch.tensor(
-            [[self.pad_token_id] * (width - len(ids)) + ids for ids in prompts],
-            dtype=torch.long,
-            device=self.device,
-        )
-        attention_mask = torch.tensor(
-            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
-            dtype=torch.long,
-            device=self.device,
-        )
-        with self._guard.generation(), self._rng_scope(sampling):
-            output = self._model_generate(
-                input_ids,
-                attention_mask,
-                **self._generate_kwargs(sampling, width, request.response_format),
-            )
-        rows = output[:, width:].tolist()
-        seconds = time.perf_counter() - start
-        return [
-            _with_tool_calls(self._finish(row, len(ids), sampling, seconds), request)
-            for row, ids in zip(rows, prompts, strict=True)
-        ]
-
-    def _finish(
-        self,
-        new_ids: list[int],
-        prompt_tokens: int,
-        sampling: SamplingParams,
-        seconds: float,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-    ) -> Generation:
-        """Turn one row of generated ids into a :class:`Generation` (counts include the
-        end-of-turn token; for a stop string, up to the token that completed it).
-
-        ``tokenizer`` defaults to :attr:`tokenizer`; a stream passes the one it started with,
-        since :meth:`close` may drop the attribute while the stream finishes.
-        """
-        tokenizer = self.tokenizer if tokenizer is None else tokenizer
-        eos = set(self.eos_token_ids)
-        ended = next((i for i, token in enumerate(new_ids) if token in eos), None)
-        ids = new_ids if ended is None else new_ids[: ended + 1]
-        text, stopped = TextPipeline.whole(_complete(_decode(tokenizer, ids)), sampling.stop)
-        count = len(ids)
-        if stopped:
-            count = self._tokens_to_stop(tokenizer, ids, sampling.stop)
-        reason: FinishReason = "stop" if stopped or ended is not None else "length"
-        return Generation(
-            text=text,
-            finish_reason=reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=count,
-            seconds=seconds,
-        )
-
-    @staticmethod
-    def _tokens_to_stop(
-        tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
-    ) -> int:
-        """Fewest leading tokens whose text contains a stop string (binary search)."""
-        low, high = 1, len(ids)
-        while low < high:
-            middle = (low + high) // 2
-            text = _decode(tokenizer, ids[:middle])
-            if any(stop in text for stop in stops):
-                high = middle
-            else:
-                low = middle + 1
-        return high
-
-    def _stream_tokens(self, prompt_ids: list[int], request: Request) -> Iterator[str | Generation]:
-        import torch
-
-        sampling = request.sampling
-        with self._guard.generation():
-            start = time.perf_counter()
-            cancel = threading.Event()
-            tokenizer = self.tokenizer  # close() on this thread drops the attribute
-            streamer = _streamer_class()(tokenizer)
-            failure: list[BaseException] = []
-            outputs: list[torch.Tensor] = []
-            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            kwargs = self._generate_kwargs(sampling, len(prompt_ids), request.response_format)
-
-            def work() -> None:
-                try:
-                    with self._rng_scope(sampling):
-                        output = self._model_generate(
-                            input_ids,
-                            torch.ones_like(input_ids),
-                            streamer=streamer,
-                            **{
-                                **kwargs,
-                                "stopping_criteria": [
-                                    *kwargs.get("stopping_criteria", []),
-                                    CancelCriterion(cancel),
-                                ],
-                            },
-                        )
-                    outputs.append(output)
-                except BaseException as exc:  # re-raised on the consumer's thread
-                    failure.append(exc)
-                finally:
-                    streamer.end()
-
-            worker = threading.Thread(target=work, name="qwen-hf-stream", daemon=True)
-            worker.start()
-            pipeline = TextPipeline(sampling.stop)
-            calls = ToolCallFilter() if request.tools else None
-            produced: list[str] = []
-            try:
-                for piece in streamer:
-                    visible = pipeline.feed(piece)
-                    if calls is not None:
-                        visible = calls.feed(visible)
-                    if visible:
-                        produced.append(visible)
-                        yield visible
-                    if pipeline.stopped:
-                        break
-                tail = pipeline.flush()
-                if calls is not None:
-                    tail = calls.feed(tail) + calls.flush()
-                if tail:
-                    produced.append(tail)
-                    yield tail
-            finally:
-                cancel.set()
-                worker.join()
-            if failure:
-                error = failure[0]
-                if isinstance(error, GenerationError):
-                    error.partial_text = "".join(produced)
-                    raise error
-                raise GenerationError(
-                    f"generation failed: {first_line(error)}", partial_text="".join(produced)
-                ) from error
-            if outputs:
-                row = outputs[0][0, len(prompt_ids) :].tolist()
-                result = self._finish(
-                    row, len(prompt_ids), sampling, time.perf_counter() - start, tokenizer
-                )
-                result = dataclasses.replace(result, text="".join(produced))
-                if calls is not None and calls.calls:
-                    result = dataclasses.replace(
-                        result, tool_calls=tuple(calls.calls), finish_reason="tool_calls"
-                    )
-                yield result
-
-    def close(self) -> None:
-        """Drop the model and tokenizer and free accelerator memory. Safe to call twice.
-
-        Waits for a generation running on another thread. A stream still open on *this* thread
-        keeps its own references and finishes normally (the memory is freed after it).
-        """
-        if self._closed:
-            return
-        with self._guard.closing():
-            super().close()
-            device_type = getattr(getattr(self, "device", None), "type", "cpu")
-            self.model = None  # type: ignore[assignment]
-            self.tokenizer = None  # type: ignore[assignment]
-            self._english_bias_tensor = None
-            self._grammar_engine = None
+    def _release(self, *, same_thread: bool) -> None:
+        """Drop the model and tokenizer and free accelerator memory."""
+        device_type = getattr(getattr(self, "device", None), "type", "cpu")
+        self.model = None  # type: ignore[assignment]
+        self.tokenizer = None  # type: ignore[assignment]
+        self._english_tensor = None
+        self._grammar_engine = None
         if device_type == "cuda":
             import torch
 
             torch.cuda.empty_cache()
 
 
-def _apply_yarn(config: Any, native: int) -> None:
-    """Turn on YaRN (factor 4) on a loaded config, keeping its rope_theta."""
-    yarn = {
-        "rope_type": "yarn",
-        "factor": YARN_FACTOR,
-        "original_max_position_embeddings": native,
-    }
-    if hasattr(config, "rope_parameters"):
-        config.rope_parameters = {**(config.rope_parameters or {}), **yarn}
-    else:  # transformers < 5 keeps rope_theta outside the scaling dict
-        config.rope_scaling = yarn
+class _IdStreamer:
+    """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id,
+    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities."""
+
+    def __init__(self, ids: queue.SimpleQueue[Any]) -> None:
+        self.ids = ids
+        self.prompt_seen = False
+        self.recorded: list[Step] = []
+
+    def recorder(self, top: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``decode``'s ``record``: the log-probabilities of the step about to be put."""
+
+        def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+            self.recorded = logprob_steps(logits, chosen, top)
+
+        return record
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.recorded:
+            for step in self.recorded:
+                self.ids.put(step)
+            self.recorded = []
+            return
+        for token in value.reshape(-1).tolist():
+            self.ids.put(token)
+
+    def end(self) -> None:
+        """Nothing to do: the worker marks the end itself."""
 
 
-def _vocab_rows(model: Any) -> int:
-    embeddings = model.get_output_embeddings()
-    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return int(embeddings.weight.shape[0])
-    return int(model.config.get_text_config().vocab_size)
+class _Raised:
+    """An exception raised on the decoding thread, carried to the consumer."""
 
-
-def _with_tool_calls(generation: Generation, request: Request) -> Generation:
-    """Take the model's tool calls out of the text when tools were given."""
-    if not request.tools:
-        return generation
-    text, calls = parse_tool_calls(generation.text)
-    if not calls:
-        return dataclasses.replace(generation, text=text)
-    return dataclasses.replace(
-        generation, text=text, tool_calls=tuple(calls), finish_reason="tool_calls"
-    )
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -53,16 +53,15 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
-from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
+from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -70,19 +69,17 @@ from qwen_backends.errors import (
     QwenBackendsError,
     first_line,
 )
-from qwen_backends.models import hub_offline, looks_like_path
-from qwen_backends.results import FinishReason, Generation, Request
+from qwen_backends.models import hub_hint, hub_offline, looks_like_path
+from qwen_backends.results import Request
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.thinking import TextPipeline, template_mode
-from qwen_backends.tools import ToolCallFilter
+from qwen_backends.thinking import template_mode
 
 if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedTokenizerBase
 
-    from qwen_backends.grammar import GrammarEngine, GrammarProcessor
+    from qwen_backends.grammar import CompiledGrammar, GrammarEngine
     from qwen_backends.settings import Settings
-    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["GGUF_MAGIC", "LlamaCppBackend", "gguf_tokenizer"]
 
@@ -146,6 +143,8 @@ class LlamaCppBackend(LocalBackend):
     """
 
     name = "llamacpp"
+    runtime = "llama.cpp"
+    context_hint = ", or raise QWEN_LLAMACPP__N_CTX (at most the model's 40,960)"
     capabilities = Capabilities(
         english_only=True,
         native_batching=False,
@@ -153,24 +152,15 @@ class LlamaCppBackend(LocalBackend):
         seeded=True,
         structured_output=True,
         tools=True,
+        logprobs=True,
     )
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._guard = GenerationLock(self.name)
         self._english_mask: np.ndarray | None = None
         self._grammar_engine: GrammarEngine | None = None
         self._mask_mismatch = 0
-        self.llama = self._load()
-        try:
-            self.model_path = Path(self.llama.model_path)
-            meta = dict(self.llama.metadata or {})
-            self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
-            self.tokenizer, self.tokenizer_source = self._load_tokenizer()
-            self._prepare()
-        except BaseException:
-            self.llama.close()
-            raise
+        self.llama: Any = None
+        super().__init__(settings)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -202,8 +192,20 @@ class LlamaCppBackend(LocalBackend):
             "logits_all": False,
         }
 
-    def _load(self) -> Any:
-        """The ``Llama`` for ``settings.model_name`` (a local GGUF or a hub repo + pattern)."""
+    def _load(self) -> None:
+        """The ``Llama`` for ``settings.model_name`` (a local GGUF or a hub repo + pattern), then
+        the tokenizer that renders prompts for it (see the module docs)."""
+        self.llama = self._load_llama()
+        try:
+            self.model_path = Path(self.llama.model_path)
+            meta = dict(self.llama.metadata or {})
+            self.embedded_template: str | None = meta.get("tokenizer.chat_template") or None
+            self.tokenizer, self.tokenizer_source = self._load_tokenizer()
+        except BaseException:
+            self.llama.close()
+            raise
+
+    def _load_llama(self) -> Any:
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -260,12 +262,9 @@ class LlamaCppBackend(LocalBackend):
         except Exception as exc:  # llama.cpp and the hub client raise many types
             detail = first_line(exc)
             if not looks_like_path(self.model_name):
-                hint = (
-                    "downloads are off (HF_HUB_OFFLINE) and the file is not in the hub cache; "
-                    "point QWEN_MODEL at a local .gguf file, or download it once while online"
-                    if hub_offline()
-                    else "check the repo id, QWEN_LLAMACPP__FILENAME, the network and HF_TOKEN"
-                )
+                repo, pattern = self.model_name, self.settings.gguf_filename
+                hint = hub_hint(repo, None, offline=hub_offline(), local="a local .gguf file")
+                hint += f" (QWEN_LLAMACPP__FILENAME picks the file in the repo, now {pattern!r})"
             else:
                 hint = (
                     "the file may be truncated or from a newer llama.cpp than llama-cpp-python "
@@ -292,7 +291,7 @@ class LlamaCppBackend(LocalBackend):
         return tokenizer, source
 
     def _prepare(self) -> None:
-        """Check the vocabulary agrees, and derive the end-of-turn ids."""
+        """Check the vocabulary agrees; add llama.cpp's own end of generation to the end ids."""
         import llama_cpp
 
         expected = list(self.tokenizer(_VOCAB_PROBE, add_special_tokens=False)["input_ids"])
@@ -302,20 +301,13 @@ class LlamaCppBackend(LocalBackend):
                 f"the vocabulary of {self.model_path.name} does not match the Qwen3 tokenizer "
                 f"({self.tokenizer_source}); this backend runs Qwen3 GGUFs only"
             )
-        ids: dict[str, int] = {}
-        for token in ("<|im_end|>", "<|endoftext|>"):
-            found = self.tokenizer.convert_tokens_to_ids(token)
-            if not isinstance(found, int):
-                raise ModelNotFoundError(f"the tokenizer has no {token} token; it is not Qwen3's")
-            ids[token] = found
-        self.im_end_id: int = int(ids["<|im_end|>"])
-        vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
-        self._vocab = vocab
-        end = {self.im_end_id, int(ids["<|endoftext|>"]), int(self.llama.token_eos())}
-        self.end_ids: frozenset[int] = frozenset(
-            token for token in end if self.is_end_of_generation(token)
-        ) | {self.im_end_id}
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        end = {*self.end_ids, int(self.llama.token_eos())}
+        self.end_ids = frozenset(token for token in end if self.is_end_of_generation(token)) | {
+            self.im_end_id
+        }
         self.n_vocab: int = int(self.llama.n_vocab())
+        self.vocab_rows = self.n_vocab
 
     def is_end_of_generation(self, token: int) -> bool:
         """Whether llama.cpp itself treats ``token`` as end of generation (its EOG set)."""
@@ -333,49 +325,12 @@ class LlamaCppBackend(LocalBackend):
         """
         return min(self.settings.llamacpp.n_ctx, int(self.llama.n_ctx()))
 
-    def _generate(self, request: Request) -> Generation:
-        final: Generation | None = None
-        for item in self._stream(request):
-            if isinstance(item, Generation):
-                final = item
-        assert final is not None  # _run always ends with the Generation
-        return final
-
-    def _stream(self, request: Request) -> Iterator[str | Generation]:
-        # The prompt and the context check run now, not at the first next().
-        prompt_ids = self._checked_prompt(request)
-        grammar = self._grammar(request.response_format, request.sampling.english_only)
-        return self._run(prompt_ids, request.sampling, grammar, bool(request.tools))
-
-    # -- internals ----------------------------------------------------------------------------
-
-    def _checked_prompt(self, request: Request) -> list[int]:
-        prompt_ids = self._prompt_ids(request.messages, request.tools)
-        check_context(
-            len(prompt_ids),
-            request.sampling.max_new_tokens,
-            self.context_window,
-            backend=self.name,
-            hint=", or raise QWEN_LLAMACPP__N_CTX (at most the model's 40,960)",
-        )
-        return prompt_ids
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        with self._guard.generation():
-            self._check_open()
-            yield
-
-    def _grammar(
-        self, response_format: ResponseFormat | None, english_only: bool = False
-    ) -> GrammarProcessor | None:
-        """A fresh grammar processor for one call (``None`` without ``response_format``); the
-        engine is built on first use and compiles each schema once."""
-        if response_format is None:
+    def _compile(self, request: Request) -> CompiledGrammar | None:
+        """The grammar of ``response_format`` (``None`` without one), compiled by the engine
+        every in-process backend shares (built on first use, cached per schema)."""
+        if request.response_format is None:
             return None
-        import numpy as np
-
-        from qwen_backends.grammar import GrammarEngine, GrammarProcessor
+        from qwen_backends.grammar import GrammarEngine
 
         if self._grammar_engine is None:
             self._grammar_engine = GrammarEngine(
@@ -385,25 +340,27 @@ class LlamaCppBackend(LocalBackend):
                 compile_timeout=self.settings.structured_compile_timeout,
                 backend=self.name,
             )
-        engine = self._grammar_engine
-        blocked = np.isinf(self._english()) if english_only else None
-        return GrammarProcessor(engine.matcher(engine.compile(response_format), blocked))
+        return self._grammar_engine.compile(request.response_format)
 
     def generate_kwargs(
-        self, sampling: SamplingParams, grammar: GrammarProcessor | None = None
+        self, sampling: SamplingParams, compiled: CompiledGrammar | None = None
     ) -> dict[str, Any]:
         """Every argument ``Llama.generate`` receives for ``sampling`` (nothing left default).
 
-        ``grammar`` (see :meth:`_grammar`) is the logits processor of ``response_format``; it
-        holds the ``english_only`` mask itself. Also sets the sampler's seed and penalty window
-        on :attr:`llama` (llama-cpp-python reads both from the instance when it builds the
-        sampler chain).
+        ``compiled`` (see :meth:`_compile`) becomes a fresh numpy grammar processor that holds
+        the ``english_only`` mask itself; llama.cpp's own grammars are never used. Also sets the
+        sampler's seed and penalty window on :attr:`llama` (llama-cpp-python reads both from
+        the instance when it builds the sampler chain).
         """
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
         self.llama.set_seed(seed)
         processors: list[Any] = []
-        if grammar is not None:
-            processors.append(grammar)
+        if compiled is not None:
+            from qwen_backends.grammar import GrammarProcessor
+
+            assert self._grammar_engine is not None  # built by _compile
+            blocked = self.english_blocked() if sampling.english_only else None
+            processors.append(GrammarProcessor(self._grammar_engine.matcher(compiled, blocked)))
         elif sampling.english_only:
             self._english()  # built once, before any token
             processors.append(self._english_processor)
@@ -433,7 +390,7 @@ class LlamaCppBackend(LocalBackend):
         mask = self._english()
         if scores.shape[0] != mask.shape[0]:
             # The mask is by token id and needs every logit. An exception raised here would be
-            # swallowed by the ctypes callback, so _run raises it after the token.
+            # swallowed by the ctypes callback, so _tokens raises it after the token.
             self._mask_mismatch = scores.shape[0]
             return scores
         np.add(scores, mask, out=scores)
@@ -441,138 +398,49 @@ class LlamaCppBackend(LocalBackend):
 
     def _english(self) -> np.ndarray:
         if self._english_mask is None:
-            import numpy as np
-
-            from qwen_backends.vocab import allowed_token_ids
-
-            mask = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-            allowed = [
-                i for i in allowed_token_ids(self.tokenizer, tier="english") if i < self.n_vocab
-            ]
-            mask[np.asarray(allowed, dtype=np.int64)] = 0.0
-            self._english_mask = mask
+            self._english_mask = self.english_bias()
         return self._english_mask
 
-    def _run(
-        self,
-        prompt_ids: list[int],
-        sampling: SamplingParams,
-        grammar: GrammarProcessor | None = None,
-        tools: bool = False,
-    ) -> Iterator[str | Generation]:
-        """Generate token by token; yield visible text, then the final :class:`Generation`."""
-        with self._exclusive():
-            start = time.perf_counter()
-            pipeline = TextPipeline(sampling.stop)
-            calls = ToolCallFilter() if tools else None
-            decoder = _IncrementalDecoder(self.tokenizer)
-            produced: list[str] = []
-            count = 0
-            reason: FinishReason = "length"
-            tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, grammar))
-            try:
-                for token in tokens:
-                    count += 1
-                    if self._mask_mismatch:
-                        raise GenerationError(
-                            f"english_only got {self._mask_mismatch} candidate logits instead of "
-                            f"the {self.n_vocab} of the vocabulary; this llama-cpp-python "
-                            "version is not supported (use 0.3.36)",
-                            partial_text="".join(produced),
-                            backend=self.name,
-                        )
-                    # A finished grammar allows only llama.cpp's end-of-generation set, which
-                    # holds more than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
-                    if token in self.end_ids or (
-                        grammar is not None and self.is_end_of_generation(token)
-                    ):
-                        reason = "stop"
-                        break
-                    visible = pipeline.feed(decoder.feed(token))
-                    if calls is not None:
-                        visible = calls.feed(visible)
-                    if visible:
-                        produced.append(visible)
-                        yield visible
-                    if pipeline.stopped:
-                        reason = "stop"
-                        break
-                    if count >= sampling.max_new_tokens:
-                        break
-            except QwenBackendsError:
-                raise
-            except Exception as exc:
-                raise GenerationError(
-                    f"llama.cpp failed while generating: {first_line(exc)}",
-                    partial_text="".join(produced),
-                    backend=self.name,
-                ) from exc
-            finally:
-                tokens.close()
-            tail = ("" if pipeline.stopped else pipeline.feed(decoder.flush())) + pipeline.flush()
-            if calls is not None:
-                tail = calls.feed(tail) + calls.flush()
-            if tail:
-                produced.append(tail)
-                yield tail
-            found = tuple(calls.calls) if calls is not None else ()
-            yield Generation(
-                text="".join(produced),
-                finish_reason="tool_calls" if found else reason,
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=count,
-                seconds=time.perf_counter() - start,
-                tool_calls=found,
-            )
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """``Llama.generate`` with every sampling value mapped (see the module docs); with
+        ``logprobs``, a first logits processor keeps a copy of each step's raw logits."""
+        sampling = request.sampling
+        kwargs = self.generate_kwargs(sampling, compiled)
+        raw: list[np.ndarray] = []
+        if sampling.logprobs:
+            kwargs["logits_processor"] = [_RawLogits(raw), *(kwargs["logits_processor"] or [])]
+        tokens = self.llama.generate(prompt_ids, **kwargs)
+        try:
+            for token in tokens:
+                if self._mask_mismatch:
+                    raise GenerationError(
+                        f"english_only got {self._mask_mismatch} candidate logits instead of the "
+                        f"{self.n_vocab} of the vocabulary; this llama-cpp-python version is not "
+                        "supported (use 0.3.36)"
+                    )
+                if raw:
+                    yield numpy_step(raw.pop(), token, sampling.top_logprobs)
+                else:
+                    yield token
+        finally:
+            tokens.close()
 
-    def close(self) -> None:
-        """Free the llama.cpp model and context. Safe to call twice; waits for a running call."""
-        if self._closed:
-            return
-        same_thread = self._guard.held_here
-        with self._guard.closing():
-            super().close()
-            llama, self.llama = self.llama, None
-            if llama is not None and not same_thread:
-                llama.close()
-            self._english_mask = None
+    def _release(self, *, same_thread: bool) -> None:
+        """Free the llama.cpp model and context (after an open stream of this thread ends)."""
+        llama, self.llama = self.llama, None
+        if llama is not None and not same_thread:
+            llama.close()
+        self._english_mask = None
 
 
-class _IncrementalDecoder:
-    """Token ids -> text pieces whose concatenation equals decoding all ids at once.
+class _RawLogits:
+    """Logits processor (the first) that keeps a copy of the step's raw logits."""
 
-    Decodes the ids since the last complete character; a trailing incomplete UTF-8 sequence
-    (U+FFFD) waits for the next token, and is dropped if none completes it (as the hf backend,
-    vLLM and Ollama do). Special tokens are skipped.
-    """
+    def __init__(self, kept: list[np.ndarray]) -> None:
+        self.kept = kept
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
-        self.window: list[int] = []
-        self.sent = 0
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return str(
-            self.tokenizer.decode(
-                list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
-        )
-
-    def feed(self, token: int) -> str:
-        self.window.append(token)
-        text = self._decode(self.window)
-        ready = text.rstrip("\ufffd")
-        piece = ready[self.sent :]
-        if ready == text:
-            self.window, self.sent = [], 0
-        else:
-            self.sent = max(self.sent, len(ready))
-        return piece
-
-    def flush(self) -> str:
-        """What is left; an answer cut inside a character ends at the last complete one."""
-        if not self.window:
-            return ""
-        text = self._decode(self.window)[self.sent :].rstrip("\ufffd")
-        self.window, self.sent = [], 0
-        return text
+    def __call__(self, input_ids: Any, scores: np.ndarray) -> np.ndarray:
+        self.kept.append(scores.copy())
+        return scores

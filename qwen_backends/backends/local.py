@@ -1,43 +1,158 @@
-"""What the in-process backends (hf, unsloth, llamacpp, mlx) share around a generation.
+"""The in-process backends' one token loop: :class:`LocalBackend` (hf, unsloth, llamacpp, mlx).
 
-- :class:`LocalBackend` -- the prompt hooks of a backend that renders with a Hugging Face
-  tokenizer it holds: the project's non-thinking renderer with the conversation's tools and the
-  ``allow_control_tokens`` setting, and the closed check, written once;
-- :class:`GenerationLock` -- one generation at a time per backend instance; a second generation
-  started on the thread that holds an open stream is refused instead of deadlocking, and
-  ``close()`` waits for other threads' generations;
-- :func:`check_context` -- the prompt plus ``max_new_tokens`` must fit the context window;
-- :func:`check_open` -- a closed backend refuses work with one line;
-- :func:`tool_kwargs` -- the tools as chat-template keyword arguments.
+A runtime that holds the model in this process supplies three things and nothing else:
+
+- :meth:`LocalBackend._load` -- load the model and set :attr:`LocalBackend.tokenizer` (the
+  Hugging Face tokenizer that renders prompts and decodes answers) and
+  :attr:`LocalBackend.vocab_rows` (the logit rows, 151,936 for Qwen3);
+- :meth:`LocalBackend._tokens` -- the generated ids for one prompt (an iterator; closing it stops
+  the runtime), with every sampling value mapped explicitly and its logits hooks (presence
+  penalty, :meth:`LocalBackend.english_blocked`, the grammar) applied;
+- :attr:`LocalBackend.context_window` and :attr:`LocalBackend.context_hint`.
+
+Everything else is written once here: prompt rendering with the conversation's tools and the
+``allow_control_tokens`` setting, the context check, the Qwen3 end-token check, one generation
+at a time (:class:`GenerationLock`), the visible-text pipeline and the final
+:class:`~qwen_backends.results.Generation`
+(:class:`~qwen_backends.backends.token_loop.AnswerAssembler`), generate as the drain of stream,
+async streams on one dedicated thread, error translation with the partial text, the English
+mask, and the ``close()`` template (:meth:`LocalBackend._release`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Container, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwen_backends.backends.base import ModelBackend
+from qwen_backends.backends.base import ModelBackend, check_open
+from qwen_backends.backends.token_loop import AnswerAssembler, Step
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
-from qwen_backends.errors import ContextLengthError, GenerationError
+from qwen_backends.errors import (
+    ContextLengthError,
+    GenerationError,
+    ModelNotFoundError,
+    QwenBackendsError,
+    first_line,
+)
+from qwen_backends.thinking import TemplateMode, template_mode
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["GenerationLock", "LocalBackend", "check_context", "check_open", "tool_kwargs"]
+    from qwen_backends.results import Generation, Request
+    from qwen_backends.settings import Settings
+
+__all__ = [
+    "GenerationLock",
+    "LocalBackend",
+    "check_context",
+    "check_open",
+    "qwen_end_ids",
+    "tool_kwargs",
+]
+
+#: Qwen3's turn enders: ``<|im_end|>`` (the chat's) and ``<|endoftext|>`` (the base model's).
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 class LocalBackend(ModelBackend):
-    """A backend that renders prompts in process with the Hugging Face tokenizer it holds.
+    """A backend that runs the model in this process and renders prompts with its tokenizer.
 
-    Subclasses set :attr:`tokenizer` when they load; :meth:`_prompt_ids` and :meth:`_render`
-    are then the project's non-thinking renderer with the conversation's tools and the
-    ``allow_control_tokens`` setting, the same on every in-process backend.
+    Subclasses implement :meth:`_load` and :meth:`_tokens` (and may override :meth:`_release`,
+    :meth:`_compile` and :meth:`_end_ids`); see the module docs. Construction loads the model,
+    checks the tokenizer is Qwen3's (both end tokens, a template that can run non-thinking) and
+    then calls :meth:`_prepare` for anything the runtime derives from the loaded model.
+
+    One generation at a time per instance: a lock serialises calls (a stream holds it from its
+    first piece until it is exhausted or closed; other threads wait); starting another generation
+    on the thread that holds an open stream raises :class:`~qwen_backends.errors.GenerationError`
+    instead of deadlocking.
+
+    Attributes
+    ----------
+    tokenizer
+        The Hugging Face tokenizer prompts are rendered and answers decoded with.
+    vocab_rows
+        The number of logits per step (the embedding rows; more than the tokenizer's entries).
+    end_ids
+        The ids that end an answer (``im_end_id`` and ``end_of_text_id``).
     """
 
-    #: The Hugging Face tokenizer prompts are rendered (and answers decoded) with.
+    #: What the runtime is called in messages ("transformers", "llama.cpp", "mlx-lm").
+    runtime: ClassVar[str] = "the runtime"
+    #: How this backend's context window can grow, appended to the context error's advice.
+    context_hint: ClassVar[str] = ""
+
     tokenizer: PreTrainedTokenizerBase
+    vocab_rows: int
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._guard = GenerationLock(self.name)
+        self._english_blocked_mask: np.ndarray | None = None
+        with self._attributed():
+            self._load()
+            try:
+                self._template_mode = template_mode(self.tokenizer)
+                self.im_end_id, self.end_of_text_id = qwen_end_ids(self.tokenizer, self.model_name)
+                self.end_ids: frozenset[int] = frozenset((self.im_end_id, self.end_of_text_id))
+                self._prepare()
+            except BaseException:
+                self._release(same_thread=False)
+                raise
+
+    # -- what a runtime supplies ----------------------------------------------------------------
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Load the model; set :attr:`tokenizer` and :attr:`vocab_rows`."""
+
+    @abstractmethod
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """The ids the model generates after ``prompt_ids`` (called with the lock held).
+
+        The loop stops reading at the end of the answer (end of turn, stop string,
+        ``max_new_tokens``) and closes the iterator, which must then stop the runtime.
+        ``compiled`` is what :meth:`_compile` returned for this request. With
+        ``request.sampling.logprobs`` each id comes as a
+        :class:`~qwen_backends.backends.token_loop.Step` (see
+        :func:`~qwen_backends.backends.token_loop.numpy_step`).
+        """
+
+    @property
+    @abstractmethod
+    def context_window(self) -> int:
+        """Most tokens (prompt + new) one call may use."""
+
+    def _prepare(self) -> None:
+        """Derive what generation needs from the loaded model (after the tokenizer checks)."""
+
+    def _compile(self, request: Request) -> Any:
+        """Work done when a call is made, before the lock is taken (e.g. a grammar); errors
+        raise from ``generate()`` / ``stream()`` themselves. The default does nothing."""
+        return None
+
+    def _end_ids(self, request: Request, compiled: Any) -> Container[int]:
+        """The ids that end this request's answer (default :attr:`end_ids`)."""
+        return self.end_ids
+
+    def _release(self, *, same_thread: bool) -> None:
+        """Drop the runtime's objects on :meth:`close`. ``same_thread`` is ``True`` when a stream
+        of the closing thread is still open (it keeps its own references and finishes)."""
+
+    # -- the interface --------------------------------------------------------------------------
+
+    def template_mode(self) -> TemplateMode:
+        """The loaded tokenizer's template mode (hybrid or non-thinking)."""
+        return self._template_mode
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         self._check_open()
@@ -51,6 +166,155 @@ class LocalBackend(ModelBackend):
         allow = self.settings.allow_control_tokens
         return render_prompt(
             self.tokenizer, messages, allow_control_tokens=allow, **tool_kwargs(tools)
+        )
+
+    def _generate(self, request: Request) -> Generation:
+        final: Generation | None = None
+        for item in self._stream(request):
+            if not isinstance(item, str):
+                final = item
+        if final is None:  # pragma: no cover - _run always ends with the Generation
+            raise GenerationError(f"{self.runtime} ended without a result", backend=self.name)
+        return final
+
+    def _stream(self, request: Request) -> Iterator[str | Generation]:
+        # The prompt, the context check and the compile run now, not at the first next().
+        prompt_ids = self._checked_prompt(request)
+        compiled = self._compile(request)
+        return self._run(prompt_ids, request, compiled)
+
+    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+        """The sync stream on one dedicated thread, its items handed over through a queue.
+
+        Some runtimes keep per-thread state for a generation (MLX's stream contexts must be
+        entered and left on one thread), so a generation never hops between worker threads.
+        Closing the async stream stops the generation after the current token.
+        """
+        iterator = await asyncio.to_thread(self._stream, request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def hand_over(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                for item in iterator:
+                    hand_over(item)
+                    if stop.is_set():
+                        break
+            except BaseException as exc:  # re-raised on the consumer's side
+                hand_over(_Failure(exc))
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+                hand_over(done)
+
+        worker = threading.Thread(target=produce, name=f"qwen-{self.name}-astream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            await asyncio.to_thread(worker.join)
+
+    def close(self) -> None:
+        """Release the model (waits for a generation running on another thread). Safe to call
+        twice. A stream still open on *this* thread keeps its own references and finishes."""
+        if self._closed:
+            return
+        same_thread = self._guard.held_here
+        with self._guard.closing():
+            super().close()
+            self._english_blocked_mask = None
+            self._release(same_thread=same_thread)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[str | Generation]:
+        """Generate; yield visible pieces, then the final :class:`Generation`."""
+        with self._guard.generation():
+            self._check_open()
+            start = time.perf_counter()
+            tokenizer = self.tokenizer  # close() on this thread drops the attribute
+            answer = AnswerAssembler(
+                tokenizer,
+                self._end_ids(request, compiled),
+                request.sampling,
+                tools=bool(request.tools),
+            )
+            tokens = self._tokens(prompt_ids, request, compiled)
+            try:
+                for token in tokens:
+                    visible = answer.feed(token)
+                    if visible:
+                        yield visible
+                    if answer.done:
+                        break
+            except GenerationError as exc:
+                exc.partial_text = exc.partial_text or answer.text
+                raise
+            except QwenBackendsError:
+                raise
+            except Exception as exc:
+                raise GenerationError(
+                    f"{self.runtime} generation failed: {first_line(exc)}",
+                    partial_text=answer.text,
+                    backend=self.name,
+                ) from exc
+            finally:
+                close = getattr(tokens, "close", None)
+                if close is not None:
+                    close()
+            tail = answer.finish()
+            if tail:
+                yield tail
+            yield answer.generation(len(prompt_ids), time.perf_counter() - start)
+
+    def _checked_prompt(self, request: Request) -> list[int]:
+        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
+        prompt_ids = self._prompt_ids(request.messages, request.tools)
+        check_context(
+            len(prompt_ids),
+            request.sampling.max_new_tokens,
+            self.context_window,
+            backend=self.name,
+            hint=self.context_hint,
+        )
+        return prompt_ids
+
+    def english_blocked(self) -> np.ndarray:
+        """``english_only`` as one boolean mask over :attr:`vocab_rows` (``True`` = never sample),
+        built once per instance; each runtime adapts it to its logits (torch, numpy, MLX)."""
+        if self._english_blocked_mask is None:
+            import numpy as np
+
+            from qwen_backends.vocab import allowed_token_ids
+
+            allowed = np.asarray(allowed_token_ids(self.tokenizer, tier="english"), dtype=np.int64)
+            blocked = np.ones(self.vocab_rows, dtype=bool)
+            blocked[allowed[allowed < self.vocab_rows]] = False
+            self._english_blocked_mask = blocked
+        return self._english_blocked_mask
+
+    def english_bias(self) -> np.ndarray:
+        """:meth:`english_blocked` as an additive float32 vector: 0 allowed, ``-inf`` blocked."""
+        import numpy as np
+
+        return np.where(self.english_blocked(), np.float32(-np.inf), np.float32(0.0)).astype(
+            np.float32
         )
 
     def _check_open(self) -> None:
@@ -111,6 +375,26 @@ class GenerationLock:
             yield
 
 
+def qwen_end_ids(tokenizer: PreTrainedTokenizerBase, model: str) -> tuple[int, int]:
+    """``(<|im_end|>, <|endoftext|>)`` ids of ``tokenizer``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        When the tokenizer lacks either token (it is not Qwen3's).
+    """
+    ids = []
+    for token in END_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+            raise ModelNotFoundError(
+                f"the tokenizer of {model!r} has no {token} token, so it is not a Qwen3 "
+                "tokenizer; load Qwen3-4B (or a fine-tune of it)"
+            )
+        ids.append(token_id)
+    return ids[0], ids[1]
+
+
 def check_context(
     prompt_tokens: int, max_new_tokens: int, window: int, *, backend: str, hint: str
 ) -> None:
@@ -136,15 +420,13 @@ def check_context(
         )
 
 
-def check_open(closed: bool, backend: str) -> None:
-    """Refuse work on a closed backend with one line."""
-    if closed:
-        raise GenerationError(
-            f"this {backend} backend was closed; create a new one with create_backend()",
-            backend=backend,
-        )
-
-
 def tool_kwargs(tools: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     """``{"tools": [...]}`` for the chat template when there are tools, else nothing."""
     return {"tools": list(tools)} if tools else {}
+
+
+class _Failure:
+    """An exception raised on the producing thread, carried to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -34,50 +34,43 @@ transformers' semantics so the same values mean the same thing as on the hf back
   the token that completes a stop string;
 - ``max_new_tokens``: mlx-lm's ``max_tokens``.
 
-Generated ids are decoded with the Hugging Face tokenizer, incrementally (a trailing incomplete
-UTF-8 character waits for the next token), and :meth:`MLXBackend._generate` joins exactly the
-pieces :meth:`MLXBackend._stream` yields, so ``"".join(stream(...)) == generate(...).text`` for
-the same seed. Counts follow the contract: ``completion_tokens`` includes the end-of-turn token.
+The generated ids (:meth:`MLXBackend._tokens`, mlx-lm's ``stream_generate``) go through the
+in-process backends' one token loop (:class:`~qwen_backends.backends.local.LocalBackend`):
+decoded with the Hugging Face tokenizer, stop strings, thinking and tool calls removed the same
+however the text is cut, so ``"".join(stream(...)) == generate(...).text`` for the same seed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import platform
 import secrets
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
-from qwen_backends.backends.local import GenerationLock, LocalBackend, check_context
+from qwen_backends.backends.local import END_TOKENS, LocalBackend
+from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
-    GenerationError,
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
     first_line,
 )
-from qwen_backends.models import hub_offline, looks_like_path
-from qwen_backends.results import FinishReason, Generation, Request
+from qwen_backends.models import hub_hint, hub_offline, looks_like_path
+from qwen_backends.results import Request
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.thinking import TextPipeline
-from qwen_backends.tools import ToolCallFilter
 
 if TYPE_CHECKING:
     import mlx.core as mx
-    from transformers import PreTrainedTokenizerBase
 
     from qwen_backends.grammar import GrammarEngine, GrammarProcessor
     from qwen_backends.settings import Settings
-    from qwen_backends.structured import ResponseFormat
 
 __all__ = [
     "AdditiveMask",
-    "IncrementalDecoder",
     "MLXBackend",
     "PresencePenalty",
     "make_sampler",
@@ -183,48 +176,18 @@ class AdditiveMask:
         return logits + mask
 
 
-# -- decoding ---------------------------------------------------------------------------------
+class _RawLogits:
+    """Logits processor that keeps each step's raw logits (it runs first) and changes nothing."""
 
+    def __init__(self, kept: collections.deque[mx.array]) -> None:
+        self.kept = kept
 
-class IncrementalDecoder:
-    """Decode ids one at a time with a Hugging Face tokenizer; the pieces join to the whole decode.
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        import mlx.core as mx
 
-    A window of ids since the last complete character is decoded at each step; text ending in
-    an incomplete UTF-8 sequence (U+FFFD) waits for the next id.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
-        self.window: list[int] = []
-        self.sent = 0
-
-    def add(self, token: int) -> str:
-        """Add one id; return the new complete text (may be empty)."""
-        self.window.append(token)
-        text = _decode(self.tokenizer, self.window)
-        ready = text.rstrip("\ufffd")
-        piece = ready[self.sent :]
-        if ready == text:
-            self.window, self.sent = [], 0
-        else:
-            self.sent = max(self.sent, len(ready))
-        return piece
-
-    def flush(self) -> str:
-        """The end of the text: an answer cut inside a character ends at the last complete one
-        (as on the hf backend, vLLM and Ollama), so this is normally empty."""
-        text = (
-            _decode(self.tokenizer, self.window).rstrip("\ufffd")[self.sent :]
-            if self.window
-            else ""
-        )
-        self.window, self.sent = [], 0
-        return text
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
-    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return str(text)
+        # A new array: later processors assign into ``logits`` in place (mlx-lm's penalties).
+        self.kept.append(logits.astype(mx.float32))
+        return logits
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -264,18 +227,13 @@ def resolve_model_dir(source: str, settings: Settings) -> Path:
             token=options.token.get_secret_value() if options.token is not None else None,
         )
     except Exception as exc:
-        if hub_offline(options.local_files_only):
-            hint = (
-                "downloads are off (HF_HUB_OFFLINE or QWEN_MLX__LOCAL_FILES_ONLY) and it is not in "
-                "the local cache; point QWEN_MODEL / --model at a local directory holding it (or "
-                f"convert one: qwen-backends export mlx MODEL_DIR --output DIR), or download it "
-                f"once while online: hf download {source}"
-            )
-        else:
-            hint = (
-                "check the hub id (and QWEN_MLX__REVISION), the network, and QWEN_MLX__TOKEN / "
-                "HF_TOKEN for gated or private models"
-            )
+        hint = hub_hint(
+            source,
+            "QWEN_MLX",
+            offline=hub_offline(options.local_files_only),
+            local="a local directory holding it (or convert one: qwen-backends export mlx "
+            "MODEL_DIR --output DIR)",
+        )
         raise ModelNotFoundError(
             f"cannot fetch model {source!r} ({first_line(exc)}); {hint}", backend="mlx"
         ) from exc
@@ -331,18 +289,16 @@ class MLXBackend(LocalBackend):
     """
 
     name = "mlx"
+    runtime = "mlx-lm"
+    context_hint = " (the window is QWEN_MLX__MAX_CONTEXT)"
     capabilities = Capabilities(
-        english_only=True, renders_locally=True, structured_output=True, tools=True
+        english_only=True, renders_locally=True, structured_output=True, tools=True, logprobs=True
     )
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._guard = GenerationLock(self.name)
         self._english_mask: AdditiveMask | None = None
         self._grammar_engine: GrammarEngine | None = None
-        self.model, self.wrapper = self._load()
-        self.tokenizer: PreTrainedTokenizerBase = self.wrapper._tokenizer
-        self._prepare()
+        super().__init__(settings)
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -369,125 +325,73 @@ class MLXBackend(LocalBackend):
 
     # -- loading ------------------------------------------------------------------------------
 
-    def _load(self) -> tuple[Any, Any]:
-        """Load ``(model, TokenizerWrapper)`` with mlx-lm from a directory or a hub snapshot."""
+    def _load(self) -> None:
+        """Load the model and mlx-lm's ``TokenizerWrapper`` from a directory or a hub snapshot."""
         source = self.model_name
         folder = resolve_model_dir(source, self.settings)
         with _translating_load_errors(source):
             from mlx_lm.utils import load
 
             loaded = load(str(folder))
-        return loaded[0], loaded[1]
+        self.model: Any = loaded[0]
+        self.wrapper: Any = loaded[1]
+        self.tokenizer = self.wrapper._tokenizer
+        self.vocab_rows = _vocab_rows(self.model)
 
     def _prepare(self) -> None:
-        """End-of-turn ids, vocabulary size; both Qwen3 end tokens end generation in mlx-lm."""
-        ids = {}
-        for token in ("<|im_end|>", "<|endoftext|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
-                raise ModelNotFoundError(
-                    f"the tokenizer of {self.model_name!r} has no {token} token, so it is not a "
-                    "Qwen3 tokenizer; load Qwen3-4B (or a fine-tune of it)",
-                    backend=self.name,
-                )
-            ids[token] = token_id
+        """Both Qwen3 end tokens end generation in mlx-lm too."""
+        for token in END_TOKENS:
             self.wrapper.add_eos_token(token)
-        self.eos_token_ids: frozenset[int] = frozenset(ids.values())
-        self.vocab_size = _vocab_rows(self.model)
 
-    # -- hooks ----------------------------------------------------------------------------------
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The ids that end an answer."""
+        return self.end_ids
 
-    def _generate(self, request: Request) -> Generation:
-        pieces: list[str] = []
-        final: Generation | None = None
-        for item in self._stream(request):
-            if isinstance(item, Generation):
-                final = item
-            else:
-                pieces.append(item)
-        if final is None:  # pragma: no cover - _run always ends with a Generation
-            raise GenerationError("mlx-lm ended without a result", backend=self.name)
-        return final
+    @property
+    def vocab_size(self) -> int:
+        """Logit rows of the model (:attr:`vocab_rows`)."""
+        return self.vocab_rows
 
-    def _stream(self, request: Request) -> Iterator[str | Generation]:
-        # Checks (and the context error) happen now, not at the first next().
-        prompt_ids = self._checked_prompt(request)
-        return self._run(
-            prompt_ids,
-            request.sampling,
-            tools=bool(request.tools),
-            response_format=request.response_format,
+    # -- the token step -------------------------------------------------------------------------
+
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs);
+        with ``logprobs``, a first processor keeps each step's raw logits."""
+        import mlx.core as mx
+        import numpy as np
+        from mlx_lm.generate import stream_generate
+
+        sampling = request.sampling
+        processors = self.logits_processors(sampling, len(prompt_ids))
+        if compiled is not None:
+            # The grammar takes english_only into its own mask (as on the hf backend), in
+            # place of the plain one, and runs last.
+            processors = [p for p in processors if not isinstance(p, AdditiveMask)]
+            processors.append(self._grammar_mask(compiled, sampling.english_only))
+        raw: collections.deque[mx.array] = collections.deque()
+        if sampling.logprobs:
+            processors.insert(0, _RawLogits(raw))
+        responses = stream_generate(
+            self.model,
+            self.wrapper,
+            mx.array(prompt_ids),
+            max_tokens=sampling.max_new_tokens,
+            sampler=make_sampler(sampling, self.vocab_rows),
+            logits_processors=processors,
         )
-
-    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
-        """The sync stream on one dedicated thread, its items handed over through a queue.
-
-        MLX's stream contexts must be entered and left on the same thread, so the generation
-        cannot hop between worker threads the way the default hook's ``next()`` calls do.
-        Closing the async stream stops the generation after the current token.
-        """
-        iterator = await asyncio.to_thread(self._stream, request)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
-        done = object()
-
-        def hand_over(item: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def produce() -> None:
-            try:
-                for item in iterator:
-                    hand_over(item)
-                    if stop.is_set():
-                        break
-            except BaseException as exc:  # re-raised on the consumer's side
-                hand_over(_Failure(exc))
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-                hand_over(done)
-
-        worker = threading.Thread(target=produce, name="qwen-mlx-astream", daemon=True)
-        worker.start()
         try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+            for response in responses:
+                if sampling.logprobs:
+                    # mlx-lm computes the next step before handing over this one: oldest first.
+                    row = np.array(raw.popleft()[0])
+                    yield numpy_step(row, response.token, sampling.top_logprobs)
+                else:
+                    yield response.token
         finally:
-            stop.set()
-            await asyncio.to_thread(worker.join)
-
-    def close(self) -> None:
-        """Drop the model and tokenizer (waits for a generation on another thread)."""
-        if self._closed:
-            return
-        with self._guard.closing():
-            super().close()
-            self.model = None
-            self.wrapper = None
-            self._english_mask = None
-            self._grammar_engine = None
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _checked_prompt(self, request: Request) -> list[int]:
-        """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
-        prompt_ids = self._prompt_ids(request.messages, request.tools)
-        check_context(
-            len(prompt_ids),
-            request.sampling.max_new_tokens,
-            self.context_window,
-            backend=self.name,
-            hint=" (the window is QWEN_MLX__MAX_CONTEXT)",
-        )
-        return prompt_ids
+            responses.close()
 
     def logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
         """The per-call processors, in transformers' order: repetition, presence, vocabulary."""
@@ -505,132 +409,45 @@ class MLXBackend(LocalBackend):
             processors.append(self.english_mask())
         return processors
 
-    def _constrained(
-        self, processors: list[Any], sampling: SamplingParams, response_format: ResponseFormat
-    ) -> list[Any]:
-        """``processors`` plus the grammar of ``response_format``, last; the grammar takes
-        ``english_only`` into its own mask (as on the hf backend), in place of the plain one."""
-        kept = [p for p in processors if not isinstance(p, AdditiveMask)]
-        return [*kept, self._grammar_mask(response_format, sampling.english_only)]
-
-    def _grammar_mask(
-        self, response_format: ResponseFormat, english_only: bool
-    ) -> GrammarProcessor:
-        """A fresh grammar processor for one call (the engine is built on first use)."""
-        import numpy as np
-
-        from qwen_backends.grammar import GrammarEngine, GrammarProcessor
+    def _compile(self, request: Request) -> Any:
+        """The grammar of ``response_format``, compiled (the engine is built on first use)."""
+        if request.response_format is None:
+            return None
+        from qwen_backends.grammar import GrammarEngine
 
         if self._grammar_engine is None:
             self._grammar_engine = GrammarEngine(
                 self.tokenizer,
-                self.vocab_size,
-                sorted(self.eos_token_ids),
+                self.vocab_rows,
+                sorted(self.end_ids),
                 compile_timeout=self.settings.structured_compile_timeout,
                 backend=self.name,
             )
-        engine = self._grammar_engine
-        blocked = np.isinf(np.array(self.english_mask().mask)) if english_only else None
-        return GrammarProcessor(engine.matcher(engine.compile(response_format), blocked))
+        return self._grammar_engine.compile(request.response_format)
+
+    def _grammar_mask(self, compiled: Any, english_only: bool) -> GrammarProcessor:
+        """A fresh grammar processor for one call of a compiled grammar (``english_only``
+        folded into its mask)."""
+        from qwen_backends.grammar import GrammarProcessor
+
+        assert self._grammar_engine is not None  # built by _compile
+        blocked = self.english_blocked() if english_only else None
+        return GrammarProcessor(self._grammar_engine.matcher(compiled, blocked))
 
     def english_mask(self) -> AdditiveMask:
         """The ``english_only`` processor, built once per instance."""
         if self._english_mask is None:
             import mlx.core as mx
-            import numpy as np
 
-            from qwen_backends.vocab import allowed_token_ids
-
-            allowed = [
-                i for i in allowed_token_ids(self.tokenizer, tier="english") if i < self.vocab_size
-            ]
-            mask = np.full(self.vocab_size, -np.inf, dtype=np.float32)
-            mask[np.asarray(allowed, dtype=np.int64)] = 0.0
-            self._english_mask = AdditiveMask(mx.array(mask))
+            self._english_mask = AdditiveMask(mx.array(self.english_bias()))
         return self._english_mask
 
-    def _run(
-        self,
-        prompt_ids: list[int],
-        sampling: SamplingParams,
-        *,
-        tools: bool = False,
-        response_format: ResponseFormat | None = None,
-    ) -> Iterator[str | Generation]:
-        """Generate token by token; yield visible pieces, then the final :class:`Generation`.
-
-        With ``tools``, ``<tool_call>`` blocks are taken out of the text as it streams
-        (:class:`~qwen_backends.tools.ToolCallFilter`) and returned as ``tool_calls``.
-        """
-        import mlx.core as mx
-        from mlx_lm.generate import stream_generate
-
-        with self._guard.generation():
-            self._check_open()
-            start = time.perf_counter()
-            pipeline = TextPipeline(sampling.stop)
-            decoder = IncrementalDecoder(self.tokenizer)
-            calls = ToolCallFilter() if tools else None
-            produced: list[str] = []
-            count, ended = 0, False
-            processors = self.logits_processors(sampling, len(prompt_ids))
-            if response_format is not None:
-                processors = self._constrained(processors, sampling, response_format)
-            responses = stream_generate(
-                self.model,
-                self.wrapper,
-                mx.array(prompt_ids),
-                max_tokens=sampling.max_new_tokens,
-                sampler=make_sampler(sampling, self.vocab_size),
-                logits_processors=processors,
-            )
-            try:
-                for response in responses:
-                    count += 1
-                    if response.token in self.eos_token_ids:
-                        ended = True
-                        break
-                    visible = pipeline.feed(decoder.add(response.token))
-                    if calls is not None:
-                        visible = calls.feed(visible)
-                    if visible:
-                        produced.append(visible)
-                        yield visible
-                    if pipeline.stopped:
-                        break
-                tail = pipeline.feed(decoder.flush()) + pipeline.flush()
-                if calls is not None:
-                    tail = calls.feed(tail) + calls.flush()
-                if tail:
-                    produced.append(tail)
-                    yield tail
-            except QwenBackendsError:
-                raise
-            except Exception as exc:
-                raise GenerationError(
-                    f"mlx-lm generation failed: {first_line(exc)}",
-                    partial_text="".join(produced),
-                    backend=self.name,
-                ) from exc
-            finally:
-                responses.close()
-            reason: FinishReason = "stop" if ended or pipeline.stopped else "length"
-            found = tuple(calls.calls) if calls is not None else ()
-            yield Generation(
-                text="".join(produced),
-                finish_reason="tool_calls" if found else reason,
-                tool_calls=found,
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=count,
-                seconds=time.perf_counter() - start,
-            )
-
-
-class _Failure:
-    """An exception raised on the producing thread, carried to the consumer."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def _release(self, *, same_thread: bool) -> None:
+        """Drop the model and tokenizer."""
+        self.model = None
+        self.wrapper = None
+        self._english_mask = None
+        self._grammar_engine = None
 
 
 def _vocab_rows(model: Any) -> int:

@@ -20,6 +20,7 @@ translated to the same sentence.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from types import ModuleType
@@ -196,6 +197,8 @@ class UnslothBackend(HFBackend):
 
     name = "unsloth"
     own_decode_loop = False
+    # Unsloth's generate applies its processors before any hook sees the raw logits.
+    capabilities = dataclasses.replace(HFBackend.capabilities, logprobs=False)
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -209,7 +212,7 @@ class UnslothBackend(HFBackend):
         """``settings.unsloth.max_seq_length``: what Unsloth prepared the model for."""
         return self.settings.unsloth.max_seq_length
 
-    def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    def _load(self) -> None:
         """:func:`load_unsloth_model` then ``for_inference`` (Unsloth imported first)."""
         options = self.settings.unsloth
         model, tokenizer = load_unsloth_model(
@@ -220,4 +223,4 @@ class UnslothBackend(HFBackend):
             token=options.token.get_secret_value() if options.token is not None else None,
         )
         import_unsloth().FastLanguageModel.for_inference(model)
-        return model, tokenizer
+        self.model, self.tokenizer = model, tokenizer

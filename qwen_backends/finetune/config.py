@@ -23,9 +23,9 @@ from pydantic import (
 )
 
 from qwen_backends._files import load_yaml_mapping
-from qwen_backends.errors import ConfigurationError, did_you_mean
+from qwen_backends.errors import ConfigurationError
 from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, FamilyName
-from qwen_backends.finetune.engines import ENGINES
+from qwen_backends.registry import ENGINES
 from qwen_backends.sampling import validation_message
 from qwen_backends.settings import Section, deep_merge
 
@@ -258,10 +258,7 @@ class FinetuneConfig(BaseModel):
     def _known_engine(cls, value: str) -> str:
         # The names come from the engine registry, the one list of engines.
         if value not in ENGINES:
-            raise ValueError(
-                f"unknown engine {value!r}; {did_you_mean(value, ENGINES)}choose one of "
-                f"{', '.join(ENGINES)}"
-            )
+            raise ValueError(ENGINES.unknown(value))
         return value
 
     @model_validator(mode="after")

@@ -21,15 +21,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwen_backends.errors import (
-    ConfigurationError,
-    MissingDependencyError,
-    UnknownBackendError,
-    did_you_mean,
-    first_line,
-)
+from qwen_backends.errors import ConfigurationError, first_line
 from qwen_backends.models import looks_like_path
-from qwen_backends.registry import Registration, load_target, missing_modules
+from qwen_backends.registry import ENGINES
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +43,7 @@ class Engine(ABC):
         The run's configuration.
     """
 
-    #: ``engine:`` value in the config (its key in :data:`ENGINES`).
+    #: ``engine:`` value in the config (its key in :data:`qwen_backends.registry.ENGINES`).
     name: ClassVar[str]
 
     def __init__(self, config: FinetuneConfig) -> None:
@@ -307,27 +301,9 @@ class UnslothEngine(Engine):
         return found
 
 
-#: ``engine:`` name -> where the engine lives and what it needs, registered like the backends
-#: (:class:`qwen_backends.registry.Registration`); the config's ``engine`` validation derives
-#: from it.
-ENGINES: dict[str, Registration] = {
-    "unsloth": Registration(
-        "qwen_backends.finetune.engines:UnslothEngine",
-        "unsloth",
-        ("torch", "unsloth", "trl", "peft", "datasets"),
-        "Unsloth on an NVIDIA/AMD/Intel GPU (4-bit QLoRA, GGUF export)",
-    ),
-    "peft": Registration(
-        "qwen_backends.finetune.engines:PeftEngine",
-        "finetune",
-        ("torch", "transformers", "peft", "trl", "datasets"),
-        "plain transformers + PEFT + TRL (CPU or GPU)",
-    ),
-}
-
-
 def engine_class(name: str) -> type[Engine]:
-    """The class of engine ``name``, its dependencies checked first.
+    """The class of engine ``name``, its dependencies checked first (:meth:`Registry.resolve
+    <qwen_backends.registry.Registry.resolve>` over :data:`~qwen_backends.registry.ENGINES`).
 
     Raises
     ------
@@ -336,19 +312,7 @@ def engine_class(name: str) -> type[Engine]:
     MissingDependencyError
         When its pip extra is not installed.
     """
-    if name not in ENGINES:
-        raise UnknownBackendError(
-            f"unknown fine-tuning engine {name!r}; {did_you_mean(name, ENGINES)}choose one of "
-            f"{', '.join(ENGINES)}"
-        )
-    registration = ENGINES[name]
-    missing = missing_modules(registration)
-    if missing:
-        raise MissingDependencyError(
-            f"the {name} fine-tuning engine needs {', '.join(missing)}, which is not "
-            f"installed; install it with: pip install 'qwen-backends[{registration.extra}]'"
-        )
-    cls: type[Engine] = load_target(registration)
+    cls: type[Engine] = ENGINES.resolve(name)
     return cls
 
 

@@ -197,8 +197,8 @@ def test_yarn_and_the_low_memory_warning(isolated: None, tiny_model_dir: Path) -
 
 def test_subclass_can_replace_only_the_loading_step(backend: HFBackend) -> None:
     class Preloaded(HFBackend):
-        def _load(self) -> tuple[Any, Any]:
-            return backend.model, backend.tokenizer
+        def _load(self) -> None:
+            self.model, self.tokenizer = backend.model, backend.tokenizer
 
     other = Preloaded(backend.settings)
     sampling = SamplingParams(seed=3, **SHORT)
@@ -579,8 +579,10 @@ def test_runtime_failures_become_generation_errors(
 ) -> None:
     def failing(*args: Any, **kwargs: Any) -> Any:
         streamer = kwargs.get("streamer")
-        if streamer is not None:  # some text reached the stream before the failure
-            streamer.on_finalized_text("partial ")
+        if streamer is not None:  # some tokens reached the stream before the failure
+            streamer.put(kwargs["input_ids"])  # the prompt comes first, as from generate
+            for token in backend.tokenizer("partial ", add_special_tokens=False)["input_ids"]:
+                streamer.put(torch.tensor([token]))
         raise RuntimeError("CUDA error: device-side assert triggered\nmore detail")
 
     monkeypatch.setattr(hf_module, "decode", failing)
@@ -591,14 +593,14 @@ def test_runtime_failures_become_generation_errors(
     with pytest.raises(GenerationError) as streamed:
         for piece in backend.stream("Hi", SamplingParams(**SHORT)):
             received.append(piece)
-    assert received == ["partial "] and streamed.value.partial_text == "partial "
+    assert "".join(received) == "partial " and streamed.value.partial_text == "partial "
     assert not backend._guard.busy
 
 
 def test_closed_backend_refuses_work(isolated: None, backend: HFBackend) -> None:
     class Preloaded(HFBackend):
-        def _load(self) -> tuple[Any, Any]:
-            return backend.model, backend.tokenizer
+        def _load(self) -> None:
+            self.model, self.tokenizer = backend.model, backend.tokenizer
 
     other = Preloaded(backend.settings)
     open_stream = iter(other.stream("Hi", VARIED))
@@ -673,13 +675,13 @@ def test_empty_directory_is_not_a_tokenizer_complaint(isolated: None, tmp_path: 
 
 
 def test_unreadable_weights_say_permissions(tmp_path: Path) -> None:
-    from qwen_backends.backends.hf import _local_load_error
+    from qwen_backends.backends.transformers_loading import local_load_error
 
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
     (tmp_path / "model.safetensors").write_bytes(b"")
     denied = PermissionError(13, "Permission denied", str(tmp_path / "model.safetensors"))
-    message = str(_local_load_error(tmp_path, denied))
+    message = str(local_load_error(tmp_path, denied))
     assert message == (
         f"cannot read {tmp_path / 'model.safetensors'} (Permission denied); check the "
         f"permissions of the model directory {tmp_path}"

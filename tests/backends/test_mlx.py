@@ -24,7 +24,6 @@ from qwen_backends import create_backend
 from qwen_backends.backends.hf import HFBackend
 from qwen_backends.backends.mlx import (
     AdditiveMask,
-    IncrementalDecoder,
     MLXBackend,
     PresencePenalty,
 )
@@ -325,15 +324,6 @@ def test_an_answer_cut_inside_a_character_ends_at_the_last_complete_one(
     result = backend.generate("Hi", sampling)
     assert (result.text, result.finish_reason, result.completion_tokens) == ("Hello", "length", 2)
     assert "".join(backend.stream("Hi", sampling)) == "Hello"
-
-
-def test_incremental_decoding_joins_to_the_whole_decode(offline_tokenizer: Any) -> None:
-    text = "naïve 中文 🙂 done"
-    ids = offline_tokenizer(text, add_special_tokens=False)["input_ids"]
-    decoder = IncrementalDecoder(offline_tokenizer)
-    pieces = [decoder.add(token) for token in ids]
-    assert "".join(pieces) + decoder.flush() == text
-    assert all("\ufffd" not in piece for piece in pieces)
 
 
 @pytest.mark.parametrize("sampling", [VARIED, SAMPLED], ids=["greedy", "seeded"])

@@ -9,7 +9,9 @@ unchanged against it.
 - ``ollama``: the loopback Ollama stand-in (tests/backends/ollama_server.py);
 - ``vllm``: the session's real vLLM server on CPU (skipped without a vLLM environment);
 - ``mlx``: the ``tiny`` checkpoint through mlx-lm in process (MLX's CPU build on Linux; skipped
-  without the mlx extra).
+  without the mlx extra);
+- ``echo``: echo_backend.py, a minimal in-process backend added by docs/adding_a_backend.md's
+  steps (registered for the run only), which proves the checklist.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from faults import INJECTED_CALL, FaultProxy
 
 from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
+from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.token_loop import Step
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
-HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm"]
+HARNESSES = ["hf", "llamacpp", "mlx", "ollama", "vllm", "echo"]
 #: Those that talk to a server (the fault tests run against these).
 SERVER_HARNESSES = ["ollama", "vllm"]
 #: Qwen3's end-of-turn token.
@@ -150,19 +154,14 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, HFBackend)
+    return _local_harness("hf", shared, make)
+
+
+def _local_harness(name: str, shared: LocalBackend, make: BackendMaker) -> Harness:
+    """The harness of an in-process backend: its model is made to misbehave through the token
+    loop's one seam (see :func:`_forcing`)."""
     tokenizer = shared.tokenizer
-
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (a logit bias per step)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared._logits_processors
-
-            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
-                return [_Force(script, prompt_length), *original(sampling, prompt_length)]
-
-            patch.setattr(shared, "_logits_processors", processors)
-            yield shared
+    forcing = _forcing(shared)
 
     @contextlib.contextmanager
     def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
@@ -176,9 +175,36 @@ def _hf(request: pytest.FixtureRequest) -> Harness:
     def ending() -> contextlib.AbstractContextManager[ModelBackend]:
         return forcing([IM_END])
 
-    built = Harness("hf", shared, make, tokenizer, leaking, ending)
+    built = Harness(name, shared, make, tokenizer, leaking, ending)
     built.calling = _forced_call(tokenizer, forcing)
     return built
+
+
+def _forcing(
+    shared: LocalBackend,
+) -> Callable[[list[int]], contextlib.AbstractContextManager[ModelBackend]]:
+    """In-process backends are forced through the token loop's one seam, ``_tokens``: the
+    runtime emits ``script`` first, then the real model goes on after it."""
+
+    @contextlib.contextmanager
+    def forcing(script: list[int]) -> Iterator[ModelBackend]:
+        with pytest.MonkeyPatch.context() as patch:
+            original = shared._tokens
+
+            def tokens(prompt_ids: list[int], request: Any, compiled: Any) -> Iterator[Any]:
+                top = request.sampling.top_logprobs
+                for token in script:  # a forced token is certain: log-probability 0
+                    yield (
+                        Step(token, 0.0, ((token, 0.0),) * top)
+                        if request.sampling.logprobs
+                        else token
+                    )
+                yield from original([*prompt_ids, *script], request, compiled)
+
+            patch.setattr(shared, "_tokens", tokens)
+            yield shared
+
+    return forcing
 
 
 def _forced_call(
@@ -219,47 +245,7 @@ def _llamacpp(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, LlamaCppBackend)
-    tokenizer = shared.tokenizer
-
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (then the real model goes on)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared.llama.generate
-
-            def generate(tokens: list[int], **kwargs: Any) -> Iterator[int]:
-                yield from script
-                yield from original([*tokens, *script], **kwargs)
-
-            patch.setattr(shared.llama, "generate", generate)
-            yield shared
-
-    @contextlib.contextmanager
-    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
-        raw = "<think>\nsecret plan\n</think>\n\nHello world"
-        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
-        with forcing([*script, IM_END]) as backend:
-            yield backend, "Hello world"
-
-    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
-        return forcing([IM_END])
-
-    built = Harness("llamacpp", shared, make, tokenizer, leaking, ending)
-    built.calling = _forced_call(tokenizer, forcing)
-    return built
-
-
-class _Force:
-    """Logits processor: the next token of ``script`` wins while the script lasts."""
-
-    def __init__(self, script: list[int], prompt_length: int) -> None:
-        self.script, self.prompt_length = script, prompt_length
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        step = input_ids.shape[1] - self.prompt_length
-        if step < len(self.script):
-            scores[:, self.script[step]] = scores.max() + 1e4
-        return scores
+    return _local_harness("llamacpp", shared, make)
 
 
 # -- ollama: the loopback stand-in ----------------------------------------------------------
@@ -370,37 +356,30 @@ def _mlx(request: pytest.FixtureRequest) -> Harness:
 
     shared = make()
     assert isinstance(shared, MLXBackend)
-    tokenizer = shared.tokenizer
+    return _local_harness("mlx", shared, make)
 
-    @contextlib.contextmanager
-    def forcing(script: list[int]) -> Iterator[ModelBackend]:
-        """The shared model, made to emit ``script`` first (a logit bias per step)."""
-        with pytest.MonkeyPatch.context() as patch:
-            original = shared.logits_processors
 
-            def processors(sampling: SamplingParams, prompt_length: int) -> list[Any]:
-                def force(tokens: Any, logits: Any) -> Any:
-                    step = tokens.size - prompt_length
-                    if step < len(script):
-                        logits[:, script[step]] = logits.max() + 1e4
-                    return logits
+# -- echo: the minimal backend of docs/adding_a_backend.md ----------------------------------------
 
-                return [force, *original(sampling, prompt_length)]
 
-            patch.setattr(shared, "logits_processors", processors)
-            yield shared
+@harness("echo")
+def _echo(request: pytest.FixtureRequest) -> Harness:
+    from echo_backend import ECHO
 
-    @contextlib.contextmanager
-    def leaking(sampling: SamplingParams) -> Iterator[tuple[ModelBackend, str]]:
-        raw = "<think>\nsecret plan\n</think>\n\nHello world"
-        script = list(tokenizer(raw, add_special_tokens=False, split_special_tokens=True).input_ids)
-        assert len(script) > 6
-        with forcing([*script, IM_END]) as backend:
-            yield backend, "Hello world"
+    from qwen_backends.registry import BACKENDS
 
-    def ending() -> contextlib.AbstractContextManager[ModelBackend]:
-        return forcing([IM_END])
-
-    built = Harness("mlx", shared, make, tokenizer, leaking, ending)
-    built.calling = _forced_call(tokenizer, forcing)
+    BACKENDS.register("echo", ECHO)
+    shared = create_backend(backend="echo")
+    assert isinstance(shared, LocalBackend)
+    built = _local_harness("echo", shared, create_backend_for("echo"))
+    built.closers.append(lambda: BACKENDS.unregister("echo"))
     return built
+
+
+def create_backend_for(name: str) -> BackendMaker:
+    """``make(**section)`` for a backend that needs no model argument."""
+
+    def make(**section: Any) -> ModelBackend:
+        return create_backend(backend=name, **{name: section})
+
+    return make
