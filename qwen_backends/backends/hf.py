@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from qwen_backends.grammar import GrammarEngine
-
     from qwen_backends.results import Generation, Request
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.settings import Settings
