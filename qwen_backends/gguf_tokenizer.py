@@ -192,6 +192,16 @@ class AddedToken:
         return self.content
 
 
+class Encoding(dict[str, Any]):
+    """An encoded text: a dict whose keys are attributes too (``encoding.input_ids``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class LightTokenizer:
     """A ``tokenizers.Tokenizer`` with the Hugging Face tokenizer methods the project uses.
 
@@ -252,10 +262,11 @@ class LightTokenizer:
     def __len__(self) -> int:
         return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=True))
 
-    def __call__(self, text: str, add_special_tokens: bool = True, **_: Any) -> dict[str, Any]:
-        """``{"input_ids": [...], "attention_mask": [...]}`` for ``text``."""
+    def __call__(self, text: str, add_special_tokens: bool = True, **_: Any) -> Encoding:
+        """``{"input_ids": [...], "attention_mask": [...]}`` for ``text`` (keys readable as
+        attributes too, like transformers' ``BatchEncoding``)."""
         ids = self.encode(text, add_special_tokens=add_special_tokens)
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        return Encoding(input_ids=ids, attention_mask=[1] * len(ids))
 
     def encode(self, text: str, add_special_tokens: bool = True, **_: Any) -> list[int]:
         """The token ids of ``text`` (Qwen adds no special tokens either way)."""
@@ -266,6 +277,12 @@ class LightTokenizer:
         """The text of ``ids``."""
         text = self.backend_tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return str(text)
+
+    def batch_decode(
+        self, sequences: Iterable[Iterable[int]], skip_special_tokens: bool = False, **_: Any
+    ) -> list[str]:
+        """The text of each id sequence."""
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> Any:
         """Id of a token string (``None`` if unknown), or a list of them."""

@@ -91,6 +91,8 @@ def test_it_matches_the_hugging_face_tokenizer(
         for skip in (False, True):
             expected = offline_tokenizer.decode(ids, skip_special_tokens=skip)
             assert light.decode(ids, skip_special_tokens=skip) == expected
+    pieces = [[i] for i in range(0, 151_669, 997)]
+    assert light.batch_decode(pieces) == offline_tokenizer.batch_decode(pieces)
     assert light.get_vocab() == offline_tokenizer.get_vocab()
     assert len(light) == len(offline_tokenizer) == 151_669
     assert {i: (t.content, t.special) for i, t in light.added_tokens_decoder.items()} == {
@@ -98,6 +100,7 @@ def test_it_matches_the_hugging_face_tokenizer(
     }
     assert (light.eos_token, light.pad_token) == ("<|im_end|>", "<|endoftext|>")
     assert light.convert_tokens_to_ids(["<|im_end|>", "nope-not-a-token"]) == [151645, None]
+    assert light("Hello world").input_ids == [9707, 1879]
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
