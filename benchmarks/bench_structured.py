@@ -27,7 +27,7 @@ Usage::
 
     python benchmarks/bench_structured.py [--libraries llguidance,xgrammar,outlines-core]
         [--corpus tests/data/schemas.jsonl] [--compile-timeout 10] [--walk-steps 300]
-        [--no-model] [--tokens 96] [--repeats 3] [--seeds 20]
+        [--no-model | --no-corpus] [--tokens 96] [--repeats 3] [--seeds 20]
 
 A library that is not installed is reported and skipped. CPU time is reported where the machine
 is shared (other jobs stretch wall time unevenly); ratios are measured side by side in one run.
@@ -510,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--compile-timeout", type=float, default=10.0)
     parser.add_argument("--walk-steps", type=int, default=300)
     parser.add_argument("--no-model", action="store_true", help="skip the hf per-token runs")
+    parser.add_argument("--no-corpus", action="store_true", help="skip the corpus runs")
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=20)
@@ -538,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{library:<14} not installed ({exc})")
             continue
         candidates[library] = candidate
+        if args.no_corpus:
+            continue
         figures = run_corpus(candidate, corpus, tokenizer, args.compile_timeout, args.walk_steps)
         compiles = [seconds * 1e3 for seconds in figures["compile"]]
         masks = [seconds * 1e3 for seconds in figures["mask"]]
