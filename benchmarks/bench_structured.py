@@ -524,12 +524,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The same never-allowed tokens for every candidate (control characters, added tokens).
     blocked_words = GrammarEngine(tokenizer, VOCAB, STOPS).blocked_words
     candidates: dict[str, Any] = {}
-    print(f"corpus: {len(corpus)} schemas ({args.corpus.name}); vocabulary {VOCAB:,} tokens\n")
     header = (
         "library        setup   coverage  compile p50 / p90 / p99 / max (ms)      "
         "mask/step mean / p50 / p99 (ms)  ended valid invalid control  torch-free"
     )
-    print(header)
+    if not args.no_corpus:
+        print(f"corpus: {len(corpus)} schemas ({args.corpus.name}); {VOCAB:,} tokens\n")
+        print(header)
     for library in args.libraries.split(","):
         try:
             setup, candidate = _timed(
