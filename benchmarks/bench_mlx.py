@@ -178,6 +178,17 @@ def main() -> None:
         f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
         f"{figures['ratio']:.3f}"
     )
+    from paired import per_token_pairs
+
+    def side(**extra: Any) -> Any:
+        sampling = SamplingParams(seed=1, max_new_tokens=args.tokens, **extra)
+        return lambda index: backend.generate(PROMPT, sampling.replace(seed=index))
+
+    figures = per_token_pairs(side(logprobs=True, top_logprobs=5), side(), args.pairs)
+    print(
+        f"logprobs top 5 / off, per token: {figures['option_ms_per_token']:.2f} / "
+        f"{figures['baseline_ms_per_token']:.2f} ms, ratio {figures['ratio']:.3f} (goal <= 1.05)"
+    )
     sample = backend.tokenizer(
         "Red, yellow and blue are the three primary colours of paint; red, green and blue of "
         "light. Ünïcödé 中文 🙂 too.",
