@@ -106,28 +106,18 @@ PICK = {
 
 def structured(backend: MLXBackend, pairs: int, tokens: int) -> dict[str, float]:
     """Per-token wall time with ``response_format`` against without, interleaved pairs."""
-    sampling = SamplingParams(seed=1, max_new_tokens=tokens)
+    from paired import per_token_pairs
 
-    def per_token(**extra: Any) -> float:
-        start = time.perf_counter()
-        result = backend.generate(PROMPT, sampling, **extra)
-        return (time.perf_counter() - start) / result.completion_tokens
+    def side(**extra: Any) -> Any:
+        return lambda index: backend.generate(
+            PROMPT, SamplingParams(seed=1, max_new_tokens=tokens), **extra
+        )
 
-    per_token(response_format=PICK)  # warm-up: compiles the schema, builds the engine
-    per_token()
-    ratios, constrained, free = [], [], []
-    for index in range(pairs):
-        if index % 2 == 0:
-            a, b = per_token(response_format=PICK), per_token()
-        else:
-            b, a = per_token(), per_token(response_format=PICK)
-        constrained.append(a)
-        free.append(b)
-        ratios.append(a / b)
+    figures = per_token_pairs(side(response_format=PICK), side(), pairs)
     return {
-        "constrained_ms": 1000 * statistics.median(constrained),
-        "free_ms": 1000 * statistics.median(free),
-        "ratio": statistics.median(ratios),
+        "constrained_ms": figures["option_ms_per_token"],
+        "free_ms": figures["baseline_ms_per_token"],
+        "ratio": figures["ratio"],
     }
 
 
