@@ -96,6 +96,7 @@ class LocalBackend(ModelBackend):
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
         self._english_blocked_mask: np.ndarray | None = None
+        self._cached_tokens = 0
         with self._attributed():
             self._load()
             try:
@@ -248,6 +249,7 @@ class LocalBackend(ModelBackend):
         with self._guard.generation():
             self._check_open()
             start = time.perf_counter()
+            self._cached_tokens = 0  # a runtime with a prompt cache sets it in _tokens
             tokenizer = self.tokenizer  # close() on this thread drops the attribute
             answer = AnswerAssembler(
                 tokenizer,
@@ -281,7 +283,8 @@ class LocalBackend(ModelBackend):
             tail = answer.finish()
             if tail:
                 yield tail
-            yield answer.generation(len(prompt_ids), time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            yield answer.generation(len(prompt_ids), seconds, self._cached_tokens)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""

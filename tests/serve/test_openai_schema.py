@@ -321,4 +321,9 @@ def test_completion_with_tool_calls() -> None:
         "type": "function",
         "function": {"name": "weather", "arguments": '{"city": "Zürich"}'},
     }
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
