@@ -255,8 +255,10 @@ class LlamaCppSettings(Section):
     n_ctx: int = Field(
         NATIVE_CONTEXT,
         ge=16,
-        description="Context window in tokens (prompt + new tokens); llama.cpp allocates its "
-        "KV cache up front: ~4.5 GB for Qwen3-4B at 32,768 in f16, lower it on small machines.",
+        description="Context window in tokens (prompt + new tokens), at most 262,144 (the "
+        "longest Qwen3-4B release; Qwen3-4B itself is trained for 40,960); llama.cpp allocates "
+        "its KV cache up front: 147,456 bytes a token for Qwen3-4B in f16, ~4.5 GiB at 32,768, "
+        "so lower it on small machines.",
     )
     n_threads: int | None = Field(
         None, ge=1, description="Threads for generation (None: llama.cpp's choice)."
@@ -280,6 +282,16 @@ class LlamaCppSettings(Section):
         0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
     )
     verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
+
+    @field_validator("n_ctx")
+    @classmethod
+    def _n_ctx_fits_a_release(cls, value: int) -> int:
+        from qwen_backends.context_size import check_context_setting
+
+        try:
+            return check_context_setting(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class EvaluationSettings(Section):
@@ -326,6 +338,48 @@ class ServeSettings(Section):
         description="Seconds a stopping server (SIGTERM, Ctrl-C) lets in-flight requests finish "
         "before cancelling them.",
     )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; a larger one gets 413 without being read "
+        "(4 MiB holds a 131,072-token conversation several times over).",
+    )
+    max_json_depth: int = Field(
+        64,
+        ge=4,
+        le=500,
+        description="Deepest nesting of JSON objects and arrays in a request body; deeper gets "
+        "400.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection may take to send a complete request head (after it "
+        "opens, or after the previous answer); a late one gets 408 and is closed.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive after its head; a late one gets "
+        "408.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if key and not key.strip():
+            raise ValueError(
+                "the API key is only whitespace, which no client can send; set a real key"
+            )
+        if key != key.strip():
+            raise ValueError(
+                "the API key starts or ends with whitespace, which HTTP drops from the "
+                "Authorization header, so no client could match it; remove the spaces"
+            )
+        return value
 
 
 class Settings(BaseSettings):

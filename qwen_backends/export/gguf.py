@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends._cache import build_once, cache_dir
+from qwen_backends._files import ensure_directory
 from qwen_backends.errors import (
     ChatTemplateError,
     ConfigurationError,
@@ -277,6 +278,7 @@ def convert_to_gguf(
     quant: str = "q8_0",
     *,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``model_dir`` (a Hugging Face Qwen3 checkpoint folder) as one GGUF file.
 
@@ -285,16 +287,21 @@ def convert_to_gguf(
     model_dir
         A folder written by ``save_pretrained`` (model and tokenizer), e.g. ``merged/``.
     output
-        The ``.gguf`` file to write (its folder is created); replaced atomically.
+        The ``.gguf`` file to write (its folder is created). It is written under a temporary
+        name beside it and renamed when complete, so a failed or interrupted export leaves
+        nothing behind.
     quant
         One of :data:`GGUF_TYPES` (case-insensitive): ``q8_0`` by default.
     threads
         Threads for ``llama_model_quantize`` (``None``: llama.cpp's choice).
+    overwrite
+        Replace an existing ``output`` (``--force``); otherwise it is refused.
 
     Raises
     ------
     ConfigurationError
-        For an unknown type or an output that does not end in ``.gguf``.
+        For an unknown type, an output that does not end in ``.gguf``, an existing output
+        without ``overwrite``, or ``threads`` below 1.
     ModelNotFoundError
         When ``model_dir`` is not a checkpoint folder.
     ExportError
@@ -307,8 +314,17 @@ def convert_to_gguf(
         raise ConfigurationError(
             f"output {str(target)!r} must be a .gguf file name, e.g. model.{quant.upper()}.gguf"
         )
+    if threads is not None and threads < 1:
+        raise ConfigurationError(f"threads={threads} must be 1 or more (or None: llama.cpp's)")
+    if target.is_dir():
+        raise ConfigurationError(f"output {target} is a folder; give a .gguf file name")
+    if target.exists() and not overwrite:
+        raise ConfigurationError(
+            f"output {target} already exists; choose another name, or pass --force "
+            "(overwrite=True) to replace it"
+        )
     _check_model_dir(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(target.parent, "the GGUF file", "--output")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent) as tmp:
         partial = Path(tmp) / target.name

@@ -40,6 +40,7 @@ from qwen_backends.errors import (
 from qwen_backends.results import Generation, ToolCall
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import reject_thinking
+from qwen_backends.tools import normalize_tools
 
 __all__ = [
     "ChatCall",
@@ -222,8 +223,8 @@ def parse_chat_request(
         model=model,
         messages=_messages(present.get("messages"), allow_control_tokens),
         sampling=_sampling(present, defaults),
-        response_format=_response_format(present.get("response_format")),
-        tools=_tools(present.get("tools")),
+        response_format=_response_format(present.get("response_format"), allow_control_tokens),
+        tools=_tools(present.get("tools"), allow_control_tokens),
         stream=stream,
         include_usage=include_usage,
     )
@@ -248,7 +249,10 @@ def parse_tokenize_request(
             "optionally tools",
             param=unknown[0],
         )
-    return _messages(present.get("messages"), allow_control_tokens), _tools(present.get("tools"))
+    return (
+        _messages(present.get("messages"), allow_control_tokens),
+        _tools(present.get("tools"), allow_control_tokens),
+    )
 
 
 # -- request parts -------------------------------------------------------------------------------
@@ -444,7 +448,7 @@ def _check_type(key: str, value: Any) -> None:
         raise RequestError(f"{key} must be a number, got {value!r}", param=key)
 
 
-def _response_format(value: Any) -> dict[str, Any] | None:
+def _response_format(value: Any, allow_control_tokens: bool = False) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
@@ -457,11 +461,15 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     if kind == "json_schema":
         spec = value.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        where = "response_format.json_schema.schema"
         if not isinstance(schema, Mapping):
-            raise RequestError(
-                "response_format.json_schema.schema must be a JSON schema object",
-                param="response_format.json_schema.schema",
-            )
+            raise RequestError(f"{where} must be a JSON schema object", param=where)
+        from qwen_backends.structured import ResponseFormat
+
+        try:
+            ResponseFormat.of(schema, allow_control_tokens=allow_control_tokens)
+        except ConfigurationError as exc:
+            raise RequestError(f"{where}: {exc}", param=where) from None
         return dict(schema)
     raise RequestError(
         f"response_format.type={kind!r} is not supported; use text, json_object or json_schema",
@@ -469,7 +477,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     )
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
+def _tools(value: Any, allow_control_tokens: bool = False) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -487,6 +495,10 @@ def _tools(value: Any) -> list[dict[str, Any]]:
                 "'parameters', ...}}}",
                 param=f"tools[{index}]",
             )
+        try:
+            normalize_tools([tool], allow_control_tokens=allow_control_tokens)
+        except ConfigurationError as exc:
+            raise RequestError(f"tools[{index}]: {exc}", param=f"tools[{index}]") from None
     return [dict(tool) for tool in value]
 
 
