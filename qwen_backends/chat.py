@@ -184,6 +184,14 @@ def _find_bad_text(value: Any, path: str, allow_control_tokens: bool) -> tuple[s
     return None
 
 
+def _a_type(value: Any) -> str:
+    """``"an int"``, ``"a list"``, ``"None"``: the type of ``value`` for a message."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def validate_messages(
     messages: Conversation, *, allow_control_tokens: bool = False
 ) -> list[Message]:
@@ -225,7 +233,7 @@ def validate_messages(
         where = f"message {index}"
         if not isinstance(message, Mapping):
             raise InvalidMessagesError(
-                f"{where} is a {type(message).__name__}; each message must be a dict "
+                f"{where} is {_a_type(message)}; each message must be a dict "
                 "with 'role' and 'content'"
             )
         role = message.get("role")

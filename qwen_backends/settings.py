@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import io
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
@@ -154,7 +156,13 @@ class OllamaSettings(Section):
         "HOST:PORT without a scheme means http://HOST:PORT, as for Ollama itself.",
     )
     timeout: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for each read: connecting, the answer's first byte and "
+        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
+        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
+        "close the stream).",
     )
     keep_alive: str = Field("5m", description="How long the server keeps the model loaded.")
     num_ctx: int = Field(8192, ge=256, description="Context window the server allocates.")
@@ -199,7 +207,13 @@ class VLLMSettings(Section):
     )
     api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key (--api-key of vllm).")
     timeout: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for each read: connecting, the answer's first byte and "
+        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
+        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
+        "close the stream).",
     )
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
     tokenizer: str | None = Field(
@@ -409,9 +423,10 @@ class Settings(BaseSettings):
     )
     allow_control_tokens: bool = Field(
         False,
-        description="Let message content contain Qwen3 control-token text such as <|im_start|> "
-        "(it is tokenized as the real control token, so untrusted text could forge turns); "
-        "off by default: such messages are refused.",
+        description="Let caller text contain Qwen3 control-token text such as <|im_start|>: "
+        "messages, tool specs (descriptions, parameter docs) and response_format schemas (it "
+        "is tokenized as the real control token, so untrusted text could forge turns); off by "
+        "default: such requests are refused.",
     )
     hf: HFSettings = Field(default_factory=HFSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
@@ -437,7 +452,9 @@ class Settings(BaseSettings):
                         f"enable_thinking={error.get('input')!r} asks for Qwen3's thinking mode, "
                         "which qwen-backends never enables; unset QWEN_ENABLE_THINKING"
                     ) from None
-            raise ConfigurationError(validation_message(exc, "settings")) from None
+            raise ConfigurationError(validation_message(exc, "settings", Settings)) from None
+        except SettingsError as exc:  # a variable that should hold JSON does not
+            raise ConfigurationError(_unparsable_variable(exc)) from None
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -550,6 +567,23 @@ class Settings(BaseSettings):
             )
             sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
         return (*sources, file_secret_settings)
+
+
+def _unparsable_variable(exc: SettingsError) -> str:
+    """One line for pydantic-settings' "error parsing value for field X from source Y"."""
+    field = re.search(r'field "([^"]+)"', str(exc))
+    name = f"QWEN_{field.group(1).upper()}" if field else "a QWEN_ variable"
+    where = " in .env" if "DotEnv" in str(exc) else ""
+    cause = exc.__cause__
+    detail = f" ({cause})" if cause is not None else ""
+    return (
+        f"{name}{where} is not valid JSON{detail}; write the section as JSON, e.g. "
+        f"{name}='{{\"temperature\": 0.2}}', or set one value at a time, e.g. "
+        f"{name}__TEMPERATURE=0.2"
+        if name == "QWEN_SAMPLING"
+        else f"{name}{where} is not valid JSON{detail}; write it as a JSON object, or set one "
+        f"value at a time with {name}__KEY=VALUE"
+    )
 
 
 def config_file_path() -> Path | None:

@@ -356,3 +356,11 @@ def test_caller_text_names_the_path_inside_a_structure() -> None:
         check_caller_text({"x\udfff": 1}, "tool 'f'", allow_control_tokens=True)
     check_caller_text(spec, "tool 'f'", allow_control_tokens=True)
     check_caller_text({"n": 1, "plain": ["<tool_call>", "1 < 2"]}, "tool 'f'")
+
+
+@pytest.mark.parametrize(
+    ("message", "words"), [(3, "is an int"), (None, "is None"), ([], "is a list")]
+)
+def test_a_message_of_the_wrong_type_is_named_in_plain_words(message: Any, words: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=f"^message 0 {words}; each message must be"):
+        validate_messages([message])

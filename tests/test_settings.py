@@ -429,3 +429,29 @@ def test_duplicate_yaml_keys_are_refused_with_file_and_line() -> None:
 def test_a_utf8_byte_order_mark_is_accepted() -> None:
     Path("bom.yaml").write_bytes(b"\xef\xbb\xbfbackend: ollama\n")
     assert Settings.from_file("bom.yaml").backend == "ollama"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "suggestion"),
+    [
+        ({"serve": {"max_qeue": 3}}, "serve.max_qeue: is not a known setting (did you mean 'max_"),
+        ({"hf": {"devcie": "cpu"}}, "hf.devcie: is not a known setting (did you mean 'device'?)"),
+        ({"samplng": {}}, "samplng: is not a known setting (did you mean 'sampling'?)"),
+        ({"sampling": {"temprature": 1}}, "temprature: is not a known setting (did you mean 'temp"),
+    ],
+)
+def test_a_misspelt_key_gets_a_suggestion(kwargs: dict, suggestion: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**kwargs)
+    assert suggestion in str(caught.value)
+
+
+def test_a_sampling_variable_that_is_not_json_says_how_to_write_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QWEN_SAMPLING", "{temperature: 1}")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert message.startswith("QWEN_SAMPLING is not valid JSON (Expecting property name")
+    assert "QWEN_SAMPLING__TEMPERATURE=0.2" in message and "\n" not in message

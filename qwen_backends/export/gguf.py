@@ -48,6 +48,7 @@ from qwen_backends.errors import (
     ThinkingModeError,
 )
 from qwen_backends.export.answers import Answer, ask, conversation_tools
+from qwen_backends.export.gguf_tensors import label_mismatch
 
 if TYPE_CHECKING:
     from qwen_backends.chat import Message
@@ -306,6 +307,11 @@ def convert_to_gguf(
         When ``model_dir`` is not a checkpoint folder.
     ExportError
         When llama.cpp's converter or quantizer fails (its last line is quoted).
+
+    Notes
+    -----
+    A quantized file holding no tensor of its type (llama.cpp falls back for tensor widths the
+    type cannot take, as in tiny test models) is logged as a warning naming what it holds.
     """
     quant = normalize_type(quant)
     model = Path(model_dir).expanduser()
@@ -334,6 +340,9 @@ def convert_to_gguf(
             intermediate = Path(tmp) / "f16.gguf"
             _run_converter(model, intermediate, "f16")
             _quantize(intermediate, partial, quant, threads)
+            mismatch = label_mismatch(partial, quant)
+            if mismatch is not None:
+                logger.warning("%s", mismatch.replace(partial.name, target.name, 1))
         partial.replace(target)
     logger.info("wrote %s (%s) in %.1f s", target, quant, time.perf_counter() - started)
     return target

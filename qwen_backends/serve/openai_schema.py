@@ -94,7 +94,7 @@ NO_OP_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "service_tier": (("auto", "default"), "there is one service tier; omit service_tier"),
     "modalities": ((["text"],), "only text output is supported; omit modalities"),
 }
-#: Fields accepted with any value because they only label the request.
+#: Fields that only label the request: accepted (and ignored) when they have OpenAI's types.
 LABEL_FIELDS = frozenset({"user", "metadata"})
 #: Known OpenAI fields this server cannot honour at all.
 REFUSED_FIELDS: dict[str, str] = {
@@ -304,7 +304,10 @@ def _model(present: dict[str, Any], models: Sequence[str]) -> str:
 
 
 def _check_field(key: str, value: Any) -> None:
-    if key in _HANDLED or key in SAMPLING_FIELDS or key in THINKING_FIELDS or key in LABEL_FIELDS:
+    if key in LABEL_FIELDS:
+        _check_label(key, value)
+        return
+    if key in _HANDLED or key in SAMPLING_FIELDS or key in THINKING_FIELDS:
         return
     if key in NO_OP_FIELDS:
         accepted, why = NO_OP_FIELDS[key]
@@ -317,6 +320,36 @@ def _check_field(key: str, value: Any) -> None:
         f"unknown field {key!r}; remove it (see docs/serve.md for the supported fields)",
         param=key,
     )
+
+
+def _check_label(key: str, value: Any) -> None:
+    """``user`` is a string; ``metadata`` an object of strings (OpenAI's types)."""
+    if key == "user" and not isinstance(value, str):
+        raise RequestError(f"user must be a string, got {_json_type(value)}", param="user")
+    if key == "metadata":
+        if not isinstance(value, Mapping):
+            raise RequestError(
+                f"metadata must be an object of strings, got {_json_type(value)}", param="metadata"
+            )
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise RequestError(
+                    f"metadata.{name} must be a string, got {_json_type(item)}",
+                    param=f"metadata.{name}",
+                )
+
+
+def _json_type(value: Any) -> str:
+    """``value``'s JSON type, for messages ("a number", "an array", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _same(value: Any, accepted: Any) -> bool:
@@ -406,6 +439,8 @@ def _text_parts(parts: list[Any], where: str) -> str:
 
 def _sampling(present: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
     given = {key: present[key] for key in SAMPLING_FIELDS if key in present}
+    for key, value in given.items():  # a wrong type is named as such, not as a mismatch
+        _check_type(key, value)
     if (
         "max_tokens" in given
         and "max_completion_tokens" in given
@@ -417,7 +452,6 @@ def _sampling(present: dict[str, Any], defaults: SamplingParams) -> SamplingPara
         )
     changes: dict[str, Any] = {}
     for key, value in given.items():
-        _check_type(key, value)
         name = SAMPLING_FIELDS[key]
         try:
             defaults.replace(**{name: value})

@@ -292,6 +292,27 @@ def test_text_that_is_not_unicode_is_refused_naming_the_field() -> None:
     assert refusal(tools=[tool]).param == "tools[0]"
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"user": 42}, "user", "user must be a string, got a number"),
+        ({"metadata": ["a"]}, "metadata", "metadata must be an object of strings, got an array"),
+        ({"metadata": {"run": 3}}, "metadata.run", "metadata.run must be a string"),
+        (
+            {"max_tokens": "5", "max_completion_tokens": 5},
+            "max_tokens",
+            "max_tokens must be an integer, got '5'",
+        ),
+    ],
+)
+def test_wrong_types_are_named_as_wrong_types(
+    fields: dict[str, Any], param: str, words: str
+) -> None:
+    error = refusal(**fields)
+    assert (error.param, str(error)) == (param, words)
+    assert parse(user="u-1", metadata={"run": "3"}).model == MODEL
+
+
 def test_model_is_required_and_must_be_served() -> None:
     with pytest.raises(RequestError) as missing:
         parse_chat_request({"messages": HI}, [MODEL], DEFAULTS)
