@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends._cache import build_once, cache_dir
-from qwen_backends._files import ensure_directory
+from qwen_backends._files import ensure_directory, write_failure
 from qwen_backends.errors import (
     ChatTemplateError,
     ConfigurationError,
@@ -332,7 +332,11 @@ def convert_to_gguf(
     _check_model_dir(model)
     ensure_directory(target.parent, "the GGUF file", "--output")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent) as tmp:
+    try:  # an unwritable output folder is reported as such, not as the converter failing
+        workspace = tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent)
+    except OSError as exc:
+        raise write_failure(exc, target, "the GGUF file", "run it again") from exc
+    with workspace as tmp:
         partial = Path(tmp) / target.name
         if quant in CONVERTER_TYPES:
             _run_converter(model, partial, quant)

@@ -159,3 +159,20 @@ def test_a_file_without_tensors_of_its_label_says_so(
     assert len(warned) == 1
     assert warned[0].startswith("tiny.Q4_K_M.gguf is labelled Q4_K_M but holds no Q4_K tensor (")
     assert not list(tmp_path.glob(".gguf-*"))  # the temporary folder is gone
+
+
+def test_an_unwritable_output_folder_is_named_not_the_model(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    def refused(*args: object, dir: str, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)  # root ignores chmod
+    with pytest.raises(ConfigurationError) as caught:
+        convert_to_gguf(tiny_model_dir, tmp_path / "out.gguf", "q8_0")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the GGUF file {tmp_path / 'out.gguf'} (Permission")
+    assert str(tiny_model_dir) not in message
