@@ -41,6 +41,7 @@ from qwen_backends._files import ensure_directory, write_failure
 from qwen_backends.errors import (
     ChatTemplateError,
     ConfigurationError,
+    DiskFullError,
     ExportError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -217,12 +218,28 @@ def _run_converter(model_dir: Path, output: Path, outtype: str) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0 or not output.is_file():
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        cause = _failure_line(done.stderr) or f"exit status {done.returncode}"
+        if "No space left" in cause or "Disk quota" in cause:
+            raise DiskFullError(
+                f"the disk is full: cannot write {output.parent} ({cause}); free some space "
+                "and run the export again"
+            )
         raise ExportError(
-            f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir} "
-            f"({lines[-1] if lines else f'exit status {done.returncode}'}); check that it is a "
-            "Qwen3 checkpoint saved with save_pretrained"
+            f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir} ({cause}); check that it "
+            "is a Qwen3 checkpoint saved with save_pretrained"
         )
+
+
+def _failure_line(stderr: str) -> str:
+    """The line of a tool's stderr that names its failure: the last error line, never a
+    progress bar (tqdm's ``%|`` lines) or an INFO line."""
+    lines = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and "%|" not in line and not line.lstrip().startswith("INFO")
+    ]
+    errors = [line for line in lines if "Error" in line or "error" in line.split(":", 1)[0]]
+    return (errors or lines or [""])[-1]
 
 
 def _quantize(source: Path, output: Path, quant: str, threads: int | None) -> None:

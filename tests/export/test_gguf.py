@@ -176,3 +176,18 @@ def test_an_unwritable_output_folder_is_named_not_the_model(
     message = str(caught.value)
     assert message.startswith(f"cannot write the GGUF file {tmp_path / 'out.gguf'} (Permission")
     assert str(tiny_model_dir) not in message
+
+
+def test_a_converter_failure_quotes_its_error_not_a_progress_bar() -> None:
+    from qwen_backends.export.gguf import _failure_line
+
+    stderr = (
+        "INFO:hf-to-gguf:Loading model: merged\n"
+        "Traceback (most recent call last):\n"
+        '  File "convert_hf_to_gguf.py", line 9, in <module>\n'
+        "OSError: [Errno 28] No space left on device\n"
+        "Writing:  40%|████      | 1.00G/2.50G [00:10<00:15, 100MB/s]\r"
+        "Writing:  41%|████      | 1.03G/2.50G [00:10<00:15, 100MB/s]\n"
+    )
+    assert _failure_line(stderr) == "OSError: [Errno 28] No space left on device"
+    assert _failure_line("INFO: fine\nsomething went wrong\n") == "something went wrong"
