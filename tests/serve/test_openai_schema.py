@@ -297,7 +297,7 @@ def test_text_that_is_not_unicode_is_refused_naming_the_field() -> None:
     [
         ({"user": 42}, "user", "user must be a string, got a number"),
         ({"metadata": ["a"]}, "metadata", "metadata must be an object of strings, got an array"),
-        ({"metadata": {"run": 3}}, "metadata.run", "metadata.run must be a string"),
+        ({"metadata": {"run": 3}}, "metadata.run", "metadata.run must be a string, got a number"),
         (
             {"max_tokens": "5", "max_completion_tokens": 5},
             "max_tokens",
