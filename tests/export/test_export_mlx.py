@@ -85,20 +85,21 @@ def test_export_refuses_bad_input(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_an_interrupted_export_leaves_nothing_and_the_rerun_works(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlx_lm.convert
+    import importlib
 
-    real_convert = mlx_lm.convert.convert
+    module = importlib.import_module("mlx_lm.convert")  # mlx_lm.convert is also a function
+    real_convert = module.convert
 
     def interrupted(*args: Any, mlx_path: str, **kwargs: Any) -> None:
         Path(mlx_path).mkdir()
         (Path(mlx_path) / "config.json").write_text("{")  # half written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mlx_lm.convert, "convert", interrupted)
+    monkeypatch.setattr(module, "convert", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_mlx(tiny_model_dir, tmp_path / "out", quant="none")
     assert list(tmp_path.iterdir()) == []  # neither the output nor a partial folder
-    monkeypatch.setattr(mlx_lm.convert, "convert", real_convert)
+    monkeypatch.setattr(module, "convert", real_convert)
     written = export_mlx(tiny_model_dir, tmp_path / "out", quant="none")
     assert written == tmp_path / "out" and (written / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

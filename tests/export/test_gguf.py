@@ -140,7 +140,7 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path: Path, tiny_model_dir
         convert_to_gguf(tiny_model_dir, tmp_path / "folder.gguf", "q8_0")
     result = cli("export", "gguf", str(tiny_model_dir), "--output", str(output))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 1 and len(lines) == 1 and "--force" in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1 and "--force" in lines[0], result.stderr
     result = cli("export", "gguf", str(tiny_model_dir), "--output", "x.gguf", "--threads", "-4")
     assert result.returncode == 2 and "-4 is not 1 or more" in result.stderr
     assert output.read_bytes() == b"keep me"
