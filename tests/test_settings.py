@@ -426,11 +426,6 @@ def test_duplicate_yaml_keys_are_refused_with_file_and_line() -> None:
         Settings.from_file(write(Path("merge.yaml"), merged))
 
 
-def test_a_utf8_byte_order_mark_is_accepted() -> None:
-    Path("bom.yaml").write_bytes(b"\xef\xbb\xbfbackend: ollama\n")
-    assert Settings.from_file("bom.yaml").backend == "ollama"
-
-
 @pytest.mark.parametrize(
     ("kwargs", "suggestion"),
     [

@@ -459,3 +459,9 @@ def test_malformed_tool_calls_name_file_and_line_when_loading(
         load_conversations(DataConfig(path=str(data)))
     message = str(caught.value)
     assert message.startswith(f"{data}:2: assistant turn 1: ") and words in message
+
+
+def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    data = _write_chats(tmp_path / "chats.jsonl", ["fine"])
+    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # as Windows Notepad saves
+    assert load_conversations(DataConfig(path=str(data)))[0][1]["content"] == "fine"
