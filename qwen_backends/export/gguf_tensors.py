@@ -1,4 +1,5 @@
-"""What a GGUF file's weights are stored as, read from its header (no llama.cpp needed).
+"""What a GGUF file holds, read from its header (no llama.cpp needed): its metadata
+(:func:`read_metadata`, e.g. the trained context) and the types its weights are stored as.
 
 llama.cpp's quantizer falls back to another type for a tensor whose width does not fit the
 asked type (k-quants need multiples of 256): a tiny model "quantized to Q4_K_M" may hold no Q4_K
@@ -15,11 +16,11 @@ import os
 import struct
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from qwen_backends.errors import ExportError
 
-__all__ = ["GGML_TYPE_NAMES", "label_mismatch", "tensor_types"]
+__all__ = ["GGML_TYPE_NAMES", "label_mismatch", "read_metadata", "tensor_types"]
 
 #: ggml type ids of the types the export writes.
 GGML_TYPE_NAMES = {
@@ -51,6 +52,37 @@ _PROMISED = {
 #: Sizes of fixed-size metadata value types (u8, i8, u16, i16, u32, i32, f32, bool, u64, i64,
 #: f64); 8 is a string, 9 an array.
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+#: struct layouts of those types.
+_LAYOUT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+_LAYOUT.update({11: "<q", 12: "<d"})
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, int | float | bool | str]:
+    """The GGUF file's scalar and string metadata (``{"qwen3.context_length": 40960, ...}``);
+    arrays (the vocabulary) are skipped.
+
+    Raises
+    ------
+    ExportError
+        If the file is not a GGUF file this reader understands.
+    """
+    file = Path(path)
+    values: dict[str, int | float | bool | str] = {}
+    with file.open("rb") as stream:
+        try:
+            _, entries = _header(stream, file)
+            for _ in range(entries):
+                key = _read_string(stream)
+                (kind,) = _unpack(stream, "<I")
+                if kind in _LAYOUT:
+                    (values[key],) = _unpack(stream, _LAYOUT[kind])
+                elif kind == 8:
+                    values[key] = _read_string(stream)
+                else:
+                    _skip_value(stream, kind)
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise ExportError(f"{file} is a truncated or damaged GGUF file ({exc})") from None
+    return values
 
 
 def tensor_types(path: str | os.PathLike[str]) -> Counter[str]:
@@ -64,12 +96,7 @@ def tensor_types(path: str | os.PathLike[str]) -> Counter[str]:
     file = Path(path)
     with file.open("rb") as stream:
         try:
-            if stream.read(4) != b"GGUF":
-                raise ExportError(f"{file} is not a GGUF file (no GGUF magic)")
-            (version,) = _unpack(stream, "<I")
-            if version < 2:
-                raise ExportError(f"{file} is GGUF version {version}; only 2 and 3 are read")
-            tensors, entries = _unpack(stream, "<QQ")
+            tensors, entries = _header(stream, file)
             for _ in range(entries):
                 _skip_string(stream)
                 (kind,) = _unpack(stream, "<I")
@@ -107,7 +134,23 @@ def label_mismatch(path: str | os.PathLike[str], quant: str) -> str | None:
     )
 
 
-def _unpack(stream: BinaryIO, layout: str) -> tuple[int, ...]:
+def _header(stream: BinaryIO, file: Path) -> tuple[int, int]:
+    """``(tensor count, metadata count)`` after checking the magic and version."""
+    if stream.read(4) != b"GGUF":
+        raise ExportError(f"{file} is not a GGUF file (no GGUF magic)")
+    (version,) = _unpack(stream, "<I")
+    if version < 2:
+        raise ExportError(f"{file} is GGUF version {version}; only 2 and 3 are read")
+    tensors, entries = _unpack(stream, "<QQ")
+    return tensors, entries
+
+
+def _read_string(stream: BinaryIO) -> str:
+    (length,) = _unpack(stream, "<Q")
+    return stream.read(length).decode("utf-8")
+
+
+def _unpack(stream: BinaryIO, layout: str) -> tuple[Any, ...]:
     size = struct.calcsize(layout)
     return struct.unpack(layout, stream.read(size))
 

@@ -191,3 +191,17 @@ def test_a_converter_failure_quotes_its_error_not_a_progress_bar() -> None:
     )
     assert _failure_line(stderr) == "OSError: [Errno 28] No space left on device"
     assert _failure_line("INFO: fine\nsomething went wrong\n") == "something went wrong"
+
+
+def test_the_header_reader_agrees_with_llama_cpp() -> None:
+    from qwen_backends.export.gguf_tensors import read_metadata
+
+    path = tiny_gguf("q8_0")
+    metadata = read_metadata(path)
+    with create_backend(
+        backend="llamacpp", model=str(path), llamacpp={"n_threads": 1, "n_ctx": 512}
+    ) as backend:
+        theirs = backend.llama.metadata  # type: ignore[attr-defined]
+    assert metadata["general.architecture"] == theirs["general.architecture"] == "qwen3"
+    assert str(metadata["qwen3.context_length"]) == theirs["qwen3.context_length"]
+    assert str(metadata["qwen3.block_count"]) == theirs["qwen3.block_count"]
