@@ -31,7 +31,7 @@ from qwen_backends.errors import ConfigurationError, OutputValidationError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["ResponseFormat", "ResponseFormatLike"]
+__all__ = ["ResponseFormat", "ResponseFormatLike", "check_schema"]
 
 #: What ``response_format=`` accepts.
 ResponseFormatLike = Any
@@ -71,27 +71,50 @@ class ResponseFormat:
         self.key = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def of(cls, spec: ResponseFormatLike) -> ResponseFormat:
+    def of(cls, spec: ResponseFormatLike, *, allow_control_tokens: bool = False) -> ResponseFormat:
         """Normalise ``spec`` (a pydantic model class, a JSON-schema dict or a
         :class:`ResponseFormat`) into a :class:`ResponseFormat`.
+
+        The schema's text (descriptions, titles, enum values, property names, a model's
+        docstring) can reach the prompt (Ollama appends the schema to the user message), so it
+        is checked as message text is (:func:`qwen_backends.chat.check_caller_text`).
+
+        Parameters
+        ----------
+        spec
+            The model class, schema dict or format.
+        allow_control_tokens
+            Accept Qwen3 control-token text (``<|im_start|>``) in the schema; backends pass
+            their ``allow_control_tokens`` setting.
 
         Raises
         ------
         ConfigurationError
-            If ``spec`` is neither, or the dict is not a valid JSON schema (the message names
-            the offending part).
+            If ``spec`` is neither, the dict is not a valid JSON schema, or its text holds
+            control tokens (unless allowed) or is not valid Unicode (the message names the
+            offending part).
         """
         if isinstance(spec, ResponseFormat):
-            return spec
-        if isinstance(spec, type) and _is_pydantic_model(spec):
-            return _from_model(spec)
-        if isinstance(spec, Mapping):
-            return _from_key(_schema_key(spec))
-        raise ConfigurationError(
-            f"response_format must be a pydantic model class or a JSON-schema dict, got "
-            f"{type(spec).__name__}; e.g. response_format=MyModel or "
-            "response_format={'type': 'object', 'properties': {...}}"
-        )
+            response_format = spec
+        elif isinstance(spec, type) and _is_pydantic_model(spec):
+            response_format = _from_model(spec)
+        elif isinstance(spec, Mapping):
+            response_format = _from_key(_schema_key(spec))
+        else:
+            raise ConfigurationError(
+                f"response_format must be a pydantic model class or a JSON-schema dict, got "
+                f"{type(spec).__name__}; e.g. response_format=MyModel or "
+                "response_format={'type': 'object', 'properties': {...}}"
+            )
+        if "<|" in response_format.key or not response_format.key.isascii():
+            from qwen_backends.chat import check_caller_text
+
+            check_caller_text(
+                response_format.schema,
+                f"response_format schema ({response_format.name})",
+                allow_control_tokens=allow_control_tokens,
+            )
+        return response_format
 
     @property
     def schema_json(self) -> str:
@@ -233,30 +256,54 @@ def _from_key(key: str) -> ResponseFormat:
     return ResponseFormat(_checked_schema(key))
 
 
-def _schema_key(schema: Mapping[str, Any]) -> str:
+def check_schema(schema: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A JSON copy of ``schema`` once it is known to be a valid JSON schema.
+
+    Parameters
+    ----------
+    schema
+        The schema.
+    what
+        What it is, for the message (``"tool 'f' parameters"``).
+
+    Raises
+    ------
+    ConfigurationError
+        If it is not JSON data or not a valid schema (naming ``what`` and the offending part).
+    """
+    return _checked_schema(_schema_key(schema, what), what)
+
+
+def _schema_key(schema: Mapping[str, Any], what: str = "response_format schema") -> str:
     try:
         return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
-            f"response_format schema is not JSON data ({exc}); use only dicts, lists, strings, "
-            "numbers, booleans and None"
+            f"{what} is not JSON data ({exc}); use only dicts, lists, strings, numbers, booleans "
+            "and None"
         ) from exc
 
 
-def _checked_schema(key: str) -> dict[str, Any]:
+def _checked_schema(key: str, what: str = "response_format") -> dict[str, Any]:
     """The schema in ``key`` (canonical JSON text) once it is known to be a valid schema."""
-    clean = json.loads(key)
+    _check_schema_text(key, what)
+    clean: dict[str, Any] = json.loads(key)
+    return clean
+
+
+@functools.lru_cache(maxsize=256)
+def _check_schema_text(key: str, what: str) -> None:
+    # Checked once per schema text: a server sees the same tool specs on every request.
     validator_class = _validator_class()
     try:
-        validator_class.check_schema(clean)
+        validator_class.check_schema(json.loads(key))
     except Exception as exc:  # jsonschema.SchemaError; imported lazily
         message = getattr(exc, "message", str(exc))
         path = "/".join(map(str, getattr(exc, "absolute_path", ()))) or "the top level"
         raise ConfigurationError(
-            f"response_format is not a valid JSON schema at {path}: {message}; fix the schema "
+            f"{what} is not a valid JSON schema at {path}: {message}; fix the schema "
             "(see https://json-schema.org)"
         ) from exc
-    return clean
 
 
 def _validator_class() -> Any:
