@@ -219,6 +219,7 @@ class LlamaCppBackend(LocalBackend):
         if looks_like_path(source):
             path = Path(source).expanduser()
             self._check_gguf_file(path, source)
+            self._check_context(path)
             return self._construct(lambda: Llama(model_path=str(path), **options), source)
         pattern = self.settings.gguf_filename
         return self._construct(
@@ -226,8 +227,48 @@ class LlamaCppBackend(LocalBackend):
             f"{source} ({pattern})",
         )
 
+    def _check_context(self, path: Path) -> None:
+        """Refuse an ``n_ctx`` the GGUF was not trained for, or whose KV cache this machine
+        cannot hold, before llama.cpp allocates it (from the file's own metadata)."""
+        from qwen_backends.context_size import KV_BYTES_PER_TOKEN, check_loaded_context
+        from qwen_backends.errors import ExportError
+        from qwen_backends.export.gguf_tensors import read_metadata
+
+        try:
+            meta = read_metadata(path)
+        except (ExportError, OSError):
+            return  # llama.cpp's own load reports an unreadable file
+        arch = str(meta.get("general.architecture", "qwen3"))
+        trained = meta.get(f"{arch}.context_length")
+        if not isinstance(trained, int):
+            return
+        scaled = meta.get(f"{arch}.rope.scaling.type") == "yarn"
+        factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0)) if scaled else 1.0
+        layers = meta.get(f"{arch}.block_count")
+        heads = meta.get(f"{arch}.attention.head_count_kv")
+        width = meta.get(f"{arch}.attention.key_length")
+        per_token = KV_BYTES_PER_TOKEN
+        if isinstance(layers, int) and isinstance(heads, int) and isinstance(width, int):
+            per_token = 2 * 2 * layers * heads * width  # K and V, f16
+        check_loaded_context(
+            self.settings.llamacpp.n_ctx,
+            trained,
+            rope_factor=factor,
+            bytes_per_token=per_token,
+            setting="QWEN_LLAMACPP__N_CTX",
+        )
+
     @staticmethod
     def _check_gguf_file(path: Path, source: str) -> None:
+        try:
+            path.stat()
+        except PermissionError as exc:
+            raise ModelNotFoundError(
+                f"cannot read GGUF file {source!r} ({exc.strerror}); check the permissions of it "
+                "and of the folders above it"
+            ) from exc
+        except OSError:
+            pass  # a missing file is reported below
         if path.is_dir():
             found = sorted(path.glob("*.gguf"))
             hint = f" such as {found[0]}" if found else ""

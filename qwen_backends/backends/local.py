@@ -27,6 +27,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Container, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import ModelBackend, check_open
@@ -101,12 +102,26 @@ class LocalBackend(ModelBackend):
             self._load()
             try:
                 self._template_mode = template_mode(self.tokenizer)
-                self.im_end_id, self.end_of_text_id = qwen_end_ids(self.tokenizer, self.model_name)
+                self.im_end_id, self.end_of_text_id = self._end_token_ids()
                 self.end_ids: frozenset[int] = frozenset((self.im_end_id, self.end_of_text_id))
                 self._prepare()
             except BaseException:
                 self._release(same_thread=False)
                 raise
+
+    def _end_token_ids(self) -> tuple[int, int]:
+        """Qwen3's two end ids; a local folder without ``tokenizer.json`` is named as such (its
+        partial tokenizer lacks the added tokens, which live in that file)."""
+        try:
+            return qwen_end_ids(self.tokenizer, self.model_name)
+        except ModelNotFoundError as exc:
+            folder = Path(self.model_name).expanduser()
+            if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+                raise ModelNotFoundError(
+                    f"{folder} lacks tokenizer.json (Qwen3's added tokens such as <|im_end|> "
+                    "live there); copy it from Qwen3-4B's tokenizer files"
+                ) from exc
+            raise
 
     # -- what a runtime supplies ----------------------------------------------------------------
 
