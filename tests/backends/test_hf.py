@@ -743,29 +743,20 @@ def test_thinking_2507_is_refused_before_the_weights_load(
         render_prompt_ids(tokenizer, "hi")
 
 
-def _damaged_copy(tmp_path: Path, remove: str, add: dict[str, bytes]) -> str:
-    import shutil
-
-    from qwen_backends.testing import tiny_checkpoint
-
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_checkpoint("tiny"), folder)
-    for path in folder.glob(remove):
-        path.unlink()
-    for name, data in add.items():
-        (folder / name).write_bytes(data)
-    return str(folder)
-
-
-def test_a_folder_without_tokenizer_json_is_named_as_such(tmp_path: Path) -> None:
-    folder = _damaged_copy(tmp_path, "tokenizer.json", {})
+def test_a_folder_without_tokenizer_json_is_named_as_such(
+    isolated: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = _damaged_copy(tiny_model_dir, tmp_path / "model", {"tokenizer.json": None})
     with pytest.raises(ModelNotFoundError, match=r"lacks tokenizer\.json") as caught:
-        create_backend(backend="hf", model=folder)
+        create_backend(backend="hf", model=str(folder))
     assert "damaged" not in str(caught.value)
 
 
-def test_pickle_only_weights_are_named_not_called_damaged(tmp_path: Path) -> None:
-    folder = _damaged_copy(tmp_path, "*.safetensors", {"pytorch_model.bin": b"not a pickle"})
+def test_pickle_only_weights_are_named_not_called_damaged(
+    isolated: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    damage = {"model.safetensors": None, "pytorch_model.bin": b"not a pickle"}
+    folder = _damaged_copy(tiny_model_dir, tmp_path / "model", damage)
     with pytest.raises(ModelNotFoundError, match="only pickle weights") as caught:
-        create_backend(backend="hf", model=folder)
+        create_backend(backend="hf", model=str(folder))
     assert "damaged" not in str(caught.value) and "safe_serialization=True" in str(caught.value)
