@@ -25,6 +25,9 @@ from qwen_backends.errors import ConfigurationError, MissingDependencyError, Mod
 
 __all__ = ["LightTokenizer", "read_gguf_metadata", "tokenizer_from_gguf"]
 
+#: The tokenizer.ggml.model value llama.cpp writes for every byte-level BPE vocabulary, Qwen's too.
+BYTE_LEVEL_BPE = "gpt2"  # tokenizer.ggml.model
+
 #: GGUF value types: struct format of the fixed-size ones (8 = string, 9 = array).
 _SCALARS = {
     0: "B",
@@ -134,7 +137,7 @@ def tokenizer_from_gguf(path: str | Path, template: str | None = None) -> LightT
     meta = read_gguf_metadata(path, prefix="tokenizer.")
     model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre")
     tokens, types = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.token_type")
-    if model != "gpt2" or pre not in ("qwen2", "qwen3") or not tokens or not types:
+    if model != BYTE_LEVEL_BPE or pre not in ("qwen2", "qwen3") or not tokens or not types:
         raise ModelNotFoundError(
             f"{path} has no Qwen byte-level BPE vocabulary (tokenizer.ggml.model {model!r}, "
             f"pre {pre!r}); this backend runs Qwen3 GGUFs only"

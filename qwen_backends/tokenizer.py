@@ -76,7 +76,7 @@ _OFFLINE_BUILD_VERSION = "qwen3-4b-offline-v1"
 def byte_decoder() -> dict[str, int]:
     """Byte-level BPE's printable stand-in characters -> the bytes they stand for.
 
-    Byte-level BPE vocabularies (GPT-2's, Qwen's) spell each byte as one printable character:
+    Byte-level BPE vocabularies (Qwen's among them) spell each byte as one printable character:
     the printable Latin-1 bytes as themselves, the 68 others as U+0100 onwards in byte order.
     """
     printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}

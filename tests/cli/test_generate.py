@@ -52,7 +52,10 @@ def test_generate_json_through_the_installed_entry_point(
         "seconds",
         "tool_calls",
         "parsed",
+        "logprobs",
+        "cached_tokens",
     }
+    assert generation["logprobs"] is None and generation["cached_tokens"] == 0
     assert generation["completion_tokens"] == 6 and generation["finish_reason"] == "length"
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     assert generation["prompt_tokens"] == len(render_prompt_ids(offline_tokenizer, messages))

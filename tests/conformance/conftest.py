@@ -38,7 +38,9 @@ def _get(name: str, request: pytest.FixtureRequest) -> Harness:
 _FINALIZERS: list[Callable[[], None]] = []
 
 
-@pytest.fixture(scope="session", autouse=True)
+# Module scope: the harnesses (and the echo registration) end with their test module, never
+# leaking into the rest of the run (a package scope needs an __init__.py, which we do not use).
+@pytest.fixture(scope="module", autouse=True)
 def _close_harnesses() -> Iterator[None]:
     yield
     while _FINALIZERS:

@@ -119,7 +119,8 @@ def test_no_other_model_families_in_code_configs_or_docs() -> None:
         text = path.read_text(encoding="utf-8", errors="replace")
         for number, line in enumerate(text.splitlines(), start=1):
             match = OTHER_FAMILIES.search(line)
-            if match:
+            # llama.cpp names every byte-level BPE vocabulary, Qwen's too, "gpt2" in GGUF files.
+            if match and "tokenizer.ggml.model" not in line:
                 hits.append(f"{path.relative_to(REPO)}:{number}: {match.group()!r}")
     assert not hits, "leftovers of other model families:\n" + "\n".join(hits)
 

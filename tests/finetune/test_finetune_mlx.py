@@ -86,7 +86,10 @@ def test_export_mlx_without_mlx_lm_fails_before_training(
 ) -> None:
     import qwen_backends.registry as registry
 
-    monkeypatch.setattr(registry, "missing_modules", lambda name: ["mlx_lm"])
+    real = registry.missing_modules
+    monkeypatch.setattr(
+        registry, "missing_modules", lambda name: ["mlx_lm"] if name == "mlx" else real(name)
+    )
     config = load_config(
         CONFIGS / "cpu_smoke.yaml",
         model=str(tiny_model_dir),
