@@ -40,6 +40,8 @@ __all__ = [
     "bitsandbytes_config",
     "check_load_options",
     "count_parameters",
+    "estimated_load_bytes",
+    "free_memory",
     "memory_warning",
     "resolve_device",
     "resolve_dtype",
@@ -96,18 +98,22 @@ class DeviceProbes:
             mps_available=mps_available,
             cuda_device_count=torch.cuda.device_count,
             cuda_bf16_supported=lambda: bool(torch.cuda.is_bf16_supported()),
-            free_memory=_free_memory,
+            free_memory=free_memory,
             module_available=lambda name: importlib.util.find_spec(name) is not None,
         )
 
 
-def _free_memory(device: str) -> int | None:
-    import torch
-
+def free_memory(device: str) -> int | None:
+    """Bytes free on ``device`` (``"cuda:N"``, ``"mps"``, ``"cpu"``: ``MemAvailable``), or
+    ``None`` when unknown."""
     if device.startswith("cuda"):
+        import torch
+
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
     if device == "mps":
+        import torch
+
         # Unified memory: the Metal limit is what a model can use.
         return int(torch.mps.recommended_max_memory())
     try:
@@ -220,6 +226,14 @@ def check_load_options(hf: HFSettings, device: str, probes: DeviceProbes) -> Non
             )
 
 
+def estimated_load_bytes(parameters: int, weight_format: str) -> int:
+    """Peak bytes of loading ``parameters`` in ``weight_format`` and generating.
+
+    ``weight_format`` is a dtype name or ``"4bit"``/``"8bit"``.
+    """
+    return int(parameters * _BYTES_PER_PARAMETER[weight_format] * _MEMORY_HEADROOM)
+
+
 def memory_warning(
     parameters: int, weight_format: str, device: str, free_bytes: int | None
 ) -> str | None:
@@ -230,7 +244,7 @@ def memory_warning(
     """
     if free_bytes is None:
         return None
-    needed = parameters * _BYTES_PER_PARAMETER[weight_format] * _MEMORY_HEADROOM
+    needed = estimated_load_bytes(parameters, weight_format)
     if needed <= free_bytes:
         return None
     if device == "cpu":
