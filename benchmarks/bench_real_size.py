@@ -194,9 +194,16 @@ def build_export(name: str, checkpoint: Path, threads: int) -> dict[str, Any]:
     if name.startswith("gguf"):
         arguments += ["--threads", str(threads)]
     result = measured([sys.executable, "-m", "qwen_backends.cli", *arguments])
+    check: dict[str, Any] = {}
     if result.returncode == 0 and name.startswith("mlx"):
         partial.rename(target)
+        checked = measured([sys.executable, __file__, "--check-mlx", str(target)])
+        lines = [line for line in checked.output.splitlines() if line.startswith("RESULT ")]
+        check = json.loads(lines[-1].removeprefix("RESULT ")) if lines else {"failed": True}
+        check["check_seconds"] = round(checked.seconds, 1)
+        check["check_peak_rss_gib"] = round(checked.peak_rss / GIB, 2)
     return {
+        **check,
         "export": name,
         "seconds": round(result.seconds, 1),
         "peak_rss_gib": round(result.peak_rss / GIB, 2),
@@ -221,6 +228,29 @@ def bytes_per_token(run: Run, checkpoint: Path) -> float:
         element = 4 if run.section.get("dtype") == "float32" else 2
         return float(PARAMETERS * element)
     return float(weights_bytes(export_path(run.weights)))
+
+
+def check_mlx(export: str) -> dict[str, Any]:
+    """What ``check_mlx_export`` checks, without its hf side (a float32 copy of the real-size
+    model would need 16 GiB): the export renders the probe conversations' prompt ids exactly as
+    the checkpoint's tokenizer does, and generates."""
+    from qwen_backends import create_backend
+    from qwen_backends.chat import render_prompt_ids
+    from qwen_backends.export.gguf import PROBE_CONVERSATIONS
+    from qwen_backends.sampling import SamplingParams
+    from qwen_backends.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_checkpoint(REAL_SIZE)))
+    with create_backend(backend="mlx", model=export) as backend:
+        same = sum(
+            backend.prompt_ids(list(chat)) == render_prompt_ids(tokenizer, list(chat))
+            for chat in PROBE_CONVERSATIONS
+        )
+        answer = backend.generate("hi", SamplingParams.preset("greedy", max_new_tokens=4))
+    return {
+        "prompts_identical": f"{same}/{len(PROBE_CONVERSATIONS)}",
+        "generated_tokens": answer.completion_tokens,
+    }
 
 
 # -- one backend, in its own process ---------------------------------------------------------------
@@ -253,15 +283,19 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def exact_prompt(backend: Any, tokens: int) -> str:
-    """A user message whose non-thinking prompt is exactly ``tokens`` tokens."""
+def exact_prompt(tokens: int) -> str:
+    """A user message whose non-thinking prompt is exactly ``tokens`` tokens (rendered with the
+    checkpoint's tokenizer, as every backend renders it)."""
     from qwen_backends.chat import render_prompt_ids
+    from qwen_backends.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_checkpoint(REAL_SIZE)))
 
     def length(text: str) -> int:
-        return len(render_prompt_ids(backend.tokenizer, text))
+        return len(render_prompt_ids(tokenizer, text))
 
     sentence = "The quick brown fox jumps over the lazy dog. "
-    text = sentence * max(0, (tokens - length("")) // 11)
+    text = "Read this. " + sentence * max(0, (tokens - length("x")) // 11)
     while length(text) > tokens:
         text = text[: text.rstrip().rfind(" ")]
     while length(text) < tokens:
@@ -292,7 +326,7 @@ def child(name: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     load = time.perf_counter() - started
     greedy = SamplingParams.preset("greedy", max_new_tokens=1)
     backend.generate("warm up", greedy)
-    long_prompt = exact_prompt(backend, args.prompt_tokens)
+    long_prompt = exact_prompt(args.prompt_tokens)
     prefill = backend.generate(long_prompt, greedy)
     one = backend.generate(SHORT_PROMPTS[0], greedy)
     full = backend.generate(SHORT_PROMPTS[1], greedy.replace(max_new_tokens=args.tokens))
@@ -349,7 +383,7 @@ def vllm_child(model: str, args: argparse.Namespace) -> dict[str, Any]:
         backend = create_backend(backend="vllm", model=model, vllm={"base_url": server.base_url})
         greedy = SamplingParams.preset("greedy", max_new_tokens=1)
         backend.generate("warm up", greedy)
-        prefill = backend.generate(exact_prompt(backend, args.prompt_tokens), greedy)
+        prefill = backend.generate(exact_prompt(args.prompt_tokens), greedy)
         one = backend.generate(SHORT_PROMPTS[0], greedy)
         full = backend.generate(SHORT_PROMPTS[1], greedy.replace(max_new_tokens=args.tokens))
         peak = max(peak, tree_rss())
@@ -444,9 +478,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="forced new tokens (decode)")
     parser.add_argument("--batch-tokens", type=int, default=32, help="new tokens per batch answer")
     parser.add_argument("--no-exports", action="store_true", help="only use cached exports")
+    parser.add_argument("--exports-only", action="store_true", help="build the exports, stop")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--check-mlx", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.check_mlx:
+        print("RESULT " + json.dumps(check_mlx(args.check_mlx)), flush=True)
+        return
     if args.child:
         if RUNS[args.child].backend == "vllm":
             figures = vllm_child(args.model, args)
@@ -468,6 +507,8 @@ def main() -> None:
         for export in EXPORTS:
             if export in wanted:
                 print(json.dumps(build_export(export, checkpoint, args.threads)), flush=True)
+    if args.exports_only:
+        return
     before = max(copy_bandwidth(1), copy_bandwidth(2))
     print(f"memory bandwidth (numpy copy, read + write): {before / 1e9:.1f} GB/s")
     rows = []

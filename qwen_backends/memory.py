@@ -23,10 +23,14 @@ __all__ = [
     "MemoryNeed",
     "ModelShape",
     "backend_need",
+    "check_finetune_memory",
     "config_shape",
     "describe_need",
+    "finetune_need",
     "gguf_shape",
     "kv_cache_bytes",
+    "lora_parameters",
+    "read_config",
 ]
 
 GIB = 1024**3
@@ -70,8 +74,19 @@ class ModelShape:
         return cls(embeddings + layers * block + hidden, layers, kv_heads, head_dim)
 
 
-#: Qwen/Qwen3-4B (and its 2507 releases): hidden 2560, 36 layers, 8 KV heads of 128.
-QWEN3_4B = ModelShape(parameters=4_022_468_096, layers=36, kv_heads=8, head_dim=128)
+#: The sizes in Qwen/Qwen3-4B's config.json (the 2507 releases have the same).
+QWEN3_4B_CONFIG: dict[str, Any] = {
+    "hidden_size": 2560,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 9728,
+    "vocab_size": 151_936,
+    "tie_word_embeddings": True,
+}
+#: Qwen3-4B: 4,022,468,096 parameters, 36 layers, 8 KV heads of 128.
+QWEN3_4B = ModelShape.from_config(QWEN3_4B_CONFIG)
 
 
 def kv_cache_bytes(shape: ModelShape, tokens: int, bytes_per_value: int = 2) -> int:
@@ -82,13 +97,25 @@ def kv_cache_bytes(shape: ModelShape, tokens: int, bytes_per_value: int = 2) -> 
     return 2 * shape.layers * shape.kv_heads * shape.head_dim * bytes_per_value * tokens
 
 
-def config_shape(model_dir: Path) -> ModelShape | None:
-    """The shape from ``model_dir/config.json``, or ``None`` when it is missing or foreign."""
+def read_config(model_dir: Path) -> dict[str, Any] | None:
+    """``model_dir/config.json`` (its text part), or ``None`` when missing or unreadable."""
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        # MLX exports keep the transformers config; multimodal configs nest it.
-        return ModelShape.from_config(config.get("text_config", config))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    # Multimodal configs nest the language model's.
+    text = config.get("text_config", config)
+    return text if isinstance(text, dict) else None
+
+
+def config_shape(model_dir: Path) -> ModelShape | None:
+    """The shape from ``model_dir/config.json``, or ``None`` when it is missing or foreign."""
+    config = read_config(model_dir)
+    try:
+        return ModelShape.from_config(config) if config is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -156,7 +183,7 @@ def _read_value(file: BinaryIO, kind: int) -> object:
 _DEFAULT_WEIGHTS = {"llamacpp": 2.33 * GIB, "mlx": 2.11 * GIB}
 #: What a process needs beyond weights and KV cache: the runtime, the tokenizer, llama.cpp's
 #: compute buffers and logits (measured peaks at real size minus weights and cache).
-_RUNTIME = {"llamacpp": 0.9 * GIB, "mlx": 0.9 * GIB}
+_RUNTIME = {"llamacpp": 0.9 * GIB, "mlx": 0.9 * GIB, "peft": 1.0 * GIB}
 
 
 @dataclass(frozen=True)
@@ -253,3 +280,102 @@ def describe_need(name: str, settings: Any) -> str | None:
     except QwenBackendsError as exc:
         return f"cannot estimate: {exc}"
     return need.describe() if need else None
+
+
+# -- LoRA fine-tuning with the peft engine -------------------------------------------------------
+
+#: Bytes per trainable LoRA parameter: float32 weight, gradient and AdamW's two moments.
+_LORA_STATE_BYTES = 16
+#: Activations kept for the backward pass, in elements per token per layer, as multiples of
+#: ``hidden_size`` and ``intermediate_size`` (norm inputs, q/k/v/attention outputs, the MLP's four
+#: intermediate-wide tensors, and the LoRA inputs beside them).
+_ACTIVATION_HIDDEN, _ACTIVATION_INNER = 12, 5
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def lora_parameters(config: Mapping[str, Any], rank: int, targets: list[str]) -> int:
+    """Trainable parameters of rank-``rank`` adapters on the ``targets`` projections."""
+    hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    widths = {
+        "q_proj": hidden + heads * head_dim,
+        "k_proj": hidden + kv,
+        "v_proj": hidden + kv,
+        "o_proj": heads * head_dim + hidden,
+        "gate_proj": hidden + inner,
+        "up_proj": hidden + inner,
+        "down_proj": inner + hidden,
+    }
+    per_layer = sum(widths.get(name, 0) for name in targets)
+    return int(config["num_hidden_layers"]) * rank * per_layer
+
+
+def finetune_need(config: Any, dtype: str, available: int | None) -> MemoryNeed:
+    """Peak memory of a peft-engine run of ``config`` (a ``FinetuneConfig``) in ``dtype``.
+
+    The larger of two stages: training (base weights, LoRA weights with gradients and AdamW
+    state, activations of a batch of ``per_device_train_batch_size`` x ``max_seq_length`` tokens
+    -- only layer inputs with gradient checkpointing -- and the runtime) and, when GGUFs are
+    checked against the merged model, the merged model loaded a second time by the hf backend
+    (float32 on a CPU) while the trained one is still in memory. The shape comes from the
+    model's config.json, or Qwen3-4B's for a hub id.
+    """
+    local = Path(str(config.model_name)).expanduser()
+    model_config = (read_config(local) if local.is_dir() else None) or QWEN3_4B_CONFIG
+    shape = ModelShape.from_config(model_config)
+    element = _DTYPE_BYTES[dtype]
+    weights = shape.parameters * element
+    lora = lora_parameters(model_config, config.lora.r, list(config.lora.target_modules))
+    tokens = config.training.per_device_train_batch_size * config.max_seq_length
+    hidden, inner = int(model_config["hidden_size"]), int(model_config["intermediate_size"])
+    per_layer = (
+        hidden
+        if config.training.gradient_checkpointing
+        else _ACTIVATION_HIDDEN * hidden + _ACTIVATION_INNER * inner
+    )
+    activations = tokens * shape.layers * per_layer * element
+    runtime = _RUNTIME["peft"]
+    training = weights + lora * _LORA_STATE_BYTES + activations + runtime
+    export = config.export
+    checked = bool(export.gguf) and export.verify_gguf and export.merge
+    reference = weights + shape.parameters * 4 + runtime if checked else 0
+    detail = (
+        f"{shape.parameters / 1e9:.2f}B parameters in {dtype}: weights {weights / GIB:.1f} + "
+        f"LoRA state {lora * _LORA_STATE_BYTES / GIB:.1f} + activations of {tokens:,} tokens "
+        f"{activations / GIB:.1f} + runtime {runtime / GIB:.1f} GiB"
+        + (
+            f"; checking the GGUF loads the merged model again: {reference / GIB:.1f} GiB"
+            if checked
+            else ""
+        )
+    )
+    return MemoryNeed(int(max(training, reference)), available, detail)
+
+
+def check_finetune_memory(config: Any) -> None:
+    """Refuse a peft-engine run on the CPU that cannot fit, before any weights load.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the memory the run would need, what is available, and what to change.
+    """
+    import torch
+
+    from qwen_backends.backends.torch_devices import free_memory
+    from qwen_backends.errors import ConfigurationError
+
+    if config.engine != "peft" or torch.cuda.is_available():
+        return  # the unsloth engine and GPU runs manage their own memory
+    dtype = "float32" if config.dtype == "auto" else config.dtype
+    need = finetune_need(config, dtype, free_memory("cpu"))
+    if need.available is None or need.needed <= need.available:
+        return
+    raise ConfigurationError(
+        f"this fine-tune would need ~{need.needed / GIB:.1f} GiB of RAM but "
+        f"{need.available / GIB:.1f} GiB is available ({need.detail}); set dtype: bfloat16, "
+        "lower max_seq_length or training.per_device_train_batch_size, set "
+        "training.gradient_checkpointing: true, or export.verify_gguf: false"
+    )

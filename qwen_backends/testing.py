@@ -198,6 +198,8 @@ def build_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     if streamed:
         write_streamed_weights(config, directory, seed)
+        # What save_pretrained records of a model: converters (llama.cpp's) read it.
+        config.architectures = [Qwen3ForCausalLM.__name__]
         config.save_pretrained(str(directory))
         _thinking_generation_config().save_pretrained(str(directory))
     else:

@@ -113,3 +113,61 @@ def test_info_reports_what_each_local_backend_needs() -> None:
     assert "n_ctx=8,192" in report["memory"]["llamacpp"]
     assert {"vllm", "ollama"}.isdisjoint(report["memory"])
     json.dumps(report)
+
+
+# -- fine-tuning -----------------------------------------------------------------------------------
+
+
+def _finetune_config(**changes: object) -> object:
+    from qwen_backends.finetune import load_config
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "cpu_smoke.yaml"
+    return load_config(smoke, **changes)
+
+
+def test_lora_parameters_of_qwen3_4b() -> None:
+    from qwen_backends.memory import QWEN3_4B_CONFIG, lora_parameters
+
+    # r x (in + out) of each projection, 36 layers: q 2560+4096, k and v 2560+1024, o 4096+2560.
+    attention = lora_parameters(QWEN3_4B_CONFIG, 8, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert attention == 36 * 8 * (6656 + 3584 + 3584 + 6656)
+    every = lora_parameters(
+        QWEN3_4B_CONFIG,
+        32,
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    assert every == 36 * 32 * (6656 * 2 + 3584 * 2 + 3 * 12288)
+
+
+def test_real_size_float32_finetune_needs_more_than_this_machine() -> None:
+    from qwen_backends.memory import finetune_need
+
+    real = _finetune_config(model="Qwen/Qwen3-4B", export={"gguf": []})
+    need = finetune_need(real, "float32", 24 * GIB)
+    # Weights alone are 15 GiB; 9 x 256 tokens of activations come on top.
+    assert need.needed > 24 * GIB and "does NOT fit" in need.describe()
+    short = real.replace(  # type: ignore[attr-defined]
+        max_seq_length=64, training={"per_device_train_batch_size": 1}
+    )
+    bf16 = finetune_need(short, "bfloat16", 24 * GIB)
+    assert 8 * GIB < bf16.needed < 12 * GIB
+    checked = short.replace(export={"gguf": ["q8_0"]})  # type: ignore[attr-defined]
+    # The GGUF check loads the merged model again, in float32, beside the trained one.
+    with_check = finetune_need(checked, "bfloat16", None)
+    assert with_check.needed > bf16.needed + 13 * GIB and "loads the merged model" in (
+        with_check.detail
+    )
+
+
+def test_the_pipeline_refuses_a_run_that_cannot_fit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from qwen_backends.backends import torch_devices
+    from qwen_backends.errors import ConfigurationError
+    from qwen_backends.finetune import run_finetune
+
+    monkeypatch.setattr(torch_devices, "free_memory", lambda device: GIB)
+    config = _finetune_config(model="Qwen/Qwen3-4B", export={"output_dir": str(tmp_path)})
+    with pytest.raises(ConfigurationError, match=r"would need ~\d+\.\d GiB of RAM but 1\.0 GiB"):
+        run_finetune(config)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())  # refused before anything was loaded or written

@@ -124,6 +124,8 @@ def test_a_streamed_checkpoint_loads_like_the_hub_model(tmp_path: Path) -> None:
     assert model.dtype == torch.bfloat16  # Qwen3-4B's torch_dtype, kept by "auto" loading
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert model.generation_config.temperature == 0.6
+    config = json.loads((directory / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"]  # llama.cpp's converter needs it
     assert "<think>" not in tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
@@ -145,6 +147,7 @@ def test_the_cached_real_size_checkpoint_has_qwen3_4bs_weights() -> None:
         down = weights.get_slice("model.layers.35.mlp.down_proj.weight")
         assert (down.get_shape(), down.get_dtype()) == ([2560, 9728], "BF16")
     config = json.loads((directory / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"]
     assert (config["hidden_size"], config["num_hidden_layers"], config["dtype"]) == (
         2560,
         36,
