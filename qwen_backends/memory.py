@@ -367,8 +367,13 @@ def check_finetune_memory(config: Any) -> None:
     from qwen_backends.backends.torch_devices import free_memory
     from qwen_backends.errors import ConfigurationError
 
+    from qwen_backends.models import looks_like_path
+
     if config.engine != "peft" or torch.cuda.is_available():
         return  # the unsloth engine and GPU runs manage their own memory
+    source = str(config.model_name)
+    if looks_like_path(source) and not Path(source).expanduser().is_dir():
+        return  # loading reports the missing folder and how to build the test checkpoint
     dtype = "float32" if config.dtype == "auto" else config.dtype
     need = finetune_need(config, dtype, free_memory("cpu"))
     if need.available is None or need.needed <= need.available:
