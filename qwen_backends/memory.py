@@ -366,7 +366,6 @@ def check_finetune_memory(config: Any) -> None:
 
     from qwen_backends.backends.torch_devices import free_memory
     from qwen_backends.errors import ConfigurationError
-
     from qwen_backends.models import looks_like_path
 
     if config.engine != "peft" or torch.cuda.is_available():

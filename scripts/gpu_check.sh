@@ -45,9 +45,9 @@ fi
 have_unsloth=0
 "$PYTHON" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('unsloth') else 1)" && have_unsloth=1
 
-# A LoRA run of the tiny checkpoint with its merged model and a q8_0 GGUF checked in llama.cpp.
-finetune_tiny() {  # finetune_tiny ENGINE
-  "$PYTHON" - "$1" "$WORK/finetune-$1" <<'EOF'
+# A LoRA run of the tiny checkpoint with its merged model and a q8_0 GGUF checked in llama.cpp
+# (usage: python finetune_tiny.py ENGINE OUTPUT_DIR).
+cat > "$WORK/finetune_tiny.py" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -70,7 +70,6 @@ assert (Path(output) / "merged" / "config.json").is_file(), "no merged model"
 assert gguf, "no GGUF written"
 print(f"{engine}: merged model and {', '.join(p.name for p in gguf)} written and checked")
 EOF
-}
 
 if [ "$gpu" = 1 ]; then
   step "hf on CUDA, bfloat16, real shape" 300 \
@@ -103,7 +102,7 @@ with create_backend(backend="unsloth", model=model, unsloth=settings) as backend
     )
 EOF
   step "Unsloth LoRA of the tiny checkpoint, merged + GGUF checked in llama.cpp" 240 \
-    finetune_tiny unsloth
+    "$PYTHON" "$WORK/finetune_tiny.py" unsloth "$WORK/finetune-unsloth"
   step "conformance suite for unsloth, GPU-marked Unsloth tests" 240 \
     "$PYTHON" -m pytest -q -x tests/conformance -k unsloth tests/backends/test_unsloth.py
 else
@@ -112,7 +111,7 @@ else
   skipped+=("Unsloth LoRA of the tiny checkpoint with merged + GGUF export ($why)")
   skipped+=("conformance suite for unsloth ($why)")
   step "the same LoRA, merge and GGUF check with the peft engine on the CPU" 300 \
-    finetune_tiny peft
+    "$PYTHON" "$WORK/finetune_tiny.py" peft "$WORK/finetune-peft"
   step "Unsloth tests that need no GPU" 120 \
     "$PYTHON" -m pytest -q tests/backends/test_unsloth.py
 fi
