@@ -395,7 +395,7 @@ def vllm_child(model: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     peak = 0
     with VLLMServer(
-        model, max_model_len=2048, extra_args=("--dtype", "bfloat16"), startup_timeout=1200
+        model, max_model_len=2048, extra_args=("--dtype", "bfloat16"), startup_timeout=480
     ) as server:
         load = time.perf_counter() - started
 
