@@ -391,7 +391,6 @@ def vllm_child(model: str, args: argparse.Namespace) -> dict[str, Any]:
     from qwen_backends import create_backend
     from qwen_backends.sampling import SamplingParams
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "all")
     started = time.perf_counter()
     peak = 0
     with VLLMServer(
