@@ -26,6 +26,21 @@ sys.path.insert(0, str(Path(__file__).parent / "backends"))
 #: A vLLM server that already serves the ``vllm`` test checkpoint (read before the autouse
 #: fixture clears QWEN_* variables).
 _VLLM_TEST_URL = os.environ.get("QWEN_VLLM_TEST_URL")
+#: ``QWEN_REAL_SIZE=1`` runs the ``realsize`` tests (Qwen3-4B's real shape); CI never sets it.
+_REAL_SIZE = os.environ.get("QWEN_REAL_SIZE") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``realsize`` tests, with the reason, unless ``QWEN_REAL_SIZE=1``."""
+    if _REAL_SIZE:
+        return
+    skip = pytest.mark.skip(
+        reason="real size (Qwen3-4B's shape: an 8 GB checkpoint, GBs of RAM, minutes); "
+        "run with QWEN_REAL_SIZE=1"
+    )
+    for item in items:
+        if item.get_closest_marker("realsize") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from qwen_backends.backends.probe import probe_server
 from qwen_backends.cli._options import add_backend_options, settings_from_args
 from qwen_backends.factory import readiness
 from qwen_backends.family import FAMILIES
+from qwen_backends.memory import describe_need
 from qwen_backends.registry import BACKENDS, missing_modules
 from qwen_backends.settings import Settings
 
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     print("backends:")
     for name, status in report["backends"].items():
         print(f"  {name:<8} model {report['models'][name]}: {status}")
+    print("memory:")
+    for name, need in report["memory"].items():
+        print(f"  {name:<8} {need}")
     return 0
 
 
@@ -73,6 +77,12 @@ def collect(settings: Settings) -> dict[str, Any]:
         },
         "accelerators": accelerators(),
         "backends": {name: backend_status(name, settings) for name in BACKENDS},
+        # In-process backends whose extra is installed: what their model would need here.
+        "memory": {
+            name: need
+            for name in BACKENDS
+            if not missing_modules(name) and (need := describe_need(name, settings))
+        },
     }
 
 

@@ -47,6 +47,7 @@ from qwen_backends.finetune.data import (
 )
 from qwen_backends.finetune.engines import Engine, create_engine
 from qwen_backends.finetune.ollama import write_modelfile
+from qwen_backends.memory import check_finetune_memory
 from qwen_backends.thinking import TemplateMode, template_mode
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ def run_finetune(
     """
     engine = create_engine(config)
     engine.check_training_options()
+    check_finetune_memory(config)  # before gigabytes of weights load
     _check_resume(config)
     if config.export.mlx is not None:
         _check_mlx_installed()

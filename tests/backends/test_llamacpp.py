@@ -381,7 +381,7 @@ def test_readiness_and_settings() -> None:
     assert settings.gguf_filename == "*Q4_K_M.gguf"
     instruct = Settings(backend="llamacpp", family="qwen3-4b-instruct-2507")
     assert instruct.model_name == "unsloth/Qwen3-4B-Instruct-2507-GGUF"
-    assert (settings.llamacpp.n_ctx, settings.llamacpp.n_gpu_layers) == (32_768, 0)
+    assert (settings.llamacpp.n_ctx, settings.llamacpp.n_gpu_layers) == (8_192, 0)
     assert "offline" in LlamaCppBackend.readiness(settings)
     local = Settings(backend="llamacpp", model=str(tiny_gguf("q8_0")))
     assert LlamaCppBackend.readiness(local) == "ready"
