@@ -67,8 +67,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from qwen_backends.results import Generation, Request
+    from qwen_backends.results import Generation, Request, Score
     from qwen_backends.sampling import SamplingParams
+    from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
 
 __all__ = ["HFBackend"]
@@ -119,6 +120,7 @@ class HFBackend(LocalBackend):
         renders_locally=True,
         structured_output=True,
         tools=True,
+        scoring=True,
     )
 
     model: PreTrainedModel
@@ -370,6 +372,15 @@ class HFBackend(LocalBackend):
                 ) from exc
             raise GenerationError(f"generation failed: {first_line(exc)}") from exc
         return output
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score through the decoder and the output embedding at the scored positions only
+        (see :func:`~qwen_backends.backends.scoring_rows.transformers_rows`)."""
+        from qwen_backends.backends.scoring_rows import transformers_rows
+        from qwen_backends.scoring import score_locally
+
+        rows = transformers_rows(self.model, self.device, self.pad_token_id)
+        return score_locally(self, requests, rows)
 
     def _release(self, *, same_thread: bool) -> None:
         """Drop the model and tokenizer and free accelerator memory."""
