@@ -223,14 +223,14 @@ def score_locally(
     with the backend's generation lock held.
     """
     planned = [_plan(backend, request) for request in requests]
-    spans = [span for _, request_spans in planned for span in request_spans]
+    spans = [span for request_spans in planned for span in request_spans]
     with backend._guard.generation():
         backend._check_open()
         per_span = _collect(spans, rows)
     tokenizer = backend.tokenizer
     results = []
     cursor = 0
-    for request, request_spans in planned:
+    for request_spans in planned:
         tokens: list[ScoredToken] = []
         following: tuple[TopLogprob, ...] = ()
         for span in request_spans:
@@ -255,7 +255,7 @@ def score_locally(
 # -- planning --------------------------------------------------------------------------------
 
 
-def _plan(backend: LocalBackend, request: ScoreRequest) -> tuple[ScoreRequest, list[Span]]:
+def _plan(backend: LocalBackend, request: ScoreRequest) -> list[Span]:
     """The spans of one request, checked against the context window."""
     tokenizer = backend.tokenizer
     allow = backend.settings.allow_control_tokens
@@ -275,7 +275,7 @@ def _plan(backend: LocalBackend, request: ScoreRequest) -> tuple[ScoreRequest, l
         if request.following:
             last = spans[-1]
             spans[-1] = Span(last.ids, last.start, last.top, request.following)
-        return request, spans
+        return spans
     if request.messages is not None:
         context = backend._prompt_ids(request.messages, ())
         continuation = _ids(tokenizer, request.continuation, "continuation", allow)
@@ -301,7 +301,7 @@ def _plan(backend: LocalBackend, request: ScoreRequest) -> tuple[ScoreRequest, l
             f"{backend.context_window:,} tokens; shorten them (score_text scores a long "
             f"document in windows){backend.context_hint}"
         )
-    return request, [Span(ids, len(context), request.top, request.following)]
+    return [Span(ids, len(context), request.top, request.following)]
 
 
 def _ids(
@@ -318,7 +318,7 @@ def _ids(
     elif isinstance(value, Sequence) and all(
         isinstance(token, int) and not isinstance(token, bool) for token in value
     ):
-        ids = list(value)
+        ids = [int(token) for token in value]
         limit = len(tokenizer)
         bad = next((token for token in ids if not 0 <= token < limit), None)
         if bad is not None:
@@ -390,7 +390,9 @@ class _Reduced:
     following: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _tops(tokenizer: PreTrainedTokenizerBase, best: list[tuple[int, float]]) -> tuple[TopLogprob, ...]:
+def _tops(
+    tokenizer: PreTrainedTokenizerBase, best: list[tuple[int, float]]
+) -> tuple[TopLogprob, ...]:
     return tuple(TopLogprob(_token_text(tokenizer, token), token, lp) for token, lp in best)
 
 
