@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sampling = SamplingParams(max_new_tokens=args.tokens, seed=0)
     engine = TinyQwen(tiny_checkpoint(args.size))
     with OllamaServer(engine) as server:
-        backend = create_backend(backend="ollama", ollama={"host": server.url})
+        backend = create_backend(backend="ollama", model=INSTRUCT_TAG, ollama={"host": server.url})
         assert isinstance(backend, OllamaBackend)
         with backend:
             times = overhead(backend, args.calls, sampling)

@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qwen_backends.errors import ConfigurationError
+from qwen_backends.openai_wire import tool_call_object
 from qwen_backends.results import ToolCall
 from qwen_backends.thinking import longest_partial_suffix
 
@@ -74,11 +75,7 @@ _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 def tool_call_dict(call: ToolCall) -> dict[str, Any]:
     """OpenAI-style ``{"id", "type": "function", "function": {"name", "arguments"}}`` for an
     assistant message (``arguments`` as a dict, which Qwen3's template and Ollama accept)."""
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": dict(call.arguments)},
-    }
+    return tool_call_object(call.id, call.name, call.arguments, as_text=False)
 
 
 def new_call_id() -> str:

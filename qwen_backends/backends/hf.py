@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import LocalBackend
-from qwen_backends.backends.token_loop import AnswerAssembler, decode_ids
+from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
 from qwen_backends.backends.transformers_decode import decode
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor, XGrammarEngine
@@ -59,6 +59,7 @@ from qwen_backends.backends.transformers_sampling import (
     StopStringCriterion,
     TokenSampler,
     generation_config_for,
+    logprob_steps,
 )
 from qwen_backends.errors import GenerationError, QwenBackendsError, first_line
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR
@@ -120,6 +121,7 @@ class HFBackend(LocalBackend):
         renders_locally=True,
         structured_output=True,
         tools=True,
+        logprobs=True,
         scoring=True,
     )
 
@@ -193,15 +195,21 @@ class HFBackend(LocalBackend):
             dtype=torch.long,
             device=self.device,
         )
+        kwargs = self._generate_kwargs(request.sampling, width, compiled)
+        steps: list[list[Step]] = [[] for _ in prompts]
+        if request.sampling.logprobs:
+            top = request.sampling.top_logprobs
+
+            def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+                for row, step in enumerate(logprob_steps(logits, chosen, top)):
+                    steps[row].append(step)
+
+            kwargs["record"] = record
         with self._guard.generation(), self._attributed():
             self._check_open()
             with self._rng_scope(request.sampling):
-                output = self._model_generate(
-                    input_ids,
-                    attention_mask,
-                    **self._generate_kwargs(request.sampling, width, compiled),
-                )
-        rows = output[:, width:].tolist()
+                output = self._model_generate(input_ids, attention_mask, **kwargs)
+        rows: list[list[Any]] = steps if request.sampling.logprobs else output[:, width:].tolist()
         seconds = time.perf_counter() - start
         results = []
         for row, ids in zip(rows, prompts, strict=True):
@@ -213,8 +221,11 @@ class HFBackend(LocalBackend):
             results.append(answer.generation(len(ids), seconds))
         return results
 
-    def _tokens(self, prompt_ids: list[int], request: Request, compiled: Any) -> Iterator[int]:
-        """Decode on a worker thread; its ids arrive through a queue as they are chosen."""
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """Decode on a worker thread; its ids (:class:`Step` with ``logprobs``) arrive through a
+        queue as they are chosen."""
         import torch
 
         cancel = threading.Event()
@@ -222,16 +233,17 @@ class HFBackend(LocalBackend):
         finished = object()
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         kwargs = self._generate_kwargs(request.sampling, len(prompt_ids), compiled)
-        kwargs["stopping_criteria"] = [
-            *kwargs.get("stopping_criteria", []),
-            CancelCriterion(cancel),
-        ]
+        criteria = [*kwargs.get("stopping_criteria", []), CancelCriterion(cancel)]
+        kwargs["stopping_criteria"] = criteria
+        streamer = _IdStreamer(ids)
+        if request.sampling.logprobs:
+            kwargs["record"] = streamer.recorder(request.sampling.top_logprobs)
 
         def work() -> None:
             try:
                 with self._rng_scope(request.sampling):
                     self._model_generate(
-                        input_ids, torch.ones_like(input_ids), streamer=_IdStreamer(ids), **kwargs
+                        input_ids, torch.ones_like(input_ids), streamer=streamer, **kwargs
                     )
             except BaseException as exc:  # re-raised on the consumer's thread
                 ids.put(_Raised(exc))
@@ -396,15 +408,30 @@ class HFBackend(LocalBackend):
 
 
 class _IdStreamer:
-    """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id."""
+    """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id,
+    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities."""
 
     def __init__(self, ids: queue.SimpleQueue[Any]) -> None:
         self.ids = ids
         self.prompt_seen = False
+        self.recorded: list[Step] = []
+
+    def recorder(self, top: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``decode``'s ``record``: the log-probabilities of the step about to be put."""
+
+        def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+            self.recorded = logprob_steps(logits, chosen, top)
+
+        return record
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
+            return
+        if self.recorded:
+            for step in self.recorded:
+                self.ids.put(step)
+            self.recorded = []
             return
         for token in value.reshape(-1).tolist():
             self.ids.put(token)

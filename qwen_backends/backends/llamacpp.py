@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -153,6 +154,7 @@ class LlamaCppBackend(LocalBackend):
         seeded=True,
         structured_output=True,
         tools=True,
+        logprobs=True,
         scoring=True,
     )
 
@@ -399,9 +401,17 @@ class LlamaCppBackend(LocalBackend):
             self._english_mask = self.english_bias()
         return self._english_mask
 
-    def _tokens(self, prompt_ids: list[int], request: Request, compiled: Any) -> Iterator[int]:
-        """``Llama.generate`` with every sampling value mapped (see the module docs)."""
-        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(request.sampling, compiled))
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """``Llama.generate`` with every sampling value mapped (see the module docs); with
+        ``logprobs``, a first logits processor keeps a copy of each step's raw logits."""
+        sampling = request.sampling
+        kwargs = self.generate_kwargs(sampling, compiled)
+        raw: list[np.ndarray] = []
+        if sampling.logprobs:
+            kwargs["logits_processor"] = [_RawLogits(raw), *(kwargs["logits_processor"] or [])]
+        tokens = self.llama.generate(prompt_ids, **kwargs)
         try:
             for token in tokens:
                 if self._mask_mismatch:
@@ -410,7 +420,10 @@ class LlamaCppBackend(LocalBackend):
                         f"{self.n_vocab} of the vocabulary; this llama-cpp-python version is not "
                         "supported (use 0.3.36)"
                     )
-                yield token
+                if raw:
+                    yield numpy_step(raw.pop(), token, sampling.top_logprobs)
+                else:
+                    yield token
         finally:
             tokens.close()
 
@@ -428,6 +441,17 @@ class LlamaCppBackend(LocalBackend):
         if llama is not None and not same_thread:
             llama.close()
         self._english_mask = None
+
+
+class _RawLogits:
+    """Logits processor (the first) that keeps a copy of the step's raw logits."""
+
+    def __init__(self, kept: list[np.ndarray]) -> None:
+        self.kept = kept
+
+    def __call__(self, input_ids: Any, scores: np.ndarray) -> np.ndarray:
+        self.kept.append(scores.copy())
+        return scores
 
 
 class _EndOfGeneration:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Container, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import ModelBackend, check_open
-from qwen_backends.backends.token_loop import AnswerAssembler
+from qwen_backends.backends.token_loop import AnswerAssembler, Step
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     ContextLengthError,
@@ -114,12 +114,17 @@ class LocalBackend(ModelBackend):
         """Load the model; set :attr:`tokenizer` and :attr:`vocab_rows`."""
 
     @abstractmethod
-    def _tokens(self, prompt_ids: list[int], request: Request, compiled: Any) -> Iterator[int]:
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
         """The ids the model generates after ``prompt_ids`` (called with the lock held).
 
         The loop stops reading at the end of the answer (end of turn, stop string,
         ``max_new_tokens``) and closes the iterator, which must then stop the runtime.
-        ``compiled`` is what :meth:`_compile` returned for this request.
+        ``compiled`` is what :meth:`_compile` returned for this request. With
+        ``request.sampling.logprobs`` each id comes as a
+        :class:`~qwen_backends.backends.token_loop.Step` (see
+        :func:`~qwen_backends.backends.token_loop.numpy_step`).
         """
 
     @property

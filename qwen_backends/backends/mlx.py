@@ -42,6 +42,7 @@ however the text is cut, so ``"".join(stream(...)) == generate(...).text`` for t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import platform
 import secrets
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import END_TOKENS, LocalBackend
+from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
@@ -178,6 +180,20 @@ class AdditiveMask:
         if mask is None:
             mask = self._cast[logits.dtype] = self.mask.astype(logits.dtype)
         return logits + mask
+
+
+class _RawLogits:
+    """Logits processor that keeps each step's raw logits (it runs first) and changes nothing."""
+
+    def __init__(self, kept: collections.deque[mx.array]) -> None:
+        self.kept = kept
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        import mlx.core as mx
+
+        # A new array: later processors assign into ``logits`` in place (mlx-lm's penalties).
+        self.kept.append(logits.astype(mx.float32))
+        return logits
 
 
 class GrammarMask:
@@ -315,7 +331,12 @@ class MLXBackend(LocalBackend):
     runtime = "mlx-lm"
     context_hint = " (the window is QWEN_MLX__MAX_CONTEXT)"
     capabilities = Capabilities(
-        english_only=True, renders_locally=True, structured_output=True, tools=True, scoring=True
+        english_only=True,
+        renders_locally=True,
+        structured_output=True,
+        tools=True,
+        logprobs=True,
+        scoring=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -378,9 +399,13 @@ class MLXBackend(LocalBackend):
 
     # -- the token step -------------------------------------------------------------------------
 
-    def _tokens(self, prompt_ids: list[int], request: Request, compiled: Any) -> Iterator[int]:
-        """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs)."""
+    def _tokens(
+        self, prompt_ids: list[int], request: Request, compiled: Any
+    ) -> Iterator[int | Step]:
+        """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs);
+        with ``logprobs``, a first processor keeps each step's raw logits."""
         import mlx.core as mx
+        import numpy as np
         from mlx_lm.generate import stream_generate
 
         sampling = request.sampling
@@ -390,6 +415,9 @@ class MLXBackend(LocalBackend):
             # place of the plain one, and runs last.
             processors = [p for p in processors if not isinstance(p, AdditiveMask)]
             processors.append(self._grammar_mask(compiled, sampling.english_only))
+        raw: collections.deque[mx.array] = collections.deque()
+        if sampling.logprobs:
+            processors.insert(0, _RawLogits(raw))
         responses = stream_generate(
             self.model,
             self.wrapper,
@@ -400,7 +428,12 @@ class MLXBackend(LocalBackend):
         )
         try:
             for response in responses:
-                yield response.token
+                if sampling.logprobs:
+                    # mlx-lm computes the next step before handing over this one: oldest first.
+                    row = np.array(raw.popleft()[0])
+                    yield numpy_step(row, response.token, sampling.top_logprobs)
+                else:
+                    yield response.token
         finally:
             responses.close()
 

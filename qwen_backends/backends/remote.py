@@ -17,6 +17,8 @@ HTTP 400 / 422                                  :class:`ConfigurationError` [2]_
 HTTP 404                                        :class:`ModelNotFoundError` [2]_        never
 an answer the protocol does not allow (HTML,    :class:`ProtocolError`                  never
 truncated JSON, a missing field, a stream cut)
+the server reported an error inside its answer  :class:`GenerationError`                never
+(an error event or line in a stream)
 ==============================================  =====================================  =========
 
 .. [1] honouring ``Retry-After`` (up to :data:`MAX_RETRY_AFTER` seconds).
@@ -75,7 +77,7 @@ MAX_BACKOFF_SECONDS = 8.0
 #: Longest ``Retry-After`` honoured; a server asking for more is given up on at once.
 MAX_RETRY_AFTER = 30.0
 
-FailureKind = Literal["refused", "broken", "timeout", "status", "protocol"]
+FailureKind = Literal["refused", "broken", "timeout", "status", "protocol", "reported"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class Failure:
     ----------
     kind
         ``refused`` (nothing listens), ``broken`` (the connection dropped), ``timeout``,
-        ``status`` (an HTTP error status) or ``protocol`` (an answer the protocol does not allow).
+        ``status`` (an HTTP error status), ``protocol`` (an answer the protocol does not allow)
+        or ``reported`` (the server reported an error inside an answer that had begun).
     detail
         The server's own message or a description of what was wrong.
     status
@@ -117,7 +120,9 @@ def classify(exc: BaseException) -> Failure | None:
     ``ConnectionError`` that the ollama client raises) are seen through. Transport errors are
     recognised by their class names in the httpx family (``httpx``, ``httpcore``, ``h11`` and
     renamed copies such as the ``httpx2`` that recent ``openai`` releases ship), not by identity,
-    so every client's copy of httpx is classified the same way.
+    so every client's copy of httpx is classified the same way. An error the server reported
+    inside an answer (an ``{"error": ...}`` event or line of a stream, which ``openai`` raises as
+    a bare ``APIError`` and ``ollama`` as a ``ResponseError`` without a status) is ``reported``.
     """
     chain = list(_chain(exc))
     for error in chain:
@@ -139,7 +144,21 @@ def classify(exc: BaseException) -> Failure | None:
             error, "TransportError", "NetworkError"
         ):
             return Failure("broken", _describe(error))
+    for error in chain:
+        if _reported(error):
+            return Failure("reported", _server_message(error))
     return None
+
+
+#: Client libraries whose exceptions may carry an error the server reported inside an answer.
+_CLIENT_PACKAGES = ("openai", "ollama")
+
+
+def _reported(error: BaseException) -> bool:
+    """Whether ``error`` is a client's exception for an error body inside an answer."""
+    if not type(error).__module__.startswith(_CLIENT_PACKAGES):
+        return False
+    return getattr(error, "body", None) is not None or bool(getattr(error, "error", None))
 
 
 #: Packages whose exceptions are the HTTP transport's (with renamed copies: httpx2, httpcore2).
@@ -237,6 +256,13 @@ class Remote:
             return BackendTimeoutError(
                 f"{where} sent nothing for {self.timeout:g} s{after}; raise "
                 f"{self.timeout_setting} (a per-read limit) or check the server's load{kept}",
+                partial_text=partial_text,
+                backend=self.backend,
+                status_code=status,
+            )
+        if failure.kind == "reported":
+            return GenerationError(
+                f"{where} reported an error while generating: {failure.detail}{kept}",
                 partial_text=partial_text,
                 backend=self.backend,
                 status_code=status,

@@ -6,10 +6,13 @@ those ids and a :class:`~qwen_backends.results.Generation` is the same everywher
 - :func:`decode_ids` -- ids to text with the Hugging Face tokenizer (special tokens skipped);
 - :class:`IncrementalDecoder` -- ids one at a time to text pieces whose concatenation equals the
   one-shot decode (a trailing incomplete UTF-8 character waits for the next id);
+- :class:`Step` -- a generated id with its log-probabilities, when the call asked for them
+  (a runtime's token iterator yields plain ids otherwise);
 - :class:`AnswerAssembler` -- the visible-text pipeline of one answer: end-of-turn ids, the
   decoder, stop strings and thinking removal (:class:`~qwen_backends.thinking.TextPipeline`),
   the tool-call filter (:class:`~qwen_backends.tools.ToolCallFilter`), ``max_new_tokens``, and
-  the counts and finish reason of the final :class:`~qwen_backends.results.Generation`.
+  the counts, finish reason and log-probabilities of the final
+  :class:`~qwen_backends.results.Generation`.
 
 The same assembler serves a stream (fed as tokens arrive) and a finished batch row (fed the
 row's ids), so a streamed answer and a generated one are built by the same code.
@@ -17,19 +20,25 @@ row's ids), so a streamed answer and a generated one are built by the same code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from qwen_backends.results import FinishReason, Generation
+from qwen_backends.results import FinishReason, Generation, TokenLogprob, TopLogprob
 from qwen_backends.thinking import TextPipeline
 from qwen_backends.tools import ToolCallFilter
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedTokenizerBase
 
     from qwen_backends.sampling import SamplingParams
 
-__all__ = ["AnswerAssembler", "IncrementalDecoder", "decode_ids"]
+__all__ = ["AnswerAssembler", "IncrementalDecoder", "Step", "decode_ids", "numpy_step"]
+
+#: Raw-text spans the thinking filter removes: a block with the whitespace after it (or to the
+#: end when unclosed), and an orphan closing tag with its whitespace.
+_THINKING_SPANS = re.compile(r"<think>.*?(?:</think>\s*|\Z)|</think>\s*", re.DOTALL)
 
 
 def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
@@ -72,6 +81,59 @@ class IncrementalDecoder:
         return text
 
 
+class Step(NamedTuple):
+    """One generated id with the log-probabilities of its step (see
+    :class:`~qwen_backends.results.TokenLogprob` for what the numbers are).
+
+    Attributes
+    ----------
+    id
+        The generated token id.
+    logprob
+        Its log-probability under the model's raw logits.
+    top
+        ``(id, logprob)`` of the most likely tokens at that step, most likely first.
+    """
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+#: Rows are searched for their largest values in blocks of this many (Qwen3's 151,936 logits are
+#: 1,187 blocks): a block's maximum is one vectorised pass, then only the best blocks are read.
+_BLOCK = 128
+
+
+def numpy_step(logits: np.ndarray, token: int, top: int) -> Step:
+    """The :class:`Step` of ``token`` from one step's raw float logits (a 1-D numpy row).
+
+    The log-softmax is ``logits - logsumexp(logits)``, computed for the few values needed only;
+    the ``top`` largest come from a block search (the ``top`` largest values lie in the ``top``
+    blocks with the largest maxima), several times cheaper than partitioning the whole row.
+    """
+    import numpy as np
+
+    row = np.asarray(logits, dtype=np.float32)
+    peak = float(row.max())
+    total = peak + float(np.log(np.exp(row - peak, dtype=np.float32).sum(dtype=np.float64)))
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        size = row.shape[0]
+        if size % _BLOCK == 0 and size // _BLOCK >= 4 * top:
+            tiled = row.reshape(-1, _BLOCK)
+            blocks = np.argpartition(tiled.max(axis=1), -top)[-top:]
+            candidates = (blocks[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
+        else:
+            candidates = np.arange(size)
+        count = min(top, candidates.shape[0])
+        picked = candidates[np.argpartition(row[candidates], -count)[-count:]].tolist()
+        # Most likely first; equal values by id, as a stable sort of the row would give.
+        ranked = sorted(picked, key=lambda i: (-float(row[i]), i))
+        best = tuple((int(i), float(row[i]) - total) for i in ranked)
+    return Step(int(token), float(row[token]) - total, best)
+
+
 class AnswerAssembler:
     """Token ids of one answer -> visible text pieces -> the final :class:`Generation`.
 
@@ -106,9 +168,12 @@ class AnswerAssembler:
         self.decoder = IncrementalDecoder(tokenizer)
         self.pipeline = TextPipeline(sampling.stop)
         self.calls = ToolCallFilter() if tools else None
+        self.tokenizer = tokenizer
         self.pieces: list[str] = []
         self.count = 0
         self.ended = False
+        self.steps: list[Step | None] = []  # per counted id: None when it came without one
+        self.raw: list[str] = []  # each counted id's decoded text, to place thinking spans
 
     @property
     def done(self) -> bool:
@@ -120,15 +185,21 @@ class AnswerAssembler:
         """The visible text produced so far (the partial text of a failed generation)."""
         return "".join(self.pieces)
 
-    def feed(self, token: int) -> str:
-        """Add one generated id; return the text that can be shown now (may be empty)."""
+    def feed(self, token: int | Step) -> str:
+        """Add one generated id (or :class:`Step`); return the text that can be shown now."""
         self.count += 1
+        self.steps.append(token if isinstance(token, Step) else None)
+        if isinstance(token, Step):
+            token = token.id
         if token in self.end_ids:
             self.ended = True
+            self.raw.append("")
             return ""
-        return self._show(self.pipeline.feed(self.decoder.add(token)))
+        piece = self.decoder.add(token)
+        self.raw.append(piece)
+        return self._show(self.pipeline.feed(piece))
 
-    def feed_all(self, ids: Sequence[int]) -> None:
+    def feed_all(self, ids: Sequence[int | Step]) -> None:
         """Feed a finished row of ids (a batch answer) up to the end of the answer."""
         for token in ids:
             if self.done:
@@ -156,7 +227,38 @@ class AnswerAssembler:
             completion_tokens=self.count,
             seconds=seconds,
             tool_calls=found,
+            logprobs=self._logprobs() if any(self.steps) else None,
         )
+
+    def _logprobs(self) -> tuple[TokenLogprob, ...]:
+        """One entry per counted id, less the ids of removed thinking."""
+        raw = "".join(self.raw)
+        removed = [match.span() for match in _THINKING_SPANS.finditer(raw)]
+        names: dict[int, str] = {}
+
+        def name(token: int) -> str:
+            if token not in names:
+                names[token] = str(
+                    self.tokenizer.decode(
+                        [token], skip_special_tokens=False, clean_up_tokenization_spaces=False
+                    )
+                )
+            return names[token]
+
+        kept, start = [], 0
+        for step, piece in zip(self.steps, self.raw, strict=False):
+            end = start + len(piece)
+            # An id whose text lies inside a removed span is thinking; an id with no text of its
+            # own (a byte of a longer character) belongs where its character starts.
+            inside = any(
+                low <= start and (end <= high if piece else start < high) for low, high in removed
+            )
+            start = end
+            if inside or step is None:
+                continue
+            top = tuple(TopLogprob(name(i), i, value) for i, value in step.top)
+            kept.append(TokenLogprob(name(step.id), step.id, step.logprob, top))
+        return tuple(kept)
 
     def _show(self, visible: str) -> str:
         if self.calls is not None:

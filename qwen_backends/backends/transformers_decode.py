@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.transformers_sampling import TokenSampler, greedy_tokens
@@ -104,6 +104,7 @@ def decode(
     logits_processor: Sequence[Any] = (),
     stopping_criteria: Sequence[Any] = (),
     streamer: Any = None,
+    record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Decode up to ``generation_config.max_new_tokens`` tokens after each row of ``input_ids``.
 
@@ -125,6 +126,9 @@ def decode(
         Callables ``(input_ids, scores) -> bool tensor (batch,)``; a row ends where one is true.
     streamer
         Gets the prompt, then each step's tokens (``put``), then ``end()``, as from ``generate``.
+    record
+        Called every step, before the streamer, with the model's raw ``(batch, vocab)`` float
+        logits (before any processor) and the chosen tokens: log-probabilities are taken there.
 
     Returns
     -------
@@ -175,8 +179,12 @@ def decode(
         )
         logits = output.logits[:, -1, :].float()
         del output
+        # Processors may change the logits in place; the record is of the model's own.
+        raw = logits.clone() if record is not None else None
         chosen = steps.next_tokens(tokens[:, :length], logits)
         chosen = torch.where(unfinished, chosen, pad_id)
+        if record is not None and raw is not None:
+            record(raw, chosen)
         tokens[:, length] = chosen
         length += 1
         if streamer is not None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import GenerationConfig
 
+    from qwen_backends.backends.token_loop import Step
     from qwen_backends.sampling import SamplingParams
 
 __all__ = [
@@ -81,6 +82,27 @@ def top_logits(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Te
     values, where = torch.topk(gathered, count)
     indices = best_blocks.gather(1, where // BLOCK) * BLOCK + where % BLOCK
     return values, indices
+
+
+def logprob_steps(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list[Step]:
+    """One :class:`~qwen_backends.backends.token_loop.Step` per row: the log-softmax of the raw
+    ``(batch, vocab)`` ``logits`` at each row's ``chosen`` token, and the ``top`` most likely
+    tokens (by :func:`top_logits`)."""
+    import torch
+
+    from qwen_backends.backends.token_loop import Step
+
+    total = torch.logsumexp(logits, dim=-1)
+    picked = (logits.gather(1, chosen[:, None])[:, 0] - total).tolist()
+    if top:
+        values, indices = top_logits(logits, top)
+        best = (values - total[:, None]).tolist()
+        ids = indices.tolist()
+    steps = []
+    for row, token in enumerate(chosen.tolist()):
+        alternatives = tuple(zip(ids[row], best[row], strict=True)) if top else ()
+        steps.append(Step(int(token), float(picked[row]), alternatives))
+    return steps
 
 
 def greedy_tokens(scores: torch.Tensor) -> torch.Tensor:

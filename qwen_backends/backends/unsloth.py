@@ -20,6 +20,7 @@ translated to the same sentence.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from types import ModuleType
@@ -196,6 +197,8 @@ class UnslothBackend(HFBackend):
 
     name = "unsloth"
     own_decode_loop = False
+    # Unsloth's generate applies its processors before any hook sees the raw logits.
+    capabilities = dataclasses.replace(HFBackend.capabilities, logprobs=False)
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:

@@ -7,15 +7,14 @@ refused with a :class:`RequestError` naming it; nothing is dropped silently. Any
 for thinking is a :class:`ThinkingRequestError`.
 
 :func:`error_payload` is the one table from an exception to an HTTP status and OpenAI's error
-shape ``{"error": {"message", "type", "param", "code"}}``.
+shape ``{"error": {"message", "type", "param", "code"}}``. The answer objects (:func:`completion`,
+:func:`chunk`, :func:`usage`, :func:`tool_call_deltas`) come from :mod:`qwen_backends.openai_wire`,
+the wire format shared with the vllm backend (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,13 @@ from qwen_backends.errors import (
     UnsupportedFeatureError,
     first_line,
 )
-from qwen_backends.results import Generation, ToolCall
+from qwen_backends.openai_wire import (
+    chunk,
+    completion,
+    new_completion_id,
+    tool_call_deltas,
+    usage,
+)
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import reject_thinking
 
@@ -53,6 +58,7 @@ __all__ = [
     "new_completion_id",
     "parse_chat_request",
     "parse_tokenize_request",
+    "tool_call_deltas",
     "usage",
 ]
 
@@ -488,103 +494,6 @@ def _tools(value: Any) -> list[dict[str, Any]]:
                 param=f"tools[{index}]",
             )
     return [dict(tool) for tool in value]
-
-
-# -- answers -------------------------------------------------------------------------------------
-
-
-def new_completion_id() -> str:
-    """A fresh ``chatcmpl-...`` id."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def usage(generation: Generation) -> dict[str, int]:
-    """OpenAI's ``usage`` object from a :class:`Generation`."""
-    return {
-        "prompt_tokens": generation.prompt_tokens,
-        "completion_tokens": generation.completion_tokens,
-        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-    }
-
-
-def _tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": call.id,
-            "type": "function",
-            "function": {
-                "name": call.name,
-                "arguments": json.dumps(call.arguments, ensure_ascii=False),
-            },
-        }
-        for call in calls
-    ]
-
-
-def completion(completion_id: str, model: str, generation: Generation) -> dict[str, Any]:
-    """The ``chat.completion`` object for a finished generation."""
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": generation.text if generation.text or not generation.tool_calls else None,
-        "refusal": None,
-    }
-    if generation.tool_calls:
-        message["tool_calls"] = _tool_calls(generation.tool_calls)
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": generation.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage(generation),
-        "system_fingerprint": None,
-    }
-
-
-def chunk(
-    completion_id: str,
-    model: str,
-    created: int,
-    *,
-    delta: dict[str, Any] | None = None,
-    finish_reason: str | None = None,
-    usage_value: dict[str, int] | None = None,
-    with_usage: bool = False,
-    no_choices: bool = False,
-) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` (``no_choices``: the final usage-only chunk)."""
-    body: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": []
-        if no_choices
-        else [
-            {
-                "index": 0,
-                "delta": delta or {},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
-    }
-    if with_usage:
-        body["usage"] = usage_value
-    return body
-
-
-def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    """``delta.tool_calls`` entries for a streamed answer (each call whole, with its index)."""
-    return [{"index": i, **call} for i, call in enumerate(_tool_calls(calls))]
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -4,13 +4,13 @@ stand-in, which records every request) and how Ollama's answers become Generatio
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ollama
 import pytest
+from assembled import assembled
 from ollama_server import INSTRUCT_TAG, OllamaServer, TinyQwen, instruct_model
 
 from qwen_backends import SamplingParams, create_backend
@@ -129,17 +129,17 @@ NATIVE = [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]
 
 
 def test_native_tool_calls_become_tool_calls(backend: OllamaBackend) -> None:
-    result = backend._generation(_response("", NATIVE), 0.5, tools=True)
+    _, result = assembled(backend, [_response("", NATIVE)], tools=True)
     assert result.finish_reason == "tool_calls"
     assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_weather", {"city": "Oslo"})]
     assert result.tool_calls[0].id.startswith("call_")
 
 
 def test_calls_left_in_the_content_are_parsed_locally(backend: OllamaBackend) -> None:
-    result = backend._generation(_response(f"Let me see.\n{CALL}"), 0.5, tools=True)
+    _, result = assembled(backend, [_response(f"Let me see.\n{CALL}")], tools=True)
     assert result.text == "Let me see."
     assert [c.arguments for c in result.tool_calls] == [{"city": "Oslo"}]
-    untouched = backend._generation(_response(CALL), 0.5, tools=False)
+    _, untouched = assembled(backend, [_response(CALL)], tools=False)
     assert untouched.text == CALL and untouched.tool_calls == ()
 
 
@@ -147,11 +147,8 @@ def test_a_stream_hides_a_split_call_and_reports_every_call(backend: OllamaBacke
     text = f"Let me see.\n{CALL}"
     chunks = [_response(text[i : i + 5], done=False) for i in range(0, len(text), 5)]
     chunks.append(_response("", NATIVE))
-    iterator = (chunk for chunk in chunks)  # a generator, like the client's stream
-    items = list(backend._stream_chunks(iterator, next(iterator), time.perf_counter(), tools=True))
-    pieces = [item for item in items if isinstance(item, str)]
-    (final,) = [item for item in items if not isinstance(item, str)]
-    assert "".join(pieces) == "Let me see."
+    shown, final = assembled(backend, chunks, tools=True)
+    assert shown == "Let me see."
     assert final.text == "Let me see."
     assert final.finish_reason == "tool_calls"
     assert [c.arguments for c in final.tool_calls] == [{"city": "Oslo"}, {"city": "Oslo"}]

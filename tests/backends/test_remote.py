@@ -135,6 +135,21 @@ def test_ollama_client_errors_are_classified() -> None:
     assert classify(refused).kind == "refused"  # type: ignore[union-attr]
 
 
+def test_an_error_the_server_reported_inside_an_answer_is_classified() -> None:
+    import ollama
+    import openai
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    # What the openai SDK raises for an {"error": ...} event in a stream; ollama for a line.
+    event = openai.APIError("engine died", request, body={"message": "engine died", "code": 500})
+    line = ollama.ResponseError("model runner stopped")
+    assert classify(event) == Failure("reported", "engine died")
+    assert classify(line) == Failure("reported", "model runner stopped")
+    # Without an error body (or with an HTTP status) it is something else.
+    assert classify(openai.APIConnectionError(request=request)) is None
+    assert classify(ollama.ResponseError("gone", 404)) == Failure("status", "gone", 404)
+
+
 # -- the error table ------------------------------------------------------------------------------
 
 
@@ -145,6 +160,7 @@ def test_ollama_client_errors_are_classified() -> None:
         (Failure("broken", "reset"), BackendUnavailableError, "broke"),
         (Failure("timeout", "timed out"), BackendTimeoutError, "QWEN_DEMO__TIMEOUT"),
         (Failure("protocol", "not JSON"), ProtocolError, "not JSON"),
+        (Failure("reported", "engine died"), GenerationError, "reported an error"),
         (Failure("status", "slow down", 429), RateLimitError, "HTTP 429"),
         (Failure("status", "boom", 500), ServerError, "HTTP 500"),
         (Failure("status", "bad gateway", 502), ServerError, "HTTP 502"),
@@ -174,6 +190,9 @@ def test_partial_text_is_kept_and_said() -> None:
     produced = make_remote().error(Failure("protocol", "cut"), partial_text="Hello")
     assert isinstance(produced, ProtocolError) and produced.partial_text == "Hello"
     assert "5 characters received are kept in partial_text" in str(produced)
+    reported = make_remote().error(Failure("reported", "engine died"), partial_text="Hi")
+    assert type(reported) is GenerationError and reported.partial_text == "Hi"
+    assert "engine died" in str(reported) and "kept in partial_text" in str(reported)
 
 
 def test_a_backend_may_word_a_4xx_but_not_reclassify_429_or_5xx() -> None:
@@ -204,6 +223,7 @@ def test_what_is_retried() -> None:
     for failure in (
         Failure("refused"),
         Failure("protocol"),
+        Failure("reported"),
         Failure("status", status=400),
         Failure("status", status=401),
         Failure("status", status=404),

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from qwen_backends.backends.token_loop import AnswerAssembler, IncrementalDecoder, decode_ids
+from qwen_backends.backends.token_loop import (
+    AnswerAssembler,
+    IncrementalDecoder,
+    Step,
+    decode_ids,
+    numpy_step,
+)
 from qwen_backends.sampling import SamplingParams
 
 IM_END = 151_645
@@ -103,3 +109,45 @@ def test_a_batch_row_and_a_stream_build_the_same_generation(offline_tokenizer: A
     row.feed_all(ids)
     row.finish()
     assert row.generation(7, 0.5) == streamed
+
+
+# -- log-probabilities ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("top", [0, 1, 5, 20])
+def test_numpy_step_is_the_log_softmax_and_its_top_tokens(top: int) -> None:
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(3)
+    row = rng.normal(size=151_936).astype(np.float32) * 3
+    row[[17, 40_000]] = row.max() + 1.0  # a tie at the top: the smaller id comes first
+    step = numpy_step(row, 123, top)
+    reference = row.astype(np.float64) - np.logaddexp.reduce(row.astype(np.float64))
+    assert step.id == 123 and step.logprob == pytest.approx(reference[123], abs=1e-4)
+    order = sorted(range(row.shape[0]), key=lambda i: (-row[i], i))[:top]
+    assert [token for token, _ in step.top] == order
+    assert [value for _, value in step.top] == pytest.approx(reference[order], abs=1e-4)
+
+
+def test_logprobs_leave_out_thinking_and_count_the_end_token(offline_tokenizer: Any) -> None:
+    visible = ids_of(offline_tokenizer, "Hello world")
+    thinking = ids_of(offline_tokenizer, "<think>\nsecret plan\n</think>\n\n")
+    ids = [*thinking, *visible, IM_END]
+    answer = AnswerAssembler(offline_tokenizer, END_IDS, SamplingParams(logprobs=True))
+    for index, token in enumerate(ids):
+        answer.feed(Step(token, -0.5 - index, ((token, -0.25),)))
+    answer.finish()
+    generation = answer.generation(3, 0.0)
+    assert generation.text == "Hello world"
+    assert generation.completion_tokens == len(ids)
+    assert generation.logprobs is not None
+    assert [entry.id for entry in generation.logprobs] == [*visible, IM_END]
+    assert generation.logprobs[-1].token == "<|im_end|>"
+    assert "".join(entry.token for entry in generation.logprobs[:-1]) == "Hello world"
+    first = generation.logprobs[0]
+    assert first.logprob == -0.5 - len(thinking)
+    assert [(top.id, top.logprob) for top in first.top] == [(visible[0], -0.25)]
+
+
+def test_plain_ids_give_no_logprobs(offline_tokenizer: Any) -> None:
+    _, generation = assemble(offline_tokenizer, [*ids_of(offline_tokenizer, "Hi"), IM_END])
+    assert generation.logprobs is None

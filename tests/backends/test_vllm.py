@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from assembled import assembled
 from vllm_server import free_port, vllm_python
 
+from qwen_backends.backends.answer import Assembler
 from qwen_backends.backends.base import Generation
 from qwen_backends.backends.vllm import TOP_K_OFF, VLLMBackend, build_request, decode_token_strs
 from qwen_backends.chat import render_prompt_ids, validate_messages
@@ -149,9 +151,7 @@ def _offline_backend() -> VLLMBackend:
 def test_stream_assembler_removes_thinking_split_across_chunks(
     pieces: list[str], expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from qwen_backends.backends.vllm import _StreamAssembler
-
-    assembler = _StreamAssembler(_offline_backend().remote)
+    assembler = Assembler(_offline_backend())
     out = "".join(assembler.feed(_chunk(piece)) for piece in pieces)
     assembler.feed(_chunk(None, finish="stop", usage=(3, 4)))
     *tail, final = list(assembler.finish(0.1))
@@ -163,8 +163,6 @@ def test_stream_assembler_removes_thinking_split_across_chunks(
 
 def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     from openai.types.chat import ChatCompletion
-
-    from qwen_backends.backends.vllm import _StreamAssembler
 
     backend = _offline_backend()
     response = ChatCompletion.model_validate(
@@ -187,21 +185,19 @@ def test_reasoning_fields_are_dropped_and_logged(caplog: pytest.LogCaptureFixtur
             "usage": {"prompt_tokens": 13, "completion_tokens": 9, "total_tokens": 22},
         }
     )
-    generation = backend._generation(response, 0.5)
+    _, generation = assembled(backend, [response])
     assert (generation.text, generation.finish_reason) == ("Four.", "stop")
     assert (generation.prompt_tokens, generation.completion_tokens) == (13, 9)
     assert "returned thinking" in caplog.text
     caplog.clear()
-    assembler = _StreamAssembler(backend.remote)
+    assembler = Assembler(backend)
     assert assembler.feed(_chunk(None, reasoning="hmm")) == ""
     assert assembler.feed(_chunk("Four.")) == "Four."
     assert "reasoning field" in caplog.text
 
 
 def test_an_aborted_generation_is_an_error_with_the_partial_text() -> None:
-    from qwen_backends.backends.vllm import _StreamAssembler
-
-    assembler = _StreamAssembler(_offline_backend().remote)
+    assembler = Assembler(_offline_backend())
     assert assembler.feed(_chunk("Partial")) == "Partial"
     aborted = _chunk(" answer", usage=(3, 2))
     aborted.choices[0].finish_reason = "abort"  # type: ignore[assignment]  # vLLM sends it
@@ -210,6 +206,86 @@ def test_an_aborted_generation_is_an_error_with_the_partial_text() -> None:
         list(assembler.finish(0.1))
     assert info.value.partial_text == "Partial answer"
     assert info.value.backend == "vllm"
+
+
+class _ErrorEventServer:
+    """A stub OpenAI-compatible server: ``/tokenize`` answers like the hybrid's template, and a
+    streamed chat answer sends :data:`PIECES` then an error event (as vLLM does when its engine
+    fails mid-answer), then ends."""
+
+    PIECES = ("Hello", " world")
+    HYBRID_PROMPT = (
+        *("<|im_start|>", "user", "Ċ", "hi", "<|im_end|>", "Ċ"),
+        *("<|im_start|>", "assistant", "Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"),
+    )
+
+    def __init__(self) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/tokenize":
+                    tokens = list(range(len(stub.HYBRID_PROMPT)))
+                    body = json.dumps({"tokens": tokens, "token_strs": list(stub.HYBRID_PROMPT)})
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for piece in stub.PIECES:
+                    delta = {"content": piece}
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0}
+                    self._event({**chunk, "model": "m", "choices": [choice]})
+                self._event({"error": {"message": "the engine died", "code": 500}})
+
+            def _event(self, data: dict[str, Any]) -> None:
+                self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+                self.wfile.flush()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_an_error_event_mid_stream_keeps_the_text_received() -> None:
+    with _ErrorEventServer() as url, _backend(url, "m") as backend:
+        received: list[str] = []
+        with pytest.raises(GenerationError) as caught:
+            for piece in backend.stream("hi", GREEDY):
+                received.append(piece)
+        outcomes = [(received, caught.value)]
+
+        async def astream() -> tuple[list[str], GenerationError]:
+            pieces: list[str] = []
+            with pytest.raises(GenerationError) as error:
+                async for piece in backend.astream("hi", GREEDY):
+                    pieces.append(piece)
+            return pieces, error.value
+
+        outcomes.append(_arun(backend, astream))
+    for pieces, error in outcomes:
+        assert pieces == list(_ErrorEventServer.PIECES)
+        assert error.partial_text == "Hello world"
+        message = str(error)
+        assert "the engine died" in message and "partial_text" in message
+        assert "\n" not in message and error.backend == "vllm"
 
 
 # -- a real vLLM server ---------------------------------------------------------------------------
@@ -351,11 +427,16 @@ class _Proxy:
 
 
 def _arun(backend: VLLMBackend, call: Callable[[], Awaitable[_T]]) -> _T:
-    """Run ``call()`` in a fresh event loop, closing the backend's async client before it ends."""
+    """Run ``call()`` in a fresh event loop, closing the backend's async client for that loop
+    before it ends (``aclose()`` would close the backend, which later calls of a test use)."""
 
     async def main() -> _T:
-        async with backend:
+        try:
             return await call()
+        finally:
+            client = backend._async_clients.pop(asyncio.get_running_loop(), None)
+            if client is not None:
+                await client.close()
 
     return asyncio.run(main())
 

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from assembled import assembled
 
-from qwen_backends.backends.vllm import VLLMBackend, _StreamAssembler, build_request
+from qwen_backends.backends.vllm import VLLMBackend, build_request
 from qwen_backends.chat import validate_messages
 from qwen_backends.factory import create_backend
 from qwen_backends.sampling import SamplingParams
@@ -118,8 +119,8 @@ SERVER_CALL = {
 def test_calls_parsed_by_the_server_and_calls_left_in_the_content_look_the_same(
     backend: VLLMBackend,
 ) -> None:
-    by_server = backend._generation(_completion("", [SERVER_CALL]), 0.1, tools=True)
-    by_us = backend._generation(_completion(f"Checking.\n{CALL}"), 0.1, tools=True)
+    _, by_server = assembled(backend, [_completion("", [SERVER_CALL])], tools=True)
+    _, by_us = assembled(backend, [_completion(f"Checking.\n{CALL}")], tools=True)
     for result in (by_server, by_us):
         assert result.finish_reason == "tool_calls"
         assert [(c.name, c.arguments) for c in result.tool_calls] == [
@@ -127,7 +128,7 @@ def test_calls_parsed_by_the_server_and_calls_left_in_the_content_look_the_same(
         ]
     assert by_server.tool_calls[0].id == "chatcmpl-tool-1"
     assert (by_server.text, by_us.text) == ("", "Checking.")
-    without_tools = backend._generation(_completion(CALL), 0.1)
+    _, without_tools = assembled(backend, [_completion(CALL)])
     assert without_tools.text == CALL and without_tools.finish_reason == "stop"
 
 
@@ -136,7 +137,7 @@ def test_server_arguments_that_are_not_json_are_kept_as_text(
 ) -> None:
     broken = {**SERVER_CALL, "function": {"name": "get_weather", "arguments": "{city: Oslo"}}
     with caplog.at_level(logging.WARNING, logger="qwen_backends.backends.vllm"):
-        result = backend._generation(_completion("", [broken]), 0.1, tools=True)
+        _, result = assembled(backend, [_completion("", [broken])], tools=True)
     assert result.tool_calls == () and result.finish_reason == "stop"
     assert "{city: Oslo" in result.text and result.text.startswith("<tool_call>")
     assert "kept as text" in caplog.text
@@ -165,13 +166,6 @@ def _chunk(
     return ChatCompletionChunk.model_validate(data)
 
 
-def _run(assembler: _StreamAssembler, chunks: list[Any]) -> tuple[str, Any]:
-    shown = "".join(assembler.feed(chunk) for chunk in chunks)
-    items = list(assembler.finish(0.1))
-    shown += "".join(item for item in items if isinstance(item, str))
-    return shown, items[-1]
-
-
 def test_a_stream_assembles_server_deltas_and_hides_calls_in_the_content(
     backend: VLLMBackend,
 ) -> None:
@@ -196,7 +190,7 @@ def test_a_stream_assembles_server_deltas_and_hides_calls_in_the_content(
     content = [_chunk(text[i : i + 3]) for i in range(0, len(text), 3)]
     end = [_chunk(finish="tool_calls"), _chunk(usage=True)]
     end[1].choices = []
-    shown, final = _run(_StreamAssembler(backend.remote, tools=True), [*content, *deltas, *end])
+    shown, final = assembled(backend, [*content, *deltas, *end], tools=True)
     assert shown == final.text == "Checking."
     assert final.finish_reason == "tool_calls"
     server_call, content_call = final.tool_calls

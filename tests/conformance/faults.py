@@ -20,6 +20,9 @@ hits the generation itself. Modes:
 ``tool_call``  the upstream's answer with a ``<tool_call>`` block for :data:`INJECTED_CALL` put
                before its text, split across stream chunks like ``think``: a model calling a
                tool (a runtime without a tool parser leaves the block in the content)
+``error``      the upstream's stream up to its :attr:`FaultProxy.error_after`-th piece of
+               text, then the server's own error in the protocol's form (an ``{"error": ...}``
+               line or event carrying :data:`INJECTED_ERROR`): a runtime that fails mid-answer
 ``pass``       relay everything (a control)
 
 ``inject`` merges fields into every relayed generation request body (``logit_bias`` ...).
@@ -44,6 +47,7 @@ from typing import Any
 __all__ = [
     "GENERATION_PATHS",
     "INJECTED_CALL",
+    "INJECTED_ERROR",
     "LEAKED_THINKING",
     "MAX_HANG",
     "MODES",
@@ -53,8 +57,11 @@ __all__ = [
 ]
 
 MODES = (
-    "refused", "503", "429", "hang", "html", "truncated", "cut", "think", "tool_call", "pass"
+    "refused", "503", "429", "hang", "html", "truncated", "cut", "think", "tool_call", "error",
+    "pass",
 )  # fmt: skip
+#: The server's message in an ``error`` proxy's error line or event.
+INJECTED_ERROR = "injected: the engine failed mid-answer"
 #: The thinking a ``think`` proxy adds; it must never reach a caller.
 LEAKED_THINKING = "secret plan"
 _THINK_PIECES = ("<thi", f"nk>\n{LEAKED_THINKING}\n</th", "ink>\n\n")
@@ -108,6 +115,8 @@ class FaultProxy:
         Seconds the proxy waits for the upstream.
     inject
         Fields merged into every relayed generation request (a JSON body).
+    error_after
+        Pieces of text an ``error`` proxy relays before the server's error.
 
     Attributes
     ----------
@@ -125,6 +134,7 @@ class FaultProxy:
         cut_after: int = 120,
         upstream_timeout: float = 120.0,
         inject: dict[str, Any] | None = None,
+        error_after: int = 3,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -135,6 +145,7 @@ class FaultProxy:
         self.cut_after = cut_after
         self.upstream_timeout = upstream_timeout
         self.inject = inject or {}
+        self.error_after = error_after
         self.hits = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -260,6 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
                     pieces = _THINK_PIECES if mode == "think" else _CALL_PIECES
                     data = _with_thinking(data, pieces)
                 self._send(response.status, data, kept)
+            elif mode == "error":
+                data = response.read()
+                if response.status == 200:
+                    data = _with_error(data, self.owner.error_after)
+                self._send(response.status, data, kept)
             else:  # cut
                 self._cut(response, kept, chunked)
         finally:
@@ -351,6 +367,30 @@ def _with_thinking(data: bytes, pieces: tuple[str, ...] = _THINK_PIECES) -> byte
                 _set_holder(parsed, holder)
                 done = True
         out.append(event)
+    return (separator.join(out) + separator).encode()
+
+
+def _with_error(data: bytes, after: int) -> bytes:
+    """``data`` (a stream: NDJSON or server-sent events) cut after its ``after``-th piece of
+    text and ended by the server's error, as Ollama (a line) or vLLM (an event) sends it."""
+    text = data.decode()
+    sse = text.lstrip().startswith("data:")
+    separator = "\n\n" if sse else "\n"
+    out: list[str] = []
+    for event in (event for event in text.split(separator) if event.strip()):
+        if after <= 0:
+            break
+        out.append(event)
+        payload = event.removeprefix("data:").strip() if sse else event
+        if payload.startswith("{"):
+            holder = _content_holder(json.loads(payload))
+            if holder is not None and holder.get("content"):
+                after -= 1
+    if sse:
+        error = {"error": {"message": INJECTED_ERROR, "type": "InternalServerError", "code": 500}}
+        out.append(f"data: {json.dumps(error)}")
+    else:
+        out.append(json.dumps({"error": INJECTED_ERROR}))
     return (separator.join(out) + separator).encode()
 
 

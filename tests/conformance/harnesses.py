@@ -28,6 +28,7 @@ from faults import INJECTED_CALL, FaultProxy
 from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
 from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.token_loop import Step
 from qwen_backends.sampling import SamplingParams
 
 #: Every backend the suite runs against; a new backend adds its name here and a builder below.
@@ -190,8 +191,14 @@ def _forcing(
         with pytest.MonkeyPatch.context() as patch:
             original = shared._tokens
 
-            def tokens(prompt_ids: list[int], request: Any, compiled: Any) -> Iterator[int]:
-                yield from script
+            def tokens(prompt_ids: list[int], request: Any, compiled: Any) -> Iterator[Any]:
+                top = request.sampling.top_logprobs
+                for token in script:  # a forced token is certain: log-probability 0
+                    yield (
+                        Step(token, 0.0, ((token, 0.0),) * top)
+                        if request.sampling.logprobs
+                        else token
+                    )
                 yield from original([*prompt_ids, *script], request, compiled)
 
             patch.setattr(shared, "_tokens", tokens)

@@ -9,13 +9,14 @@ weights: gibberish) are deterministic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import pydantic
 import pytest
-from faults import INJECTED_CALL, LEAKED_THINKING, FaultProxy
+from faults import INJECTED_CALL, INJECTED_ERROR, LEAKED_THINKING, FaultProxy
 from harnesses import Harness
 
 from qwen_backends import create_backend
@@ -26,6 +27,7 @@ from qwen_backends.errors import (
     BackendUnavailableError,
     ConfigurationError,
     ContextLengthError,
+    GenerationError,
     InvalidMessagesError,
     OutputValidationError,
     ProtocolError,
@@ -375,6 +377,37 @@ def _assert_refused(backend: ModelBackend, option: str, **keywords: Any) -> None
         assert "\n" not in str(caught.value) and caught.value.backend == backend.name
 
 
+def test_logprobs_are_reported_the_same_way_or_refused(conformant: Harness) -> None:
+    backend = conformant.backend
+    sampling = GREEDY.replace(max_new_tokens=6, logprobs=True, top_logprobs=2)
+    if not backend.capabilities.logprobs:
+        for call in (
+            lambda: backend.generate("Hi", sampling),
+            lambda: backend.stream("Hi", sampling),
+            lambda: backend.generate_batch(["Hi"], sampling),
+            lambda: backend.astream("Hi", sampling),
+        ):
+            with pytest.raises(UnsupportedFeatureError, match="logprobs") as caught:
+                call()
+            assert "\n" not in str(caught.value) and caught.value.backend == backend.name
+        return
+    result = backend.generate("Hi", sampling)
+    assert result.logprobs is not None and len(result.logprobs) == result.completion_tokens
+    assert "".join(entry.token for entry in result.logprobs).startswith(result.text)
+    for entry in result.logprobs:  # greedy with a penalty: the raw best may lose
+        assert entry.logprob <= 0.0 and len(entry.top) == 2
+        assert entry.top[0].logprob >= entry.top[1].logprob
+        assert entry.logprob <= entry.top[0].logprob
+    _, streamed = _joined(backend.stream("Hi", sampling))
+    assert streamed is not None and streamed.logprobs is not None
+    assert [e.id for e in streamed.logprobs] == [e.id for e in result.logprobs]
+    assert backend.generate("Hi", GREEDY).logprobs is None
+    with conformant.leaking(sampling.replace(max_new_tokens=24)) as (leaky, expected):
+        leaked = leaky.generate("Hi", sampling.replace(max_new_tokens=24))
+    assert leaked.text == expected and leaked.logprobs is not None
+    assert "think>" not in "".join(entry.token for entry in leaked.logprobs)
+
+
 # -- async and lifecycle ----------------------------------------------------------------------
 
 
@@ -416,6 +449,32 @@ def test_with_block_closes_and_close_twice_is_safe(conformant: Harness) -> None:
     with conformant.make() as backend:
         assert backend.generate("Hi", GREEDY.replace(max_new_tokens=2)).completion_tokens == 2
     backend.close()
+
+
+def test_every_call_after_close_raises_the_same_error(conformant: Harness) -> None:
+    try:
+        conformant.backend.prompt_ids("Hi")
+        counts_tokens = True
+    except UnsupportedFeatureError:
+        counts_tokens = False
+    backend = conformant.make()
+    backend.generate("Hi", GREEDY.replace(max_new_tokens=1))
+    backend.close()
+    calls: dict[str, Callable[[], Any]] = {
+        "generate": lambda: backend.generate("Hi", GREEDY),
+        "stream": lambda: list(backend.stream("Hi", GREEDY)),
+        "agenerate": lambda: asyncio.run(backend.agenerate("Hi", GREEDY)),
+        "astream": lambda: asyncio.run(_collect(backend.astream("Hi", GREEDY))),
+        "generate_batch": lambda: backend.generate_batch(["Hi", "Hello"], GREEDY),
+    }
+    if counts_tokens:
+        calls["prompt_ids"] = lambda: backend.prompt_ids("Hi")
+    expected = f"this {conformant.name} backend was closed; create a new one with create_backend()"
+    for name, call in calls.items():
+        with pytest.raises(GenerationError) as caught:
+            call()
+        assert type(caught.value) is GenerationError, (name, repr(caught.value))
+        assert (str(caught.value), caught.value.backend) == (expected, conformant.name), name
 
 
 def test_a_stream_closed_early_leaves_the_backend_usable(conformant: Harness) -> None:
@@ -515,6 +574,37 @@ def test_a_stream_cut_mid_way_keeps_the_text_received(server_harness: Harness) -
     assert caught.value.partial_text == "".join(received)
     assert whole.startswith(caught.value.partial_text)
     assert "partial_text" in str(caught.value)
+
+
+def test_a_server_error_mid_stream_keeps_the_text_received(server_harness: Harness) -> None:
+    assert server_harness.through is not None
+    sampling = GREEDY.replace(max_new_tokens=24)
+
+    async def collect(stream: Any, into: list[str]) -> None:
+        async for piece in stream:
+            into.append(piece)
+
+    with (
+        FaultProxy(server_harness.upstream, "error") as proxy,
+        server_harness.through(proxy.url, max_retries=1) as backend,
+    ):
+        for call in ("stream", "astream"):
+            before = proxy.hits
+            received: list[str] = []
+            with pytest.raises(GenerationError) as caught:
+                if call == "stream":
+                    for piece in backend.stream("Hi", sampling):
+                        received.append(piece)
+                else:
+                    stream = backend.astream("Hi", sampling)
+                    _arun(backend, functools.partial(collect, stream, received))
+            where = f"{server_harness.name} {call}"
+            assert type(caught.value) is GenerationError, (where, repr(caught.value))
+            assert received and caught.value.partial_text == "".join(received), where
+            message = str(caught.value)
+            assert INJECTED_ERROR in message and "partial_text" in message, where
+            assert "\n" not in message and caught.value.backend == server_harness.name, where
+            assert proxy.hits - before == 1, where  # an answer that had begun is not retried
 
 
 def test_a_server_that_recovers_is_retried_transparently(server_harness: Harness) -> None:
