@@ -25,7 +25,7 @@ def post(served: Served, path: str, body: dict[str, Any]) -> httpx.Response:
 
 
 def test_chat_logprobs_are_the_librarys_in_openais_shape(hf_served: Served) -> None:
-    backend = hf_served.backend
+    backend: Any = hf_served.backend
     sampling = {"temperature": 0, "max_new_tokens": 6, "presence_penalty": 2.0}
     expected = backend.generate(HI, {**sampling, "logprobs": True, "top_logprobs": 2}).logprobs
     assert expected is not None
@@ -70,7 +70,7 @@ def test_chat_logprobs_a_backend_cannot_give_are_a_400(
 
 
 def test_echo_gives_the_prompt_tokens_scores_in_the_legacy_shape(hf_served: Served) -> None:
-    backend = hf_served.backend
+    backend: Any = hf_served.backend
     ids = backend.tokenizer("Two plus two is four", add_special_tokens=False)["input_ids"]
     response = post(
         hf_served, "/completions", {"prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1}
@@ -100,7 +100,7 @@ def test_echo_gives_the_prompt_tokens_scores_in_the_legacy_shape(hf_served: Serv
 
 
 def test_text_prompts_get_no_chat_template(hf_served: Served) -> None:
-    backend = hf_served.backend
+    backend: Any = hf_served.backend
     text = "The quick brown fox"
     body = post(
         hf_served, "/completions", {"prompt": text, "echo": True, "logprobs": 0, "max_tokens": 0}
