@@ -170,8 +170,9 @@ async def answer_completion(backend: ModelBackend, call: CompletionCall) -> dict
     top = call.logprobs or 0
     choices = []
     prompt_tokens = 0
+    tokenizer = _tokenizer(backend)
     for index, prompt in enumerate(call.prompts):
-        ids = _prompt_ids(backend, prompt)
+        ids = _prompt_ids(backend, tokenizer, prompt)
         # The first token is given, not scored (OpenAI's null); a one-token prompt is scored
         # after the tokenizer's prefix only to get what follows it.
         score = await asyncio.to_thread(
@@ -182,7 +183,8 @@ async def answer_completion(backend: ModelBackend, call: CompletionCall) -> dict
             following=following,
         )
         if len(ids) > 1:
-            first = ScoredToken(_token_text(backend, ids[0]), ids[0], 0.0, True)
+            text = str(tokenizer.decode([ids[0]], skip_special_tokens=False))
+            first = ScoredToken(text, ids[0], 0.0, True)
             score = Score((first, *score.tokens), score.following)
         prompt_tokens += len(ids)
         choices.append(_choice(index, score, call))
@@ -200,15 +202,20 @@ async def answer_completion(backend: ModelBackend, call: CompletionCall) -> dict
     }
 
 
-def _prompt_ids(backend: ModelBackend, prompt: str | list[int]) -> list[int]:
-    """A prompt's token ids: text is tokenised as it is, with no chat template."""
-    if not isinstance(prompt, str):
-        return prompt
+def _tokenizer(backend: ModelBackend) -> Any:
+    """The tokenizer of a backend that scores in this process (a one-line refusal otherwise)."""
     tokenizer = getattr(backend, "tokenizer", None)
     if tokenizer is None or not backend.capabilities.scoring:
         raise UnsupportedFeatureError(
             backend.name, "scoring", "it cannot score raw prompts; serve hf, llamacpp or mlx"
         )
+    return tokenizer
+
+
+def _prompt_ids(backend: ModelBackend, tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    """A prompt's token ids: text is tokenised as it is, with no chat template."""
+    if not isinstance(prompt, str):
+        return prompt
     token = None if backend.settings.allow_control_tokens else find_control_token(prompt)
     if token is not None:
         raise RequestError(
@@ -217,10 +224,6 @@ def _prompt_ids(backend: ModelBackend, prompt: str | list[int]) -> list[int]:
             param="prompt",
         )
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-
-def _token_text(backend: ModelBackend, token: int) -> str:
-    return str(backend.tokenizer.decode([token], skip_special_tokens=False))
 
 
 def _choice(index: int, score: Score, call: CompletionCall) -> dict[str, Any]:
