@@ -10,8 +10,10 @@ rotating order so drift on a shared machine hits them alike.
    greedy goal <= 1.01.
 2. Sampled against greedy, both through the backend: goal <= 1.05.
 3. ``english_only`` against unconstrained (sampled), both through the backend: goal <= 1.01.
-4. 1,000 stop strings that never occur against none (sampled), both through the backend; and
-   what transformers' ``StopStringCriteria`` costs to build per string, for reference. Also
+4. ``logprobs=True, top_logprobs=5`` against off (sampled), both through the backend: goal
+   <= 1.05. 1,000 stop strings that never occur against none (sampled), both through the
+   backend; and what transformers' ``StopStringCriteria`` costs to build per string, for
+   reference. Also
    ``stream`` against ``generate`` (same seed, so the same tokens).
 5. Batching: tokens per second of one ``generate_batch`` of 8 conversations against 8 sequential
    ``generate`` calls, sampled (goal >= 3.5x) and greedy.
@@ -233,6 +235,9 @@ def main() -> None:
             backend, prompt, sampled.replace(english_only=True)
         ),
         "backend 1,000 stops": backend_generate(backend, prompt, sampled.replace(stop=STOPS)),
+        "backend logprobs top 5": backend_generate(
+            backend, prompt, sampled.replace(logprobs=True, top_logprobs=5)
+        ),
         "backend stream sampled": backend_stream(backend, prompt, sampled),
         "bare forward + argmax": bare_forward(backend, prompt_ids, args.tokens),
     }
@@ -250,6 +255,7 @@ def main() -> None:
         ("sampled / greedy, raw", "raw sampled", "raw greedy", ""),
         ("english_only / unconstrained", "backend english_only", "backend sampled", "<= 1.01"),
         ("1,000 stop strings / none", "backend 1,000 stops", "backend sampled", ""),
+        ("logprobs top 5 / off", "backend logprobs top 5", "backend sampled", "<= 1.05"),
         ("stream / generate, sampled", "backend stream sampled", "backend sampled", ""),
         ("bare forward / raw sampled", "bare forward + argmax", "raw sampled", "(the floor)"),
         ("backend greedy / bare forward", "backend greedy", "bare forward + argmax", ""),

@@ -106,28 +106,18 @@ PICK = {
 
 def structured(backend: MLXBackend, pairs: int, tokens: int) -> dict[str, float]:
     """Per-token wall time with ``response_format`` against without, interleaved pairs."""
-    sampling = SamplingParams(seed=1, max_new_tokens=tokens)
+    from paired import per_token_pairs
 
-    def per_token(**extra: Any) -> float:
-        start = time.perf_counter()
-        result = backend.generate(PROMPT, sampling, **extra)
-        return (time.perf_counter() - start) / result.completion_tokens
+    def side(**extra: Any) -> Any:
+        return lambda index: backend.generate(
+            PROMPT, SamplingParams(seed=1, max_new_tokens=tokens), **extra
+        )
 
-    per_token(response_format=PICK)  # warm-up: compiles the schema, builds the engine
-    per_token()
-    ratios, constrained, free = [], [], []
-    for index in range(pairs):
-        if index % 2 == 0:
-            a, b = per_token(response_format=PICK), per_token()
-        else:
-            b, a = per_token(), per_token(response_format=PICK)
-        constrained.append(a)
-        free.append(b)
-        ratios.append(a / b)
+    figures = per_token_pairs(side(response_format=PICK), side(), pairs)
     return {
-        "constrained_ms": 1000 * statistics.median(constrained),
-        "free_ms": 1000 * statistics.median(free),
-        "ratio": statistics.median(ratios),
+        "constrained_ms": figures["option_ms_per_token"],
+        "free_ms": figures["baseline_ms_per_token"],
+        "ratio": figures["ratio"],
     }
 
 
@@ -177,6 +167,17 @@ def main() -> None:
         f"response_format (xgrammar mask) / unconstrained, per token: "
         f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
         f"{figures['ratio']:.3f}"
+    )
+    from paired import per_token_pairs
+
+    def side(**extra: Any) -> Any:
+        sampling = SamplingParams(seed=1, max_new_tokens=args.tokens, **extra)
+        return lambda index: backend.generate(PROMPT, sampling.replace(seed=index))
+
+    figures = per_token_pairs(side(logprobs=True, top_logprobs=5), side(), args.pairs)
+    print(
+        f"logprobs top 5 / off, per token: {figures['option_ms_per_token']:.2f} / "
+        f"{figures['baseline_ms_per_token']:.2f} ms, ratio {figures['ratio']:.3f} (goal <= 1.05)"
     )
     sample = backend.tokenizer(
         "Red, yellow and blue are the three primary colours of paint; red, green and blue of "

@@ -404,14 +404,14 @@ class LlamaCppBackend(LocalBackend):
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
     ) -> Iterator[int | Step]:
-        """``Llama.generate`` with every sampling value mapped (see the module docs); with
-        ``logprobs``, a first logits processor keeps a copy of each step's raw logits."""
+        """``Llama.generate`` with every sampling value mapped (see the module docs). With
+        ``logprobs``, each step's raw logits are read from the context after the token is drawn:
+        llama.cpp's samplers work on a copy, so the context still holds the model's own."""
+        import llama_cpp
+        import numpy as np
+
         sampling = request.sampling
-        kwargs = self.generate_kwargs(sampling, compiled)
-        raw: list[np.ndarray] = []
-        if sampling.logprobs:
-            kwargs["logits_processor"] = [_RawLogits(raw), *(kwargs["logits_processor"] or [])]
-        tokens = self.llama.generate(prompt_ids, **kwargs)
+        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, compiled))
         try:
             for token in tokens:
                 if self._mask_mismatch:
@@ -420,8 +420,10 @@ class LlamaCppBackend(LocalBackend):
                         f"{self.n_vocab} of the vocabulary; this llama-cpp-python version is not "
                         "supported (use 0.3.36)"
                     )
-                if raw:
-                    yield numpy_step(raw.pop(), token, sampling.top_logprobs)
+                if sampling.logprobs:
+                    pointer = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
+                    row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+                    yield numpy_step(row, token, sampling.top_logprobs)
                 else:
                     yield token
         finally:
@@ -441,17 +443,6 @@ class LlamaCppBackend(LocalBackend):
         if llama is not None and not same_thread:
             llama.close()
         self._english_mask = None
-
-
-class _RawLogits:
-    """Logits processor (the first) that keeps a copy of the step's raw logits."""
-
-    def __init__(self, kept: list[np.ndarray]) -> None:
-        self.kept = kept
-
-    def __call__(self, input_ids: Any, scores: np.ndarray) -> np.ndarray:
-        self.kept.append(scores.copy())
-        return scores
 
 
 class _EndOfGeneration:

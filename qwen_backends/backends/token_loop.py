@@ -100,30 +100,34 @@ class Step(NamedTuple):
     top: tuple[tuple[int, float], ...] = ()
 
 
-#: Rows are searched for their largest values in blocks of this many (Qwen3's 151,936 logits are
-#: 1,187 blocks): a block's maximum is one vectorised pass, then only the best blocks are read.
-_BLOCK = 128
+#: Rows are searched for their largest values in this many interleaved groups (Qwen3's 151,936
+#: logits are 128 groups of 1,187): the groups' maxima are one vectorised pass over contiguous
+#: memory, then only the best groups are read.
+_GROUPS = 128
 
 
 def numpy_step(logits: np.ndarray, token: int, top: int) -> Step:
     """The :class:`Step` of ``token`` from one step's raw float logits (a 1-D numpy row).
 
-    The log-softmax is ``logits - logsumexp(logits)``, computed for the few values needed only;
-    the ``top`` largest come from a block search (the ``top`` largest values lie in the ``top``
-    blocks with the largest maxima), several times cheaper than partitioning the whole row.
+    The log-softmax is ``logits - logsumexp(logits)``, computed for the few values needed only.
+    The ``top`` largest come from a group search: the row is read as ``_GROUPS`` rows of equal
+    length, each column a group; the ``top`` largest values lie in the ``top`` columns with the
+    largest maxima (a value outside them is beaten by ``top`` column maxima), so only those
+    columns are partitioned.
     """
     import numpy as np
 
     row = np.asarray(logits, dtype=np.float32)
-    peak = float(row.max())
-    total = peak + float(np.log(np.exp(row - peak, dtype=np.float32).sum(dtype=np.float64)))
+    peak = row.max()
+    shifted = np.subtract(row, peak)
+    total = float(peak) + float(np.log(np.exp(shifted, out=shifted).sum()))
     best: tuple[tuple[int, float], ...] = ()
     if top:
         size = row.shape[0]
-        if size % _BLOCK == 0 and size // _BLOCK >= 4 * top:
-            tiled = row.reshape(-1, _BLOCK)
-            blocks = np.argpartition(tiled.max(axis=1), -top)[-top:]
-            candidates = (blocks[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
+        if size % _GROUPS == 0 and size // _GROUPS >= 4 * top:
+            width = size // _GROUPS
+            columns = np.argpartition(row.reshape(_GROUPS, width).max(axis=0), -top)[-top:]
+            candidates = (columns[None, :] + width * np.arange(_GROUPS)[:, None]).ravel()
         else:
             candidates = np.arange(size)
         count = min(top, candidates.shape[0])
