@@ -50,8 +50,9 @@ __all__ = [
     "split_pair",
 ]
 
-#: Most positions whose vocabulary-wide rows exist at once (64 x 151,936 float32 = 39 MB).
-CHUNK_ROWS = 64
+#: Most positions whose vocabulary-wide rows exist at once (256 x 151,936 float32 = 156 MB):
+#: big enough that the output layer's weight is read a few times, not once per 64 rows.
+CHUNK_ROWS = 256
 #: Most alternatives reported per position (OpenAI's and vLLM's limit).
 MAX_TOP_LOGPROBS = 20
 

@@ -12,7 +12,7 @@ time.
 - :func:`mlx_rows`: the same on mlx-lm's model (``model.model`` then the output layer).
 - :func:`llamacpp_rows`: llama.cpp's batch API, asking for logits only at the scored positions
   (``llama_batch.logits`` flags), so ``logits_all`` stays off at load; llama.cpp's output buffer
-  never holds more than :data:`~qwen_backends.scoring.CHUNK_ROWS` rows.
+  never holds more than :data:`LLAMACPP_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_SPANS",
     "BATCH_TOKENS",
+    "LLAMACPP_ROWS",
     "common_prefix",
     "llamacpp_rows",
     "log_softmax",
@@ -36,6 +37,9 @@ __all__ = [
     "transformers_rows",
 ]
 
+#: Most scored positions per llama.cpp decode: its output buffer holds their logits, copied out
+#: row by row (64 x 151,936 float32 = 39 MB).
+LLAMACPP_ROWS = 64
 #: Most spans, and most input tokens, one transformers forward pass takes.
 BATCH_SPANS = 16
 BATCH_TOKENS = 16_384
@@ -62,6 +66,26 @@ def common_prefix(spans: list[Span]) -> int:
     while length < limit and all(span.ids[length] == first[length] for span in spans):
         length += 1
     return length
+
+
+def _ranges(span: Span) -> Iterator[tuple[int, int]]:
+    """The span's rows in pieces of at most :data:`CHUNK_ROWS`."""
+    for start in range(span.first_row, span.stop_row, CHUNK_ROWS):
+        yield start, min(start + CHUNK_ROWS, span.stop_row)
+
+
+def _chunks(pieces: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
+    """Consecutive pieces grouped to at most :data:`CHUNK_ROWS` rows a group."""
+    group: list[tuple[int, Any]] = []
+    rows = 0
+    for piece in pieces:
+        if group and rows + len(piece[1]) > CHUNK_ROWS:
+            yield group
+            group, rows = [], 0
+        group.append(piece)
+        rows += len(piece[1])
+    if group:
+        yield group
 
 
 def _batches(spans: list[Span]) -> Iterator[list[int]]:
@@ -94,13 +118,20 @@ def transformers_rows(model: Any, device: torch.device, pad_id: int) -> RowsFunc
             for group in _batches(spans):
                 members = [spans[i] for i in group]
                 hidden, offset = _transformers_hidden(decoder, members, device, pad_id)
-                for slot, index in enumerate(group):
-                    span = spans[index]
-                    for start in range(span.first_row, span.stop_row, CHUNK_ROWS):
-                        stop = min(start + CHUNK_ROWS, span.stop_row)
-                        states = hidden[slot, start - offset : stop - offset]
-                        logits = head(states).float()
-                        yield index, torch.log_softmax(logits, dim=-1).cpu().numpy()
+                # The rows of every span of the group go through the output layer together, a
+                # chunk at a time: its weight (vocabulary x hidden) is read once per chunk.
+                pieces = [
+                    (index, hidden[slot, start - offset : stop - offset])
+                    for slot, index in enumerate(group)
+                    for start, stop in _ranges(spans[index])
+                ]
+                for chunk in _chunks(pieces):
+                    states = torch.cat([piece for _, piece in chunk])
+                    scores = torch.log_softmax(head(states).float(), dim=-1).cpu().numpy()
+                    at = 0
+                    for index, piece in chunk:
+                        yield index, scores[at : at + len(piece)]
+                        at += len(piece)
 
     return rows
 
@@ -151,8 +182,7 @@ def mlx_rows(model: Any) -> RowsFunction:
 
         for index, span in enumerate(spans):
             hidden = model.model(mx.array([span.ids[: span.stop_row]]))
-            for start in range(span.first_row, span.stop_row, CHUNK_ROWS):
-                stop = min(start + CHUNK_ROWS, span.stop_row)
+            for start, stop in _ranges(span):
                 logits = head(hidden[0, start:stop]).astype(mx.float32)
                 scores = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
                 yield index, np.array(scores, copy=False)
@@ -187,7 +217,8 @@ def llamacpp_rows(llama: Any) -> RowsFunction:
 
 
 def _llamacpp_span(llama: Any, batch: Any, span: Span, n_batch: int) -> Iterator[np.ndarray]:
-    """Decode one span: unscored positions n_batch at a time, scored ones CHUNK_ROWS at a time."""
+    """Decode one span: unscored positions n_batch at a time, scored ones LLAMACPP_ROWS at a
+    time."""
     import llama_cpp
     import numpy as np
 
@@ -197,7 +228,7 @@ def _llamacpp_span(llama: Any, batch: Any, span: Span, n_batch: int) -> Iterator
     position = 0
     while position < len(inputs):
         wanted = position >= span.first_row
-        size = CHUNK_ROWS if wanted else span.first_row - position
+        size = LLAMACPP_ROWS if wanted else span.first_row - position
         size = min(size, n_batch, len(inputs) - position)
         flagged = []
         for slot in range(size):
