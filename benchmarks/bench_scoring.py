@@ -74,6 +74,7 @@ def bench_hf(model_dir: str, pairs: int) -> None:
 
     from qwen_backends import create_backend
 
+    backend: Any
     with create_backend(backend="hf", model=model_dir, hf={"device": "cpu"}) as backend:
         tokens = continuation(backend.tokenizer, 512)
         prompt = backend.prompt_ids(QUESTION)
@@ -110,10 +111,11 @@ def bench_llamacpp(pairs: int) -> None:
 
     options = {"n_ctx": 2048, "n_threads": 2, "n_threads_batch": 2}
     model = str(tiny_gguf("f16", "bench"))
+    backend: Any
     with create_backend(backend="llamacpp", model=model, llamacpp=options) as backend:
         tokens = continuation(backend.tokenizer, 512)
         prompt = backend.prompt_ids(QUESTION)
-        llama = backend.llama  # type: ignore[attr-defined]
+        llama = backend.llama
 
         def plain_eval() -> None:
             llama.reset()
