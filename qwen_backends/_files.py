@@ -8,6 +8,7 @@ missing permission or a file standing where a directory should be.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 from pathlib import Path
@@ -61,13 +62,15 @@ def read_bytes(path: str | os.PathLike[str], what: str, hint: str = "check the p
 def decode_utf8(data: bytes, file: str | os.PathLike[str], what: str) -> str:
     """``data`` decoded as UTF-8, or an error naming ``FILE:LINE`` of the first bad byte.
 
+    A leading byte-order mark (which Windows editors write) is dropped: it is UTF-8's own.
+
     Raises
     ------
     ConfigurationError
         When ``data`` is not valid UTF-8.
     """
     try:
-        return data.decode("utf-8")
+        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigurationError(
@@ -107,7 +110,12 @@ def load_yaml_mapping(
 
     text = read_text(path, what, hint)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_keys_loader())  # a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigurationError(
+            f"{path}:{exc.line}: {what} sets {exc.key!r} twice (first at line {exc.first}); "
+            "keep one of them (YAML would silently use the last)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -123,6 +131,35 @@ def load_yaml_mapping(
             f"got a {type(data).__name__}"
         )
     return data
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+def _unique_keys_loader() -> Any:
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def write_failure(exc: OSError, path: str | os.PathLike[str], what: str, fix: str) -> Exception:

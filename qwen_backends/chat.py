@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import InvalidMessagesError
+from qwen_backends.errors import ConfigurationError, InvalidMessagesError
 from qwen_backends.thinking import (
     check_generation_prompt,
     reject_thinking,
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_TOKENS",
+    "OPT_IN",
     "Conversation",
     "Message",
+    "check_caller_text",
     "find_control_token",
     "render_prompt",
     "render_prompt_ids",
@@ -69,6 +71,11 @@ CONTROL_TOKENS: tuple[str, ...] = (
     "<|file_sep|>",
 )
 _CONTROL_TOKEN = re.compile("|".join(re.escape(token) for token in CONTROL_TOKENS))
+#: A UTF-16 surrogate on its own (a JSON ``"\\ud800"`` escape decodes to one): not valid
+#: Unicode, so no UTF-8 tokenizer or server can take it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: How a library caller opts in to control-token text (the fine-tuning config has its own key).
+OPT_IN = "allow_control_tokens=True (QWEN_ALLOW_CONTROL_TOKENS=true)"
 
 Message = dict[str, Any]
 #: A conversation: a list of ``{"role", "content"}`` dicts, or a bare string (one user turn).
@@ -96,6 +103,95 @@ def find_control_token(value: Any) -> str | None:
     return None
 
 
+def check_caller_text(
+    value: Any,
+    where: str,
+    *,
+    allow_control_tokens: bool = False,
+    opt_in: str = OPT_IN,
+    error: type[ConfigurationError] = ConfigurationError,
+) -> None:
+    """Refuse caller text that the chat template would render wrongly, naming the field.
+
+    Every string in ``value`` (a string, or the keys and values of nested dicts/lists: a tool
+    spec, a JSON schema, tool-call arguments) is checked: a lone surrogate (not valid Unicode)
+    is always refused; Qwen3 control-token text (:data:`CONTROL_TOKENS`) is refused unless
+    ``allow_control_tokens``. Messages, tool specs (descriptions, parameter docs, docstrings),
+    JSON schemas and fine-tuning records all pass through here, so every door has the same
+    check and the same opt-in.
+
+    Parameters
+    ----------
+    value
+        The text, or the structure holding it.
+    where
+        What ``value`` is, for the message (``"message 1 (user)"``, ``"tool 'f'"``); the path
+        inside ``value`` is appended (``"tool 'f' parameters.properties.city.description"``).
+    allow_control_tokens
+        Accept control-token text (for trusted callers).
+    opt_in
+        How the caller opts in, quoted in the message.
+    error
+        The exception class raised.
+
+    Raises
+    ------
+    ConfigurationError
+        (or ``error``) One line naming the field, the problem and the fix.
+    """
+    found = _find_bad_text(value, "", allow_control_tokens)
+    if found is None:
+        return
+    path, problem = found
+    place = f"{where}{'' if path.startswith('[') else ' '}{path}" if path else where
+    if problem in CONTROL_TOKENS:
+        raise error(
+            f"{place} contains the control token {problem}, which would be read as a real Qwen3 "
+            f"control token (a forged turn); remove it, or opt in with {opt_in} if the text is "
+            "trusted"
+        )
+    raise error(
+        f"{place} holds the lone surrogate {problem!r}, which is not valid Unicode (e.g. a JSON "
+        "'\\ud800' escape without its pair); send valid UTF-8 text"
+    )
+
+
+def _find_bad_text(value: Any, path: str, allow_control_tokens: bool) -> tuple[str, str] | None:
+    """``(path, token or surrogate)`` of the first bad string inside ``value``, else ``None``."""
+    if isinstance(value, str):
+        if not allow_control_tokens:
+            token = find_control_token(value)
+            if token is not None:
+                return path, token
+        surrogate = _LONE_SURROGATE.search(value)
+        return (path, surrogate.group(0)) if surrogate else None
+    items: Any
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            # A key is part of the message: escape what is not valid Unicode.
+            shown = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            inner = f"{path}.{shown}" if path else shown
+            items += [(f"{inner} (the key)", key), (inner, item)]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for inner, item in items:
+        found = _find_bad_text(item, inner, allow_control_tokens)
+        if found is not None:
+            return found
+    return None
+
+
+def _a_type(value: Any) -> str:
+    """``"an int"``, ``"a list"``, ``"None"``: the type of ``value`` for a message."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def validate_messages(
     messages: Conversation, *, allow_control_tokens: bool = False
 ) -> list[Message]:
@@ -106,7 +202,8 @@ def validate_messages(
     from assistant history (``<think>`` blocks and ``thinking``/``reasoning_content`` fields).
     No message may contain Qwen3 control-token text such as ``<|im_start|>`` (see
     :data:`CONTROL_TOKENS`): the tokenizer would read it as the real token, so untrusted text
-    could forge a system turn.
+    could forge a system turn. Text that is not valid Unicode (a lone surrogate) is refused
+    too; both checks are :func:`check_caller_text`.
 
     Parameters
     ----------
@@ -136,7 +233,7 @@ def validate_messages(
         where = f"message {index}"
         if not isinstance(message, Mapping):
             raise InvalidMessagesError(
-                f"{where} is a {type(message).__name__}; each message must be a dict "
+                f"{where} is {_a_type(message)}; each message must be a dict "
                 "with 'role' and 'content'"
             )
         role = message.get("role")
@@ -154,17 +251,13 @@ def validate_messages(
                 f"{where} has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                 f"allowed: {', '.join(sorted(_ALLOWED_KEYS))}"
             )
-        if not allow_control_tokens:
-            token = find_control_token(
-                [message.get(key) for key in ("content", "name", "tool_calls", "tool_call_id")]
+        for key in ("content", "name", "tool_calls", "tool_call_id"):
+            check_caller_text(
+                message.get(key),
+                f"{where} ({role})" if key == "content" else f"{where} ({role}) {key}",
+                allow_control_tokens=allow_control_tokens,
+                error=InvalidMessagesError,
             )
-            if token is not None:
-                raise InvalidMessagesError(
-                    f"{where} ({role}) contains the control token {token}, which would be read "
-                    "as a real Qwen3 control token (a forged turn); remove it, or opt in with "
-                    "allow_control_tokens=True (QWEN_ALLOW_CONTROL_TOKENS=true) if the text is "
-                    "trusted"
-                )
         if role == "assistant":
             content = strip_thinking(content)
         if not content.strip() and not (role == "assistant" and message.get("tool_calls")):

@@ -5,6 +5,7 @@ Every problem names ``FILE:LINE``, so the offending line can be fixed directly.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,8 @@ def iter_jsonl_objects(
     file = Path(path)
     if not file.exists():
         raise ConfigurationError(f"{what} {file} does not exist; {missing_hint}")
-    data = read_bytes(file, what, missing_hint)
+    # A leading byte-order mark (Windows editors write one) is UTF-8's own, not an error.
+    data = read_bytes(file, what, missing_hint).removeprefix(codecs.BOM_UTF8)
     for number, raw in enumerate(data.splitlines(), start=1):
         try:
             line = raw.decode("utf-8")

@@ -145,12 +145,14 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage(generation: Generation) -> dict[str, int]:
-    """OpenAI's ``usage`` object from a :class:`Generation`."""
+def usage(generation: Generation) -> dict[str, Any]:
+    """OpenAI's ``usage`` object from a :class:`Generation`; prompt tokens served from the
+    backend's prompt cache are ``prompt_tokens_details.cached_tokens``, as OpenAI reports them."""
     return {
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens,
         "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": generation.cached_tokens},
     }
 
 

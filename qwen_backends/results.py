@@ -188,6 +188,9 @@ class Generation:
     logprobs
         With ``sampling.logprobs``: one :class:`TokenLogprob` per generated token (the
         end-of-turn token included, as in ``completion_tokens``); ``None`` otherwise.
+    cached_tokens
+        Prompt tokens served from the backend's prompt cache instead of being computed (part
+        of ``prompt_tokens``; OpenAI's ``prompt_tokens_details.cached_tokens``).
     """
 
     text: str
@@ -198,6 +201,7 @@ class Generation:
     tool_calls: tuple[ToolCall, ...] = ()
     parsed: Any = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    cached_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:

@@ -22,14 +22,22 @@ from qwen_backends.thinking import reject_thinking
 __all__ = ["PRESETS", "SamplingParams", "validation_message"]
 
 
-def validation_message(exc: ValidationError, prefix: str) -> str:
-    """Flatten a pydantic ``ValidationError`` into one line naming each bad field."""
+def validation_message(
+    exc: ValidationError, prefix: str, model: type[BaseModel] | None = None
+) -> str:
+    """Flatten a pydantic ``ValidationError`` into one line naming each bad field.
+
+    With ``model`` (the class validated), an unknown key gets a did-you-mean suggestion from
+    the keys known at its place.
+    """
     parts = []
     for error in exc.errors():
         location = ".".join(str(p) for p in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "is not a known setting (check the spelling)"
+            known = _known_keys(model, error["loc"][:-1]) if model is not None else ()
+            hint = did_you_mean(str(error["loc"][-1]), known) if error["loc"] else ""
+            message = f"is not a known setting ({hint.strip() or 'check the spelling'})"
             if location.startswith("qwen_"):  # an unknown QWEN_ name in .env
                 location = location.upper()
         elif error["type"] != "value_error" and "input" in error:
@@ -39,6 +47,18 @@ def validation_message(exc: ValidationError, prefix: str) -> str:
         else:
             parts.append(f"{location}: {message}" if location else message)
     return f"invalid {prefix}: " + "; ".join(parts)
+
+
+def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found at ``path`` inside ``model`` (empty if none)."""
+    current: type[BaseModel] = model
+    for part in path:
+        field = current.model_fields.get(str(part))
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        current = inner
+    return list(current.model_fields)
 
 
 class SamplingParams(BaseModel):
@@ -114,7 +134,9 @@ class SamplingParams(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(validation_message(exc, "sampling parameters")) from None
+            raise ConfigurationError(
+                validation_message(exc, "sampling parameters", SamplingParams)
+            ) from None
 
     @field_validator(
         "temperature",

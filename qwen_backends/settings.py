@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import io
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -46,11 +47,13 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from qwen_backends._files import decode_utf8, load_yaml_mapping, read_bytes
 from qwen_backends.errors import ConfigurationError, ThinkingModeError, first_line
 from qwen_backends.family import DEFAULT_FAMILY, FAMILIES, OLLAMA_INSTRUCT_ALIAS, FamilyName
+from qwen_backends.grammar import DEFAULT_COMPILE_TIMEOUT
 from qwen_backends.registry import BACKENDS, load_target
 from qwen_backends.sampling import SamplingParams, validation_message
 from qwen_backends.thinking import reject_thinking
@@ -125,6 +128,14 @@ class HFSettings(Section):
     trust_remote_code: bool = Field(False, description="Run model code from the hub (unsafe).")
     local_files_only: bool = Field(False, description="Never touch the network; use the cache.")
     token: SecretStr | None = Field(None, description="Hugging Face token (else HF_TOKEN).")
+    prompt_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory for the prompt cache in MiB: the KV state of recent prompts and "
+        "answers is kept and the longest shared prefix of a new prompt is reused (a next turn "
+        "computes only its new tokens). 0 turns it off. Qwen3-4B's KV state is 144 KiB a token "
+        "in bfloat16, 288 KiB in float32.",
+    )
 
     @property
     def context_window(self) -> int:
@@ -158,7 +169,13 @@ class OllamaSettings(Section):
         "HOST:PORT without a scheme means http://HOST:PORT, as for Ollama itself.",
     )
     timeout: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for each read: connecting, the answer's first byte and "
+        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
+        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
+        "close the stream).",
     )
     keep_alive: str = Field("5m", description="How long the server keeps the model loaded.")
     num_ctx: int = Field(8192, ge=256, description="Context window the server allocates.")
@@ -203,7 +220,13 @@ class VLLMSettings(Section):
     )
     api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key (--api-key of vllm).")
     timeout: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Seconds before a request is abandoned."
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for each read: connecting, the answer's first byte and "
+        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
+        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
+        "close the stream).",
     )
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
     tokenizer: str | None = Field(
@@ -251,16 +274,19 @@ class LlamaCppSettings(Section):
         "(default: the family's, *Q4_K_M.gguf).",
     )
     tokenizer: str = Field(
-        "offline",
+        "gguf",
         description="Vocabulary used to render prompts and decode answers when no Hugging Face "
-        "tokenizer folder sits beside the GGUF: 'offline' (byte-exact Qwen3), a hub id or a "
-        "folder. The chat template always comes from the GGUF itself.",
+        "tokenizer folder sits beside the GGUF: 'gguf' (the one embedded in the GGUF; needs "
+        "neither transformers nor torch), 'offline' (byte-exact Qwen3), a hub id or a folder. "
+        "The chat template always comes from the GGUF itself.",
     )
     n_ctx: int = Field(
         NATIVE_CONTEXT,
         ge=16,
-        description="Context window in tokens (prompt + new tokens); llama.cpp allocates its "
-        "KV cache up front: ~4.5 GB for Qwen3-4B at 32,768 in f16, lower it on small machines.",
+        description="Context window in tokens (prompt + new tokens), at most 262,144 (the "
+        "longest Qwen3-4B release; Qwen3-4B itself is trained for 40,960); llama.cpp allocates "
+        "its KV cache up front: 147,456 bytes a token for Qwen3-4B in f16, ~4.5 GiB at 32,768, "
+        "so lower it on small machines.",
     )
     n_threads: int | None = Field(
         None, ge=1, description="Threads for generation (None: llama.cpp's choice)."
@@ -284,6 +310,16 @@ class LlamaCppSettings(Section):
         0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
     )
     verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
+
+    @field_validator("n_ctx")
+    @classmethod
+    def _n_ctx_fits_a_release(cls, value: int) -> int:
+        from qwen_backends.context_size import check_context_setting
+
+        try:
+            return check_context_setting(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class EvaluationSettings(Section):
@@ -330,6 +366,48 @@ class ServeSettings(Section):
         description="Seconds a stopping server (SIGTERM, Ctrl-C) lets in-flight requests finish "
         "before cancelling them.",
     )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; a larger one gets 413 without being read "
+        "(4 MiB holds a 131,072-token conversation several times over).",
+    )
+    max_json_depth: int = Field(
+        64,
+        ge=4,
+        le=500,
+        description="Deepest nesting of JSON objects and arrays in a request body; deeper gets "
+        "400.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection may take to send a complete request head (after it "
+        "opens, or after the previous answer); a late one gets 408 and is closed.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive after its head; a late one gets "
+        "408.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if key and not key.strip():
+            raise ValueError(
+                "the API key is only whitespace, which no client can send; set a real key"
+            )
+        if key != key.strip():
+            raise ValueError(
+                "the API key starts or ends with whitespace, which HTTP drops from the "
+                "Authorization header, so no client could match it; remove the spaces"
+            )
+        return value
 
 
 class Settings(BaseSettings):
@@ -364,9 +442,18 @@ class Settings(BaseSettings):
     )
     allow_control_tokens: bool = Field(
         False,
-        description="Let message content contain Qwen3 control-token text such as <|im_start|> "
-        "(it is tokenized as the real control token, so untrusted text could forge turns); "
-        "off by default: such messages are refused.",
+        description="Let caller text contain Qwen3 control-token text such as <|im_start|>: "
+        "messages, tool specs (descriptions, parameter docs) and response_format schemas (it "
+        "is tokenized as the real control token, so untrusted text could forge turns); off by "
+        "default: such requests are refused.",
+    )
+    structured_compile_timeout: float = Field(
+        DEFAULT_COMPILE_TIMEOUT,
+        gt=0,
+        le=600,
+        description="Seconds an in-process backend (hf, unsloth, llamacpp, mlx) may spend "
+        "compiling a response_format schema into its grammar; a schema that takes longer is "
+        "refused with UnsupportedFeatureError. Compiled schemas are cached per backend.",
     )
     # One section per registered backend is added at run time by _derive_backend_sections():
     # the registry is their one list. The type checker needs them spelt out (a test checks
@@ -397,7 +484,9 @@ class Settings(BaseSettings):
                         f"enable_thinking={error.get('input')!r} asks for Qwen3's thinking mode, "
                         "which qwen-backends never enables; unset QWEN_ENABLE_THINKING"
                     ) from None
-            raise ConfigurationError(validation_message(exc, "settings")) from None
+            raise ConfigurationError(validation_message(exc, "settings", Settings)) from None
+        except SettingsError as exc:  # a variable that should hold JSON does not
+            raise ConfigurationError(_unparsable_variable(exc)) from None
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -601,6 +690,23 @@ def _derive_backend_sections() -> None:
 
 _derive_backend_sections()
 BACKENDS.watch(_derive_backend_sections)
+
+
+def _unparsable_variable(exc: SettingsError) -> str:
+    """One line for pydantic-settings' "error parsing value for field X from source Y"."""
+    field = re.search(r'field "([^"]+)"', str(exc))
+    name = f"QWEN_{field.group(1).upper()}" if field else "a QWEN_ variable"
+    where = " in .env" if "DotEnv" in str(exc) else ""
+    cause = exc.__cause__
+    detail = f" ({cause})" if cause is not None else ""
+    return (
+        f"{name}{where} is not valid JSON{detail}; write the section as JSON, e.g. "
+        f"{name}='{{\"temperature\": 0.2}}', or set one value at a time, e.g. "
+        f"{name}__TEMPERATURE=0.2"
+        if name == "QWEN_SAMPLING"
+        else f"{name}{where} is not valid JSON{detail}; write it as a JSON object, or set one "
+        f"value at a time with {name}__KEY=VALUE"
+    )
 
 
 def config_file_path() -> Path | None:

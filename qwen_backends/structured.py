@@ -31,7 +31,7 @@ from qwen_backends.errors import ConfigurationError, OutputValidationError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["ResponseFormat", "ResponseFormatLike"]
+__all__ = ["ResponseFormat", "ResponseFormatLike", "check_schema"]
 
 #: What ``response_format=`` accepts.
 ResponseFormatLike = Any
@@ -71,27 +71,50 @@ class ResponseFormat:
         self.key = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def of(cls, spec: ResponseFormatLike) -> ResponseFormat:
+    def of(cls, spec: ResponseFormatLike, *, allow_control_tokens: bool = False) -> ResponseFormat:
         """Normalise ``spec`` (a pydantic model class, a JSON-schema dict or a
         :class:`ResponseFormat`) into a :class:`ResponseFormat`.
+
+        The schema's text (descriptions, titles, enum values, property names, a model's
+        docstring) can reach the prompt (Ollama appends the schema to the user message), so it
+        is checked as message text is (:func:`qwen_backends.chat.check_caller_text`).
+
+        Parameters
+        ----------
+        spec
+            The model class, schema dict or format.
+        allow_control_tokens
+            Accept Qwen3 control-token text (``<|im_start|>``) in the schema; backends pass
+            their ``allow_control_tokens`` setting.
 
         Raises
         ------
         ConfigurationError
-            If ``spec`` is neither, or the dict is not a valid JSON schema (the message names
-            the offending part).
+            If ``spec`` is neither, the dict is not a valid JSON schema, or its text holds
+            control tokens (unless allowed) or is not valid Unicode (the message names the
+            offending part).
         """
         if isinstance(spec, ResponseFormat):
-            return spec
-        if isinstance(spec, type) and _is_pydantic_model(spec):
-            return _from_model(spec)
-        if isinstance(spec, Mapping):
-            return _from_key(_schema_key(spec))
-        raise ConfigurationError(
-            f"response_format must be a pydantic model class or a JSON-schema dict, got "
-            f"{type(spec).__name__}; e.g. response_format=MyModel or "
-            "response_format={'type': 'object', 'properties': {...}}"
-        )
+            response_format = spec
+        elif isinstance(spec, type) and _is_pydantic_model(spec):
+            response_format = _from_model(spec)
+        elif isinstance(spec, Mapping):
+            response_format = _from_key(_schema_key(spec))
+        else:
+            raise ConfigurationError(
+                f"response_format must be a pydantic model class or a JSON-schema dict, got "
+                f"{type(spec).__name__}; e.g. response_format=MyModel or "
+                "response_format={'type': 'object', 'properties': {...}}"
+            )
+        if "<|" in response_format.key or not response_format.key.isascii():
+            from qwen_backends.chat import check_caller_text
+
+            check_caller_text(
+                response_format.schema,
+                f"response_format schema ({response_format.name})",
+                allow_control_tokens=allow_control_tokens,
+            )
+        return response_format
 
     @property
     def schema_json(self) -> str:
@@ -102,7 +125,9 @@ class ResponseFormat:
         """One sentence for the prompt that states the schema (Ollama advises this)."""
         return f"Answer with JSON only, matching this JSON schema: {self.key}"
 
-    def validate(self, text: str, *, backend: str | None = None) -> Any:
+    def validate(
+        self, text: str, *, backend: str | None = None, finish_reason: str | None = None
+    ) -> Any:
         """Parse ``text`` and check it against the schema.
 
         Parameters
@@ -111,6 +136,10 @@ class ResponseFormat:
             The model's answer.
         backend
             The backend's name, recorded on the error.
+        finish_reason
+            Why generation ended (``"length"``, ``"stop"`` ...), when known: the error then says
+            whether the answer was cut or ended without matching, and only the advice that
+            applies.
 
         Returns
         -------
@@ -123,10 +152,10 @@ class ResponseFormat:
             If ``text`` is not JSON or does not match; ``partial_text`` holds ``text``.
         """
         body = text.strip()
+        hint = _hint(finish_reason)
         if not body:
             raise OutputValidationError(
-                f"the model returned no JSON for {self.name}; check max_new_tokens and stop "
-                "strings",
+                f"the model returned no JSON for {self.name}; {hint}",
                 partial_text=text,
                 backend=backend,
             )
@@ -139,7 +168,8 @@ class ResponseFormat:
                 problem = _pydantic_problem(exc)
                 raise OutputValidationError(
                     f"the model's output is not a valid {self.name} ({problem}); "
-                    f"{_HINT} (raw text in .partial_text)",
+                    f"{_hint(finish_reason, cut_json=_json_error(body) is not None)} "
+                    "(raw text in .partial_text)",
                     partial_text=text,
                     backend=backend,
                 ) from exc
@@ -147,18 +177,19 @@ class ResponseFormat:
             data = json.loads(body)
         except json.JSONDecodeError as exc:
             raise OutputValidationError(
-                f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {_HINT} "
+                f"the model's output is not JSON ({exc.msg} at character {exc.pos}); {hint} "
                 "(raw text in .partial_text)",
                 partial_text=text,
                 backend=backend,
             ) from exc
         validator = _validator(self.key)
-        error = _best_error(validator.iter_errors(data))
-        if error is not None:
-            where = "/".join(map(str, error.absolute_path)) or "the top level"
+        mismatch = _best_error(validator.iter_errors(data))
+        if mismatch is not None:
+            where = "/".join(map(str, mismatch.absolute_path)) or "the top level"
             raise OutputValidationError(
                 f"the model's output does not match the {self.name} schema at {where} "
-                f"({error.message}); {_HINT} (raw text in .partial_text)",
+                f"({mismatch.validator}: {mismatch.message}); "
+                f"{_hint(finish_reason, cut_json=False)} (raw text in .partial_text)",
                 partial_text=text,
                 backend=backend,
             )
@@ -176,7 +207,34 @@ class ResponseFormat:
         return f"ResponseFormat(name={self.name!r})"
 
 
-_HINT = "if it was cut off (finish_reason 'length'), raise max_new_tokens or remove stop strings"
+def _hint(finish_reason: str | None, *, cut_json: bool = True) -> str:
+    """The advice that applies to an answer that failed validation.
+
+    ``cut_json``: the text is not complete JSON (an answer that parsed but does not match was
+    not cut short, whatever ended it).
+    """
+    if not cut_json:
+        ended = f"the answer ended (finish_reason {finish_reason!r}) " if finish_reason else ""
+        return (
+            f"{ended}complete but not matching: the runtime did not enforce this part of the "
+            "schema; see docs/structured_output.md for what each backend enforces"
+        )
+    if finish_reason == "length":
+        return "it was cut at max_new_tokens (finish_reason 'length'); raise max_new_tokens"
+    if finish_reason == "stop":
+        return (
+            "it ended (finish_reason 'stop') before the JSON was complete: a stop string may "
+            "have cut it; remove stop strings that can occur inside JSON"
+        )
+    return "if it was cut off (finish_reason 'length'), raise max_new_tokens or remove stop strings"
+
+
+def _json_error(body: str) -> json.JSONDecodeError | None:
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        return exc
+    return None
 
 
 def _is_pydantic_model(value: type) -> bool:
@@ -198,30 +256,54 @@ def _from_key(key: str) -> ResponseFormat:
     return ResponseFormat(_checked_schema(key))
 
 
-def _schema_key(schema: Mapping[str, Any]) -> str:
+def check_schema(schema: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A JSON copy of ``schema`` once it is known to be a valid JSON schema.
+
+    Parameters
+    ----------
+    schema
+        The schema.
+    what
+        What it is, for the message (``"tool 'f' parameters"``).
+
+    Raises
+    ------
+    ConfigurationError
+        If it is not JSON data or not a valid schema (naming ``what`` and the offending part).
+    """
+    return _checked_schema(_schema_key(schema, what), what)
+
+
+def _schema_key(schema: Mapping[str, Any], what: str = "response_format schema") -> str:
     try:
         return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
-            f"response_format schema is not JSON data ({exc}); use only dicts, lists, strings, "
-            "numbers, booleans and None"
+            f"{what} is not JSON data ({exc}); use only dicts, lists, strings, numbers, booleans "
+            "and None"
         ) from exc
 
 
-def _checked_schema(key: str) -> dict[str, Any]:
+def _checked_schema(key: str, what: str = "response_format") -> dict[str, Any]:
     """The schema in ``key`` (canonical JSON text) once it is known to be a valid schema."""
-    clean = json.loads(key)
+    _check_schema_text(key, what)
+    clean: dict[str, Any] = json.loads(key)
+    return clean
+
+
+@functools.lru_cache(maxsize=256)
+def _check_schema_text(key: str, what: str) -> None:
+    # Checked once per schema text: a server sees the same tool specs on every request.
     validator_class = _validator_class()
     try:
-        validator_class.check_schema(clean)
+        validator_class.check_schema(json.loads(key))
     except Exception as exc:  # jsonschema.SchemaError; imported lazily
         message = getattr(exc, "message", str(exc))
         path = "/".join(map(str, getattr(exc, "absolute_path", ()))) or "the top level"
         raise ConfigurationError(
-            f"response_format is not a valid JSON schema at {path}: {message}; fix the schema "
+            f"{what} is not a valid JSON schema at {path}: {message}; fix the schema "
             "(see https://json-schema.org)"
         ) from exc
-    return clean
 
 
 def _validator_class() -> Any:

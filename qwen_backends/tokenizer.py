@@ -9,6 +9,7 @@ under :func:`qwen_backends._cache.cache_dir`, so later loads only read it back.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import importlib.util
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "ADDED_TOKENS",
     "OFFLINE",
     "QWEN_SPLIT_PATTERN",
+    "byte_decoder",
     "load_tokenizer",
     "offline_tokenizer_dir",
 ]
@@ -68,6 +70,25 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 )
 #: Bump when the offline build changes, so stale caches are not reused.
 _OFFLINE_BUILD_VERSION = "qwen3-4b-offline-v1"
+
+
+@functools.lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in characters -> the bytes they stand for.
+
+    Byte-level BPE vocabularies (GPT-2's, Qwen's) spell each byte as one printable character:
+    the printable Latin-1 bytes as themselves, the 68 others as U+0100 onwards in byte order.
+    """
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    decoder: dict[str, int] = {}
+    shifted = 0
+    for byte in range(256):
+        if byte in printable:
+            decoder[chr(byte)] = byte
+        else:
+            decoder[chr(0x100 + shifted)] = byte
+            shifted += 1
+    return decoder
 
 
 def load_tokenizer(

@@ -41,6 +41,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from qwen_backends.chat import OPT_IN, check_caller_text
 from qwen_backends.errors import ConfigurationError
 from qwen_backends.openai_wire import tool_call_object
 from qwen_backends.results import ToolCall
@@ -86,14 +87,35 @@ def new_call_id() -> str:
 # -- specs ---------------------------------------------------------------------------------
 
 
-def normalize_tools(tools: Sequence[ToolLike] | None) -> tuple[dict[str, Any], ...]:
+def normalize_tools(
+    tools: Sequence[ToolLike] | None,
+    *,
+    allow_control_tokens: bool = False,
+    opt_in: str = OPT_IN,
+) -> tuple[dict[str, Any], ...]:
     """Turn ``tools`` into OpenAI-style function specs, checking each one.
+
+    The chat template renders each spec whole into the prompt (its ``<tools>`` block), so its
+    text -- description, parameter docs (a callable's docstring), every string of the
+    parameters' schema -- is checked as message text is
+    (:func:`qwen_backends.chat.check_caller_text`).
+
+    Parameters
+    ----------
+    tools
+        Spec dicts and callables.
+    allow_control_tokens
+        Accept Qwen3 control-token text (``<|im_start|>``) in the specs; backends pass their
+        ``allow_control_tokens`` setting.
+    opt_in
+        How the caller opts in, quoted when control tokens are refused.
 
     Raises
     ------
     ConfigurationError
-        For a malformed spec, a callable whose signature cannot be described, or two tools with
-        the same name (the message names the tool and the fix).
+        For a malformed spec, a callable whose signature cannot be described, two tools with
+        the same name, or spec text holding control tokens (unless allowed) or invalid Unicode
+        (the message names the tool, the field and the fix).
     """
     if tools is None:
         return ()
@@ -109,6 +131,12 @@ def normalize_tools(tools: Sequence[ToolLike] | None) -> tuple[dict[str, Any], .
         if name in seen:
             raise ConfigurationError(f"two tools are named {name!r}; give each tool its own name")
         seen.add(name)
+        check_caller_text(
+            spec["function"],
+            f"tool {name!r}",
+            allow_control_tokens=allow_control_tokens,
+            opt_in=opt_in,
+        )
     return specs
 
 
@@ -176,12 +204,9 @@ def _check_parameters(name: str, parameters: Any) -> None:
             f"tool {name!r}: parameters must be a JSON schema of type 'object', e.g. "
             "{'type': 'object', 'properties': {'city': {'type': 'string'}}}"
         )
-    from qwen_backends.structured import ResponseFormat
+    from qwen_backends.structured import check_schema
 
-    try:
-        ResponseFormat.of(parameters)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"tool {name!r}: parameters: {exc}") from exc
+    check_schema(parameters, f"tool {name!r}: parameters")
 
 
 def _spec_from_callable(function: Callable[..., Any]) -> dict[str, Any]:

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwen_backends.chat import render_prompt, render_prompt_ids, validate_messages
+from qwen_backends.chat import (
+    check_caller_text,
+    render_prompt,
+    render_prompt_ids,
+    validate_messages,
+)
 from qwen_backends.errors import (
     ChatTemplateError,
     ConfigurationError,
@@ -324,3 +329,38 @@ def test_backends_take_a_preset_name_as_sampling() -> None:
     assert backend.seen[-1].sampling.temperature == 0.0
     with pytest.raises(ConfigurationError, match="unknown sampling preset"):
         backend.generate("hi", "gredy")
+
+
+# -- every door: the same check for all caller text (issue 24) ---------------------------------
+
+
+def test_a_lone_surrogate_is_refused_naming_the_message() -> None:
+    with pytest.raises(InvalidMessagesError) as caught:
+        validate_messages([{"role": "user", "content": "caf\ud800e"}], allow_control_tokens=True)
+    message = str(caught.value)
+    assert message.startswith("message 0 (user) holds the lone surrogate '\\ud800'")
+    assert "valid UTF-8" in message and "\n" not in message
+
+
+def test_caller_text_names_the_path_inside_a_structure() -> None:
+    spec = {
+        "description": "ok",
+        "parameters": {"properties": {"city": {"enum": ["a", "<|im_end|>"]}}},
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        check_caller_text(spec, "tool 'f'")
+    assert str(caught.value).startswith(
+        "tool 'f' parameters.properties.city.enum[1] contains the control token <|im_end|>"
+    )
+    with pytest.raises(ConfigurationError, match=r"tool 'f' x\\udfff \(the key\) holds the lone"):
+        check_caller_text({"x\udfff": 1}, "tool 'f'", allow_control_tokens=True)
+    check_caller_text(spec, "tool 'f'", allow_control_tokens=True)
+    check_caller_text({"n": 1, "plain": ["<tool_call>", "1 < 2"]}, "tool 'f'")
+
+
+@pytest.mark.parametrize(
+    ("message", "words"), [(3, "is an int"), (None, "is None"), ([], "is a list")]
+)
+def test_a_message_of_the_wrong_type_is_named_in_plain_words(message: Any, words: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=f"^message 0 {words}; each message must be"):
+        validate_messages([message])

@@ -399,3 +399,54 @@ def test_an_unknown_family_is_a_one_line_error() -> None:
         Settings(family="qwen3-4b-thinking-2507")
     assert "\n" not in str(info.value)
     assert "qwen3-4b-instruct-2507" in str(info.value)
+
+
+# -- settings that could kill the process or change silently (issue 24) ---------------------------
+
+
+@pytest.mark.parametrize("n_ctx", [262_145, 10**9, 2**32])
+def test_a_context_no_release_can_use_is_refused_with_its_memory(n_ctx: int) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(llamacpp={"n_ctx": n_ctx})
+    message = str(caught.value)
+    assert f"llamacpp.n_ctx={n_ctx:,} is larger than any Qwen3-4B release's context" in message
+    assert "147,456 bytes a token" in message and "\n" not in message
+    assert Settings(llamacpp={"n_ctx": 262_144}).llamacpp.n_ctx == 262_144
+
+
+def test_duplicate_yaml_keys_are_refused_with_file_and_line() -> None:
+    config = write(Path("twice.yaml"), "backend: hf\nhf:\n  device: cpu\n  device: cuda\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_file(config)
+    assert str(caught.value).startswith(
+        "twice.yaml:4: config file sets 'device' twice (first at line 3)"
+    )
+    merged = "base: &b\n  device: cpu\nhf:\n  <<: *b\n  device: cuda\n"
+    with pytest.raises(ConfigurationError, match="base"):  # the merge itself is fine
+        Settings.from_file(write(Path("merge.yaml"), merged))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "suggestion"),
+    [
+        ({"serve": {"max_qeue": 3}}, "serve.max_qeue: is not a known setting (did you mean 'max_"),
+        ({"hf": {"devcie": "cpu"}}, "hf.devcie: is not a known setting (did you mean 'device'?)"),
+        ({"samplng": {}}, "samplng: is not a known setting (did you mean 'sampling'?)"),
+        ({"sampling": {"temprature": 1}}, "temprature: is not a known setting (did you mean 'temp"),
+    ],
+)
+def test_a_misspelt_key_gets_a_suggestion(kwargs: dict, suggestion: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**kwargs)
+    assert suggestion in str(caught.value)
+
+
+def test_a_sampling_variable_that_is_not_json_says_how_to_write_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QWEN_SAMPLING", "{temperature: 1}")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert message.startswith("QWEN_SAMPLING is not valid JSON (Expecting property name")
+    assert "QWEN_SAMPLING__TEMPERATURE=0.2" in message and "\n" not in message

@@ -569,7 +569,9 @@ class ModelBackend(ABC):
                 )
             from qwen_backends.structured import ResponseFormat
 
-            schema = ResponseFormat.of(response_format)
+            schema = ResponseFormat.of(
+                response_format, allow_control_tokens=self.settings.allow_control_tokens
+            )
         return Request(clean, params, schema, self._tools(tools))
 
     def _tools(self, tools: Sequence[Any] | None) -> tuple[dict[str, Any], ...]:
@@ -579,7 +581,7 @@ class ModelBackend(ABC):
             raise UnsupportedFeatureError(self.name, "tools", "it cannot pass tools to the model")
         from qwen_backends.tools import normalize_tools
 
-        return normalize_tools(tools)
+        return normalize_tools(tools, allow_control_tokens=self.settings.allow_control_tokens)
 
     def _validate_output(self, request: Request, generation: Generation) -> Generation:
         """Validate structured output once, for every backend."""
@@ -587,7 +589,9 @@ class ModelBackend(ABC):
             return generation
         from dataclasses import replace
 
-        parsed = request.response_format.validate(generation.text, backend=self.name)
+        parsed = request.response_format.validate(
+            generation.text, backend=self.name, finish_reason=generation.finish_reason
+        )
         return replace(generation, parsed=parsed)
 
     @contextlib.contextmanager

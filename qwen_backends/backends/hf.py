@@ -27,9 +27,10 @@ subclass keeps Unsloth's ``generate``):
   tool calls the same however the text is cut, so ``"".join(stream(...)) == generate(...).text``
   for the same seed; :meth:`HFBackend._generate_batch` decodes a whole batch in one loop and
   builds each answer with the same assembler;
-- ``response_format`` is a grammar-constrained logits processor (xgrammar, see
-  :mod:`qwen_backends.backends.transformers_grammar`): the sampler can only draw tokens that keep
-  the answer a valid prefix of a schema-valid JSON document; the base class validates the result;
+- ``response_format`` is a grammar-constrained logits processor (the engine of
+  :mod:`qwen_backends.grammar`, see :mod:`qwen_backends.backends.transformers_grammar`): the
+  sampler can only draw tokens that keep the answer a valid prefix of a schema-valid JSON
+  document; the base class validates the result;
 - ``tools`` are rendered by the chat template (Qwen3's ``<tools>`` system block) and the model's
   ``<tool_call>`` blocks are parsed locally (:mod:`qwen_backends.tools`), also while streaming.
 """
@@ -47,10 +48,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import LocalBackend
+from qwen_backends.backends.prompt_cache import PromptCache
 from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
 from qwen_backends.backends.transformers_decode import decode
-from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor, XGrammarEngine
+from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
 from qwen_backends.backends.transformers_loading import load_model, vocab_rows
 from qwen_backends.backends.transformers_sampling import (
     AllowedTokensLogitsProcessor,
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from qwen_backends.grammar import GrammarEngine
     from qwen_backends.results import Generation, Request, Score
     from qwen_backends.sampling import SamplingParams
     from qwen_backends.scoring import ScoreRequest
@@ -130,8 +133,11 @@ class HFBackend(LocalBackend):
     def __init__(self, settings: Settings, *, probes: DeviceProbes | None = None) -> None:
         self._probes = probes
         self._english_tensor: torch.Tensor | None = None
-        self._grammar_engine: XGrammarEngine | None = None
+        self._grammar_engine: GrammarEngine | None = None
         super().__init__(settings)
+        budget = settings.hf.prompt_cache_mb if self.own_decode_loop else 0
+        #: The KV state of recent calls (see :mod:`~qwen_backends.backends.prompt_cache`).
+        self.prompt_cache: PromptCache[Any] = PromptCache(budget * 2**20)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -238,13 +244,19 @@ class HFBackend(LocalBackend):
         streamer = _IdStreamer(ids)
         if request.sampling.logprobs:
             kwargs["record"] = streamer.recorder(request.sampling.top_logprobs)
+        cache = self._reused_cache(prompt_ids) if self.prompt_cache.enabled else None
+        if cache is not None:
+            kwargs["past_key_values"] = cache
 
         def work() -> None:
             try:
                 with self._rng_scope(request.sampling):
-                    self._model_generate(
+                    output = self._model_generate(
                         input_ids, torch.ones_like(input_ids), streamer=streamer, **kwargs
                     )
+                if cache is not None:
+                    held = cache.get_seq_length()
+                    self.prompt_cache.put(output[0, :held].tolist(), cache, _cache_bytes(cache))
             except BaseException as exc:  # re-raised on the consumer's thread
                 ids.put(_Raised(exc))
             finally:
@@ -260,6 +272,20 @@ class HFBackend(LocalBackend):
         finally:
             cancel.set()
             worker.join()
+
+    def _reused_cache(self, prompt_ids: list[int]) -> Any:
+        """A ``DynamicCache`` for this prompt: the prompt cache's entry sharing the longest
+        prefix, cut to that prefix, or a new one (kept after the call either way)."""
+        from transformers import DynamicCache
+
+        cache, reused = self.prompt_cache.take(prompt_ids, len(prompt_ids) - 1)
+        self._cached_tokens = reused
+        if cache is None or not _crop(cache, reused):
+            try:
+                return DynamicCache(config=self.model.config)
+            except TypeError:  # older transformers take no config here
+                return DynamicCache()
+        return cache
 
     def _compile(self, request: Request) -> Any:
         """The grammar of ``response_format``, compiled (cached per schema by the engine)."""
@@ -316,11 +342,17 @@ class HFBackend(LocalBackend):
             ]
         return kwargs
 
-    def _grammar(self) -> XGrammarEngine:
+    def _grammar(self) -> GrammarEngine:
         """The grammar engine for this tokenizer, built on first use (about a second)."""
         if self._grammar_engine is None:
-            self._grammar_engine = XGrammarEngine(
-                self.tokenizer, self.vocab_rows, self.eos_token_ids
+            from qwen_backends.grammar import GrammarEngine
+
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.vocab_rows,
+                self.eos_token_ids,
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
             )
         return self._grammar_engine
 
@@ -395,8 +427,10 @@ class HFBackend(LocalBackend):
         return score_locally(self, requests, rows)
 
     def _release(self, *, same_thread: bool) -> None:
-        """Drop the model and tokenizer and free accelerator memory."""
+        """Drop the model, tokenizer and prompt cache and free accelerator memory."""
         device_type = getattr(getattr(self, "device", None), "type", "cpu")
+        if hasattr(self, "prompt_cache"):  # a failed load releases before it exists
+            self.prompt_cache.clear()
         self.model = None  # type: ignore[assignment]
         self.tokenizer = None  # type: ignore[assignment]
         self._english_tensor = None
@@ -405,6 +439,30 @@ class HFBackend(LocalBackend):
             import torch
 
             torch.cuda.empty_cache()
+
+
+def _crop(cache: Any, length: int) -> bool:
+    """Cut a ``DynamicCache`` to its first ``length`` positions; ``False`` if its layout is not
+    one this version knows (the entry is then not reused)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or length < 1:
+        return False
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            return False
+        layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
+    return True
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Bytes of the keys and values a ``DynamicCache`` holds."""
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 class _IdStreamer:

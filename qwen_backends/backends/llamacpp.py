@@ -13,9 +13,12 @@ tokenizer used for that, and for decoding:
 
 - a Hugging Face tokenizer folder beside the GGUF (``tokenizer.json`` +
   ``tokenizer_config.json`` in the same folder), used as is; else
-- the ``settings.llamacpp.tokenizer`` vocabulary (default the byte-exact offline Qwen3
-  tokenizer) with the chat template embedded in the GGUF (``tokenizer.chat_template``), so the
-  prompt is exactly what that template renders non-thinking. Its mode is checked with
+- by default (``settings.llamacpp.tokenizer = "gguf"``) the tokenizer embedded in the GGUF
+  itself (:func:`~qwen_backends.gguf_tokenizer.tokenizer_from_gguf`: its vocabulary, merges and
+  chat template, byte-exact with Hugging Face's, without transformers or torch); else
+- the ``settings.llamacpp.tokenizer`` vocabulary (``"offline"``, a hub id or a folder) with the
+  chat template embedded in the GGUF (``tokenizer.chat_template``), so the prompt is exactly
+  what that template renders non-thinking. Its mode is checked with
   :func:`~qwen_backends.thinking.template_mode` (a thinking-only template is refused).
 
 Generated ids are decoded with that tokenizer, not ``Llama.detokenize``: detokenize has a
@@ -35,13 +38,12 @@ never count, whereas transformers' repetition_penalty also counts the prompt), a
 applied after top-k/top-p/min-p, so sampled (not greedy) output follows a slightly different
 distribution. Greedy output matches transformers on the same weights (f16/q8_0).
 
-``response_format`` is a GBNF grammar built from the schema
-(``LlamaGrammar.from_json_schema``, cached per schema) passed to ``Llama.generate``;
-llama-cpp-python's ``response_format`` of type ``json_schema`` is silently ignored, so it is not
-used. llama-cpp-python's schema converter ignores ``minimum``/``maximum``, so an integer with
-both bounds (at most :data:`MAX_ENUMERATED_RANGE` values) is rewritten as an ``enum`` of its
-values first (:func:`llama_schema`), and any other numeric bound is refused with
-:class:`~qwen_backends.errors.UnsupportedFeatureError` rather than silently not enforced.
+``response_format`` is the grammar engine every in-process backend shares
+(:mod:`qwen_backends.grammar`) as a numpy ``logits_processor`` (a
+:class:`~qwen_backends.grammar.GrammarProcessor`, ``english_only`` folded into its mask), not
+llama.cpp's GBNF grammars: llama-cpp-python's schema converter hands llama.cpp grammar text it
+never parsed (rejected text kills the process), lets raw control characters into strings and
+ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
@@ -51,10 +53,9 @@ own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered pr
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from collections.abc import Container, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,6 @@ from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     QwenBackendsError,
-    UnsupportedFeatureError,
     first_line,
 )
 from qwen_backends.models import hub_hint, hub_offline, looks_like_path
@@ -78,10 +78,10 @@ if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedTokenizerBase
 
+    from qwen_backends.grammar import CompiledGrammar, GrammarEngine
     from qwen_backends.results import Score
     from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
-    from qwen_backends.structured import ResponseFormat
 
 __all__ = ["GGUF_MAGIC", "LlamaCppBackend", "gguf_tokenizer"]
 
@@ -160,7 +160,7 @@ class LlamaCppBackend(LocalBackend):
 
     def __init__(self, settings: Settings) -> None:
         self._english_mask: np.ndarray | None = None
-        self._grammars: dict[str, Any] = {}
+        self._grammar_engine: GrammarEngine | None = None
         self._mask_mismatch = 0
         self.llama: Any = None
         super().__init__(settings)
@@ -222,6 +222,7 @@ class LlamaCppBackend(LocalBackend):
         if looks_like_path(source):
             path = Path(source).expanduser()
             self._check_gguf_file(path, source)
+            self._check_context(path)
             return self._construct(lambda: Llama(model_path=str(path), **options), source)
         pattern = self.settings.gguf_filename
         return self._construct(
@@ -229,8 +230,48 @@ class LlamaCppBackend(LocalBackend):
             f"{source} ({pattern})",
         )
 
+    def _check_context(self, path: Path) -> None:
+        """Refuse an ``n_ctx`` the GGUF was not trained for, or whose KV cache this machine
+        cannot hold, before llama.cpp allocates it (from the file's own metadata)."""
+        from qwen_backends.context_size import KV_BYTES_PER_TOKEN, check_loaded_context
+        from qwen_backends.errors import ExportError
+        from qwen_backends.export.gguf_tensors import read_metadata
+
+        try:
+            meta = read_metadata(path)
+        except (ExportError, OSError):
+            return  # llama.cpp's own load reports an unreadable file
+        arch = str(meta.get("general.architecture", "qwen3"))
+        trained = meta.get(f"{arch}.context_length")
+        if not isinstance(trained, int):
+            return
+        scaled = meta.get(f"{arch}.rope.scaling.type") == "yarn"
+        factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0)) if scaled else 1.0
+        layers = meta.get(f"{arch}.block_count")
+        heads = meta.get(f"{arch}.attention.head_count_kv")
+        width = meta.get(f"{arch}.attention.key_length")
+        per_token = KV_BYTES_PER_TOKEN
+        if isinstance(layers, int) and isinstance(heads, int) and isinstance(width, int):
+            per_token = 2 * 2 * layers * heads * width  # K and V, f16
+        check_loaded_context(
+            self.settings.llamacpp.n_ctx,
+            trained,
+            rope_factor=factor,
+            bytes_per_token=per_token,
+            setting="QWEN_LLAMACPP__N_CTX",
+        )
+
     @staticmethod
     def _check_gguf_file(path: Path, source: str) -> None:
+        try:
+            path.stat()
+        except PermissionError as exc:
+            raise ModelNotFoundError(
+                f"cannot read GGUF file {source!r} ({exc.strerror}); check the permissions of it "
+                "and of the folders above it"
+            ) from exc
+        except OSError:
+            pass  # a missing file is reported below
         if path.is_dir():
             found = sorted(path.glob("*.gguf"))
             hint = f" such as {found[0]}" if found else ""
@@ -281,6 +322,12 @@ class LlamaCppBackend(LocalBackend):
             from qwen_backends.tokenizer import load_tokenizer
 
             tokenizer, source = load_tokenizer(str(folder)), "directory"
+        elif self.settings.llamacpp.tokenizer == "gguf":
+            from qwen_backends.gguf_tokenizer import tokenizer_from_gguf
+
+            # No transformers (nor torch): the GGUF's own vocabulary, merges and template.
+            light: Any = tokenizer_from_gguf(self.model_path, self.embedded_template)
+            tokenizer, source = light, "embedded"
         else:
             tokenizer = gguf_tokenizer(self.embedded_template, self.settings.llamacpp.tokenizer)
             source = "embedded"
@@ -322,48 +369,45 @@ class LlamaCppBackend(LocalBackend):
         """
         return min(self.settings.llamacpp.n_ctx, int(self.llama.n_ctx()))
 
-    def _compile(self, request: Request) -> Any:
-        """The llama.cpp grammar of ``response_format`` (``None`` without one)."""
-        return self._grammar(request.response_format)
-
-    def _end_ids(self, request: Request, compiled: Any) -> Container[int]:
-        # A finished grammar allows only llama.cpp's end-of-generation set, which holds more
-        # than Qwen3's turn enders (<|fim_pad|> ...): any of them ends.
-        return self.end_ids if compiled is None else _EndOfGeneration(self)
-
-    def _grammar(self, response_format: ResponseFormat | None) -> Any:
-        """The llama.cpp grammar of ``response_format`` (``None`` without one), cached."""
-        if response_format is None:
+    def _compile(self, request: Request) -> CompiledGrammar | None:
+        """The grammar of ``response_format`` (``None`` without one), compiled by the engine
+        every in-process backend shares (built on first use, cached per schema)."""
+        if request.response_format is None:
             return None
-        grammar = self._grammars.get(response_format.key)
-        if grammar is None:
-            from llama_cpp import LlamaGrammar
+        from qwen_backends.grammar import GrammarEngine
 
-            try:
-                schema = json.dumps(llama_schema(response_format.schema))
-                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
-            except QwenBackendsError:
-                raise
-            except Exception as exc:  # the converter raises plain exceptions for what it lacks
-                raise UnsupportedFeatureError(
-                    self.name,
-                    f"response_format {response_format.name}",
-                    f"llama.cpp cannot turn this schema into a grammar ({first_line(exc)}); "
-                    "simplify it",
-                ) from exc
-            self._grammars[response_format.key] = grammar
-        return grammar
+        if self._grammar_engine is None:
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.n_vocab,
+                (self.im_end_id, *sorted(self.end_ids - {self.im_end_id})),
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
+            )
+        return self._grammar_engine.compile(request.response_format)
 
-    def generate_kwargs(self, sampling: SamplingParams, grammar: Any = None) -> dict[str, Any]:
+    def generate_kwargs(
+        self, sampling: SamplingParams, compiled: CompiledGrammar | None = None
+    ) -> dict[str, Any]:
         """Every argument ``Llama.generate`` receives for ``sampling`` (nothing left default).
 
-        Also sets the sampler's seed and penalty window on :attr:`llama` (llama-cpp-python
-        reads both from the instance when it builds the sampler chain).
+        ``compiled`` (see :meth:`_compile`) becomes a fresh numpy grammar processor that holds
+        the ``english_only`` mask itself; llama.cpp's own grammars are never used. Also sets the
+        sampler's seed and penalty window on :attr:`llama` (llama-cpp-python reads both from
+        the instance when it builds the sampler chain).
         """
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
         self.llama.set_seed(seed)
-        if sampling.english_only:
+        processors: list[Any] = []
+        if compiled is not None:
+            from qwen_backends.grammar import GrammarProcessor
+
+            assert self._grammar_engine is not None  # built by _compile
+            blocked = self.english_blocked() if sampling.english_only else None
+            processors.append(GrammarProcessor(self._grammar_engine.matcher(compiled, blocked)))
+        elif sampling.english_only:
             self._english()  # built once, before any token
+            processors.append(self._english_processor)
         window = self.settings.llamacpp.last_n_tokens
         self.llama.last_n_tokens_size = window if window is not None else self.context_window
         return {
@@ -378,8 +422,8 @@ class LlamaCppBackend(LocalBackend):
             "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": 0.0,
             "penalize_nl": True,
-            "logits_processor": [self._english_processor] if sampling.english_only else None,
-            "grammar": grammar,
+            "logits_processor": processors or None,
+            "grammar": None,
             "reset": True,
         }
 
@@ -443,82 +487,3 @@ class LlamaCppBackend(LocalBackend):
         if llama is not None and not same_thread:
             llama.close()
         self._english_mask = None
-
-
-class _EndOfGeneration:
-    """llama.cpp's end-of-generation set as a container of ids."""
-
-    def __init__(self, backend: LlamaCppBackend) -> None:
-        self.backend = backend
-
-    def __contains__(self, token: object) -> bool:
-        return isinstance(token, int) and (
-            token in self.backend.end_ids or self.backend.is_end_of_generation(token)
-        )
-
-
-#: Largest integer range :func:`llama_schema` spells out as an ``enum``.
-MAX_ENUMERATED_RANGE = 1024
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-
-
-def llama_schema(schema: Any) -> Any:
-    """``schema`` with every bounded integer written as an ``enum`` of its values.
-
-    llama-cpp-python's JSON-schema-to-grammar converter does not enforce numeric bounds.
-
-    Raises
-    ------
-    UnsupportedFeatureError
-        For a numeric bound that cannot be spelled out (a ``number``, a one-sided or wide
-        integer range, ``multipleOf``).
-    """
-    if isinstance(schema, list):
-        return [llama_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    bounds = [key for key in _BOUNDS if key in schema]
-    node = {
-        # A mapping of names to schemas: a property may be *named* "minimum".
-        key: (
-            {name: llama_schema(sub) for name, sub in value.items()}
-            if key in ("properties", "$defs", "patternProperties") and isinstance(value, dict)
-            else llama_schema(value)
-        )
-        for key, value in schema.items()
-        if key not in bounds
-    }
-    if not bounds:
-        return node
-    low, high = _integer_range(schema)
-    if schema.get("type") != "integer" or low is None or high is None or "multipleOf" in bounds:
-        raise UnsupportedFeatureError(
-            "llamacpp",
-            "response_format",
-            f"llama.cpp's schema grammar does not enforce {', '.join(bounds)} here; use an "
-            "integer with both bounds, or an enum",
-        )
-    if high - low + 1 > MAX_ENUMERATED_RANGE:
-        raise UnsupportedFeatureError(
-            "llamacpp",
-            "response_format",
-            f"an integer range of {high - low + 1:,} values is too wide to spell out as a "
-            f"grammar (at most {MAX_ENUMERATED_RANGE:,}); narrow it or drop the bounds",
-        )
-    node.pop("type", None)
-    node["enum"] = list(range(low, high + 1))
-    return node
-
-
-def _integer_range(schema: dict[str, Any]) -> tuple[int | None, int | None]:
-    import math
-
-    low = schema.get("minimum")
-    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
-        low = math.floor(schema["exclusiveMinimum"]) + 1
-    high = schema.get("maximum")
-    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
-        high = math.ceil(schema["exclusiveMaximum"]) - 1
-    low = math.ceil(low) if isinstance(low, (int, float)) else None
-    high = math.floor(high) if isinstance(high, (int, float)) else None
-    return low, high

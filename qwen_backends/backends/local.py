@@ -27,6 +27,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Container, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import ModelBackend, check_open
@@ -96,16 +97,31 @@ class LocalBackend(ModelBackend):
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
         self._english_blocked_mask: np.ndarray | None = None
+        self._cached_tokens = 0
         with self._attributed():
             self._load()
             try:
                 self._template_mode = template_mode(self.tokenizer)
-                self.im_end_id, self.end_of_text_id = qwen_end_ids(self.tokenizer, self.model_name)
+                self.im_end_id, self.end_of_text_id = self._end_token_ids()
                 self.end_ids: frozenset[int] = frozenset((self.im_end_id, self.end_of_text_id))
                 self._prepare()
             except BaseException:
                 self._release(same_thread=False)
                 raise
+
+    def _end_token_ids(self) -> tuple[int, int]:
+        """Qwen3's two end ids; a local folder without ``tokenizer.json`` is named as such (its
+        partial tokenizer lacks the added tokens, which live in that file)."""
+        try:
+            return qwen_end_ids(self.tokenizer, self.model_name)
+        except ModelNotFoundError as exc:
+            folder = Path(self.model_name).expanduser()
+            if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+                raise ModelNotFoundError(
+                    f"{folder} lacks tokenizer.json (Qwen3's added tokens such as <|im_end|> "
+                    "live there); copy it from Qwen3-4B's tokenizer files"
+                ) from exc
+            raise
 
     # -- what a runtime supplies ----------------------------------------------------------------
 
@@ -248,6 +264,7 @@ class LocalBackend(ModelBackend):
         with self._guard.generation():
             self._check_open()
             start = time.perf_counter()
+            self._cached_tokens = 0  # a runtime with a prompt cache sets it in _tokens
             tokenizer = self.tokenizer  # close() on this thread drops the attribute
             answer = AnswerAssembler(
                 tokenizer,
@@ -281,7 +298,8 @@ class LocalBackend(ModelBackend):
             tail = answer.finish()
             if tail:
                 yield tail
-            yield answer.generation(len(prompt_ids), time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            yield answer.generation(len(prompt_ids), seconds, self._cached_tokens)
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""

@@ -10,10 +10,10 @@ Prompts are always rendered by the project's own non-thinking renderer
 (:func:`~qwen_backends.chat.render_prompt_ids`) with the Hugging Face tokenizer mlx-lm loaded,
 never by mlx-lm's chat path (its server fixes template arguments at start-up). ``tools`` are
 rendered by that template too, and the model's ``<tool_call>`` blocks are parsed from the
-generated text (:mod:`qwen_backends.tools`), in streams too. ``response_format`` is the hf
-backend's xgrammar mask (:class:`GrammarMask`, the same
-:class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` state applied to MLX
-logits), so the sampler can only draw tokens that keep the answer schema-valid.
+generated text (:mod:`qwen_backends.tools`), in streams too. ``response_format`` is the grammar
+engine every in-process backend shares (:mod:`qwen_backends.grammar`) as the last of mlx-lm's
+logits processors (a :class:`~qwen_backends.grammar.GrammarProcessor`: numpy and MLX, no torch),
+so the sampler can only draw tokens that keep the answer schema-valid.
 
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
@@ -66,17 +66,13 @@ from qwen_backends.sampling import SamplingParams
 if TYPE_CHECKING:
     import mlx.core as mx
 
-    from qwen_backends.backends.transformers_grammar import (
-        GrammarLogitsProcessor,
-        XGrammarEngine,
-    )
+    from qwen_backends.grammar import GrammarEngine, GrammarProcessor
     from qwen_backends.results import Score
     from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
 
 __all__ = [
     "AdditiveMask",
-    "GrammarMask",
     "MLXBackend",
     "PresencePenalty",
     "make_sampler",
@@ -196,39 +192,6 @@ class _RawLogits:
         return logits
 
 
-class GrammarMask:
-    """``response_format`` for mlx-lm: a schema's grammar mask on MLX logits (the last processor).
-
-    The grammar state is the hf backend's
-    :class:`~qwen_backends.backends.transformers_grammar.GrammarLogitsProcessor` (xgrammar, one
-    matcher, ``english_only`` folded in the same way); each step it is advanced by the newest
-    token and its packed mask is unpacked (numpy) and applied with ``mx.where``. Build one per call.
-
-    Parameters
-    ----------
-    grammar
-        A fresh grammar processor for this call.
-    """
-
-    def __init__(self, grammar: GrammarLogitsProcessor) -> None:
-        self.grammar = grammar
-        self._started = False
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        """Return ``logits`` with every token the grammar forbids at ``-inf``."""
-        import mlx.core as mx
-        import numpy as np
-
-        # mlx-lm calls processors with the prompt first, then with each drawn token appended.
-        last = [int(np.asarray(tokens[-1:])[0])] if self._started else None
-        self._started = True
-        words = self.grammar.allowed_words(last, rows=1).numpy()
-        # numpy, not torch: torch's worker threads would compete with MLX's for the cores.
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
-        allowed = bits[: logits.shape[-1]].astype(bool)
-        return mx.where(mx.array(allowed), logits, mx.array(float("-inf"), dtype=logits.dtype))
-
-
 # -- loading ----------------------------------------------------------------------------------
 
 
@@ -341,7 +304,7 @@ class MLXBackend(LocalBackend):
 
     def __init__(self, settings: Settings) -> None:
         self._english_mask: AdditiveMask | None = None
-        self._grammar_engine: XGrammarEngine | None = None
+        self._grammar_engine: GrammarEngine | None = None
         super().__init__(settings)
 
     @classmethod
@@ -457,23 +420,26 @@ class MLXBackend(LocalBackend):
         """The grammar of ``response_format``, compiled (the engine is built on first use)."""
         if request.response_format is None:
             return None
-        from qwen_backends.backends.transformers_grammar import XGrammarEngine
+        from qwen_backends.grammar import GrammarEngine
 
         if self._grammar_engine is None:
-            self._grammar_engine = XGrammarEngine(
-                self.tokenizer, self.vocab_rows, sorted(self.end_ids), backend=self.name
+            self._grammar_engine = GrammarEngine(
+                self.tokenizer,
+                self.vocab_rows,
+                sorted(self.end_ids),
+                compile_timeout=self.settings.structured_compile_timeout,
+                backend=self.name,
             )
         return self._grammar_engine.compile(request.response_format)
 
-    def _grammar_mask(self, compiled: Any, english_only: bool) -> GrammarMask:
-        """A fresh :class:`GrammarMask` for one call of a compiled grammar."""
-        import torch
-
-        from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
+    def _grammar_mask(self, compiled: Any, english_only: bool) -> GrammarProcessor:
+        """A fresh grammar processor for one call of a compiled grammar (``english_only``
+        folded into its mask)."""
+        from qwen_backends.grammar import GrammarProcessor
 
         assert self._grammar_engine is not None  # built by _compile
-        blocked = torch.from_numpy(self.english_blocked()) if english_only else None
-        return GrammarMask(GrammarLogitsProcessor(self._grammar_engine, compiled, blocked))
+        blocked = self.english_blocked() if english_only else None
+        return GrammarProcessor(self._grammar_engine.matcher(compiled, blocked))
 
     def english_mask(self) -> AdditiveMask:
         """The ``english_only`` processor, built once per instance."""

@@ -220,7 +220,7 @@ class AnswerAssembler:
             self.pieces.append(tail)
         return tail
 
-    def generation(self, prompt_tokens: int, seconds: float) -> Generation:
+    def generation(self, prompt_tokens: int, seconds: float, cached_tokens: int = 0) -> Generation:
         """The result, after :meth:`finish`."""
         reason: FinishReason = "stop" if self.ended or self.pipeline.stopped else "length"
         found = tuple(self.calls.calls) if self.calls is not None else ()
@@ -232,6 +232,7 @@ class AnswerAssembler:
             seconds=seconds,
             tool_calls=found,
             logprobs=self._logprobs() if any(self.steps) else None,
+            cached_tokens=cached_tokens,
         )
 
     def _logprobs(self) -> tuple[TokenLogprob, ...]:

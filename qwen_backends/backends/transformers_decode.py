@@ -105,6 +105,7 @@ def decode(
     stopping_criteria: Sequence[Any] = (),
     streamer: Any = None,
     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    past_key_values: Any = None,
 ) -> torch.Tensor:
     """Decode up to ``generation_config.max_new_tokens`` tokens after each row of ``input_ids``.
 
@@ -129,6 +130,10 @@ def decode(
     record
         Called every step, before the streamer, with the model's raw ``(batch, vocab)`` float
         logits (before any processor) and the chosen tokens: log-probabilities are taken there.
+    past_key_values
+        A ``DynamicCache`` already holding the first ``get_seq_length()`` ids of a single,
+        unpadded prompt (a prompt-cache hit): only the rest of the prompt is computed. It is
+        extended in place, so the caller can keep it for the next call. ``None``: a new cache.
 
     Returns
     -------
@@ -156,17 +161,24 @@ def decode(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     # Positions as generate derives them: counted over real tokens, 0 on left padding.
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older transformers take no config here
-        cache = DynamicCache()
+    if past_key_values is not None:
+        cache = past_key_values
+    else:
+        try:
+            cache = DynamicCache(config=model.config)
+        except TypeError:  # older transformers take no config here
+            cache = DynamicCache()
+    reused = cache.get_seq_length() if past_key_values is not None else 0
+    if reused and (batch != 1 or not bool(attention_mask.all()) or reused >= width):
+        raise ValueError("a reused cache needs one unpadded prompt longer than what it holds")
     extra = {"logits_to_keep": 1} if _keeps_last_logits(model.__class__) else {}
     if streamer is not None:
         streamer.put(input_ids.cpu())
     # Without padding the mask says nothing the causal mask does not: leaving it out spares the
     # model building and checking it every step (same attention, same tokens).
     padded = not bool(attention_mask.all())
-    inputs, mask, length = input_ids, (attention_mask if padded else None), width
+    inputs, mask, length = input_ids[:, reused:], (attention_mask if padded else None), width
+    positions = positions[:, reused:]
     while True:
         output = model(
             input_ids=inputs,

@@ -128,7 +128,7 @@ def translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
     except (OSError, ValueError, KeyError) as exc:
         detail = first_line(exc)
         if Path(source).is_dir():  # a local checkpoint: hub, network and cache hints are wrong
-            raise local_load_error(Path(source), exc) from exc
+            raise local_load_error(Path(source), exc, pickles_allowed=hf.trust_remote_code) from exc
         offline = hub_offline(hf.local_files_only)
         if isinstance(exc, KeyError) or "does not recognize this architecture" in detail:
             raise ModelNotFoundError(
@@ -145,7 +145,7 @@ def translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         raise ModelNotFoundError(f"cannot load model {source!r} ({detail}); {hint}") from exc
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower() and Path(source).is_dir():
-            raise local_load_error(Path(source), exc) from exc
+            raise local_load_error(Path(source), exc, pickles_allowed=hf.trust_remote_code) from exc
         if "out of memory" in str(exc).lower():
             raise BackendUnavailableError(
                 f"ran out of memory loading {source!r}; use a smaller dtype "
@@ -160,15 +160,20 @@ def translating_load_errors(source: str, hf: HFSettings) -> Iterator[None]:
         if type(exc).__name__ != "SafetensorError":  # safetensors' own error is no OSError
             raise
         if Path(source).is_dir():
-            raise local_load_error(Path(source), exc) from exc
+            raise local_load_error(Path(source), exc, pickles_allowed=hf.trust_remote_code) from exc
         raise ModelNotFoundError(
             f"the weights of {source!r} are damaged ({first_line(exc)}); delete its folder from "
             "the Hugging Face cache (~/.cache/huggingface/hub) and download it again"
         ) from exc
 
 
-def local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
-    """Say what is wrong with a local checkpoint directory that failed to load."""
+def local_load_error(
+    directory: Path, exc: BaseException, *, pickles_allowed: bool = False
+) -> ModelNotFoundError:
+    """Say what is wrong with a local checkpoint directory that failed to load.
+
+    ``pickles_allowed``: ``*.bin`` weights may load (``trust_remote_code``).
+    """
     detail = first_line(exc)
     fix = "copy or download the checkpoint again"
     if isinstance(exc, PermissionError):
@@ -185,6 +190,10 @@ def local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
         )
     try:
         json.loads(config.read_bytes())
+    except PermissionError as problem:
+        return ModelNotFoundError(
+            f"cannot read {config} ({problem.strerror}); check its permissions"
+        )
     except (OSError, ValueError) as problem:
         return ModelNotFoundError(
             f"{config} is damaged or truncated ({first_line(problem)}); {fix}"
@@ -196,13 +205,25 @@ def local_load_error(directory: Path, exc: BaseException) -> ModelNotFoundError:
             "Qwen3-4B's tokenizer files into it"
         )
     lowered = detail.lower()
+    if "tokenizer" in lowered and not (directory / "tokenizer.json").is_file():
+        return ModelNotFoundError(
+            f"{directory} lacks tokenizer.json (Qwen3's tokenizer and its added tokens such as "
+            "<|im_end|> live there); copy it from Qwen3-4B's tokenizer files"
+        )
     if "tokenizer" in lowered:
         return ModelNotFoundError(
             f"the tokenizer files in {directory} cannot be loaded ({detail}); {fix}"
         )
-    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
-    if not any(path.is_file() for path in weights):
+    safetensors = [path for path in directory.glob("*.safetensors") if path.is_file()]
+    pickles = [path for path in directory.glob("*.bin") if path.is_file()]
+    if not safetensors and not pickles:
         return ModelNotFoundError(f"{directory} has no weight files (*.safetensors); {fix}")
+    if pickles and not safetensors and not pickles_allowed:
+        return ModelNotFoundError(
+            f"{directory} holds only pickle weights ({pickles[0].name}), which are not loaded by "
+            "default; re-save it with save_pretrained(DIR, safe_serialization=True), or set "
+            "QWEN_HF__TRUST_REMOTE_CODE=true if you trust its files"
+        )
     if "permission denied" in lowered:
         return ModelNotFoundError(
             f"cannot read the weights in {directory} ({detail}); check the files' permissions"

@@ -40,9 +40,25 @@ def _register_gguf(actions: argparse._SubParsersAction) -> None:
         help="skip loading the result in llama.cpp to check its template and end token",
     )
     gguf.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="threads for quantizing/checking"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="threads for quantizing/checking (1 or more)",
     )
+    gguf.add_argument("--force", action="store_true", help="replace the output file if it exists")
     gguf.set_defaults(handler=run_gguf)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
 
 
 def _register_mlx(actions: argparse._SubParsersAction) -> None:
@@ -104,7 +120,9 @@ def run_gguf(args: argparse.Namespace) -> int:
 
     from qwen_backends.export.gguf import convert_to_gguf, verify_gguf
 
-    path = convert_to_gguf(args.model_dir, args.output, args.quant, threads=args.threads)
+    path = convert_to_gguf(
+        args.model_dir, args.output, args.quant, threads=args.threads, overwrite=args.force
+    )
     if not args.no_verify:
         report = verify_gguf(
             path, tokenizer_dir=Path(args.model_dir), quant=args.quant, threads=args.threads or 1

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chat",
         help="talk to the model in a REPL that keeps the history",
         description=f"A conversation in the terminal. {RESET} clears the history, {EXIT} (or "
-        "Ctrl-D) quits. Thinking never enters the history.",
+        "Ctrl-D) quits; Ctrl-C drops the line being typed or stops the answer being written, "
+        "keeping the history. Thinking never enters the history.",
     )
     chat.add_argument("--system", help="a system message kept at the start of the history")
     add_backend_options(chat)
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     sampling = sampling_from_args(args, settings.sampling)
     messages = [*_opening(args.system), {"role": "user", "content": prompt}]
-    schema = _read_schema(args.json_schema) if args.json_schema else None
+    schema = (
+        _read_schema(args.json_schema, settings.allow_control_tokens) if args.json_schema else None
+    )
     if args.logprobs is not None:
         sampling = sampling.replace(logprobs=True, top_logprobs=args.logprobs)
     with create_backend(settings) as backend:
@@ -115,7 +118,7 @@ def run_chat(args: argparse.Namespace) -> int:
     with create_backend(settings) as backend:
         print(
             f"chatting with {backend.model_name} ({settings.backend}); {RESET} clears the "
-            f"history, {EXIT} or Ctrl-D quits",
+            f"history, Ctrl-C stops an answer, {EXIT} or Ctrl-D quits",
             file=sys.stderr,
         )
         while True:
@@ -124,6 +127,9 @@ def run_chat(args: argparse.Namespace) -> int:
             except EOFError:
                 print()
                 return 0
+            except KeyboardInterrupt:  # as in a shell: drop the line, keep the session
+                print(f"\n(Ctrl-C: line dropped; {EXIT} or Ctrl-D quits)", file=sys.stderr)
+                continue
             except UnicodeDecodeError:
                 print("error: that line is not UTF-8 text; type it again", file=sys.stderr)
                 continue
@@ -143,6 +149,10 @@ def run_chat(args: argparse.Namespace) -> int:
                 history.pop()
                 print(f"\nerror: {exc} ({RESET} starts over)", file=sys.stderr)
                 continue
+            except KeyboardInterrupt:  # the answer is stopped; the earlier turns stay
+                history.pop()
+                print("\n(Ctrl-C: answer stopped and not kept; history kept)", file=sys.stderr)
+                continue
             if answer.strip():
                 history.append({"role": "assistant", "content": answer})
             else:  # an empty turn cannot go back into a chat template
@@ -150,8 +160,8 @@ def run_chat(args: argparse.Namespace) -> int:
                 print("(empty answer; that turn is not kept)", file=sys.stderr)
 
 
-def _read_schema(path: str) -> dict[str, Any]:
-    """The JSON schema in the file at ``path``, checked."""
+def _read_schema(path: str, allow_control_tokens: bool = False) -> dict[str, Any]:
+    """The JSON schema in the file at ``path``, checked (``allow_control_tokens``: the setting)."""
     from qwen_backends.structured import ResponseFormat
 
     try:
@@ -170,7 +180,8 @@ def _read_schema(path: str) -> dict[str, Any]:
         raise ConfigurationError(
             f"{path} holds a {type(schema).__name__}; a JSON schema is an object"
         )
-    ResponseFormat.of(schema)  # a bad schema is reported before the model loads
+    # A bad schema is reported before the model loads.
+    ResponseFormat.of(schema, allow_control_tokens=allow_control_tokens)
     return schema
 
 
@@ -200,10 +211,11 @@ def _stream_to_stdout(
     backend: ModelBackend, messages: list[Message], sampling: SamplingParams
 ) -> str:
     pieces: list[str] = []
-    for piece in backend.stream(messages, sampling):
-        pieces.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    with backend.stream(messages, sampling) as stream:  # Ctrl-C closes it: generation stops
+        for piece in stream:
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     return "".join(pieces)

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from qwen_backends.serve.app import check_bind, create_app
+    from qwen_backends.serve.limits import uvicorn_config
 
     settings = settings_from_args(args)
     overrides: dict[str, Any] = {
@@ -82,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
-        host=serve.host,
-        port=serve.port,
+        serve,
         timeout_graceful_shutdown=serve.shutdown_timeout,
         log_level="info",
         lifespan="on",

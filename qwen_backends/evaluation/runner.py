@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from qwen_backends._files import ensure_directory
-from qwen_backends.errors import ConfigurationError
+from qwen_backends.errors import ConfigurationError, QwenBackendsError, first_line
 from qwen_backends.evaluation.metrics import contains_match, exact_match, summarize
 from qwen_backends.evaluation.prompts import PromptCase, load_prompts
 from qwen_backends.evaluation.store import OutputsFile, RunLock, write_json_atomic
@@ -289,10 +289,22 @@ def _generate_all(
     seconds = 0.0
     try:
         for case in todo:
-            if case.choices:
-                record = _choice_record(backend, case, sampling)
-            else:
-                generation = backend.generate(list(case.messages), sampling)
+            try:
+                if case.choices:
+                    record = _choice_record(backend, case, sampling)
+                    generation = None
+                else:
+                    generation = backend.generate(list(case.messages), sampling)
+            except QwenBackendsError as exc:
+                # Same error class (the CLI's exit code and retry logic depend on it), with the
+                # prompt it stopped at and how to go on.
+                exc.args = (
+                    f"prompt {case.id!r} stopped the run: {first_line(exc)}; the "
+                    f"{len(result.records)} finished prompt(s) are saved in {outputs.path}: fix "
+                    "that prompt (or the cause) and run the same command again to resume",
+                )
+                raise
+            if generation is not None:
                 mode = backend.template_mode()  # known once the backend answered
                 record = make_record(
                     case,
@@ -401,9 +413,22 @@ def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = 
         old, new = stored[key], current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             found += _differences(old, new, f"{prefix}{key}.")
+        elif key == "model" and _same_folder(old, new):
+            continue  # ../model and /abs/model name the same checkpoint
         elif old != new:
             found.append(f"{prefix}{key} was {old!r}, now {new!r}")
     return found
+
+
+def _same_folder(first: Any, second: Any) -> bool:
+    """Whether two model names are paths of the same existing folder."""
+    if not (isinstance(first, str) and isinstance(second, str)):
+        return False
+    one, other = Path(first).expanduser(), Path(second).expanduser()
+    try:
+        return one.is_dir() and other.is_dir() and one.resolve() == other.resolve()
+    except OSError:
+        return False
 
 
 def _check_records(

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends._cache import build_once, cache_dir
+from qwen_backends._files import ensure_directory, write_failure
 from qwen_backends.errors import (
     ChatTemplateError,
     ConfigurationError,
+    DiskFullError,
     ExportError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -47,6 +49,7 @@ from qwen_backends.errors import (
     ThinkingModeError,
 )
 from qwen_backends.export.answers import Answer, ask, conversation_tools
+from qwen_backends.export.gguf_tensors import label_mismatch
 
 if TYPE_CHECKING:
     from qwen_backends.chat import Message
@@ -215,12 +218,28 @@ def _run_converter(model_dir: Path, output: Path, outtype: str) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0 or not output.is_file():
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        cause = _failure_line(done.stderr) or f"exit status {done.returncode}"
+        if "No space left" in cause or "Disk quota" in cause:
+            raise DiskFullError(
+                f"the disk is full: cannot write {output.parent} ({cause}); free some space "
+                "and run the export again"
+            )
         raise ExportError(
-            f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir} "
-            f"({lines[-1] if lines else f'exit status {done.returncode}'}); check that it is a "
-            "Qwen3 checkpoint saved with save_pretrained"
+            f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir} ({cause}); check that it "
+            "is a Qwen3 checkpoint saved with save_pretrained"
         )
+
+
+def _failure_line(stderr: str) -> str:
+    """The line of a tool's stderr that names its failure: the last error line, never a
+    progress bar (tqdm's ``%|`` lines) or an INFO line."""
+    lines = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and "%|" not in line and not line.lstrip().startswith("INFO")
+    ]
+    errors = [line for line in lines if "Error" in line or "error" in line.split(":", 1)[0]]
+    return (errors or lines or [""])[-1]
 
 
 def _quantize(source: Path, output: Path, quant: str, threads: int | None) -> None:
@@ -277,6 +296,7 @@ def convert_to_gguf(
     quant: str = "q8_0",
     *,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``model_dir`` (a Hugging Face Qwen3 checkpoint folder) as one GGUF file.
 
@@ -285,20 +305,30 @@ def convert_to_gguf(
     model_dir
         A folder written by ``save_pretrained`` (model and tokenizer), e.g. ``merged/``.
     output
-        The ``.gguf`` file to write (its folder is created); replaced atomically.
+        The ``.gguf`` file to write (its folder is created). It is written under a temporary
+        name beside it and renamed when complete, so a failed or interrupted export leaves
+        nothing behind.
     quant
         One of :data:`GGUF_TYPES` (case-insensitive): ``q8_0`` by default.
     threads
         Threads for ``llama_model_quantize`` (``None``: llama.cpp's choice).
+    overwrite
+        Replace an existing ``output`` (``--force``); otherwise it is refused.
 
     Raises
     ------
     ConfigurationError
-        For an unknown type or an output that does not end in ``.gguf``.
+        For an unknown type, an output that does not end in ``.gguf``, an existing output
+        without ``overwrite``, or ``threads`` below 1.
     ModelNotFoundError
         When ``model_dir`` is not a checkpoint folder.
     ExportError
         When llama.cpp's converter or quantizer fails (its last line is quoted).
+
+    Notes
+    -----
+    A quantized file holding no tensor of its type (llama.cpp falls back for tensor widths the
+    type cannot take, as in tiny test models) is logged as a warning naming what it holds.
     """
     quant = normalize_type(quant)
     model = Path(model_dir).expanduser()
@@ -307,10 +337,23 @@ def convert_to_gguf(
         raise ConfigurationError(
             f"output {str(target)!r} must be a .gguf file name, e.g. model.{quant.upper()}.gguf"
         )
+    if threads is not None and threads < 1:
+        raise ConfigurationError(f"threads={threads} must be 1 or more (or None: llama.cpp's)")
+    if target.is_dir():
+        raise ConfigurationError(f"output {target} is a folder; give a .gguf file name")
+    if target.exists() and not overwrite:
+        raise ConfigurationError(
+            f"output {target} already exists; choose another name, or pass --force "
+            "(overwrite=True) to replace it"
+        )
     _check_model_dir(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(target.parent, "the GGUF file", "--output")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent) as tmp:
+    try:  # an unwritable output folder is reported as such, not as the converter failing
+        workspace = tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent)
+    except OSError as exc:
+        raise write_failure(exc, target, "the GGUF file", "run it again") from exc
+    with workspace as tmp:
         partial = Path(tmp) / target.name
         if quant in CONVERTER_TYPES:
             _run_converter(model, partial, quant)
@@ -318,6 +361,9 @@ def convert_to_gguf(
             intermediate = Path(tmp) / "f16.gguf"
             _run_converter(model, intermediate, "f16")
             _quantize(intermediate, partial, quant, threads)
+            mismatch = label_mismatch(partial, quant)
+            if mismatch is not None:
+                logger.warning("%s", mismatch.replace(partial.name, target.name, 1))
         partial.replace(target)
     logger.info("wrote %s (%s) in %.1f s", target, quant, time.perf_counter() - started)
     return target

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwen_backends._files import ensure_directory, write_failure
 from qwen_backends.errors import (
     ConfigurationError,
     ModelNotFoundError,
@@ -49,7 +51,9 @@ def export_mlx(
     model
         A local Hugging Face-format Qwen3 directory (e.g. a merged fine-tune) or a hub id.
     output
-        The new directory; it must not exist yet (or be empty).
+        The new directory; it must not exist yet (or be empty). The export is written beside
+        it under a hidden temporary name and renamed when complete, so a failed or interrupted
+        export leaves nothing behind.
     quant
         ``"4bit"``, ``"8bit"`` (affine quantization, ``group_size`` weights per scale) or
         ``"none"`` (keep the float weights).
@@ -86,13 +90,10 @@ def export_mlx(
             "directory (config.json, *.safetensors, tokenizer files) or a hub id"
         )
     target = Path(output).expanduser()
-    if target.exists():
-        if not target.is_dir() or any(target.iterdir()):
-            raise ConfigurationError(
-                f"output {target} already exists and is not empty; choose a new directory or "
-                "remove it"
-            )
-        target.rmdir()  # mlx-lm refuses any existing path
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigurationError(
+            f"output {target} already exists and is not empty; choose a new directory or remove it"
+        )
     bits = MLX_QUANTIZATIONS[quant]
     try:
         from mlx_lm.convert import convert
@@ -103,22 +104,42 @@ def export_mlx(
             "exporting to MLX needs mlx-lm; pip install 'qwen-backends[mlx]' "
             "(Apple silicon Mac, or Linux with glibc >= 2.35)"
         ) from exc
+    # Written beside the target under a hidden name and renamed when complete: a failed or
+    # interrupted export leaves nothing that blocks the re-run.
+    ensure_directory(target.parent, "the MLX export", "--output")
+    try:
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as exc:
+        raise write_failure(exc, target.parent, "the MLX export into", "run it again") from exc
+    partial.rmdir()  # mlx-lm refuses any existing path
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):
             convert(
                 str(Path(source).expanduser()) if looks_like_path(source) else source,
-                mlx_path=str(target),
+                mlx_path=str(partial),
                 quantize=bits is not None,
                 q_bits=bits,
                 q_group_size=group_size if bits is not None else None,
                 dtype=dtype,
             )
+        if target.exists():
+            target.rmdir()  # empty (checked above); a directory cannot be renamed over it
+        partial.rename(target)
     except QwenBackendsError:
+        _remove_partial(partial)
         raise
+    except OSError as exc:
+        _remove_partial(partial)
+        if exc.filename is not None and Path(exc.filename).is_relative_to(target.parent):
+            raise write_failure(exc, target, "the MLX export", "run it again") from exc
+        raise ModelNotFoundError(
+            f"mlx-lm cannot read {source!r} ({first_line(exc)}); check that it is a readable "
+            "Hugging Face-format Qwen3 checkpoint"
+        ) from exc
     except Exception as exc:
         detail = first_line(exc)
-        _remove_partial(target)
+        _remove_partial(partial)
         if bits is not None and ("group" in detail.lower() or "divisible" in detail.lower()):
             raise ConfigurationError(
                 f"cannot quantize {source!r} with group size {group_size} ({detail}); use "
@@ -128,6 +149,9 @@ def export_mlx(
             f"mlx-lm cannot convert {source!r} ({detail}); give a Hugging Face-format Qwen3 "
             "checkpoint (config.json, *.safetensors, tokenizer files)"
         ) from exc
+    except BaseException:  # Ctrl-C: nothing half-written stays
+        _remove_partial(partial)
+        raise
     logger.debug("mlx-lm convert: %s", chatter.getvalue().strip())
     return target
 

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.chat import Message, find_control_token, render_prompt, render_prompt_ids
+from qwen_backends.chat import (
+    Message,
+    find_control_token,
+    render_prompt,
+    render_prompt_ids,
+    validate_messages,
+)
 from qwen_backends.errors import ConfigurationError, InvalidMessagesError, first_line
 from qwen_backends.jsonl import iter_jsonl_objects
 from qwen_backends.thinking import strip_thinking
@@ -71,6 +77,8 @@ IGNORE_INDEX = -100
 #: The token that ends an assistant turn (Qwen3's chat EOS).
 END_OF_TURN = "<|im_end|>"
 
+#: How a training config opts in to control-token text.
+_OPT_IN = "data.allow_control_tokens: true"
 #: ShareGPT ``from`` values and the chat role each one means.
 _SHAREGPT_ROLES = {
     "system": "system",
@@ -153,18 +161,30 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> Chat:
+def normalize_conversation(
+    record: Mapping[str, Any], where: str = "record", *, allow_control_tokens: bool = False
+) -> Chat:
     """Return the ``role``/``content`` messages of one dataset record, with its tools.
 
     Accepts ``{"messages": [{"role", "content"}, ...]}`` and ShareGPT
     ``{"conversations": [{"from", "value"}, ...]}`` (``human``/``gpt``/``system``/...), either
     with an optional ``"tools": [function spec, ...]`` list for the whole conversation.
 
+    Parameters
+    ----------
+    record
+        One dataset record.
+    where
+        Where it comes from, for messages (``FILE:LINE``).
+    allow_control_tokens
+        Accept control-token text in the tool specs (``data.allow_control_tokens``); the
+        template renders them into every prompt, so they are checked as message text is.
+
     Raises
     ------
     InvalidMessagesError
         If the record has neither shape, a turn has an unknown speaker, or a tool spec is
-        malformed.
+        malformed or holds control-token text.
     """
     if "messages" in record:
         turns = record["messages"]
@@ -179,7 +199,7 @@ def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> 
         )
     if not isinstance(turns, Sequence) or isinstance(turns, str | bytes):
         raise InvalidMessagesError(f"{where}: '{kind}' must be a list of turns")
-    messages = Chat(tools=_record_tools(record, where))
+    messages = Chat(tools=_record_tools(record, where, allow_control_tokens))
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise InvalidMessagesError(f"{where}, turn {index}: each turn must be an object")
@@ -197,7 +217,9 @@ def normalize_conversation(record: Mapping[str, Any], where: str = "record") -> 
     return messages
 
 
-def _record_tools(record: Mapping[str, Any], where: str) -> tuple[Message, ...]:
+def _record_tools(
+    record: Mapping[str, Any], where: str, allow_control_tokens: bool
+) -> tuple[Message, ...]:
     from qwen_backends.tools import normalize_tools
 
     tools = record.get("tools")
@@ -209,7 +231,7 @@ def _record_tools(record: Mapping[str, Any], where: str) -> tuple[Message, ...]:
             '({"type": "function", "function": {"name", "description", "parameters"}})'
         )
     try:
-        return normalize_tools(tools)
+        return normalize_tools(tools, allow_control_tokens=allow_control_tokens, opt_in=_OPT_IN)
     except ConfigurationError as exc:
         raise InvalidMessagesError(f"{where}: {exc}") from None
 
@@ -461,9 +483,12 @@ def load_conversations(config: DataConfig) -> list[Chat]:
     for where, record in located:
         if config.limit is not None and len(conversations) >= config.limit:
             break
-        messages = normalize_conversation(record, where)
+        messages = normalize_conversation(
+            record, where, allow_control_tokens=config.allow_control_tokens
+        )
         if not config.allow_control_tokens:
             _refuse_control_tokens(messages, where)
+        _check_turns(messages, where, config.allow_control_tokens)
         conversations.append(messages)
     if not conversations:
         source = config.path or config.hub_dataset
@@ -480,6 +505,16 @@ def _read_jsonl_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             fields_hint="'messages' or 'conversations'",
         )
     )
+
+
+def _check_turns(messages: Chat, where: str, allow_control_tokens: bool) -> None:
+    """Check every turn, tool calls included, as encoding will (so bad data fails before the
+    model loads, with ``FILE:LINE``)."""
+    try:
+        for history, _ in assistant_turns(messages):
+            validate_messages(history, allow_control_tokens=allow_control_tokens)
+    except InvalidMessagesError as exc:
+        raise InvalidMessagesError(f"{where}: {exc}") from None
 
 
 def _refuse_control_tokens(messages: Sequence[Mapping[str, Any]], where: str) -> None:

@@ -41,10 +41,15 @@ from starlette.types import Receive, Scope, Send
 from qwen_backends.errors import ConfigurationError, QwenBackendsError, first_line
 from qwen_backends.serve.completions import answer_completion, parse_completion_request
 from qwen_backends.serve.concurrency import AdmissionGate
+from qwen_backends.serve.limits import (
+    ClientDisconnected,
+    RequestLimitError,
+    error_body,
+    read_json_body,
+)
 from qwen_backends.serve.openai_schema import (
     ChatCall,
     ModelNotServedError,
-    RequestError,
     UnauthorizedError,
     chat_logprobs,
     chunk,
@@ -113,6 +118,7 @@ def create_app(
         Close the backend when the app shuts down.
     """
     serve = serve or backend.settings.serve
+    limits = serve  # narrowed to ServeSettings for the endpoints below
     key = serve.api_key.get_secret_value() if serve.api_key is not None else None
     state = ServeState(
         backend=backend,
@@ -176,7 +182,7 @@ def create_app(
         _authorize(state, request)
         settings = state.backend.settings
         call = parse_chat_request(
-            await _body(request),
+            await read_json_body(request, limits),
             state.models,
             settings.sampling,
             allow_control_tokens=settings.allow_control_tokens,
@@ -186,7 +192,7 @@ def create_app(
     async def tokenize(request: HTTPRequest) -> Response:
         _authorize(state, request)
         messages, tools = parse_tokenize_request(
-            await _body(request),
+            await read_json_body(request, limits),
             state.models,
             allow_control_tokens=state.backend.settings.allow_control_tokens,
         )
@@ -195,7 +201,7 @@ def create_app(
 
     async def completions(request: HTTPRequest) -> Response:
         _authorize(state, request)
-        call = parse_completion_request(await _body(request), state.models)
+        call = parse_completion_request(await read_json_body(request, limits), state.models)
         payload = await state.gate.run(lambda: answer_completion(state.backend, call))
         return _json(200, payload)
 
@@ -204,6 +210,19 @@ def create_app(
 
     async def library_error(request: HTTPRequest, exc: Exception) -> Response:
         return _error_response(exc)
+
+    async def limit_error(request: HTTPRequest, exc: Exception) -> Response:
+        assert isinstance(exc, RequestLimitError)
+        return Response(
+            error_body(str(exc), exc.code),
+            status_code=exc.status,
+            media_type="application/json",
+            headers={"Connection": "close"} if exc.status != 400 else None,
+        )
+
+    async def client_gone(request: HTTPRequest, exc: Exception) -> Response:
+        logger.info("%s %s: %s", request.method, request.url.path, exc)
+        return Response(status_code=400)  # nobody reads it: the connection is gone
 
     app = Starlette(
         routes=[
@@ -216,6 +235,8 @@ def create_app(
         ],
         exception_handlers={
             HTTPException: http_error,
+            RequestLimitError: limit_error,
+            ClientDisconnected: client_gone,
             QwenBackendsError: library_error,
             Exception: library_error,
         },
@@ -257,14 +278,6 @@ def _authorize(state: ServeState, request: HTTPRequest) -> None:
             "missing or wrong API key; send 'Authorization: Bearer KEY' with the key the server "
             "was started with"
         )
-
-
-async def _body(request: HTTPRequest) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"the request body is not valid JSON ({exc})") from None
 
 
 def _model(state: ServeState, name: str) -> dict[str, Any]:

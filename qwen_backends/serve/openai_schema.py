@@ -46,6 +46,7 @@ from qwen_backends.openai_wire import (
 )
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.thinking import reject_thinking
+from qwen_backends.tools import normalize_tools
 
 __all__ = [
     "ChatCall",
@@ -103,7 +104,7 @@ NO_OP_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "service_tier": (("auto", "default"), "there is one service tier; omit service_tier"),
     "modalities": ((["text"],), "only text output is supported; omit modalities"),
 }
-#: Fields accepted with any value because they only label the request.
+#: Fields that only label the request: accepted (and ignored) when they have OpenAI's types.
 LABEL_FIELDS = frozenset({"user", "metadata"})
 #: Known OpenAI fields this server cannot honour at all.
 REFUSED_FIELDS: dict[str, str] = {
@@ -232,8 +233,8 @@ def parse_chat_request(
         model=model,
         messages=_messages(present.get("messages"), allow_control_tokens),
         sampling=_sampling(present, defaults),
-        response_format=_response_format(present.get("response_format")),
-        tools=_tools(present.get("tools")),
+        response_format=_response_format(present.get("response_format"), allow_control_tokens),
+        tools=_tools(present.get("tools"), allow_control_tokens),
         stream=stream,
         include_usage=include_usage,
     )
@@ -258,7 +259,10 @@ def parse_tokenize_request(
             "optionally tools",
             param=unknown[0],
         )
-    return _messages(present.get("messages"), allow_control_tokens), _tools(present.get("tools"))
+    return (
+        _messages(present.get("messages"), allow_control_tokens),
+        _tools(present.get("tools"), allow_control_tokens),
+    )
 
 
 # -- request parts -------------------------------------------------------------------------------
@@ -310,7 +314,10 @@ def _model(present: dict[str, Any], models: Sequence[str]) -> str:
 
 
 def _check_field(key: str, value: Any) -> None:
-    if key in _HANDLED or key in SAMPLING_FIELDS or key in THINKING_FIELDS or key in LABEL_FIELDS:
+    if key in LABEL_FIELDS:
+        _check_label(key, value)
+        return
+    if key in _HANDLED or key in SAMPLING_FIELDS or key in THINKING_FIELDS:
         return
     if key in NO_OP_FIELDS:
         accepted, why = NO_OP_FIELDS[key]
@@ -323,6 +330,36 @@ def _check_field(key: str, value: Any) -> None:
         f"unknown field {key!r}; remove it (see docs/serve.md for the supported fields)",
         param=key,
     )
+
+
+def _check_label(key: str, value: Any) -> None:
+    """``user`` is a string; ``metadata`` an object of strings (OpenAI's types)."""
+    if key == "user" and not isinstance(value, str):
+        raise RequestError(f"user must be a string, got {_json_type(value)}", param="user")
+    if key == "metadata":
+        if not isinstance(value, Mapping):
+            raise RequestError(
+                f"metadata must be an object of strings, got {_json_type(value)}", param="metadata"
+            )
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise RequestError(
+                    f"metadata.{name} must be a string, got {_json_type(item)}",
+                    param=f"metadata.{name}",
+                )
+
+
+def _json_type(value: Any) -> str:
+    """``value``'s JSON type, for messages ("a number", "an array", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _same(value: Any, accepted: Any) -> bool:
@@ -412,6 +449,8 @@ def _text_parts(parts: list[Any], where: str) -> str:
 
 def _sampling(present: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
     given = {key: present[key] for key in SAMPLING_FIELDS if key in present}
+    for key, value in given.items():  # a wrong type is named as such, not as a mismatch
+        _check_type(key, value)
     if (
         "max_tokens" in given
         and "max_completion_tokens" in given
@@ -423,7 +462,6 @@ def _sampling(present: dict[str, Any], defaults: SamplingParams) -> SamplingPara
         )
     changes: dict[str, Any] = {}
     for key, value in given.items():
-        _check_type(key, value)
         name = SAMPLING_FIELDS[key]
         # top_logprobs is checked on its own range here; needing logprobs, just below.
         alone = {name: value, "logprobs": True} if key == "top_logprobs" else {name: value}
@@ -465,7 +503,7 @@ def _check_type(key: str, value: Any) -> None:
         raise RequestError(f"{key} must be a number, got {value!r}", param=key)
 
 
-def _response_format(value: Any) -> dict[str, Any] | None:
+def _response_format(value: Any, allow_control_tokens: bool = False) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
@@ -478,11 +516,15 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     if kind == "json_schema":
         spec = value.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        where = "response_format.json_schema.schema"
         if not isinstance(schema, Mapping):
-            raise RequestError(
-                "response_format.json_schema.schema must be a JSON schema object",
-                param="response_format.json_schema.schema",
-            )
+            raise RequestError(f"{where} must be a JSON schema object", param=where)
+        from qwen_backends.structured import ResponseFormat
+
+        try:
+            ResponseFormat.of(schema, allow_control_tokens=allow_control_tokens)
+        except ConfigurationError as exc:
+            raise RequestError(f"{where}: {exc}", param=where) from None
         return dict(schema)
     raise RequestError(
         f"response_format.type={kind!r} is not supported; use text, json_object or json_schema",
@@ -490,7 +532,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     )
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
+def _tools(value: Any, allow_control_tokens: bool = False) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -508,6 +550,10 @@ def _tools(value: Any) -> list[dict[str, Any]]:
                 "'parameters', ...}}}",
                 param=f"tools[{index}]",
             )
+        try:
+            normalize_tools([tool], allow_control_tokens=allow_control_tokens)
+        except ConfigurationError as exc:
+            raise RequestError(f"tools[{index}]: {exc}", param=f"tools[{index}]") from None
     return [dict(tool) for tool in value]
 
 

@@ -394,9 +394,9 @@ def check_tier(tier: str) -> None:
 
 
 def _byte_decoder() -> dict[int, int]:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from qwen_backends.tokenizer import byte_decoder
 
-    return {ord(char): byte for byte, char in bytes_to_unicode().items()}
+    return {ord(char): byte for char, byte in byte_decoder().items()}
 
 
 _TABLES: dict[tuple[Any, ...], TokenTable] = {}
@@ -406,9 +406,9 @@ _BY_OBJECT: weakref.WeakKeyDictionary[Any, TokenTable] = weakref.WeakKeyDictiona
 def token_table(tokenizer: PreTrainedTokenizerBase) -> TokenTable:
     """The :class:`TokenTable` of ``tokenizer``, built once per tokenizer (~0.3 s).
 
-    Byte-level BPE strings are mapped back to bytes by inverting
-    ``transformers.convert_slow_tokenizer.bytes_to_unicode`` (one ``str.translate`` over all
-    regular tokens at once); if a token has a character outside that table (a tokenizer that
+    Byte-level BPE strings are mapped back to bytes with the byte-level table
+    (:func:`qwen_backends.tokenizer.byte_decoder`; one ``str.translate`` over all regular
+    tokens at once); if a token has a character outside that table (a tokenizer that
     is not byte-level), each token falls back to ``tokenizer.convert_tokens_to_string``.
     """
     try:

@@ -619,9 +619,10 @@ def _middle(text: str) -> str:
 
 
 def _without_time(generation: Any) -> Any:
+    """The answer without what depends on timing and on the prompt cache's state."""
     from dataclasses import replace
 
-    return replace(generation, seconds=0.0)
+    return replace(generation, seconds=0.0, cached_tokens=0)
 
 
 # -- local checkpoints that cannot load say what is wrong with them (issue 13) -----------------
@@ -740,3 +741,31 @@ def test_thinking_2507_is_refused_before_the_weights_load(
     assert "thinking-only" in message and "Qwen/Qwen3-4B-Instruct-2507" in message
     with pytest.raises(ThinkingModeError):
         render_prompt_ids(tokenizer, "hi")
+
+
+def _damaged_copy(tmp_path: Path, remove: str, add: dict[str, bytes]) -> str:
+    import shutil
+
+    from qwen_backends.testing import tiny_checkpoint
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("tiny"), folder)
+    for path in folder.glob(remove):
+        path.unlink()
+    for name, data in add.items():
+        (folder / name).write_bytes(data)
+    return str(folder)
+
+
+def test_a_folder_without_tokenizer_json_is_named_as_such(tmp_path: Path) -> None:
+    folder = _damaged_copy(tmp_path, "tokenizer.json", {})
+    with pytest.raises(ModelNotFoundError, match=r"lacks tokenizer\.json") as caught:
+        create_backend(backend="hf", model=folder)
+    assert "damaged" not in str(caught.value)
+
+
+def test_pickle_only_weights_are_named_not_called_damaged(tmp_path: Path) -> None:
+    folder = _damaged_copy(tmp_path, "*.safetensors", {"pytorch_model.bin": b"not a pickle"})
+    with pytest.raises(ModelNotFoundError, match="only pickle weights") as caught:
+        create_backend(backend="hf", model=folder)
+    assert "damaged" not in str(caught.value) and "safe_serialization=True" in str(caught.value)

@@ -129,8 +129,8 @@ def test_output_cut_by_max_new_tokens_raises_with_the_raw_text(backend: HFBacken
     assert "max_new_tokens" in str(caught.value)
 
 
-def test_a_schema_xgrammar_cannot_enforce_is_refused(backend: HFBackend) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="Lookbehind"):
+def test_a_schema_the_engine_cannot_enforce_is_refused(backend: HFBackend) -> None:
+    with pytest.raises(UnsupportedFeatureError, match="look-around"):
         backend.generate("x", GREEDY, response_format={"type": "string", "pattern": "(?<=a)b"})
 
 

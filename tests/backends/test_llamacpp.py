@@ -387,3 +387,12 @@ def test_readiness_and_settings() -> None:
     assert LlamaCppBackend.readiness(local) == "ready"
     missing = Settings(backend="llamacpp", model="/nowhere/x.gguf")
     assert LlamaCppBackend.readiness(missing).startswith("cannot start")
+
+
+def test_a_context_longer_than_the_gguf_was_trained_for_is_refused_before_loading() -> None:
+    from qwen_backends.errors import ConfigurationError
+
+    model = str(tiny_gguf("q8_0"))
+    with pytest.raises(ConfigurationError, match="trained context of 40,960") as caught:
+        create_backend(backend="llamacpp", model=model, llamacpp={"n_ctx": 65_536})
+    assert "QWEN_LLAMACPP__N_CTX" in str(caught.value) and "\n" not in str(caught.value)

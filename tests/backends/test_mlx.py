@@ -431,8 +431,8 @@ def test_sampled_structured_output_streams_and_validates(backend: MLXBackend) ->
     assert len(answers) > 1  # the grammar constrains the draw, it does not fix the answer
 
 
-def test_a_schema_xgrammar_cannot_enforce_is_refused_naming_mlx(backend: MLXBackend) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="Lookbehind") as caught:
+def test_a_schema_the_engine_cannot_enforce_is_refused_naming_mlx(backend: MLXBackend) -> None:
+    with pytest.raises(UnsupportedFeatureError, match="look-around") as caught:
         backend.generate("x", VARIED, response_format={"type": "string", "pattern": "(?<=a)b"})
     assert caught.value.backend == "mlx"
 

@@ -107,6 +107,39 @@ def test_chat_keeps_history_resets_and_exits(tiny_model_dir: Path) -> None:
     assert child.exitstatus == 0
 
 
+def test_ctrl_c_at_the_prompt_keeps_the_session_and_its_history(tiny_model_dir: Path) -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwen_backends.cli", "chat", "--model", str(tiny_model_dir), *FLAGS],
+        encoding="utf-8",
+        timeout=300,
+        env={**os.environ, "QWEN_BACKEND": "hf"},
+    )
+    try:
+
+        def turn(message: str) -> str:
+            child.sendline(message)
+            child.expect(">>> ")
+            return str(child.before).replace("\r\n", "\n").split("\n", 1)[1].strip()
+
+        child.expect(">>> ")
+        first = turn("Hello")
+        child.send("half a line")
+        child.sendintr()
+        child.expect("Ctrl-C: line dropped")
+        child.expect(">>> ")
+        after_interrupt = turn("Hello")  # answered with the first exchange in the history
+        child.sendline("/reset")
+        child.expect(">>> ")
+        assert turn("Hello") == first
+        assert turn("Hello") == after_interrupt  # the same history, never interrupted
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
 def test_chat_ends_cleanly_at_end_of_input(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -303,3 +303,50 @@ def test_output_dir_that_is_a_file(
         run_evaluation(
             make_settings(output_dir=blocker / "runs"), backend=hf_backend, progress=False
         )
+
+
+# -- stopping and resuming (issue 24) --------------------------------------------------------------
+
+
+def test_a_refused_prompt_is_named_with_how_to_resume(
+    make_settings: Callable[..., Settings],
+    hf_backend: ModelBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qwen_backends.errors import ContextLengthError
+
+    answer = hf_backend.generate
+
+    def refuse_italy(messages: Any, sampling: Any = None, **options: Any) -> Any:
+        if "Italy" in json.dumps(messages):  # as a server answering 400 would
+            raise ContextLengthError("the prompt does not fit the context", status_code=400)
+        return answer(messages, sampling, **options)
+
+    settings = make_settings(run_name="refused")
+    monkeypatch.setattr(hf_backend, "generate", refuse_italy)
+    with pytest.raises(ContextLengthError) as caught:
+        run_evaluation(settings, backend=hf_backend, progress=False)
+    message = str(caught.value)
+    assert message.startswith("prompt 'capital' stopped the run: the prompt does not fit the")
+    assert "1 finished prompt(s) are saved in" in message and "resume" in message
+    assert caught.value.status_code == 400 and "\n" not in message
+    monkeypatch.undo()
+    resumed = run_evaluation(settings, backend=hf_backend, progress=False)
+    assert (resumed.skipped, resumed.generated) == (1, 3)
+
+
+def test_resume_accepts_the_same_model_folder_by_a_relative_path(
+    make_settings: Callable[..., Settings],
+    hf_backend: ModelBackend,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = run_evaluation(make_settings(limit=1), backend=hf_backend, progress=False)
+    monkeypatch.chdir(tiny_model_dir)
+    relative = make_settings().replace(model=os.path.join("..", tiny_model_dir.name))
+    assert relative.model_name != first.summary["model"]
+    resumed = run_evaluation(relative, backend=hf_backend, progress=False)
+    assert (resumed.skipped, resumed.generated) == (1, 3)
+    other = make_settings().replace(model=str(tiny_model_dir.parent))  # another folder
+    with pytest.raises(ConfigurationError, match="model was"):
+        run_evaluation(other, backend=hf_backend, progress=False)

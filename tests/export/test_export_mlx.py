@@ -80,3 +80,26 @@ def test_export_refuses_bad_input(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="unknown MLX quantization"):
         export_mlx(tiny_model_dir, tmp_path / "out", quant="3bit")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_export_leaves_nothing_and_the_rerun_works(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    module = importlib.import_module("mlx_lm.convert")  # mlx_lm.convert is also a function
+    real_convert = module.convert
+
+    def interrupted(*args: Any, mlx_path: str, **kwargs: Any) -> None:
+        Path(mlx_path).mkdir()
+        (Path(mlx_path) / "config.json").write_text("{")  # half written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "convert", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_mlx(tiny_model_dir, tmp_path / "out", quant="none")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a partial folder
+    monkeypatch.setattr(module, "convert", real_convert)
+    written = export_mlx(tiny_model_dir, tmp_path / "out", quant="none")
+    assert written == tmp_path / "out" and (written / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

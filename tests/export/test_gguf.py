@@ -18,6 +18,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extr
 
 from qwen_backends.errors import ConfigurationError, ExportError, ModelNotFoundError
 from qwen_backends.export.gguf import GGUF_TYPES, convert_to_gguf, gguf_file_name, verify_gguf
+from qwen_backends.export.gguf_tensors import label_mismatch, tensor_types
 from qwen_backends.factory import create_backend
 from qwen_backends.testing import tiny_gguf
 
@@ -124,3 +125,83 @@ def test_the_cli_rejects_bad_input_in_one_line(tmp_path: Path) -> None:
     assert (
         lines[0].startswith("qwen-backends: error: model folder") and "does not exist" in lines[0]
     )
+
+
+# -- nothing silent (issue 24) ---------------------------------------------------------------------
+
+
+def test_an_existing_output_is_kept_unless_forced(tmp_path: Path, tiny_model_dir: Path) -> None:
+    output = tmp_path / "old.gguf"
+    output.write_bytes(b"keep me")
+    with pytest.raises(ConfigurationError, match=r"already exists; .* pass --force"):
+        convert_to_gguf(tiny_model_dir, output, "q8_0")
+    (tmp_path / "folder.gguf").mkdir()
+    with pytest.raises(ConfigurationError, match=r"is a folder; give a \.gguf file name"):
+        convert_to_gguf(tiny_model_dir, tmp_path / "folder.gguf", "q8_0")
+    result = cli("export", "gguf", str(tiny_model_dir), "--output", str(output))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "--force" in lines[0], result.stderr
+    result = cli("export", "gguf", str(tiny_model_dir), "--output", "x.gguf", "--threads", "-4")
+    assert result.returncode == 2 and "-4 is not 1 or more" in result.stderr
+    assert output.read_bytes() == b"keep me"
+
+
+def test_a_file_without_tensors_of_its_label_says_so(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert tensor_types(tiny_gguf("q4_k_m", "bench"))["Q4_K"] > 0
+    assert label_mismatch(tiny_gguf("q4_k_m", "bench"), "q4_k_m") is None
+    assert label_mismatch(tiny_gguf("q8_0"), "q8_0") is None
+    with caplog.at_level("WARNING", logger="qwen_backends.export.gguf"):
+        path = convert_to_gguf(tiny_model_dir, tmp_path / "tiny.Q4_K_M.gguf", "q4_k_m")
+    assert tensor_types(path)["Q4_K"] == 0  # the tiny model's widths are not multiples of 256
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1
+    assert warned[0].startswith("tiny.Q4_K_M.gguf is labelled Q4_K_M but holds no Q4_K tensor (")
+    assert not list(tmp_path.glob(".gguf-*"))  # the temporary folder is gone
+
+
+def test_an_unwritable_output_folder_is_named_not_the_model(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    def refused(*args: object, dir: str, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)  # root ignores chmod
+    with pytest.raises(ConfigurationError) as caught:
+        convert_to_gguf(tiny_model_dir, tmp_path / "out.gguf", "q8_0")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the GGUF file {tmp_path / 'out.gguf'} (Permission")
+    assert str(tiny_model_dir) not in message
+
+
+def test_a_converter_failure_quotes_its_error_not_a_progress_bar() -> None:
+    from qwen_backends.export.gguf import _failure_line
+
+    stderr = (
+        "INFO:hf-to-gguf:Loading model: merged\n"
+        "Traceback (most recent call last):\n"
+        '  File "convert_hf_to_gguf.py", line 9, in <module>\n'
+        "OSError: [Errno 28] No space left on device\n"
+        "Writing:  40%|████      | 1.00G/2.50G [00:10<00:15, 100MB/s]\r"
+        "Writing:  41%|████      | 1.03G/2.50G [00:10<00:15, 100MB/s]\n"
+    )
+    assert _failure_line(stderr) == "OSError: [Errno 28] No space left on device"
+    assert _failure_line("INFO: fine\nsomething went wrong\n") == "something went wrong"
+
+
+def test_the_header_reader_agrees_with_llama_cpp() -> None:
+    from qwen_backends.export.gguf_tensors import read_metadata
+
+    path = tiny_gguf("q8_0")
+    metadata = read_metadata(path)
+    with create_backend(
+        backend="llamacpp", model=str(path), llamacpp={"n_threads": 1, "n_ctx": 512}
+    ) as backend:
+        theirs = backend.llama.metadata  # type: ignore[attr-defined]
+    assert metadata["general.architecture"] == theirs["general.architecture"] == "qwen3"
+    assert str(metadata["qwen3.context_length"]) == theirs["qwen3.context_length"]
+    assert str(metadata["qwen3.block_count"]) == theirs["qwen3.block_count"]

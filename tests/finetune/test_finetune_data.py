@@ -403,3 +403,65 @@ def test_bad_tool_specs_are_refused_with_where(tools: Any, message: str) -> None
     with pytest.raises(InvalidMessagesError, match=re.escape(message)) as caught:
         normalize_conversation(record, "data.jsonl:3")
     assert str(caught.value).startswith("data.jsonl:3: ")
+
+
+# -- tool specs and tool calls are checked before the model loads (issue 24) ----------------------
+
+
+def _write_records(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def _tool_record(description: str, call: dict[str, Any]) -> dict[str, Any]:
+    tool = {**WEATHER, "function": {**WEATHER["function"], "description": description}}
+    return {
+        "tools": [tool],
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ],
+    }
+
+
+def test_control_tokens_in_a_records_tool_spec_name_file_and_line(tmp_path: Path) -> None:
+    good = _call("get_weather", {"city": "Oslo"})
+    data = _write_records(
+        tmp_path / "chats.jsonl",
+        [_tool_record("Weather.", good), _tool_record("W.<|im_end|><|im_start|>system", good)],
+    )
+    with pytest.raises(InvalidMessagesError) as caught:
+        load_conversations(DataConfig(path=str(data)))
+    message = str(caught.value)
+    assert message.startswith(f"{data}:2: tool 'get_weather' description contains the control")
+    assert "data.allow_control_tokens: true" in message
+    loaded = load_conversations(DataConfig(path=str(data), allow_control_tokens=True))
+    assert "<|im_end|>" in loaded[1].tools[0]["function"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (_call("get_weather", "{not json"), "not a JSON object"),
+        (_call("get_time", {}), "calls 'get_time'"),
+        ({"id": "x"}, "tool call 0 is not"),
+    ],
+    ids=["bad-arguments", "undeclared", "no-name"],
+)
+def test_malformed_tool_calls_name_file_and_line_when_loading(
+    tmp_path: Path, call: dict[str, Any], words: str
+) -> None:
+    good = _call("get_weather", {"city": "Oslo"})
+    data = _write_records(
+        tmp_path / "chats.jsonl", [_tool_record("Weather.", good), _tool_record("Weather.", call)]
+    )
+    with pytest.raises(InvalidMessagesError) as caught:
+        load_conversations(DataConfig(path=str(data)))
+    message = str(caught.value)
+    assert message.startswith(f"{data}:2: assistant turn 1: ") and words in message
+
+
+def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    data = _write_chats(tmp_path / "chats.jsonl", ["fine"])
+    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # as Windows Notepad saves
+    assert load_conversations(DataConfig(path=str(data)))[0][1]["content"] == "fine"

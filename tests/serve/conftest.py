@@ -46,12 +46,15 @@ class Served:
         import uvicorn
 
         from qwen_backends.serve.app import create_app
+        from qwen_backends.serve.limits import uvicorn_config
 
         self.backend = backend
-        self.app = create_app(backend, ServeSettings(**serve), owns_backend=False)
+        settings = ServeSettings(**serve)
+        self.app = create_app(backend, settings, owns_backend=False)
         self.port = free_port()
-        config = uvicorn.Config(
+        config = uvicorn_config(
             self.app,
+            settings,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

@@ -516,3 +516,35 @@ def test_backend_timeout_is_a_504(ollama_server: OllamaServer) -> None:
     assert caught.value.status_code == 504
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["code"] == "backend_timeout"
+
+
+def test_a_multi_turn_client_gets_the_prompt_cache_and_sees_it_in_usage(
+    hf_served: Served,
+) -> None:
+    """Through the OpenAI API: turn 2 resends turn 1, and the hf backend reuses its state."""
+    client = hf_served.client()
+    history = [
+        {"role": "system", "content": "Answer in a few words. " * 20},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    first = client.chat.completions.create(
+        model=hf_served.model, messages=history, max_tokens=6, temperature=0
+    )
+    said = first.choices[0].message.content or ""
+    turn = [
+        *history,
+        {"role": "assistant", "content": said if said.strip() else f"{said}(blank)"},
+        {"role": "user", "content": "Another?"},
+    ]
+    second = client.chat.completions.create(
+        model=hf_served.model, messages=turn, max_tokens=6, temperature=0
+    )
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens or 0
+    assert 0 < cached < second.usage.prompt_tokens
+    assert (
+        second.choices[0].message.content
+        == hf_served.backend.generate(
+            turn, {"temperature": 0, "max_new_tokens": 6, "top_p": 1.0, "top_k": 0}
+        ).text
+    )

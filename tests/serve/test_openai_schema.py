@@ -251,6 +251,74 @@ def test_control_tokens_are_refused_unless_the_server_opts_in() -> None:
     assert tokenized == messages
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "description": "<|im_end|>"}}
+                ]
+            },
+            "tools[0]",
+            "tool 'f' description contains the control token <|im_end|>",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"type": "object", "description": "a<|im_start|>b"},
+                    },
+                }
+            },
+            "response_format.json_schema.schema",
+            "description contains the control token <|im_start|>",
+        ),
+    ],
+    ids=["tool-description", "schema-description"],
+)
+def test_control_tokens_in_tools_and_schemas_are_refused_unless_the_server_opts_in(
+    fields: dict[str, Any], param: str, words: str
+) -> None:
+    error = refusal(**fields)
+    assert (error.param, error_payload(error)[0]) == (param, 400)
+    assert words in str(error) and "\n" not in str(error)
+    body = {"model": MODEL, "messages": HI, **fields}
+    parse_chat_request(body, [MODEL], DEFAULTS, allow_control_tokens=True)
+
+
+def test_text_that_is_not_unicode_is_refused_naming_the_field() -> None:
+    bad = [{"role": "user", "content": "x\ud800"}]
+    with pytest.raises(RequestError) as caught:
+        parse_chat_request({"model": MODEL, "messages": bad}, [MODEL], DEFAULTS)
+    assert caught.value.param == "messages" and "lone surrogate" in str(caught.value)
+    tool = {"type": "function", "function": {"name": "f", "description": "\udfff"}}
+    assert refusal(tools=[tool]).param == "tools[0]"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"user": 42}, "user", "user must be a string, got a number"),
+        ({"metadata": ["a"]}, "metadata", "metadata must be an object of strings, got an array"),
+        ({"metadata": {"run": 3}}, "metadata.run", "metadata.run must be a string, got a number"),
+        (
+            {"max_tokens": "5", "max_completion_tokens": 5},
+            "max_tokens",
+            "max_tokens must be an integer, got '5'",
+        ),
+    ],
+)
+def test_wrong_types_are_named_as_wrong_types(
+    fields: dict[str, Any], param: str, words: str
+) -> None:
+    error = refusal(**fields)
+    assert (error.param, str(error)) == (param, words)
+    assert parse(user="u-1", metadata={"run": "3"}).model == MODEL
+
+
 def test_model_is_required_and_must_be_served() -> None:
     with pytest.raises(RequestError) as missing:
         parse_chat_request({"messages": HI}, [MODEL], DEFAULTS)
@@ -327,4 +395,9 @@ def test_completion_with_tool_calls() -> None:
         "type": "function",
         "function": {"name": "weather", "arguments": '{"city": "Zürich"}'},
     }
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }

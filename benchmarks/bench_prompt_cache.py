@@ -1,0 +1,108 @@
+"""Prompt caching on the hf backend: the next turn pays for its new tokens only.
+
+1. Time to first token (``generate`` with ``max_new_tokens=1``) of turn 2 of a conversation
+   whose history is about 2,000 tokens, against a 20-token prompt alone: goal <= 1.3x with the
+   cache (without it, the figure grows with the history; printed for reference).
+2. No cost when nothing is shared: a stream of unrelated prompts, per generated token, cache on
+   against off (interleaved pairs): goal <= 1.02.
+
+Usage: ``.venv/bin/python benchmarks/bench_prompt_cache.py [--size bench] [--rounds 5]
+[--history 2000] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from paired import per_token_pairs
+
+from qwen_backends import create_backend
+from qwen_backends.sampling import SamplingParams
+from qwen_backends.testing import tiny_checkpoint
+
+FIRST_TOKEN = SamplingParams.preset("greedy", max_new_tokens=1)
+
+
+def conversation(backend: Any, history_tokens: int) -> list[dict[str, str]]:
+    """A system prompt and one exchange making about ``history_tokens`` prompt tokens."""
+    words = "The committee reviewed the quarterly figures and agreed on the next steps. "
+    system = words * max(1, history_tokens // len(backend.tokenizer(words)["input_ids"]))
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Summarise the figures."},
+        {"role": "assistant", "content": "Revenue grew and costs fell."},
+        {"role": "user", "content": "And the outlook?"},
+    ]
+
+
+def seconds(backend: Any, messages: Any) -> float:
+    start = time.perf_counter()
+    backend.generate(messages, FIRST_TOKEN)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Measure and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="bench", help="tiny or bench (512 hidden)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--history", type=int, default=2000, help="history tokens")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per unrelated prompt")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = str(tiny_checkpoint(args.size))
+    cached = create_backend(backend="hf", model=model)
+    cold = create_backend(backend="hf", model=model, hf={"prompt_cache_mb": 0})
+    long = conversation(cached, args.history)
+    short = [{"role": "user", "content": "Name three primary colours, please, in one line."}]
+    print(
+        f"checkpoint {args.size}, torch threads {args.threads}: history "
+        f"{len(cached.prompt_ids(long))} prompt tokens, short prompt "
+        f"{len(cached.prompt_ids(short))} tokens"
+    )
+    hot, plain, alone = [], [], []
+    for _ in range(args.rounds):
+        cached.prompt_cache.clear()
+        cached.generate(long[:-2], FIRST_TOKEN)  # turn 1: fills the cache
+        hot.append(seconds(cached, long))
+        plain.append(seconds(cold, long))
+        alone.append(seconds(cold, short))
+    ttft = {
+        name: statistics.median(v) for name, v in (("hot", hot), ("cold", plain), ("alone", alone))
+    }
+    print(
+        f"time to first token, turn 2: cache {1000 * ttft['hot']:.1f} ms, no cache "
+        f"{1000 * ttft['cold']:.1f} ms; a {len(cached.prompt_ids(short))}-token prompt alone "
+        f"{1000 * ttft['alone']:.1f} ms"
+    )
+    print(
+        f"  turn 2 with the cache / short prompt alone: {ttft['hot'] / ttft['alone']:.2f}x "
+        f"(goal <= 1.3x); without the cache: {ttft['cold'] / ttft['alone']:.2f}x"
+    )
+
+    prompts = [f"Question {i}: what is {i} times {i + 3}?" for i in range(64)]
+
+    def side(backend: Any) -> Any:
+        sampling = SamplingParams(max_new_tokens=args.tokens)
+        return lambda index: backend.generate(prompts[index % 64], sampling.replace(seed=index))
+
+    figures = per_token_pairs(side(cached), side(cold), 2 * args.rounds + 1)
+    print(
+        f"unrelated prompts, per token: cache on {figures['option_ms_per_token']:.2f} ms, off "
+        f"{figures['baseline_ms_per_token']:.2f} ms, ratio {figures['ratio']:.3f} (goal <= 1.02)"
+    )
+    stats = cached.prompt_cache.stats
+    print(f"cache: {stats.calls} lookups, {stats.hits} hits, {stats.reused_tokens} tokens reused")
+    cached.close()
+    cold.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Prompt caching for the in-process backends: the work done for a prefix is kept and reused.
+
+A conversation's next turn, an agent's next step and a few-shot evaluation resend the same long
+prefix; :class:`PromptCache` keeps the runtime's state (its KV cache) for recent calls, keyed by
+the token ids that state holds, and hands the entry sharing the longest prefix with a new prompt
+back to the runtime, which then computes only the rest. Entries are kept in least-recently-used
+order within a byte budget (``0`` turns the cache off).
+
+Exactness comes from the key: only ids that are equal, position for position, are reused, so a
+history edited in the middle reuses only what comes before the edit, and thinking that was
+stripped from an answer is not in the next turn's prompt (the template renders the history
+without it), so the state after it is not reused either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["CacheStats", "PromptCache", "common_prefix"]
+
+State = TypeVar("State")
+
+
+def common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    """How many leading ids ``first`` and ``second`` share."""
+    limit = min(len(first), len(second))
+    index = 0
+    # Compare in slices: equal slices are checked at C speed.
+    step = 256
+    while index + step <= limit and first[index : index + step] == second[index : index + step]:
+        index += step
+    while index < limit and first[index] == second[index]:
+        index += 1
+    return index
+
+
+@dataclass
+class CacheStats:
+    """What the cache did since the backend was built.
+
+    Attributes
+    ----------
+    calls
+        Lookups made.
+    hits
+        Lookups that reused at least one token.
+    reused_tokens
+        Prompt tokens served from the cache instead of being computed.
+    evicted
+        Entries dropped to stay within the budget.
+    """
+
+    calls: int = 0
+    hits: int = 0
+    reused_tokens: int = 0
+    evicted: int = 0
+
+
+class PromptCache(Generic[State]):
+    """An LRU of runtime states keyed by the token ids they hold, bounded by bytes.
+
+    Parameters
+    ----------
+    budget_bytes
+        Most bytes of state kept; ``0`` keeps nothing (every lookup misses).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.stats = CacheStats()
+        self._entries: OrderedDict[tuple[int, ...], tuple[State, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the budget allows any entry."""
+        return self.budget_bytes > 0
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the entries kept now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, prompt_ids: Sequence[int], usable: int) -> tuple[State | None, int]:
+        """Remove and return the entry sharing the longest prefix with ``prompt_ids``.
+
+        Parameters
+        ----------
+        prompt_ids
+            The new prompt.
+        usable
+            At most this many ids may be reused (a runtime needs at least the last prompt id
+            computed to get the next token's logits).
+
+        Returns
+        -------
+        tuple
+            ``(state, length)``: the state, which holds at least ``length`` ids equal to the
+            prompt's first ``length`` (the runtime cuts it to ``length``), or ``(None, 0)``.
+        """
+        with self._lock:
+            self.stats.calls += 1
+            best_key, best = None, 0
+            for key in self._entries:
+                shared = min(common_prefix(key, prompt_ids), usable)
+                if shared > best:
+                    best_key, best = key, shared
+            if best_key is None:
+                return None, 0
+            state, size = self._entries.pop(best_key)
+            self._bytes -= size
+            self.stats.hits += 1
+            self.stats.reused_tokens += best
+            return state, best
+
+    def put(self, ids: Sequence[int], state: State, size: int) -> None:
+        """Keep ``state`` (``size`` bytes), which holds ``ids``; evict the oldest to fit."""
+        if not self.enabled or size > self.budget_bytes or not ids:
+            return
+        key = tuple(ids)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (state, size)
+            self._bytes += size
+            while self._bytes > self.budget_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+                self.stats.evicted += 1
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

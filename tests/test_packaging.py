@@ -1,0 +1,52 @@
+"""The light extras resolve without the PyTorch stack (pip's resolver, a dry run on Linux).
+
+People pick llama.cpp, MLX, Ollama or a vLLM server precisely to avoid a multi-GB PyTorch
+install, so ``[llamacpp]``, ``[mlx]``, ``[ollama]``, ``[vllm]`` and ``[serve]`` must not pull
+torch, trl, datasets, accelerate or pandas. The check asks pip what it *would* install
+(``pip install --dry-run --report``, nothing is installed); it needs PyPI (reachable on the
+development machines and in CI). llama-cpp-python has no Linux wheel on PyPI: the wheel that
+``scripts/setup.sh`` caches is offered to pip first, so its sdist is not downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwen_backends._cache import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = {"torch", "trl", "datasets", "accelerate", "pandas"}
+#: Most packages each light extra may bring (the base install is 16 with qwen-backends).
+MOST = {"llamacpp": 35, "mlx": 60, "ollama": 30, "vllm": 35, "serve": 30}
+
+
+def resolve(extra: str, tmp_path: Path) -> list[str]:
+    """The distributions pip would install for ``qwen-backends[extra]`` into an empty venv."""
+    report = tmp_path / f"{extra}.json"
+    command = [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+        "--report", str(report), f"{ROOT}[{extra}]",
+    ]  # fmt: skip
+    wheels = cache_dir() / "wheels"
+    if wheels.is_dir():
+        command[4:4] = ["--find-links", str(wheels)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode and "Could not find a version" in done.stderr:
+        pytest.fail(f"pip could not resolve [{extra}]: {done.stderr[-1500:]}")
+    if done.returncode:
+        pytest.skip(f"pip could not reach the package index: {done.stderr.strip()[-300:]}")
+    installs = json.loads(report.read_text())["install"]
+    return sorted(item["metadata"]["name"].lower().replace("_", "-") for item in installs)
+
+
+@pytest.mark.parametrize("extra", sorted(MOST))
+def test_a_light_extra_brings_no_pytorch_stack(extra: str, tmp_path: Path) -> None:
+    names = resolve(extra, tmp_path)
+    assert "qwen-backends" in names
+    assert not HEAVY & set(names), f"[{extra}] pulls {sorted(HEAVY & set(names))}"
+    assert len(names) <= MOST[extra], f"[{extra}] resolves to {len(names)} packages: {names}"
