@@ -350,7 +350,7 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def _prefix_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token a context-free text is scored after: BOS, else EOS (lm-eval's choice)."""
-    token = tokenizer.bos_token_id
+    token = getattr(tokenizer, "bos_token_id", None)  # the GGUF tokenizer has no BOS at all
     return int(token if token is not None else tokenizer.eos_token_id)
 
 
