@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwen_backends.chat import find_control_token
 from qwen_backends.errors import ConfigurationError, ContextLengthError
@@ -42,8 +42,12 @@ __all__ = [
     "Continuation",
     "RowsFunction",
     "ScoreRequest",
+    "ScoringTarget",
     "Span",
+    "SpanScores",
+    "assemble",
     "check_top",
+    "plan_spans",
     "reduce_rows",
     "rolling_windows",
     "score_locally",
@@ -131,6 +135,24 @@ class Span:
     def rows(self) -> int:
         """How many rows this span needs."""
         return self.stop_row - self.first_row
+
+
+class ScoringTarget(Protocol):
+    """What :func:`plan_spans` needs of a backend: its tokenizer, settings, window and prompts."""
+
+    tokenizer: Any
+    settings: Any
+
+    @property
+    def context_window(self) -> int:
+        """Most tokens one model input may hold."""
+
+    @property
+    def context_hint(self) -> str:
+        """How the window can grow (appended to the context error)."""
+
+    def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
+        """The non-thinking prompt's ids."""
 
 
 #: The runtime's part: for each span, the log-softmax (float32, natural log) of the model's raw
@@ -223,12 +245,19 @@ def score_locally(
     Prompts are rendered and checked first (nothing runs if one is refused); the model runs
     with the backend's generation lock held.
     """
-    planned = [_plan(backend, request) for request in requests]
+    planned = [plan_spans(backend, request) for request in requests]
     spans = [span for request_spans in planned for span in request_spans]
     with backend._guard.generation():
         backend._check_open()
         per_span = _collect(spans, rows)
-    tokenizer = backend.tokenizer
+    return assemble(backend.tokenizer, planned, per_span)
+
+
+def assemble(
+    tokenizer: PreTrainedTokenizerBase, planned: list[list[Span]], per_span: list[SpanScores]
+) -> list[Score]:
+    """One :class:`Score` per request from its spans' values (``planned``: each request's
+    spans, ``per_span``: the values of every span, in the same order)."""
     results = []
     cursor = 0
     for request_spans in planned:
@@ -256,8 +285,9 @@ def score_locally(
 # -- planning --------------------------------------------------------------------------------
 
 
-def _plan(backend: LocalBackend, request: ScoreRequest) -> list[Span]:
-    """The spans of one request, checked against the context window."""
+def plan_spans(backend: ScoringTarget, request: ScoreRequest) -> list[Span]:
+    """The spans of one request (its ids tokenised, windows cut), checked against the context
+    window; one-line errors for what cannot be scored."""
     tokenizer = backend.tokenizer
     allow = backend.settings.allow_control_tokens
     if request.rolling:
@@ -357,11 +387,11 @@ def _prefix_id(tokenizer: PreTrainedTokenizerBase) -> int:
 # -- running and assembling ----------------------------------------------------------------------
 
 
-def _collect(spans: list[Span], rows: RowsFunction) -> list[_Reduced]:
+def _collect(spans: list[Span], rows: RowsFunction) -> list[SpanScores]:
     """Run the runtime over ``spans`` and reduce each chunk as it arrives."""
     import numpy as np
 
-    results = [_Reduced() for _ in spans]
+    results = [SpanScores() for _ in spans]
     for index, chunk in rows(spans):
         span, reduced = spans[index], results[index]
         first = span.first_row + reduced.rows
@@ -381,8 +411,9 @@ def _collect(spans: list[Span], rows: RowsFunction) -> list[_Reduced]:
 
 
 @dataclass
-class _Reduced:
-    """What is kept of one span's rows."""
+class SpanScores:
+    """What is kept of one span's rows: per scored token its log-probability, whether it is the
+    most likely token and the ``top`` best ``(id, logprob)``; the best after the span."""
 
     rows: int = 0
     logprobs: list[float] = field(default_factory=list)
