@@ -21,7 +21,7 @@ from qwen_backends.backends.base import Capabilities, ModelBackend
 from qwen_backends.chat import render_prompt, validate_messages
 from qwen_backends.errors import QwenBackendsError
 from qwen_backends.factory import create_backend
-from qwen_backends.results import Generation, ToolCall
+from qwen_backends.results import Generation, Score, ScoredToken, ToolCall
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.settings import Settings
 from qwen_backends.structured import ResponseFormat
@@ -35,6 +35,8 @@ __all__ = [
     "QwenBackendsError",
     "ResponseFormat",
     "SamplingParams",
+    "Score",
+    "ScoredToken",
     "Settings",
     "ToolCall",
     "create_backend",

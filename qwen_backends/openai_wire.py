@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from qwen_backends.structured import ResponseFormat
 
 __all__ = [
+    "chat_logprobs",
     "chunk",
     "completion",
     "finish_reason",
@@ -178,7 +179,7 @@ def completion(completion_id: str, model: str, generation: Generation) -> dict[s
                 "index": 0,
                 "message": message,
                 "finish_reason": generation.finish_reason,
-                "logprobs": None,
+                "logprobs": chat_logprobs(generation),
             }
         ],
         "usage": usage(generation),
@@ -196,6 +197,7 @@ def chunk(
     usage_value: dict[str, int] | None = None,
     with_usage: bool = False,
     no_choices: bool = False,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` (``no_choices``: the final usage-only chunk)."""
     body: dict[str, Any] = {
@@ -211,13 +213,35 @@ def chunk(
                 "index": 0,
                 "delta": delta or {},
                 "finish_reason": finish_reason,
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         ],
     }
     if with_usage:
         body["usage"] = usage_value
     return body
+
+
+def chat_logprobs(generation: Generation | None) -> dict[str, Any] | None:
+    """``choices[0].logprobs`` of a chat answer (``{"content": [{"token", "logprob", "bytes",
+    "top_logprobs"}]}``), or ``None`` when logprobs were not asked for. A stream carries them
+    all in its finishing chunk."""
+    if generation is None or generation.logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                **_logprob_entry(token.token, token.logprob),
+                "top_logprobs": [_logprob_entry(best.token, best.logprob) for best in token.top],
+            }
+            for token in generation.logprobs
+        ],
+        "refusal": None,
+    }
+
+
+def _logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from qwen_backends.chat import Message
     from qwen_backends.sampling import SamplingParams
 
-__all__ = ["FinishReason", "Generation", "Request", "TokenLogprob", "ToolCall", "TopLogprob"]
+__all__ = [
+    "FinishReason",
+    "Generation",
+    "Request",
+    "Score",
+    "ScoredToken",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
+]
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -75,6 +84,82 @@ class TokenLogprob:
     id: int
     logprob: float
     top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoredToken:
+    """One given token and how likely the model found it there (see :class:`Score`).
+
+    Attributes
+    ----------
+    token
+        The token's text (bytes that do not form whole characters are shown as U+FFFD).
+    id
+        The token id.
+    logprob
+        Natural-log probability: the log-softmax of the model's raw logits at that position
+        (the same number :class:`TokenLogprob` reports for a generated token).
+    greedy
+        Whether it is the most likely token there (greedy decoding would have chosen it).
+    top
+        The ``top_logprobs`` most likely tokens there, most likely first (when asked for).
+    """
+
+    token: str
+    id: int
+    logprob: float
+    greedy: bool
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Score:
+    """The log-likelihood of given text: what ``backend.score()`` and ``score_text()`` return.
+
+    Attributes
+    ----------
+    tokens
+        One :class:`ScoredToken` per scored token, in order.
+    following
+        The most likely tokens *after* the scored text, most likely first (only when asked for,
+        e.g. by ``serve``'s ``/v1/completions`` with ``max_tokens: 1``).
+    """
+
+    tokens: tuple[ScoredToken, ...]
+    following: tuple[TopLogprob, ...] = ()
+
+    @property
+    def logprob(self) -> float:
+        """The log-likelihood: the sum of the tokens' log-probabilities."""
+        return float(sum(token.logprob for token in self.tokens))
+
+    @property
+    def greedy(self) -> bool:
+        """Whether greedy decoding would have produced every token (lm-eval's ``is_greedy``)."""
+        return all(token.greedy for token in self.tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        """How many tokens were scored."""
+        return len(self.tokens)
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(-logprob / num_tokens)``: the per-token perplexity."""
+        import math
+
+        return math.exp(-self.logprob / self.num_tokens) if self.tokens else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for JSON output (with the sum, greedy flag and perplexity)."""
+        data = asdict(self)
+        data.update(
+            logprob=self.logprob,
+            greedy=self.greedy,
+            num_tokens=self.num_tokens,
+            perplexity=self.perplexity,
+        )
+        return data
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ take one checked :class:`Request`:
 - :meth:`ModelBackend._generate` -- one request to one :class:`Generation`;
 - :meth:`ModelBackend._stream` -- one request to visible text pieces, optionally ending with the
   final :class:`Generation` (counts, finish reason, tool calls);
-- optionally :meth:`ModelBackend._generate_batch` (default: one after another),
+- optionally :meth:`ModelBackend._score` (``score()`` and its forms; the default refuses),
+  :meth:`ModelBackend._generate_batch` (default: one after another),
   :meth:`ModelBackend._agenerate` / :meth:`ModelBackend._astream` (default: the sync hook on a
   worker thread; server backends use native async clients), :meth:`ModelBackend._prompt_ids`
   and :meth:`ModelBackend._render` (the exact prompt, where the backend can know it).
@@ -34,10 +35,11 @@ from qwen_backends.errors import (
     QwenBackendsError,
     UnsupportedFeatureError,
 )
-from qwen_backends.results import FinishReason, Generation, Request, ToolCall
+from qwen_backends.results import FinishReason, Generation, Request, Score, ToolCall
 from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
+    from qwen_backends.scoring import Continuation, ScoreRequest
     from qwen_backends.settings import Settings
     from qwen_backends.thinking import TemplateMode
 
@@ -328,6 +330,101 @@ class ModelBackend(ABC):
         with self._attributed():
             return self._render(self._validate(messages), self._tools(tools))
 
+    # -- scoring (see qwen_backends.scoring) ---------------------------------------------------
+
+    def score(
+        self, messages: Conversation, continuation: Continuation, *, top_logprobs: int = 0
+    ) -> Score:
+        """The log-likelihood of ``continuation`` as the assistant's answer to ``messages``.
+
+        The continuation follows the non-thinking prompt (as :meth:`generate` would answer);
+        nothing is generated.
+
+        Parameters
+        ----------
+        messages
+            The conversation, ending with a user (or tool) turn.
+        continuation
+            The answer to score: text or token ids.
+        top_logprobs
+            Also report the n most likely tokens at each scored position (0-20).
+
+        Raises
+        ------
+        UnsupportedFeatureError
+            Where the backend cannot score (``capabilities.scoring`` is ``False``).
+        ConfigurationError
+            For an empty continuation; :class:`~qwen_backends.errors.ContextLengthError` when
+            prompt and continuation do not fit the context window.
+        """
+        return self.score_batch([(messages, continuation)], top_logprobs=top_logprobs)[0]
+
+    def score_batch(
+        self,
+        items: Sequence[tuple[Conversation, Continuation]],
+        *,
+        top_logprobs: int = 0,
+    ) -> list[Score]:
+        """:meth:`score` for several ``(messages, continuation)`` pairs, results in order.
+
+        Backends with native batching score them together; pairs that share a prompt (the
+        choices of one question) run that prompt once.
+        """
+        from qwen_backends.scoring import ScoreRequest, check_top
+
+        with self._attributed():
+            top = check_top(top_logprobs)
+            self._check_scoring()
+            requests = [
+                ScoreRequest(continuation, messages=self._validate(messages), top=top)
+                for messages, continuation in items
+            ]
+            return self._score(requests) if requests else []
+
+    def score_text(
+        self,
+        text: Continuation,
+        *,
+        context: str | Sequence[int] | None = None,
+        top_logprobs: int = 0,
+        window: int | None = None,
+        following: int = 0,
+    ) -> Score:
+        """The log-likelihood of raw ``text`` (no chat template): a document, or a continuation.
+
+        Without ``context`` the whole document is scored after the tokenizer's BOS (EOS for
+        Qwen3, which has none), in windows of ``window`` tokens when it is longer (lm-eval's
+        rolling log-likelihood); :attr:`Score.perplexity` is its perplexity. With ``context``
+        (text or token ids), only ``text`` is scored, after it.
+
+        Parameters
+        ----------
+        following
+            Also report the n most likely tokens after ``text`` (:attr:`Score.following`).
+        """
+        from qwen_backends.scoring import ScoreRequest, check_top
+
+        with self._attributed():
+            request = ScoreRequest(
+                text,
+                context=context,
+                top=check_top(top_logprobs),
+                following=check_top(following, "following"),
+                window=window,
+            )
+            self._check_scoring()
+            return self._score([request])[0]
+
+    def _check_scoring(self) -> None:
+        check_open(self._closed, self.name)
+        if not self.capabilities.scoring:
+            raise UnsupportedFeatureError(
+                self.name,
+                "scoring",
+                "it cannot give the log-probabilities of given text; use hf, unsloth, "
+                "llamacpp or mlx",
+            )
+
     def _validate(self, messages: Conversation) -> list[Message]:
         check_open(self._closed, self.name)
         # Control-token text is refused unless the settings opt in (allow_control_tokens).
@@ -444,6 +541,13 @@ class ModelBackend(ABC):
         raise UnsupportedFeatureError(
             self.name, "prompt rendering", "the prompt is rendered by its server"
         )
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score checked requests (see :mod:`qwen_backends.scoring`); the default refuses.
+
+        Reached only when ``capabilities.scoring`` is ``True``.
+        """
+        raise UnsupportedFeatureError(self.name, "scoring", "it implements no scoring hook")
 
     # -- shared work ----------------------------------------------------------------------------
 

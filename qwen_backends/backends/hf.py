@@ -71,8 +71,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from qwen_backends.grammar import GrammarEngine
-    from qwen_backends.results import Generation, Request
+    from qwen_backends.results import Generation, Request, Score
     from qwen_backends.sampling import SamplingParams
+    from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
 
 __all__ = ["HFBackend"]
@@ -124,6 +125,7 @@ class HFBackend(LocalBackend):
         structured_output=True,
         tools=True,
         logprobs=True,
+        scoring=True,
     )
 
     model: PreTrainedModel
@@ -414,6 +416,15 @@ class HFBackend(LocalBackend):
                 ) from exc
             raise GenerationError(f"generation failed: {first_line(exc)}") from exc
         return output
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score through the decoder and the output embedding at the scored positions only
+        (see :func:`~qwen_backends.backends.scoring_rows.transformers_rows`)."""
+        from qwen_backends.backends.scoring_rows import transformers_rows
+        from qwen_backends.scoring import score_locally
+
+        rows = transformers_rows(self.model, self.device, self.pad_token_id)
+        return score_locally(self, requests, rows)
 
     def _release(self, *, same_thread: bool) -> None:
         """Drop the model, tokenizer and prompt cache and free accelerator memory."""

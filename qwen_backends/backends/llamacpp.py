@@ -79,6 +79,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from qwen_backends.grammar import CompiledGrammar, GrammarEngine
+    from qwen_backends.results import Score
+    from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
 
 __all__ = ["GGUF_MAGIC", "LlamaCppBackend", "gguf_tokenizer"]
@@ -153,6 +155,7 @@ class LlamaCppBackend(LocalBackend):
         structured_output=True,
         tools=True,
         logprobs=True,
+        scoring=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -469,6 +472,14 @@ class LlamaCppBackend(LocalBackend):
                     yield token
         finally:
             tokens.close()
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score with llama.cpp's batch API, logits only at the scored positions (``logits_all``
+        stays off; see :func:`~qwen_backends.backends.scoring_rows.llamacpp_rows`)."""
+        from qwen_backends.backends.scoring_rows import llamacpp_rows
+        from qwen_backends.scoring import score_locally
+
+        return score_locally(self, requests, llamacpp_rows(self.llama))
 
     def _release(self, *, same_thread: bool) -> None:
         """Free the llama.cpp model and context (after an open stream of this thread ends)."""

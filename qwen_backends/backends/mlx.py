@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     import mlx.core as mx
 
     from qwen_backends.grammar import GrammarEngine, GrammarProcessor
+    from qwen_backends.results import Score
+    from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
 
 __all__ = [
@@ -292,7 +294,12 @@ class MLXBackend(LocalBackend):
     runtime = "mlx-lm"
     context_hint = " (the window is QWEN_MLX__MAX_CONTEXT)"
     capabilities = Capabilities(
-        english_only=True, renders_locally=True, structured_output=True, tools=True, logprobs=True
+        english_only=True,
+        renders_locally=True,
+        structured_output=True,
+        tools=True,
+        logprobs=True,
+        scoring=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -441,6 +448,13 @@ class MLXBackend(LocalBackend):
 
             self._english_mask = AdditiveMask(mx.array(self.english_bias()))
         return self._english_mask
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score through the model's body and its output layer at the scored positions only."""
+        from qwen_backends.backends.scoring_rows import mlx_rows
+        from qwen_backends.scoring import score_locally
+
+        return score_locally(self, requests, mlx_rows(self.model))
 
     def _release(self, *, same_thread: bool) -> None:
         """Drop the model and tokenizer."""

@@ -72,7 +72,9 @@ if TYPE_CHECKING:
 
     from openai import AsyncOpenAI, OpenAI
 
+    from qwen_backends.results import Score
     from qwen_backends.sampling import SamplingParams
+    from qwen_backends.scoring import ScoreRequest
     from qwen_backends.settings import Settings
     from qwen_backends.structured import ResponseFormat
     from qwen_backends.thinking import TemplateMode
@@ -178,6 +180,7 @@ class VLLMBackend(ServerBackend):
         native_async=True,
         structured_output=True,
         tools=True,
+        scoring=True,
     )
     batch_concurrency = MAX_BATCH_CONCURRENCY
     thinking_switch = "enable_thinking=False"
@@ -201,6 +204,7 @@ class VLLMBackend(ServerBackend):
         self._async_clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._english_ids: list[int] | None = None
+        self._tokenizer: Any = None
         #: ``None`` (the server's default, auto) until a server without a tool parser refuses it.
         self._tool_choice: str | None = None
         self._mode: TemplateMode | None = None
@@ -389,21 +393,35 @@ class VLLMBackend(ServerBackend):
             return self._english_ids
 
     def _load_english_ids(self) -> list[int]:
-        from qwen_backends.tokenizer import OFFLINE, load_tokenizer
         from qwen_backends.vocab import allowed_token_ids
 
-        source = self._config.tokenizer or self.model_name
-        try:
-            tokenizer = load_tokenizer(source)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(
-                f"english_only needs the tokenizer of the served model, and {source!r} cannot "
-                f"be loaded here; set QWEN_VLLM__TOKENIZER to its hub id or a local directory, "
-                f"or to {OFFLINE!r} for Qwen3's byte-exact offline tokenizer"
-            ) from exc
+        tokenizer = self._served_tokenizer("english_only")
         # The server's embedding matrix (151,936 rows for Qwen3) is larger than the tokenizer
         # (151,669 ids); only ids the tokenizer can decode are offered, all below both sizes.
         return [i for i in allowed_token_ids(tokenizer, tier="english") if 0 <= i < len(tokenizer)]
+
+    def _served_tokenizer(self, purpose: str) -> Any:
+        """The served model's tokenizer, loaded here once (``QWEN_VLLM__TOKENIZER``)."""
+        if self._tokenizer is None:
+            from qwen_backends.tokenizer import OFFLINE, load_tokenizer
+
+            source = self._config.tokenizer or self.model_name
+            try:
+                self._tokenizer = load_tokenizer(source)
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(
+                    f"{purpose} needs the tokenizer of the served model, and {source!r} cannot "
+                    "be loaded here; set QWEN_VLLM__TOKENIZER to its hub id or a local "
+                    f"directory, or to {OFFLINE!r} for Qwen3's byte-exact offline tokenizer"
+                ) from exc
+        return self._tokenizer
+
+    def _score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score with vLLM's ``prompt_logprobs`` (:mod:`~qwen_backends.backends.vllm_scoring`)."""
+        from qwen_backends.backends.vllm_scoring import score_on_vllm
+
+        self._ensure_checked()
+        return score_on_vllm(self, requests, self._served_tokenizer("scoring"))
 
     # -- clients and errors ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = ["COMMAND_MODULES", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "info",
     "generate",
+    "score",
     "make_test_model",
     "eval",
     "vocab",

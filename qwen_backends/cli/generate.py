@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="constrain the answer to the JSON schema in FILE and print the validated JSON",
     )
+    generate.add_argument(
+        "--logprobs",
+        type=int,
+        metavar="N",
+        help="after the answer, show each token with its probability and the N most likely "
+        "alternatives (0-20)",
+    )
     add_backend_options(generate)
     add_sampling_options(generate)
     generate.set_defaults(handler=run)
@@ -77,8 +84,16 @@ def run(args: argparse.Namespace) -> int:
     schema = (
         _read_schema(args.json_schema, settings.allow_control_tokens) if args.json_schema else None
     )
+    if args.logprobs is not None:
+        sampling = sampling.replace(logprobs=True, top_logprobs=args.logprobs)
     with create_backend(settings) as backend:
-        if schema is not None:
+        if args.logprobs is not None and not args.json and schema is None:
+            from qwen_backends.cli.score import token_table
+
+            result = backend.generate(messages, sampling)
+            print(result.text)
+            print(token_table(result.logprobs or ()))
+        elif schema is not None:
             result = backend.generate(messages, sampling, response_format=schema)
             shown = result.to_dict() if args.json else result.parsed
             print(json.dumps(shown, ensure_ascii=False))

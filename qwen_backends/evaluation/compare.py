@@ -280,6 +280,15 @@ def _summary_table(a: RunData, b: RunData) -> list[str]:
         ("contains_match_rate", "contains match"),
     ):
         rows.append((label, format_rate(sa[key], sa["scored"]), format_rate(sb[key], sb["scored"])))
+    if sa["choice_scored"] or sb["choice_scored"]:
+        for key, label in (("accuracy", "accuracy"), ("accuracy_norm", "accuracy (normalised)")):
+            rows.append(
+                (
+                    label,
+                    format_rate(sa[key], sa["choice_scored"]),
+                    format_rate(sb[key], sb["choice_scored"]),
+                )
+            )
     rows.append(("finish reasons", _reasons(sa), _reasons(sb)))
     lines = ["| | A | B |", "|---|---|---|"]
     lines += [f"| {name} | {_cell(left)} | {_cell(right)} |" for name, left, right in rows]
@@ -337,6 +346,8 @@ def _answer(record: dict[str, Any] | None) -> str:
     text = str(record.get("text", "")).strip()
     if len(text) > TEXT_LIMIT:
         text = text[:TEXT_LIMIT] + "…"
+    if record.get("choices") is not None:
+        return _choice_answer(record, text)
     mark = ""
     if record.get("exact_match"):
         mark = "**[exact]** "
@@ -349,6 +360,15 @@ def _answer(record: dict[str, Any] | None) -> str:
         f"{record.get('finish_reason')})"
     )
     return f"{mark}{_cell(text)} {stats}"
+
+
+def _choice_answer(record: dict[str, Any], text: str) -> str:
+    """A scored multiple-choice record: the predicted choice, right or wrong, and the
+    log-likelihood of every choice."""
+    correct = record.get("correct")
+    mark = "" if correct is None else ("**[right]** " if correct else "**[wrong]** ")
+    scores = ", ".join(f"{float(value):.3f}" for value in record.get("choice_logprobs") or [])
+    return f"{mark}{_cell(text)} (log-likelihoods {scores})"
 
 
 def _cell(text: str) -> str:

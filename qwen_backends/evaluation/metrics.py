@@ -18,6 +18,7 @@ from typing import Any
 import regex
 
 __all__ = [
+    "choice_summary",
     "contains_match",
     "exact_match",
     "format_summary",
@@ -112,6 +113,19 @@ def summarize(records: Sequence[Mapping[str, Any]], total_prompts: int) -> dict[
         "scored": len(scored),
         "exact_match_rate": _rate(scored, "exact_match"),
         "contains_match_rate": _rate(scored, "contains_match"),
+        **choice_summary(records),
+    }
+
+
+def choice_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Multiple-choice statistics: ``choice_scored`` (records with a known answer),
+    ``accuracy`` and ``accuracy_norm`` (length-normalised; lm-eval's ``acc`` / ``acc_norm``),
+    ``None`` when no such record exists."""
+    scored = [record for record in records if record.get("correct") is not None]
+    return {
+        "choice_scored": len(scored),
+        "accuracy": _rate(scored, "correct"),
+        "accuracy_norm": _rate(scored, "correct_norm"),
     }
 
 
@@ -141,6 +155,14 @@ def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
         ("exact match", format_rate(summary["exact_match_rate"], summary["scored"])),
         ("contains match", format_rate(summary["contains_match_rate"], summary["scored"])),
     ]
+    if summary.get("choice_scored"):
+        rows += [
+            ("accuracy", format_rate(summary["accuracy"], summary["choice_scored"])),
+            (
+                "accuracy (length-normalised)",
+                format_rate(summary["accuracy_norm"], summary["choice_scored"]),
+            ),
+        ]
     width = max(len(name) for name, _ in rows)
     lines = [title] if title else []
     lines += [f"{name:<{width}}  {value}" for name, value in rows]

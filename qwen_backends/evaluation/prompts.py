@@ -3,6 +3,10 @@
 ``messages`` is a conversation as :func:`qwen_backends.chat.validate_messages` accepts it (a list
 of ``{"role", "content"}`` dicts, or a string for one user turn). ``expected`` is an optional
 answer (a string, or a list of acceptable strings) that the runner scores outputs against.
+
+A *multiple-choice* prompt has ``choices`` (two or more answers) and optionally ``answer`` (the
+right one: its index, or its text) instead of ``expected``: nothing is generated, each choice is
+scored as the assistant's answer by log-likelihood (see :mod:`qwen_backends.evaluation.choices`).
 Every problem is reported as ``FILE:LINE: what is wrong``, so the line can be fixed directly.
 """
 
@@ -20,7 +24,7 @@ from qwen_backends.jsonl import iter_jsonl_objects
 
 __all__ = ["PromptCase", "load_prompts", "messages_digest"]
 
-_KEYS = ("id", "messages", "expected")
+_KEYS = ("id", "messages", "expected", "choices", "answer")
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,27 @@ class PromptCase:
         Acceptable answers; empty when the prompt is not scored.
     line
         1-based line number in the prompt file (for error messages).
+    choices
+        For a multiple-choice prompt: the answers scored by log-likelihood (else empty).
+    answer
+        The index of the right choice (``None`` when not given or not multiple-choice).
     """
 
     id: str
     messages: tuple[Message, ...]
     expected: tuple[str, ...]
     line: int
+    choices: tuple[str, ...] = ()
+    answer: int | None = None
 
     @property
     def digest(self) -> str:
-        """sha256 of the conversation (detects a prompt edited between resumed runs)."""
-        return messages_digest(self.messages)
+        """sha256 of the conversation, and of the choices and answer of a multiple-choice
+        prompt (detects a prompt edited between resumed runs)."""
+        if not self.choices:
+            return messages_digest(self.messages)
+        extra: Message = {"role": "choices", "content": json.dumps([self.choices, self.answer])}
+        return messages_digest([*self.messages, extra])
 
 
 def messages_digest(messages: tuple[Message, ...] | list[Message]) -> str:
@@ -102,11 +116,50 @@ def _parse_record(
         raise ConfigurationError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_KEYS)}"
         )
+    choices, answer = _parse_choices(record, where)
     return PromptCase(
         id=_parse_id(record.get("id"), where),
         messages=_parse_messages(record.get("messages"), where, allow_control_tokens),
         expected=_parse_expected(record.get("expected"), where),
         line=number,
+        choices=choices,
+        answer=answer,
+    )
+
+
+def _parse_choices(record: dict[str, Any], where: str) -> tuple[tuple[str, ...], int | None]:
+    choices, answer = record.get("choices"), record.get("answer")
+    if choices is None:
+        if answer is not None:
+            raise ConfigurationError(
+                f'{where}: answer needs choices; add "choices": [...], or use expected for a '
+                "generated answer"
+            )
+        return (), None
+    if record.get("expected") is not None:
+        raise ConfigurationError(
+            f"{where}: give either expected (a generated answer) or choices (scored answers), "
+            "not both"
+        )
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+        or len(set(choices)) != len(choices)
+    ):
+        raise ConfigurationError(
+            f"{where}: choices must be a list of two or more different non-empty strings, got "
+            f"{choices!r}"
+        )
+    if answer is None:
+        return tuple(choices), None
+    if isinstance(answer, str) and answer in choices:
+        return tuple(choices), choices.index(answer)
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        return tuple(choices), answer
+    raise ConfigurationError(
+        f"{where}: answer must be the index (0-{len(choices) - 1}) or the text of one of the "
+        f"choices, got {answer!r}"
     )
 
 

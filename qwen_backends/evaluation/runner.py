@@ -7,6 +7,10 @@ A run lives in ``<evaluation.output_dir>/<run_name>/``:
 - ``outputs.jsonl`` -- one record per finished prompt (see :func:`make_record`);
 - ``summary.json`` -- :func:`qwen_backends.evaluation.metrics.summarize` plus the run's identity.
 
+Multiple-choice prompts (``choices`` in the prompt set) are scored by log-likelihood instead of
+answered (:mod:`qwen_backends.evaluation.choices`); their records add the choices' scores and
+the summary adds accuracy and length-normalised accuracy.
+
 Running the same configuration again resumes: finished ids are skipped, an incomplete trailing
 record left by a kill is cut off, and a run directory made with different backend, model or
 sampling is refused rather than mixed. One process at a time writes a run (a lock file in the
@@ -286,7 +290,11 @@ def _generate_all(
     try:
         for case in todo:
             try:
-                generation = backend.generate(list(case.messages), sampling)
+                if case.choices:
+                    record = _choice_record(backend, case, sampling)
+                    generation = None
+                else:
+                    generation = backend.generate(list(case.messages), sampling)
             except QwenBackendsError as exc:
                 # Same error class (the CLI's exit code and retry logic depend on it), with the
                 # prompt it stopped at and how to go on.
@@ -296,25 +304,42 @@ def _generate_all(
                     "that prompt (or the cause) and run the same command again to resume",
                 )
                 raise
-            mode = backend.template_mode()  # known once the backend answered
-            record = make_record(
-                case,
-                generation,
-                backend=backend.name,
-                model=backend.model_name,
-                sampling=sampling,
-                prompt_sha256=prompt_fingerprint(backend, case),
-                template_mode=mode.value if mode is not None else None,
-            )
+            if generation is not None:
+                mode = backend.template_mode()  # known once the backend answered
+                record = make_record(
+                    case,
+                    generation,
+                    backend=backend.name,
+                    model=backend.model_name,
+                    sampling=sampling,
+                    prompt_sha256=prompt_fingerprint(backend, case),
+                    template_mode=mode.value if mode is not None else None,
+                )
+                tokens += generation.completion_tokens
+                seconds += generation.seconds
             outputs.append(record)
             result.records.append(record)
             result.generated += 1
-            tokens += generation.completion_tokens
-            seconds += generation.seconds
             bar.set_postfix_str(f"{tokens / seconds if seconds else 0.0:.1f} tok/s", refresh=False)
             bar.update(1)
     finally:
         bar.close()
+
+
+def _choice_record(
+    backend: ModelBackend, case: PromptCase, sampling: SamplingParams
+) -> dict[str, Any]:
+    """A multiple-choice prompt: its choices scored, nothing generated."""
+    from qwen_backends.evaluation.choices import make_choice_record
+
+    mode = backend.template_mode()
+    return make_choice_record(
+        backend,
+        case,
+        sampling=sampling,
+        prompt_sha256=prompt_fingerprint(backend, case),
+        template_mode=mode.value if mode is not None else None,
+    )
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool, file: TextIO | None) -> Any:

@@ -6,6 +6,9 @@ Endpoints (all under ``/v1``, JSON in and out):
 - ``POST /v1/chat/completions`` -- non-streamed, or server-sent events with ``stream: true``
   (``data: {chunk}`` lines, then ``data: [DONE]``; ``stream_options.include_usage`` adds a final
   chunk with ``usage``);
+- ``POST /v1/completions`` -- the legacy completions API for scoring raw prompts (no chat
+  template): ``echo``, ``logprobs: N``, ``max_tokens`` 0 or 1, as lm-evaluation-harness's
+  ``local-completions`` sends them (see :mod:`qwen_backends.serve.completions`);
 - ``POST /v1/tokenize`` -- ``{"model", "messages", "tools"?}`` to ``{"count", "tokens"}``: the
   exact token count of the rendered non-thinking prompt (``backend.prompt_ids``), or 400 where
   the backend cannot know it;
@@ -36,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from qwen_backends.errors import ConfigurationError, QwenBackendsError, first_line
+from qwen_backends.serve.completions import answer_completion, parse_completion_request
 from qwen_backends.serve.concurrency import AdmissionGate
 from qwen_backends.serve.limits import (
     ClientDisconnected,
@@ -47,6 +51,7 @@ from qwen_backends.serve.openai_schema import (
     ChatCall,
     ModelNotServedError,
     UnauthorizedError,
+    chat_logprobs,
     chunk,
     completion,
     error_payload,
@@ -194,6 +199,12 @@ def create_app(
         ids = await asyncio.to_thread(state.backend.prompt_ids, messages, tools=tools or None)
         return _json(200, {"model": state.models[0], "count": len(ids), "tokens": ids})
 
+    async def completions(request: HTTPRequest) -> Response:
+        _authorize(state, request)
+        call = parse_completion_request(await read_json_body(request, limits), state.models)
+        payload = await state.gate.run(lambda: answer_completion(state.backend, call))
+        return _json(200, payload)
+
     async def health(request: HTTPRequest) -> Response:
         return _json(200, {"status": "ok"})
 
@@ -218,6 +229,7 @@ def create_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{name:path}", model, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/tokenize", tokenize, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ],
@@ -468,7 +480,9 @@ class _Answer(Response):
                 send, self._chunk(delta={"tool_calls": tool_call_deltas(generation.tool_calls)})
             )
         reason = generation.finish_reason if generation is not None else "stop"
-        await self._event(send, self._chunk(finish_reason=reason))
+        await self._event(
+            send, self._chunk(finish_reason=reason, logprobs=chat_logprobs(generation))
+        )
         if self.call.include_usage:
             await self._event(
                 send,

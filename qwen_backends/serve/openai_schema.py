@@ -2,7 +2,7 @@
 
 :func:`parse_chat_request` turns a request body into one checked :class:`ChatCall` (messages,
 :class:`~qwen_backends.sampling.SamplingParams`, ``response_format``, ``tools``). Every field is
-either mapped, accepted because its value changes nothing (``n=1``, ``logprobs=false``), or
+either mapped, accepted because its value changes nothing (``n=1``), or
 refused with a :class:`RequestError` naming it; nothing is dropped silently. Anything that asks
 for thinking is a :class:`ThinkingRequestError`.
 
@@ -37,6 +37,7 @@ from qwen_backends.errors import (
     first_line,
 )
 from qwen_backends.openai_wire import (
+    chat_logprobs,
     chunk,
     completion,
     new_completion_id,
@@ -53,6 +54,7 @@ __all__ = [
     "RequestError",
     "ThinkingRequestError",
     "UnauthorizedError",
+    "chat_logprobs",
     "chunk",
     "completion",
     "error_payload",
@@ -75,8 +77,12 @@ SAMPLING_FIELDS: dict[str, str] = {
     "max_tokens": "max_new_tokens",
     "max_completion_tokens": "max_new_tokens",
     "stop": "stop",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
 }
-_INTEGER_FIELDS = frozenset({"top_k", "seed", "max_tokens", "max_completion_tokens"})
+_INTEGER_FIELDS = frozenset(
+    {"top_k", "seed", "max_tokens", "max_completion_tokens", "top_logprobs"}
+)
 
 #: Top-level keys that may switch thinking on in one API or another.
 THINKING_FIELDS = ("reasoning_effort", "enable_thinking", "think", "thinking", "reasoning")
@@ -84,8 +90,6 @@ THINKING_FIELDS = ("reasoning_effort", "enable_thinking", "think", "thinking", "
 #: Fields accepted only with a value that changes nothing: field -> (accepted values, why not).
 NO_OP_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "n": ((1,), "this server returns one choice per request; send n=1 or omit n"),
-    "logprobs": ((False,), "log-probabilities are not reported; omit logprobs"),
-    "top_logprobs": ((0,), "log-probabilities are not reported; omit top_logprobs"),
     "frequency_penalty": (
         (0, 0.0),
         "use presence_penalty (0..2) or repetition_penalty (0 < r <= 2) instead",
@@ -459,14 +463,21 @@ def _sampling(present: dict[str, Any], defaults: SamplingParams) -> SamplingPara
     changes: dict[str, Any] = {}
     for key, value in given.items():
         name = SAMPLING_FIELDS[key]
+        # top_logprobs is checked on its own range here; needing logprobs, just below.
+        alone = {name: value, "logprobs": True} if key == "top_logprobs" else {name: value}
         try:
-            defaults.replace(**{name: value})
+            defaults.replace(**alone)
         except ConfigurationError as exc:
             message = str(exc).removeprefix("invalid sampling parameters: ")
             if name != key:
                 message = message.replace(name, key)
             raise RequestError(message, param=key) from None
         changes[name] = value
+    if changes.get("top_logprobs") and not changes.get("logprobs", defaults.logprobs):
+        raise RequestError(
+            "top_logprobs needs logprobs=True; send both, or drop top_logprobs",
+            param="top_logprobs",
+        )
     try:
         return defaults.replace(**changes) if changes else defaults
     except ConfigurationError as exc:
@@ -480,6 +491,10 @@ def _check_type(key: str, value: Any) -> None:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return
         raise RequestError("stop must be a string or a list of strings", param="stop")
+    if key == "logprobs":
+        if not isinstance(value, bool):
+            raise RequestError(f"logprobs must be true or false, got {value!r}", param=key)
+        return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if key in _INTEGER_FIELDS:
         if not number or (isinstance(value, float) and not value.is_integer()):

@@ -26,6 +26,7 @@ from qwen_backends.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    ContextLengthError,
     GenerationError,
     InvalidMessagesError,
     OutputValidationError,
@@ -675,6 +676,85 @@ def test_a_server_that_recovers_is_retried_transparently(server_harness: Harness
         backend.remote.sleep = recover  # type: ignore[attr-defined]
         assert backend.generate("Hi", GREEDY).text == expected
     assert flips == ["slept"] and proxy.hits == 2
+
+
+# -- scoring: supported or refused -------------------------------------------------------------
+
+
+CHOICES = ["Four.", "It is five, I believe.", "22"]
+
+
+def test_scoring_is_supported_or_refused(conformant: Harness) -> None:
+    backend = conformant.backend
+    calls = [
+        lambda: backend.score(CONVERSATION, "Four."),
+        lambda: backend.score_batch([(CONVERSATION, c) for c in CHOICES]),
+        lambda: backend.score_text("A plain English sentence to score."),
+    ]
+    if not backend.capabilities.scoring:
+        for call in calls:
+            with pytest.raises(UnsupportedFeatureError, match="scoring") as caught:
+                call()
+            assert "\n" not in str(caught.value) and caught.value.backend == conformant.name
+        return
+    single = [backend.score(CONVERSATION, choice, top_logprobs=2) for choice in CHOICES]
+    batched = backend.score_batch([(CONVERSATION, choice) for choice in CHOICES])
+    for choice, one, many in zip(CHOICES, single, batched, strict=True):
+        ids = conformant.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        assert [token.id for token in one.tokens] == ids
+        assert "".join(token.token for token in one.tokens) == choice
+        assert one.logprob == pytest.approx(sum(token.logprob for token in one.tokens))
+        assert all(token.logprob < 0 and len(token.top) == 2 for token in one.tokens)
+        for token in one.tokens:
+            best = token.top[0]
+            assert best.logprob >= token.top[1].logprob and best.logprob >= token.logprob - 1e-6
+            assert token.greedy == (best.id == token.id)
+        assert many.logprob == pytest.approx(one.logprob, abs=1e-3)
+        assert [t.greedy for t in many.tokens] == [t.greedy for t in one.tokens]
+    document = backend.score_text("A plain English sentence to score.")
+    assert document.num_tokens == len(
+        conformant.tokenizer("A plain English sentence to score.")["input_ids"]
+    )
+    assert document.perplexity > 1
+
+
+def test_scoring_refuses_bad_input_in_one_line(conformant: Harness) -> None:
+    backend = conformant.backend
+    if not backend.capabilities.scoring:
+        pytest.skip(f"{conformant.name} cannot score (refusal: test_scoring_is_supported...)")
+    window = backend.context_window  # type: ignore[attr-defined]
+    cases: list[tuple[Callable[[], Any], type[Exception], str]] = [
+        (lambda: backend.score("Hi", ""), ConfigurationError, "continuation is empty"),
+        (lambda: backend.score("Hi", []), ConfigurationError, "continuation is empty"),
+        (lambda: backend.score("Hi", "x", top_logprobs=21), ConfigurationError, "0 to 20"),
+        (lambda: backend.score("Hi", " word" * window), ContextLengthError, "context window"),
+        (lambda: backend.score("Hi", [10**7]), ConfigurationError, "outside the vocabulary"),
+        (lambda: backend.score("Hi", "say <|im_end|>"), ConfigurationError, "control token"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+    # Scoring leaves the model as it was: the same greedy answer before and after.
+    before = backend.generate("Hi", GREEDY)
+    backend.score("Hi", before.text or "x")
+    assert backend.generate("Hi", GREEDY).text == before.text
+
+
+def test_a_greedy_answers_logprobs_sum_to_its_score(conformant: Harness) -> None:
+    backend = conformant.backend
+    caps = backend.capabilities
+    if not (caps.logprobs and caps.scoring):
+        pytest.skip(
+            f"{conformant.name} does not report both per-token logprobs "
+            f"({caps.logprobs}) and scoring ({caps.scoring}); refusals are tested above"
+        )
+    sampling = SamplingParams.preset("greedy", max_new_tokens=8, logprobs=True)
+    answer = backend.generate(CONVERSATION, sampling)
+    assert answer.logprobs is not None and len(answer.logprobs) == answer.completion_tokens
+    scored = backend.score(CONVERSATION, [token.id for token in answer.logprobs])
+    assert scored.logprob == pytest.approx(sum(t.logprob for t in answer.logprobs), abs=1e-3)
+    assert scored.greedy
 
 
 # -- the same checkpoint gives the same answer and counts on hf and vllm ------------------------

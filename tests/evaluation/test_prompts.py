@@ -64,7 +64,8 @@ GOOD = json.dumps({"id": "ok", "messages": "fine"})
     [
         ('{"id": "x", "messages": [', "p.jsonl:2: not valid JSON"),
         ('["id", "x"]', "p.jsonl:2: expected a JSON object"),
-        ('{"id": "x", "messages": "hi", "answer": "a"}', "p.jsonl:2: unknown key(s) answer"),
+        ('{"id": "x", "messages": "hi", "solution": "a"}', "p.jsonl:2: unknown key(s) solution"),
+        ('{"id": "x", "messages": "hi", "answer": "a"}', "p.jsonl:2: answer needs choices"),
         ('{"messages": "hi"}', "p.jsonl:2: id must be a non-empty string"),
         ('{"id": "x"}', "p.jsonl:2: messages is missing"),
         (

@@ -164,7 +164,7 @@ def test_thinking_requests_are_refused(served: Served, fields: dict[str, Any]) -
     ("fields", "param"),
     [
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"temperature": 5}, "temperature"),
         ({"extra_body": {"mystery": 1}}, "mystery"),
         ({"max_tokens": 0}, "max_tokens"),

@@ -56,6 +56,8 @@ def test_every_sampling_field_maps_onto_sampling_params() -> None:
         top_k=5,
         min_p=0.1,
         repetition_penalty=1.1,
+        logprobs=True,
+        top_logprobs=3,
     )
     assert call.sampling == SamplingParams(
         temperature=0.2,
@@ -67,6 +69,8 @@ def test_every_sampling_field_maps_onto_sampling_params() -> None:
         top_k=5,
         min_p=0.1,
         repetition_penalty=1.1,
+        logprobs=True,
+        top_logprobs=3,
     )
 
 
@@ -101,8 +105,10 @@ def test_max_completion_tokens_and_a_single_stop_string() -> None:
         ({"stop": ["ok", 3]}, "stop", "list of strings"),
         ({"stop": [""]}, "stop", "empty string"),
         ({"n": 2}, "n", "one choice"),
-        ({"logprobs": True}, "logprobs", "log-probabilities"),
-        ({"top_logprobs": 3}, "top_logprobs", "log-probabilities"),
+        ({"logprobs": 1}, "logprobs", "true or false"),
+        ({"top_logprobs": 3}, "top_logprobs", "needs logprobs=True"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "out of range"),
+        ({"logprobs": True, "top_logprobs": 1.5}, "top_logprobs", "must be an integer"),
         ({"frequency_penalty": 0.5}, "frequency_penalty", "presence_penalty"),
         ({"logit_bias": {"1": 5}}, "logit_bias", "logit_bias"),
         ({"tool_choice": "required"}, "tool_choice", "auto"),
