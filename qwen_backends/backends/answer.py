@@ -6,7 +6,9 @@ backend: the visible text (thinking removed by
 :class:`~qwen_backends.thinking.ThinkingStreamFilter`, ``<tool_call>`` blocks taken out by
 :class:`~qwen_backends.tools.ToolCallFilter` when the request has tools), the server's own tool
 calls (whole, or streamed as :class:`CallPart` fragments), the token counts and the finish
-reason, and at the end the one :class:`~qwen_backends.results.Generation`.
+reason, the per-token log-probabilities when asked (:class:`~qwen_backends.backends.token_loop.Step`
+entries, named and filtered of thinking as the in-process backends do), and at the end the one
+:class:`~qwen_backends.results.Generation`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from qwen_backends.backends.token_loop import Step, steps_logprobs
 from qwen_backends.errors import GenerationError
 from qwen_backends.openai_wire import tool_call_from_openai
-from qwen_backends.results import Generation, ToolCall
+from qwen_backends.results import Generation, TokenLogprob, ToolCall
 from qwen_backends.thinking import ThinkingStreamFilter
 from qwen_backends.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCallFilter, new_call_id
 
@@ -66,6 +69,8 @@ class Piece:
         The server's own finish reason (read when ``final``).
     prompt_tokens, completion_tokens
         The token counts, on the chunk that carries them.
+    steps
+        The chunk's generated ids with their log-probabilities (when the request asked).
     """
 
     text: str = ""
@@ -76,6 +81,7 @@ class Piece:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    steps: tuple[Step, ...] = ()
 
 
 class Source(Protocol):
@@ -85,6 +91,9 @@ class Source(Protocol):
     remote: Remote
 
     @property
+    def logprobs_cover_every_token(self) -> bool: ...
+
+    @property
     def thinking_field(self) -> str: ...
 
     def _parse(self, chunk: Any) -> Piece: ...
@@ -92,6 +101,8 @@ class Source(Protocol):
     def _finish_reason(self, value: str | None) -> FinishReason | None: ...
 
     def _warn_thinking(self, where: str) -> None: ...
+
+    def _logprob_tokenizer(self) -> Any: ...
 
 
 class Assembler:
@@ -104,6 +115,9 @@ class Assembler:
         The server backend (its chunk parser, finish reasons, remote layer, thinking warning).
     tools
         The request has tools: tool calls are taken out of the text and reported.
+    top_logprobs
+        ``None``, or the request asked for per-token log-probabilities with this many
+        alternatives each (the pieces carry steps; servers may send more alternatives).
 
     Attributes
     ----------
@@ -111,8 +125,12 @@ class Assembler:
         Everything handed out so far (kept in ``partial_text`` when the answer breaks).
     """
 
-    def __init__(self, backend: Source, *, tools: bool = False) -> None:
+    def __init__(
+        self, backend: Source, *, tools: bool = False, top_logprobs: int | None = None
+    ) -> None:
         self.backend = backend
+        self._steps: list[Step] | None = [] if top_logprobs is not None else None
+        self._top = top_logprobs or 0
         self.text = ""
         self._thinking = ThinkingStreamFilter()
         self._content_calls = ToolCallFilter() if tools else None
@@ -133,6 +151,8 @@ class Assembler:
             self._final, self._reason = True, piece.finish_reason
         if piece.prompt_tokens is not None or piece.completion_tokens is not None:
             self._counts = (piece.prompt_tokens, piece.completion_tokens)
+        if self._steps is not None:
+            self._steps += piece.steps
         if self._content_calls is not None:
             self._calls += piece.calls
             for part in piece.call_parts:
@@ -192,7 +212,27 @@ class Assembler:
             completion_tokens=completion_tokens,
             seconds=seconds,
             tool_calls=tuple(calls),
+            logprobs=self._logprobs(completion_tokens, text),
         )
+
+    def _logprobs(self, completion_tokens: int, text: str) -> tuple[TokenLogprob, ...] | None:
+        """The answer's per-token log-probabilities, one per generated token, or ``None`` when
+        the request did not ask for them."""
+        if self._steps is None:
+            return None
+        every = self.backend.logprobs_cover_every_token
+        if len(self._steps) > completion_tokens or (every and len(self._steps) < completion_tokens):
+            raise self.backend.remote.protocol_error(
+                f"the answer reports log-probabilities for {len(self._steps)} of its "
+                f"{completion_tokens} tokens",
+                partial_text=text,
+            )
+        from qwen_backends.backends.local import qwen_end_ids
+
+        tokenizer = self.backend._logprob_tokenizer()
+        end_ids = qwen_end_ids(tokenizer, self.backend.remote.server)
+        steps = [step._replace(top=step.top[: self._top]) for step in self._steps]
+        return steps_logprobs(tokenizer, steps, end_ids)
 
     def _visible(self, text: str) -> str:
         return self._content_calls.feed(text) if self._content_calls is not None else text

@@ -50,11 +50,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.answer import Piece
 from qwen_backends.backends.base import Capabilities
+from qwen_backends.backends.ollama_logprobs import (
+    check_logprobs_version,
+    chunk_steps,
+    token_vocabulary,
+)
 from qwen_backends.backends.ollama_models import (
     INSTRUCT_TAGS,
     MIN_THINK_VERSION,
@@ -185,6 +190,10 @@ def chat_request(
         body["format"] = response_format.schema
     if tools:
         body["tools"] = [dict(tool) for tool in tools]
+    if sampling.logprobs:
+        body["logprobs"] = True
+        if sampling.top_logprobs:
+            body["top_logprobs"] = sampling.top_logprobs
     return body
 
 
@@ -266,7 +275,11 @@ class OllamaBackend(ServerBackend):
     """
 
     name = "ollama"
-    capabilities = Capabilities(native_async=True, structured_output=True, tools=True)
+    capabilities = Capabilities(
+        native_async=True, structured_output=True, tools=True, logprobs=True
+    )
+    #: Ollama gives no entry to the end-of-turn token or to tokens cut by a stop string.
+    logprobs_cover_every_token = False
     batch_concurrency = BATCH_CONCURRENCY
     thinking_switch = "think=false"
     thinking_field = "message.thinking"
@@ -293,6 +306,9 @@ class OllamaBackend(ServerBackend):
         self._client = ollama.Client(host=config.host, timeout=config.timeout, verify=self._ssl)
         self._warned_tools: set[tuple[str, tuple[str, ...]]] = set()
         self._mode: TemplateMode | None = None
+        self._version: tuple[int, int, int] | None = None
+        self._vocabulary: dict[str, int] | None = None
+        self._tokenizer: Any = None
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -377,6 +393,8 @@ class OllamaBackend(ServerBackend):
             await client._client.aclose()
 
     def _body(self, request: Request, *, stream: bool) -> dict[str, Any]:
+        if request.sampling.logprobs:
+            check_logprobs_version(self._version, remote=self.remote)
         for tool in request.tools:
             self._warn_dropped(tool)
         return chat_request(
@@ -406,7 +424,23 @@ class OllamaBackend(ServerBackend):
             finish_reason=chunk.done_reason if done else None,
             prompt_tokens=_count(chunk.prompt_eval_count) if done else None,
             completion_tokens=_count(chunk.eval_count) if done else None,
+            steps=chunk_steps(getattr(chunk, "logprobs", None), self._vocabulary or {}),
         )
+
+    def _local_work(self, request: Request) -> Callable[[], object] | None:
+        if request.sampling.logprobs and self._vocabulary is None:
+            return self._logprob_tokenizer  # seconds: async calls run it on a worker thread
+        return None
+
+    def _logprob_tokenizer(self) -> Any:
+        """Qwen3's byte-exact tokenizer (every Qwen3-4B release shares its vocabulary), which
+        turns the token texts Ollama reports into ids."""
+        if self._tokenizer is None:
+            from qwen_backends.tokenizer import OFFLINE, load_tokenizer
+
+            self._tokenizer = load_tokenizer(OFFLINE)
+            self._vocabulary = token_vocabulary(self._tokenizer)
+        return self._tokenizer
 
     def _first_use_check(self) -> Dialogue[None]:
         """The server version (``/api/version``), then the model (``/api/show``)."""
@@ -417,6 +451,7 @@ class OllamaBackend(ServerBackend):
             raise self.remote.protocol_error("/api/version did not answer JSON") from None
         version = payload.get("version") if isinstance(payload, dict) else None
         check_version(version if isinstance(version, str) else None, remote=self.remote)
+        self._version = parse_version(version if isinstance(version, str) else None)
         name = self.model_name
         show = yield Call(lambda client: client.show(name), self._status_errors)
         self._mode = check_model(name, show)

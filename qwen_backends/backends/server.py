@@ -102,6 +102,9 @@ class ServerBackend(ModelBackend):
     thinking_switch: ClassVar[str]
     #: What the thinking warning calls the field the server reports thinking in.
     thinking_field: ClassVar[str]
+    #: Whether the server reports log-probabilities for every generated token (the assembler
+    #: then checks the count); Ollama leaves some out.
+    logprobs_cover_every_token: ClassVar[bool] = True
     #: Appended to the thinking warning (what to do about it).
     thinking_advice: ClassVar[str] = ""
 
@@ -153,6 +156,11 @@ class ServerBackend(ModelBackend):
     def _status_errors(self, failure: Failure) -> QwenBackendsError | None:
         """The backend's wording for a 4xx; ``None`` keeps the remote layer's."""
         return None
+
+    def _logprob_tokenizer(self) -> Any:
+        """The served model's tokenizer, which names the ids of per-token log-probabilities
+        (asked only of backends whose capabilities include ``logprobs``)."""
+        raise NotImplementedError(f"{self.name} reports no per-token log-probabilities")
 
     def _resend(self, request: Request, error: ConfigurationError) -> bool:
         """Whether to send ``request`` once more after the server refused it with ``error``
@@ -207,7 +215,7 @@ class ServerBackend(ModelBackend):
     def _assemble(
         self, request: Request, chunks: Any, first: Any, started: float
     ) -> Iterator[str | Generation]:
-        assembler = Assembler(self, tools=bool(request.tools))
+        assembler = Assembler(self, tools=bool(request.tools), top_logprobs=_top_logprobs(request))
         # Closing the response makes the server stop generating (early break included).
         with _closed_after(chunks), self._translating(assembler):
             for chunk in _chain(first, chunks):
@@ -227,7 +235,9 @@ class ServerBackend(ModelBackend):
                 self._checked = True
             started = time.perf_counter()
             chunks, first = await self._arun(client, self._open(request, stream=stream))
-            assembler = Assembler(self, tools=bool(request.tools))
+            assembler = Assembler(
+                self, tools=bool(request.tools), top_logprobs=_top_logprobs(request)
+            )
             async with _aclosed_after(chunks), contextlib.aclosing(_achain(first, chunks)) as rest:
                 with self._translating(assembler):
                     async for chunk in rest:
@@ -328,6 +338,11 @@ class ServerBackend(ModelBackend):
             self.thinking_switch,
             self.thinking_advice,
         )
+
+
+def _top_logprobs(request: Request) -> int | None:
+    """What :class:`Assembler` is told of the request's log-probabilities."""
+    return request.sampling.top_logprobs if request.sampling.logprobs else None
 
 
 def _generation(items: Iterator[str | Generation]) -> Generation:

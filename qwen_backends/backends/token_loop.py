@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
     from qwen_backends.sampling import SamplingParams
 
-__all__ = ["AnswerAssembler", "IncrementalDecoder", "Step", "decode_ids", "numpy_step"]
+__all__ = [
+    "AnswerAssembler",
+    "IncrementalDecoder",
+    "Step",
+    "decode_ids",
+    "numpy_step",
+    "reported_logprobs",
+    "steps_logprobs",
+]
 
 #: Raw-text spans the thinking filter removes: a block with the whitespace after it (or to the
 #: end when unclosed), and an orphan closing tag with its whitespace.
@@ -237,33 +245,7 @@ class AnswerAssembler:
 
     def _logprobs(self) -> tuple[TokenLogprob, ...]:
         """One entry per counted id, less the ids of removed thinking."""
-        raw = "".join(self.raw)
-        removed = [match.span() for match in _THINKING_SPANS.finditer(raw)]
-        names: dict[int, str] = {}
-
-        def name(token: int) -> str:
-            if token not in names:
-                names[token] = str(
-                    self.tokenizer.decode(
-                        [token], skip_special_tokens=False, clean_up_tokenization_spaces=False
-                    )
-                )
-            return names[token]
-
-        kept, start = [], 0
-        for step, piece in zip(self.steps, self.raw, strict=False):
-            end = start + len(piece)
-            # An id whose text lies inside a removed span is thinking; an id with no text of its
-            # own (a byte of a longer character) belongs where its character starts.
-            inside = any(
-                low <= start and (end <= high if piece else start < high) for low, high in removed
-            )
-            start = end
-            if inside or step is None:
-                continue
-            top = tuple(TopLogprob(name(i), i, value) for i, value in step.top)
-            kept.append(TokenLogprob(name(step.id), step.id, step.logprob, top))
-        return tuple(kept)
+        return reported_logprobs(self.tokenizer, self.steps, self.raw)
 
     def _show(self, visible: str) -> str:
         if self.calls is not None:
@@ -271,3 +253,51 @@ class AnswerAssembler:
         if visible:
             self.pieces.append(visible)
         return visible
+
+
+def reported_logprobs(
+    tokenizer: PreTrainedTokenizerBase, steps: Sequence[Step | None], raw: Sequence[str]
+) -> tuple[TokenLogprob, ...]:
+    """The :class:`~qwen_backends.results.TokenLogprob` entries of an answer.
+
+    ``steps`` holds one entry per counted id (``None`` for an id that came without
+    log-probabilities) and ``raw`` each id's decoded text (``""`` for an end-of-turn id); the ids
+    whose text lies inside removed thinking are left out.
+    """
+    text = "".join(raw)
+    removed = [match.span() for match in _THINKING_SPANS.finditer(text)]
+    names: dict[int, str] = {}
+
+    def name(token: int) -> str:
+        if token not in names:
+            names[token] = str(
+                tokenizer.decode(
+                    [token], skip_special_tokens=False, clean_up_tokenization_spaces=False
+                )
+            )
+        return names[token]
+
+    kept, start = [], 0
+    for step, piece in zip(steps, raw, strict=False):
+        end = start + len(piece)
+        # An id whose text lies inside a removed span is thinking; an id with no text of its
+        # own (a byte of a longer character) belongs where its character starts.
+        inside = any(
+            low <= start and (end <= high if piece else start < high) for low, high in removed
+        )
+        start = end
+        if inside or step is None:
+            continue
+        top = tuple(TopLogprob(name(i), i, value) for i, value in step.top)
+        kept.append(TokenLogprob(name(step.id), step.id, step.logprob, top))
+    return tuple(kept)
+
+
+def steps_logprobs(
+    tokenizer: PreTrainedTokenizerBase, steps: Sequence[Step], end_ids: Container[int]
+) -> tuple[TokenLogprob, ...]:
+    """:func:`reported_logprobs` for an answer known only by its steps (a server's answer):
+    the ids are decoded here, as :class:`AnswerAssembler` decodes them."""
+    decoder = IncrementalDecoder(tokenizer)
+    raw = ["" if step.id in end_ids else decoder.add(step.id) for step in steps]
+    return reported_logprobs(tokenizer, steps, raw)

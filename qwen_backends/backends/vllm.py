@@ -49,6 +49,7 @@ from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.probe import probe_server
 from qwen_backends.backends.remote import Failure, Remote
 from qwen_backends.backends.server import Dialogue, ServerBackend
+from qwen_backends.backends.vllm_scoring import chunk_steps, max_model_len
 from qwen_backends.backends.vllm_tokenize import (
     PROBES,
     decode_token_strs,
@@ -86,6 +87,8 @@ logger = logging.getLogger(__name__)
 #: vLLM's value for "no top-k": 0 in current releases, but -1 is accepted by old and new alike
 #: (releases before 0.8 rejected 0), so deployments on any version understand it.
 TOP_K_OFF = -1
+#: vLLM's default ``--max-logprobs``.
+MAX_TOP_LOGPROBS = 20
 #: Reasoning fields a vLLM server fills when started with ``--reasoning-parser``.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
 #: Most requests :meth:`VLLMBackend.generate_batch` keeps in flight at once.
@@ -144,6 +147,12 @@ def build_request(
     }
     if sampling.seed is not None:
         request["seed"] = sampling.seed
+    if sampling.logprobs:
+        request["logprobs"] = True
+        if sampling.top_logprobs:
+            # vLLM lists the sampled token first, then the best: one more keeps the top N whole.
+            request["top_logprobs"] = min(sampling.top_logprobs + 1, MAX_TOP_LOGPROBS)
+        extra_body["return_tokens_as_token_ids"] = True
     if stream:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
@@ -180,6 +189,7 @@ class VLLMBackend(ServerBackend):
         native_async=True,
         structured_output=True,
         tools=True,
+        logprobs=True,
         scoring=True,
     )
     batch_concurrency = MAX_BATCH_CONCURRENCY
@@ -204,6 +214,7 @@ class VLLMBackend(ServerBackend):
         self._async_clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._english_ids: list[int] | None = None
+        self._window: int | None = None
         self._tokenizer: Any = None
         #: ``None`` (the server's default, auto) until a server without a tool parser refuses it.
         self._tool_choice: str | None = None
@@ -306,15 +317,28 @@ class VLLMBackend(ServerBackend):
             finish_reason=choice.finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            steps=chunk_steps(self, getattr(choice, "logprobs", None)),
         )
+
+    def _logprob_tokenizer(self) -> Any:
+        return self._served_tokenizer("logprobs")
+
+    @property
+    def context_window(self) -> int:
+        """The served model's window in tokens (``max_model_len`` of ``/v1/models``, read once)."""
+        if self._window is None:
+            self._window = self._run(max_model_len(self))
+        return self._window
 
     def _finish_reason(self, value: str | None) -> FinishReason | None:
         return finish_reason(value)
 
     def _local_work(self, request: Request) -> Callable[[], object] | None:
+        # Loading the tokenizer takes seconds (async calls run it on a worker thread).
         if request.sampling.english_only and self._english_ids is None:
-            # Loading the tokenizer takes seconds (async calls run it on a worker thread).
             return lambda: self._english_only_ids(request.sampling)
+        if request.sampling.logprobs and self._tokenizer is None:
+            return lambda: self._served_tokenizer("logprobs")
         return None
 
     def _resend(self, request: Request, error: ConfigurationError) -> bool:

@@ -1,4 +1,11 @@
-"""Scoring on a vLLM server: ``prompt_logprobs`` of ``POST /v1/completions``.
+"""Log-probabilities on a vLLM server: per-token entries of an answer, and scoring.
+
+Answers: a request with ``logprobs`` also sets ``return_tokens_as_token_ids``, so every entry
+names its id (``token_id:N``); :func:`chunk_steps` reads a chunk's entries as
+:class:`~qwen_backends.backends.token_loop.Step` values, which the shared assembler names and
+filters as the in-process backends do.
+
+Scoring: ``prompt_logprobs`` of ``POST /v1/completions``.
 
 The spans are planned as for the in-process backends (:func:`qwen_backends.scoring.plan_spans`:
 the chat prompt from the server's own ``/tokenize``, the continuation tokenised with the served
@@ -15,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.server import Call, Dialogue
+from qwen_backends.backends.token_loop import Step
 from qwen_backends.scoring import Span, SpanScores, assemble, plan_spans
 
 if TYPE_CHECKING:
@@ -23,7 +31,7 @@ if TYPE_CHECKING:
     from qwen_backends.results import Score
     from qwen_backends.scoring import ScoreRequest
 
-__all__ = ["score_on_vllm"]
+__all__ = ["chunk_steps", "max_model_len", "score_on_vllm"]
 
 
 class _Target:
@@ -50,7 +58,7 @@ def score_on_vllm(
 ) -> list[Score]:
     """Score ``requests`` on ``backend``'s server (see the module docs); ``tokenizer`` is the
     served model's."""
-    target = _Target(backend, tokenizer, backend._run(_max_model_len(backend)))
+    target = _Target(backend, tokenizer, backend.context_window)
     planned = [plan_spans(target, request) for request in requests]
     per_span = [
         _span_scores(backend, tokenizer, backend._run(_complete(backend, span)), span)
@@ -60,7 +68,30 @@ def score_on_vllm(
     return assemble(tokenizer, planned, per_span)
 
 
-def _max_model_len(backend: VLLMBackend) -> Dialogue[int]:
+def chunk_steps(backend: VLLMBackend, logprobs: Any) -> tuple[Step, ...]:
+    """The generated ids of a chunk with their log-probabilities (``logprobs.content`` of a
+    request with ``return_tokens_as_token_ids``); top entries most likely first."""
+    steps = []
+    for entry in getattr(logprobs, "content", None) or ():
+        top = sorted(
+            ((_token_id(backend, item.token), item.logprob) for item in entry.top_logprobs or ()),
+            key=lambda pair: -pair[1],
+        )
+        steps.append(Step(_token_id(backend, entry.token), entry.logprob, tuple(top)))
+    return tuple(steps)
+
+
+def _token_id(backend: VLLMBackend, token: str) -> int:
+    """The id in vLLM's ``token_id:N`` placeholder."""
+    prefix, _, number = token.partition(":")
+    if prefix != "token_id" or not number.isdigit():
+        raise backend.remote.protocol_error(
+            f"a logprobs entry names its token {token[:40]!r}, not 'token_id:N'"
+        )
+    return int(number)
+
+
+def max_model_len(backend: VLLMBackend) -> Dialogue[int]:
     """The served model's window (``max_model_len`` of ``/v1/models``)."""
     answer = yield Call(lambda client: client.models.list(), status_errors=backend._status_errors)
     for model in getattr(answer, "data", []):

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 INSTRUCT_TAG = "qwen3:4b-instruct-2507-q4_K_M"
+#: The server release the stand-in reports by default (one that returns logprobs).
+RELEASE = "0.13.0"
 THINKING_TAG = "qwen3:4b"
 HYBRID_TAG = "qwen3:4b-q4_K_M"
 THINK_LEVELS = ("low", "medium", "high")
@@ -224,12 +226,15 @@ class TinyQwen:
         options: dict[str, Any],
         end_after: int | None = None,
         outcome: dict[str, bool] | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+        top: int = 0,
     ) -> Iterator[int]:
         """Sample token ids after ``prompt`` (stops at end of turn or ``num_predict``).
 
         The end-of-turn token itself is not yielded; ``outcome["ended"]`` is set when it came
         (it counts as a generated token, as in Ollama's ``eval_count``). ``end_after`` forces
-        it after that many tokens.
+        it after that many tokens. ``logprobs`` receives the entry of each yielded token, with
+        ``top`` alternatives.
         """
         outcome = {} if outcome is None else outcome
         outcome["ended"] = False
@@ -253,12 +258,27 @@ class TinyQwen:
                 )
             past = out.past_key_values
             token = self._pick(out.logits[0, -1], generated, options, generator)
-            if token in EOS_IDS:
+            if token in EOS_IDS:  # Ollama's runner gives the end of turn no logprobs entry
                 outcome["ended"] = True
                 return
+            if logprobs is not None:
+                logprobs.append(self._logprob_entry(out.logits[0, -1], token, top))
             generated.append(token)
             yield token
             step_input = torch.tensor([[token]])
+
+    def _logprob_entry(self, logits: Any, token: int, top: int) -> dict[str, Any]:
+        """Ollama's entry for ``token``: the log-softmax of the raw logits, tokens by text (a
+        byte of a longer character is U+FFFD, as Go's JSON encoder writes invalid UTF-8)."""
+        rows = self.torch.log_softmax(logits.float(), dim=-1)
+        entry: dict[str, Any] = {"token": self.decode([token]), "logprob": float(rows[token])}
+        if top:
+            values, ids = self.torch.topk(rows, top)
+            entry["top_logprobs"] = [
+                {"token": self.decode([int(i)]), "logprob": float(v)}
+                for v, i in zip(values, ids, strict=True)
+            ]
+        return entry
 
     def _pick(
         self, logits: Any, generated: list[int], options: dict[str, Any], generator: Any
@@ -339,7 +359,7 @@ class OllamaServer:
         self.engine = engine
         self.models = {m.name: m for m in (models if models is not None else [instruct_model()])}
         self.pullable = {m.name: m for m in pullable or []}
-        self.version = "0.12.6"
+        self.version = RELEASE
         self.latency = 0.0
         self.fail_next: list[int] = []
         self.error_after: int | None = None
@@ -391,7 +411,7 @@ class OllamaServer:
             self.requests.clear()
             self.answers.clear()
             self.max_in_flight = 0
-        self.version, self.latency, self.fail_next = "0.12.6", 0.0, []
+        self.version, self.latency, self.fail_next = RELEASE, 0.0, []
         self.error_after, self.gate = None, None
 
     def chats(self) -> list[dict[str, Any]]:
@@ -450,6 +470,8 @@ class _QuietServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_stub: OllamaServer
+    #: logprobs entries not yet sent (``None``: the request did not ask for them).
+    _pending: list[dict[str, Any]] | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -676,6 +698,11 @@ class _Handler(BaseHTTPRequestHandler):
         done_reason = "stop"
         chunks = 0
         outcome: dict[str, bool] = {}
+        # Releases from 0.12.11 on answer "logprobs": the entries ride on the lines that carry
+        # their tokens' text; older ones ignore the field.
+        wanted = body.get("logprobs") is True and stub._version_tuple() >= (0, 12, 11)
+        entries: list[dict[str, Any]] | None = [] if wanted else None
+        self._pending = entries
         if stream:
             self._start_ndjson()
         if tags and stream:
@@ -685,7 +712,8 @@ class _Handler(BaseHTTPRequestHandler):
         think_budget = model.think_tokens if thinks else 0
         closed = False
         try:
-            for token in engine.tokens(prompt, options, model.end_after, outcome):
+            top = int(body.get("top_logprobs") or 0)
+            for token in engine.tokens(prompt, options, model.end_after, outcome, entries, top):
                 ids.append(token)
                 if len(ids) <= think_budget:
                     piece = engine.decode(ids)[len(thinking) :]
@@ -705,6 +733,8 @@ class _Handler(BaseHTTPRequestHandler):
                 cut = min((full.find(s) for s in stops if s in full), default=-1)
                 if cut >= 0:
                     content = full[:cut]
+                    if entries:  # the runner drops the entries of tokens cut by the stop
+                        entries.pop()
                     break
                 content = full
                 safe = len(content) - _held_for_stop(content, stops)
@@ -748,6 +778,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "prompt_eval_count": len(prompt),
             }
         )
+        if entries is not None:
+            final["logprobs"] = entries
         if stream:
             self._line({**final, "message": {"role": "assistant", "content": ""}})
             self._end_ndjson()
@@ -764,7 +796,11 @@ class _Handler(BaseHTTPRequestHandler):
         message = {"role": "assistant", "content": content}
         if thinking is not None:
             message["thinking"] = thinking
-        self._line({"model": model, "created_at": _now(), "message": message, "done": False})
+        line = {"model": model, "created_at": _now(), "message": message, "done": False}
+        if self._pending:  # the entries of the tokens generated since the last line
+            line["logprobs"] = list(self._pending)
+            self._pending.clear()
+        self._line(line)
 
 
 def _thinking_piece(piece: str, tags: bool) -> dict[str, Any]:

