@@ -77,7 +77,7 @@ def test_parity_catches_a_different_chat_template(
     for item in tiny_model_dir.iterdir():
         if item.suffix == ".safetensors":
             (variant / item.name).symlink_to(item)
-        else:
+        elif item.is_file():
             shutil.copy(item, variant / item.name)
     template = variant / "chat_template.jinja"
     template.write_text(SYSTEM_DEFAULT + template.read_text(encoding="utf-8"), encoding="utf-8")
