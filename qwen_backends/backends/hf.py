@@ -51,7 +51,7 @@ from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.prompt_cache import PromptCache
 from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
-from qwen_backends.backends.transformers_decode import decode
+from qwen_backends.backends.transformers_decode import cache_bytes, decode, reused_cache
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
 from qwen_backends.backends.transformers_loading import load_model, vocab_rows
 from qwen_backends.backends.transformers_sampling import (
@@ -244,7 +244,11 @@ class HFBackend(LocalBackend):
         streamer = _IdStreamer(ids)
         if request.sampling.logprobs:
             kwargs["record"] = streamer.recorder(request.sampling.top_logprobs)
-        cache = self._reused_cache(prompt_ids) if self.prompt_cache.enabled else None
+        cache = None
+        if self.prompt_cache.enabled:
+            cache, self._cached_tokens = reused_cache(
+                self.prompt_cache, prompt_ids, self.model.config
+            )
         if cache is not None:
             kwargs["past_key_values"] = cache
 
@@ -256,7 +260,7 @@ class HFBackend(LocalBackend):
                     )
                 if cache is not None:
                     held = cache.get_seq_length()
-                    self.prompt_cache.put(output[0, :held].tolist(), cache, _cache_bytes(cache))
+                    self.prompt_cache.put(output[0, :held].tolist(), cache, cache_bytes(cache))
             except BaseException as exc:  # re-raised on the consumer's thread
                 ids.put(_Raised(exc))
             finally:
@@ -272,20 +276,6 @@ class HFBackend(LocalBackend):
         finally:
             cancel.set()
             worker.join()
-
-    def _reused_cache(self, prompt_ids: list[int]) -> Any:
-        """A ``DynamicCache`` for this prompt: the prompt cache's entry sharing the longest
-        prefix, cut to that prefix, or a new one (kept after the call either way)."""
-        from transformers import DynamicCache
-
-        cache, reused = self.prompt_cache.take(prompt_ids, len(prompt_ids) - 1)
-        self._cached_tokens = reused
-        if cache is None or not _crop(cache, reused):
-            try:
-                return DynamicCache(config=self.model.config)
-            except TypeError:  # older transformers take no config here
-                return DynamicCache()
-        return cache
 
     def _compile(self, request: Request) -> Any:
         """The grammar of ``response_format``, compiled (cached per schema by the engine)."""
@@ -439,30 +429,6 @@ class HFBackend(LocalBackend):
             import torch
 
             torch.cuda.empty_cache()
-
-
-def _crop(cache: Any, length: int) -> bool:
-    """Cut a ``DynamicCache`` to its first ``length`` positions; ``False`` if its layout is not
-    one this version knows (the entry is then not reused)."""
-    layers = getattr(cache, "layers", None)
-    if not layers or length < 1:
-        return False
-    for layer in layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or values is None:
-            return False
-        layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
-    return True
-
-
-def _cache_bytes(cache: Any) -> int:
-    """Bytes of the keys and values a ``DynamicCache`` holds."""
-    total = 0
-    for layer in getattr(cache, "layers", ()):
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if tensor is not None:
-                total += tensor.numel() * tensor.element_size()
-    return total
 
 
 class _IdStreamer:

@@ -58,7 +58,7 @@ from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.ollama_logprobs import (
     check_logprobs_version,
     chunk_steps,
-    token_vocabulary,
+    qwen3_vocabulary,
 )
 from qwen_backends.backends.ollama_models import (
     INSTRUCT_TAGS,
@@ -307,8 +307,6 @@ class OllamaBackend(ServerBackend):
         self._warned_tools: set[tuple[str, tuple[str, ...]]] = set()
         self._mode: TemplateMode | None = None
         self._version: tuple[int, int, int] | None = None
-        self._vocabulary: dict[str, int] | None = None
-        self._tokenizer: Any = None
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:
@@ -424,23 +422,17 @@ class OllamaBackend(ServerBackend):
             finish_reason=chunk.done_reason if done else None,
             prompt_tokens=_count(chunk.prompt_eval_count) if done else None,
             completion_tokens=_count(chunk.eval_count) if done else None,
-            steps=chunk_steps(getattr(chunk, "logprobs", None), self._vocabulary or {}),
+            steps=chunk_steps(getattr(chunk, "logprobs", None)),
         )
 
     def _local_work(self, request: Request) -> Callable[[], object] | None:
-        if request.sampling.logprobs and self._vocabulary is None:
-            return self._logprob_tokenizer  # seconds: async calls run it on a worker thread
-        return None
+        # Loading the vocabulary takes seconds: async calls run it on a worker thread.
+        return qwen3_vocabulary if request.sampling.logprobs else None
 
     def _logprob_tokenizer(self) -> Any:
         """Qwen3's byte-exact tokenizer (every Qwen3-4B release shares its vocabulary), which
         turns the token texts Ollama reports into ids."""
-        if self._tokenizer is None:
-            from qwen_backends.tokenizer import OFFLINE, load_tokenizer
-
-            self._tokenizer = load_tokenizer(OFFLINE)
-            self._vocabulary = token_vocabulary(self._tokenizer)
-        return self._tokenizer
+        return qwen3_vocabulary()[0]
 
     def _first_use_check(self) -> Dialogue[None]:
         """The server version (``/api/version``), then the model (``/api/show``)."""

@@ -29,7 +29,7 @@ __all__ = [
     "UNKNOWN_ID",
     "check_logprobs_version",
     "chunk_steps",
-    "token_vocabulary",
+    "qwen3_vocabulary",
 ]
 
 #: The first Ollama release that returns log-probabilities.
@@ -58,19 +58,27 @@ def check_logprobs_version(version: tuple[int, int, int] | None, *, remote: Remo
         )
 
 
-def token_vocabulary(tokenizer: Any) -> dict[str, int]:
-    """What :func:`chunk_steps` looks texts up in: the byte-level spelling of each token ->
-    its id, the added tokens (``<|im_end|>`` ...) spelled as the server shows them."""
+@functools.lru_cache(maxsize=1)
+def qwen3_vocabulary() -> tuple[Any, dict[str, int]]:
+    """Qwen3's byte-exact tokenizer (every Qwen3-4B release shares its vocabulary) and what
+    :func:`chunk_steps` looks texts up in: the byte-level spelling of each token -> its id, the
+    added tokens (``<|im_end|>`` ...) spelled as the server shows them. Loaded once (seconds)."""
+    from qwen_backends.tokenizer import OFFLINE, load_tokenizer
+
+    tokenizer = load_tokenizer(OFFLINE)
     encoder = _byte_encoder()
     vocabulary = dict(tokenizer.get_vocab())
     for text, token in tokenizer.get_added_vocab().items():
         vocabulary["".join(encoder[byte] for byte in text.encode("utf-8"))] = token
-    return vocabulary
+    return tokenizer, vocabulary
 
 
-def chunk_steps(entries: Any, vocabulary: dict[str, int]) -> tuple[Step, ...]:
+def chunk_steps(entries: Any) -> tuple[Step, ...]:
     """The :class:`~qwen_backends.backends.token_loop.Step` values of one answer line's
-    ``logprobs`` (``vocabulary`` from :func:`token_vocabulary`)."""
+    ``logprobs``, ids looked up in :func:`qwen3_vocabulary`."""
+    if not entries:
+        return ()
+    vocabulary = qwen3_vocabulary()[1]
     steps = []
     for entry in entries or ():
         top = tuple(

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import GenerationConfig
 
-__all__ = ["DecodeSteps", "decode"]
+    from qwen_backends.backends.prompt_cache import PromptCache
+
+__all__ = ["DecodeSteps", "cache_bytes", "crop_cache", "decode", "reused_cache"]
 
 
 class DecodeSteps:
@@ -226,3 +228,47 @@ def _keeps_last_logits(model_type: Any) -> bool:
     """Whether the model's ``forward`` takes ``logits_to_keep`` (Qwen3 does): the lm_head then
     runs on the newest position only, as under ``generate``."""
     return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+# -- the prompt cache's KV states ------------------------------------------------------------
+
+
+def reused_cache(
+    prompt_cache: PromptCache[Any], prompt_ids: list[int], config: Any
+) -> tuple[Any, int]:
+    """``(cache, reused)``: a ``DynamicCache`` for this prompt -- the prompt cache's entry
+    sharing the longest prefix, cut to that prefix, or a new one -- and how many prompt tokens
+    it already holds (the last prompt token is always computed, for its logits)."""
+    from transformers import DynamicCache
+
+    cache, reused = prompt_cache.take(prompt_ids, len(prompt_ids) - 1)
+    if cache is None or not crop_cache(cache, reused):
+        try:
+            return DynamicCache(config=config), 0
+        except TypeError:  # older transformers take no config here
+            return DynamicCache(), 0
+    return cache, reused
+
+
+def crop_cache(cache: Any, length: int) -> bool:
+    """Cut a ``DynamicCache`` to its first ``length`` positions; ``False`` if its layout is not
+    one this version knows (the entry is then not reused)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or length < 1:
+        return False
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            return False
+        layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
+    return True
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of the keys and values a ``DynamicCache`` holds."""
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total

@@ -43,7 +43,7 @@ from qwen_backends.backends.ollama import (
     sampling_options,
     thinking_only_reason,
 )
-from qwen_backends.backends.ollama_logprobs import UNKNOWN_ID, chunk_steps, token_vocabulary
+from qwen_backends.backends.ollama_logprobs import UNKNOWN_ID, chunk_steps
 from qwen_backends.chat import render_prompt_ids
 from qwen_backends.errors import (
     BackendTimeoutError,
@@ -749,7 +749,6 @@ def test_logprobs_are_asked_of_the_server_and_named_by_id(
 def test_logprob_token_texts_map_to_qwen3_ids(offline_tokenizer: Any) -> None:
     from types import SimpleNamespace
 
-    vocabulary = token_vocabulary(offline_tokenizer)
     text = " world"
     entries = [
         SimpleNamespace(token=text, logprob=-0.5, top_logprobs=None),
@@ -760,7 +759,7 @@ def test_logprob_token_texts_map_to_qwen3_ids(offline_tokenizer: Any) -> None:
             top_logprobs=[SimpleNamespace(token="é", logprob=-0.25)],
         ),
     ]
-    steps = chunk_steps(entries, vocabulary)
+    steps = chunk_steps(entries)
     expected_world = offline_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(expected_world) == 1
     assert [step.id for step in steps] == [
