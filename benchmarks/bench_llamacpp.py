@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -92,22 +91,14 @@ def overhead(backend: LlamaCppBackend, tokens: int, pairs: int) -> dict[str, Any
     prompt = CONVERSATIONS[0]
     params = full_length_seed(backend, prompt, tokens)
     prompt_ids = backend.prompt_ids(prompt)
-    ratios, ours, raws = [], [], []
-    for index in range(pairs):
-        if index % 2:
-            raw = raw_generate(backend, prompt_ids, params)
-            mine = backend_generate(backend, prompt, params)
-        else:
-            mine = backend_generate(backend, prompt, params)
-            raw = raw_generate(backend, prompt_ids, params)
-        ours.append(mine)
-        raws.append(raw)
-        ratios.append(mine / raw)
-    return {
-        "backend_ms_per_token": 1000 * statistics.median(ours),
-        "raw_ms_per_token": 1000 * statistics.median(raws),
-        "ratio": statistics.median(ratios),
-    }
+    from paired import interleaved
+
+    ours, raws, ratio = interleaved(
+        lambda _: backend_generate(backend, prompt, params),
+        lambda _: raw_generate(backend, prompt_ids, params),
+        pairs,
+    )
+    return {"backend_ms_per_token": 1000 * ours, "raw_ms_per_token": 1000 * raws, "ratio": ratio}
 
 
 def text_cost(backend: LlamaCppBackend, tokens: int) -> float:

@@ -15,7 +15,6 @@ machine hits both sides alike. Run: ``python benchmarks/bench_scoring.py [--pair
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,21 +40,11 @@ def paired(a: Callable[[], Any], b: Callable[[], Any], pairs: int) -> dict[str, 
         call()
         return time.perf_counter() - start
 
+    from paired import interleaved
+
     timed(a), timed(b)  # warm-up
-    ratios, sa, sb = [], [], []
-    for index in range(pairs):
-        if index % 2 == 0:
-            x, y = timed(a), timed(b)
-        else:
-            y, x = timed(b), timed(a)
-        sa.append(x)
-        sb.append(y)
-        ratios.append(x / y)
-    return {
-        "a_ms": 1000 * statistics.median(sa),
-        "b_ms": 1000 * statistics.median(sb),
-        "ratio": statistics.median(ratios),
-    }
+    a_seconds, b_seconds, ratio = interleaved(lambda _: timed(a), lambda _: timed(b), pairs)
+    return {"a_ms": 1000 * a_seconds, "b_ms": 1000 * b_seconds, "ratio": ratio}
 
 
 def continuation(tokenizer: Any, length: int) -> list[int]:

@@ -28,17 +28,31 @@ def per_token_pairs(option: Side, baseline: Side, pairs: int) -> dict[str, float
 
     seconds_per_token(option, 0)
     seconds_per_token(baseline, 0)
-    ratios, on, off = [], [], []
+    on, off, ratio = interleaved(
+        lambda i: seconds_per_token(option, i), lambda i: seconds_per_token(baseline, i), pairs
+    )
+    return {
+        "option_ms_per_token": 1000 * on,
+        "baseline_ms_per_token": 1000 * off,
+        "ratio": ratio,
+    }
+
+
+def interleaved(
+    first: Callable[[int], float], second: Callable[[int], float], pairs: int
+) -> tuple[float, float, float]:
+    """``(median of first, median of second, median of the per-pair ratios first / second)``.
+
+    Each side measures one run and is called with the pair's index; which side runs first
+    alternates from pair to pair.
+    """
+    ratios, ones, twos = [], [], []
     for index in range(pairs):
         if index % 2 == 0:
-            a, b = seconds_per_token(option, index), seconds_per_token(baseline, index)
+            one, two = first(index), second(index)
         else:
-            b, a = seconds_per_token(baseline, index), seconds_per_token(option, index)
-        on.append(a)
-        off.append(b)
-        ratios.append(a / b)
-    return {
-        "option_ms_per_token": 1000 * statistics.median(on),
-        "baseline_ms_per_token": 1000 * statistics.median(off),
-        "ratio": statistics.median(ratios),
-    }
+            two, one = second(index), first(index)
+        ones.append(one)
+        twos.append(two)
+        ratios.append(one / two)
+    return statistics.median(ones), statistics.median(twos), statistics.median(ratios)

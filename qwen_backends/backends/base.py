@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from qwen_backends.chat import Conversation, Message, validate_messages
 from qwen_backends.errors import (
@@ -460,7 +460,7 @@ class ModelBackend(ABC):
         """Async :meth:`close`; server backends also close the running loop's connections."""
         await asyncio.to_thread(self.close)
 
-    def __enter__(self) -> ModelBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -471,7 +471,7 @@ class ModelBackend(ABC):
     ) -> None:
         self.close()
 
-    async def __aenter__(self) -> ModelBackend:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
