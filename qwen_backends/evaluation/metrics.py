@@ -86,7 +86,8 @@ def summarize(records: Sequence[Mapping[str, Any]], total_prompts: int) -> dict[
     Returns
     -------
     dict
-        ``completed``, token totals, ``tokens_per_second`` (generated tokens over summed
+        ``completed``, token totals (``cached_prompt_tokens``: prompt tokens served by the
+        backend's prompt cache), ``tokens_per_second`` (generated tokens over summed
         generation time), ``latency_seconds`` (mean, p50, p90, p99, max), ``finish_reasons``,
         and ``scored`` / ``exact_match_rate`` / ``contains_match_rate``. Values that do not
         exist yet (latency of an empty run, a rate with nothing scored) are ``None``.
@@ -99,6 +100,8 @@ def summarize(records: Sequence[Mapping[str, Any]], total_prompts: int) -> dict[
         "total_prompts": total_prompts,
         "completed": len(records),
         "prompt_tokens": sum(int(record["prompt_tokens"]) for record in records),
+        # Records written before prompt caching existed carry no count.
+        "cached_prompt_tokens": sum(int(record.get("cached_tokens") or 0) for record in records),
         "completion_tokens": completion,
         "generation_seconds": seconds,
         "tokens_per_second": completion / seconds if seconds > 0 else 0.0,
@@ -140,7 +143,7 @@ def format_summary(summary: Mapping[str, Any], title: str = "") -> str:
     latency = summary["latency_seconds"]
     rows = [
         ("prompts", f"{summary['completed']} / {summary['total_prompts']}"),
-        ("prompt tokens", str(summary["prompt_tokens"])),
+        ("prompt tokens", _with_cached(summary)),
         ("completion tokens", str(summary["completion_tokens"])),
         ("tokens/s", f"{summary['tokens_per_second']:.2f}"),
         (
@@ -176,3 +179,10 @@ def format_rate(rate: float | None, scored: int) -> str:
 
 def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
+
+
+def _with_cached(summary: Mapping[str, Any]) -> str:
+    """``"1234"``, or ``"1234 (800 from the prompt cache)"`` when the cache served some."""
+    cached = summary.get("cached_prompt_tokens") or 0
+    suffix = f" ({cached} from the prompt cache)" if cached else ""
+    return f"{summary['prompt_tokens']}{suffix}"

@@ -238,7 +238,8 @@ def make_record(
 ) -> dict[str, Any]:
     """One ``outputs.jsonl`` record.
 
-    Keys: ``id``, ``text``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
+    Keys: ``id``, ``text``, ``finish_reason``, ``prompt_tokens``, ``cached_tokens`` (prompt
+    tokens the backend's prompt cache served), ``completion_tokens``,
     ``seconds``, ``backend``, ``model``, ``template_mode`` (``hybrid`` / ``non-thinking``, or
     ``None`` when the backend could not tell), ``sampling``, ``expected`` (list or ``None``),
     ``exact_match`` / ``contains_match`` (``None`` when there is no expected answer),
@@ -251,6 +252,7 @@ def make_record(
         "text": generation.text,
         "finish_reason": generation.finish_reason,
         "prompt_tokens": generation.prompt_tokens,
+        "cached_tokens": generation.cached_tokens,
         "completion_tokens": generation.completion_tokens,
         "seconds": round(generation.seconds, 6),
         "backend": backend,

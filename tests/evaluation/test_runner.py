@@ -31,6 +31,7 @@ RECORD_KEYS = {
     "text",
     "finish_reason",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "seconds",
     "backend",
@@ -350,3 +351,50 @@ def test_resume_accepts_the_same_model_folder_by_a_relative_path(
     other = make_settings().replace(model=str(tiny_model_dir.parent))  # another folder
     with pytest.raises(ConfigurationError, match="model was"):
         run_evaluation(other, backend=hf_backend, progress=False)
+
+
+def test_few_shot_prompts_reuse_the_shared_prefix_and_the_run_says_how_much(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """In file order, every prompt after the first finds the shared few-shot prefix in the prompt
+    cache (the previous call's entry holds it); answers equal those of a run without a cache."""
+    from qwen_backends.factory import create_backend
+
+    shots = [
+        {"role": "system", "content": "Answer with one word. " * 40},
+        {"role": "user", "content": "Colour of the sky?"},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Colour of grass?"},
+        {"role": "assistant", "content": "Green."},
+    ]
+    rows = [
+        {"id": f"q{i}", "messages": [*shots, {"role": "user", "content": question}]}
+        for i, question in enumerate(["Colour of snow?", "Colour of coal?", "Colour of blood?"])
+    ]
+    prompts = write_prompts(tmp_path / "few-shot.jsonl", rows)
+    runs = {}
+    for name, budget in (("cached", 64), ("uncached", 0)):
+        evaluation = {"prompts": prompts, "output_dir": tmp_path / "runs", "run_name": name}
+        settings = Settings(
+            backend="hf",
+            model=str(tiny_model_dir),
+            hf={"device": "cpu", "prompt_cache_mb": budget},
+            sampling={**SAMPLING, "temperature": 0.0},
+            evaluation=evaluation,
+        )
+        with create_backend(settings) as backend:
+            runs[name] = run_evaluation(settings, backend=backend, progress=False)
+    cached = read_records(runs["cached"].outputs_path)
+    uncached = read_records(runs["uncached"].outputs_path)
+    assert [r["text"] for r in cached] == [r["text"] for r in uncached]
+    assert [r["cached_tokens"] for r in uncached] == [0, 0, 0]
+    assert cached[0]["cached_tokens"] == 0
+    assert all(r["cached_tokens"] > 150 for r in cached[1:])  # the shots, ~170 tokens
+    assert all(r["cached_tokens"] < r["prompt_tokens"] for r in cached)
+    assert runs["cached"].summary["cached_prompt_tokens"] == sum(r["cached_tokens"] for r in cached)
+    assert runs["uncached"].summary["cached_prompt_tokens"] == 0
+    from qwen_backends.evaluation.metrics import format_summary
+
+    total = runs["cached"].summary["cached_prompt_tokens"]
+    assert f"({total} from the prompt cache)" in format_summary(runs["cached"].summary)
+    assert "prompt cache" not in format_summary(runs["uncached"].summary)
