@@ -126,6 +126,7 @@ class HFBackend(LocalBackend):
         tools=True,
         logprobs=True,
         scoring=True,
+        prompt_cache=True,
     )
 
     model: PreTrainedModel

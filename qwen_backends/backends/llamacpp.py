@@ -47,6 +47,11 @@ ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
+Prompt caching (:mod:`~qwen_backends.backends.llamacpp_cache`): a new prompt reuses the longest
+prefix it shares with llama.cpp's live context (what llama-cpp-python's ``generate`` does on its
+own within one ``Llama``) or with a saved sequence state of another recent conversation, within
+``settings.llamacpp.prompt_cache_mb``; ``Generation.cached_tokens`` says how many tokens it reused.
+
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
 own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered prompt.
 """
@@ -60,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
+from qwen_backends.backends.llamacpp_cache import LlamaPromptCache
 from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
@@ -156,6 +162,7 @@ class LlamaCppBackend(LocalBackend):
         tools=True,
         logprobs=True,
         scoring=True,
+        prompt_cache=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -352,6 +359,10 @@ class LlamaCppBackend(LocalBackend):
         }
         self.n_vocab: int = int(self.llama.n_vocab())
         self.vocab_rows = self.n_vocab
+        #: The live context and saved states of recent calls (see :mod:`.llamacpp_cache`).
+        self.prompt_cache = LlamaPromptCache(
+            self.llama, self.settings.llamacpp.prompt_cache_mb * 2**20
+        )
 
     def is_end_of_generation(self, token: int) -> bool:
         """Whether llama.cpp itself treats ``token`` as end of generation (its EOG set)."""
@@ -455,7 +466,9 @@ class LlamaCppBackend(LocalBackend):
         import numpy as np
 
         sampling = request.sampling
-        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, compiled))
+        kwargs = self.generate_kwargs(sampling, compiled)
+        self._cached_tokens = self.prompt_cache.prepare(prompt_ids)
+        tokens = self.llama.generate(prompt_ids, **kwargs)
         try:
             for token in tokens:
                 if self._mask_mismatch:
@@ -483,6 +496,8 @@ class LlamaCppBackend(LocalBackend):
 
     def _release(self, *, same_thread: bool) -> None:
         """Free the llama.cpp model and context (after an open stream of this thread ends)."""
+        if hasattr(self, "prompt_cache"):  # a failed load releases before it exists
+            self.prompt_cache.clear()
         llama, self.llama = self.llama, None
         if llama is not None and not same_thread:
             llama.close()

@@ -89,7 +89,9 @@ class PromptCache(Generic[State]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, prompt_ids: Sequence[int], usable: int) -> tuple[State | None, int]:
+    def take(
+        self, prompt_ids: Sequence[int], usable: int, longer_than: int = 0
+    ) -> tuple[State | None, int]:
         """Remove and return the entry sharing the longest prefix with ``prompt_ids``.
 
         Parameters
@@ -99,6 +101,9 @@ class PromptCache(Generic[State]):
         usable
             At most this many ids may be reused (a runtime needs at least the last prompt id
             computed to get the next token's logits).
+        longer_than
+            Only an entry sharing more than this many ids is taken (a runtime that already
+            holds a state sharing that many, such as llama.cpp's live context, keeps its own).
 
         Returns
         -------
@@ -108,7 +113,7 @@ class PromptCache(Generic[State]):
         """
         with self._lock:
             self.stats.calls += 1
-            best_key, best = None, 0
+            best_key, best = None, longer_than
             for key in self._entries:
                 shared = min(common_prefix(key, prompt_ids), usable)
                 if shared > best:
@@ -136,6 +141,14 @@ class PromptCache(Generic[State]):
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= dropped
                 self.stats.evicted += 1
+
+    def record_hit(self, reused: int) -> None:
+        """Count ``reused`` tokens of a lookup that took no entry but was served by the
+        runtime's own live state (llama.cpp's context); :meth:`take` counted the lookup."""
+        with self._lock:
+            if reused > 0:
+                self.stats.hits += 1
+                self.stats.reused_tokens += reused
 
     def clear(self) -> None:
         """Drop every entry."""
