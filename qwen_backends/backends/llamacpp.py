@@ -497,7 +497,7 @@ class LlamaCppBackend(LocalBackend):
     def _release(self, *, same_thread: bool) -> None:
         """Free the llama.cpp model and context (after an open stream of this thread ends)."""
         if hasattr(self, "prompt_cache"):  # a failed load releases before it exists
-            self.prompt_cache.clear()
+            self.prompt_cache.clear(live=False)
         llama, self.llama = self.llama, None
         if llama is not None and not same_thread:
             llama.close()

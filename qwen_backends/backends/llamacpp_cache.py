@@ -30,7 +30,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from qwen_backends.backends.prompt_cache import PromptCache, common_prefix
+from qwen_backends.backends.prompt_cache import MIN_REUSE, CacheStats, PromptCache, common_prefix
 
 __all__ = ["KEEP_TAIL", "LlamaPromptCache", "SavedState"]
 
@@ -70,18 +70,28 @@ class LlamaPromptCache:
 
     Attributes
     ----------
-    saved
+    lru
         The saved states, an LRU keyed by the ids each holds.
     """
 
     def __init__(self, llama: Any, budget_bytes: int) -> None:
         self.llama = llama
-        self.saved: PromptCache[SavedState] = PromptCache(budget_bytes)
+        self.lru: PromptCache[SavedState] = PromptCache(budget_bytes, MIN_REUSE)
 
     @property
     def enabled(self) -> bool:
         """Whether caching is on."""
-        return self.saved.enabled
+        return self.lru.enabled
+
+    @property
+    def stats(self) -> CacheStats:
+        """What the cache did (lookups, hits, tokens reused, evictions)."""
+        return self.lru.stats
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the entries kept now."""
+        return self.lru.used_bytes
 
     def prepare(self, prompt_ids: list[int]) -> int:
         """Leave the context holding the longest reusable prefix of ``prompt_ids``.
@@ -102,34 +112,36 @@ class LlamaPromptCache:
         shared = min(common_prefix(live, prompt_ids), usable)
         if len(live) - shared >= KEEP_TAIL:
             self._save(live)
-        state, taken = self.saved.take(prompt_ids, usable, longer_than=shared)
+        state, taken = self.lru.take(prompt_ids, usable, longer_than=shared)
         if state is not None:
             shared = taken if self._restore(state, prompt_ids[:taken]) else 0
         else:
-            self.saved.record_hit(shared)
+            self.lru.record_hit(shared)
         return self._cut(shared)
 
     def held(self) -> list[int]:
         """The ids the live context holds."""
         return [int(token) for token in self.llama.input_ids[: self.llama.n_tokens]]
 
-    def clear(self) -> None:
-        """Drop every saved state (the live context is left as it is)."""
-        self.saved.clear()
+    def clear(self, *, live: bool = True) -> None:
+        """Drop every saved state and, with ``live``, the live context's reusable ids."""
+        self.lru.clear()
+        if live:
+            self.llama.reset()
 
     def _save(self, ids: list[int]) -> None:
         import llama_cpp
 
         ctx = self.llama.ctx
         size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
-        if size <= 0 or size > self.saved.budget_bytes:
+        if size <= 0 or size > self.lru.budget_bytes:
             return
         buffer = (ctypes.c_uint8 * size)()
         written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
         if written <= 0:
             return
         state = SavedState(bytes(buffer)[:written])
-        self.saved.put(ids, state, state.nbytes)
+        self.lru.put(ids, state, state.nbytes)
 
     def _restore(self, state: SavedState, ids: list[int]) -> bool:
         """Load ``state`` into sequence 0; its first ``len(ids)`` ids are ``ids``."""

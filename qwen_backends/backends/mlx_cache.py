@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.prompt_cache import PromptCache
+from qwen_backends.backends.prompt_cache import MIN_REUSE, CacheStats, PromptCache
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -63,18 +63,28 @@ class MLXPromptCache:
 
     Attributes
     ----------
-    entries
+    lru
         The kept lists, keyed by the ids each holds.
     """
 
     def __init__(self, model: Any, budget_bytes: int) -> None:
         self.model = model
-        self.entries: PromptCache[list[Any]] = PromptCache(budget_bytes)
+        self.lru: PromptCache[list[Any]] = PromptCache(budget_bytes, MIN_REUSE)
 
     @property
     def enabled(self) -> bool:
         """Whether caching is on."""
-        return self.entries.enabled
+        return self.lru.enabled
+
+    @property
+    def stats(self) -> CacheStats:
+        """What the cache did (lookups, hits, tokens reused, evictions)."""
+        return self.lru.stats
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the entries kept now."""
+        return self.lru.used_bytes
 
     def take(self, prompt_ids: list[int]) -> tuple[list[Any], int]:
         """A cache list for ``prompt_ids`` and how many of its first ids it already holds.
@@ -84,7 +94,7 @@ class MLXPromptCache:
         """
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
-        cache, reused = self.entries.take(prompt_ids, len(prompt_ids) - 1)
+        cache, reused = self.lru.take(prompt_ids, len(prompt_ids) - 1)
         if cache is not None and can_trim_prompt_cache(cache):
             held = held_tokens(cache)
             if trim_prompt_cache(cache, held - reused) == held - reused:
@@ -95,11 +105,11 @@ class MLXPromptCache:
         """Keep ``cache`` after a call; ``ids`` are the prompt and every token handed over."""
         held = held_tokens(cache)
         if self.enabled and 0 < held <= len(ids):
-            self.entries.put(ids[:held], cache, sum(layer.nbytes for layer in cache))
+            self.lru.put(ids[:held], cache, sum(layer.nbytes for layer in cache))
 
     def clear(self) -> None:
         """Drop every entry."""
-        self.entries.clear()
+        self.lru.clear()
 
 
 def held_tokens(cache: list[Any]) -> int:

@@ -20,9 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["CacheStats", "PromptCache", "common_prefix"]
+__all__ = ["MIN_REUSE", "CacheStats", "PromptCache", "common_prefix"]
 
 State = TypeVar("State")
+
+#: The in-process backends' ``min_reuse``: a taken entry is cut to the shared prefix, so an
+#: unrelated prompt that shares only the chat header (a few tokens) must not take, and destroy,
+#: a long conversation's state.
+MIN_REUSE = 16
 
 
 def common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
@@ -51,7 +56,8 @@ class CacheStats:
     reused_tokens
         Prompt tokens served from the cache instead of being computed.
     evicted
-        Entries dropped to stay within the budget.
+        Entries dropped to stay within the budget (states larger than the whole budget, never
+        kept, included).
     """
 
     calls: int = 0
@@ -67,10 +73,14 @@ class PromptCache(Generic[State]):
     ----------
     budget_bytes
         Most bytes of state kept; ``0`` keeps nothing (every lookup misses).
+    min_reuse
+        An entry is taken only when it shares at least this many ids with the prompt (or all
+        of its own ids, when it holds fewer).
     """
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, min_reuse: int = 1) -> None:
         self.budget_bytes = budget_bytes
+        self.min_reuse = min_reuse
         self.stats = CacheStats()
         self._entries: OrderedDict[tuple[int, ...], tuple[State, int]] = OrderedDict()
         self._bytes = 0
@@ -116,7 +126,7 @@ class PromptCache(Generic[State]):
             best_key, best = None, longer_than
             for key in self._entries:
                 shared = min(common_prefix(key, prompt_ids), usable)
-                if shared > best:
+                if shared > best and shared >= min(self.min_reuse, len(key)):
                     best_key, best = key, shared
             if best_key is None:
                 return None, 0
@@ -128,7 +138,11 @@ class PromptCache(Generic[State]):
 
     def put(self, ids: Sequence[int], state: State, size: int) -> None:
         """Keep ``state`` (``size`` bytes), which holds ``ids``; evict the oldest to fit."""
-        if not self.enabled or size > self.budget_bytes or not ids:
+        if not self.enabled or not ids:
+            return
+        if size > self.budget_bytes:
+            with self._lock:
+                self.stats.evicted += 1
             return
         key = tuple(ids)
         with self._lock:
