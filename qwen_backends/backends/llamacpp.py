@@ -47,10 +47,8 @@ ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
-Prompt caching (:mod:`~qwen_backends.backends.llamacpp_cache`): a new prompt reuses the longest
-prefix it shares with llama.cpp's live context (what llama-cpp-python's ``generate`` does on its
-own within one ``Llama``) or with a saved sequence state of another recent conversation, within
-``settings.llamacpp.prompt_cache_mb``; ``Generation.cached_tokens`` says how many tokens it reused.
+Prompt caching: llama.cpp's live context and saved sequence states of other conversations,
+reused by prefix (see :mod:`~qwen_backends.backends.llamacpp_cache`).
 
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
 own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered prompt.
@@ -359,7 +357,7 @@ class LlamaCppBackend(LocalBackend):
         }
         self.n_vocab: int = int(self.llama.n_vocab())
         self.vocab_rows = self.n_vocab
-        #: The live context and saved states of recent calls (see :mod:`.llamacpp_cache`).
+        #: The live context and saved states of recent calls.
         self.prompt_cache = LlamaPromptCache(
             self.llama, self.settings.llamacpp.prompt_cache_mb * 2**20
         )

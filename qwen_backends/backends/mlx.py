@@ -39,9 +39,8 @@ in-process backends' one token loop (:class:`~qwen_backends.backends.local.Local
 decoded with the Hugging Face tokenizer, stop strings, thinking and tool calls removed the same
 however the text is cut, so ``"".join(stream(...)) == generate(...).text`` for the same seed.
 
-Prompt caching (:mod:`~qwen_backends.backends.mlx_cache`): mlx-lm's own prompt-cache objects of
-recent calls are kept within ``settings.mlx.prompt_cache_mb``; a new prompt reuses the one sharing
-its longest prefix and mlx-lm computes only the rest (``Generation.cached_tokens``).
+Prompt caching: mlx-lm's own prompt-cache objects, reused by prefix (see
+:mod:`~qwen_backends.backends.mlx_cache`).
 """
 
 from __future__ import annotations
@@ -355,7 +354,7 @@ class MLXBackend(LocalBackend):
         """Both Qwen3 end tokens end generation in mlx-lm too."""
         for token in END_TOKENS:
             self.wrapper.add_eos_token(token)
-        #: mlx-lm cache objects of recent calls (see :mod:`~qwen_backends.backends.mlx_cache`).
+        #: mlx-lm cache objects of recent calls.
         self.prompt_cache = MLXPromptCache(self.model, self.settings.mlx.prompt_cache_mb * 2**20)
 
     @property

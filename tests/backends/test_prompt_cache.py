@@ -6,9 +6,11 @@ against a twin instance with ``prompt_cache_mb=0``; llama.cpp runs with one thre
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import pytest
 
 from qwen_backends import create_backend
@@ -235,6 +237,40 @@ def test_batches_and_logprobs_still_work_beside_the_cache(pair: tuple[Any, Any])
     assert [e.logprob for e in hot.logprobs] == pytest.approx(
         [e.logprob for e in plain.logprobs], abs=1e-4
     )
+
+
+class Pick(pydantic.BaseModel):
+    """A bounded answer: whatever the weights, a grammar can always finish it."""
+
+    colour: Literal["red", "green", "blue"]
+    count: int = pydantic.Field(ge=0, le=9)
+
+
+def get_weather(city: str) -> str:
+    """Get the weather for a city.
+
+    Parameters
+    ----------
+    city
+        The city's name.
+    """
+    return f"sunny in {city}"
+
+
+def test_structured_output_tools_and_async_answer_the_same(pair: tuple[Any, Any]) -> None:
+    cached, cold = pair
+    sampling = SEEDED.replace(max_new_tokens=40)
+    for _ in range(2):  # the second call reuses the first one's prompt
+        hot = cached.generate(HISTORY, sampling, response_format=Pick)
+        plain = cold.generate(HISTORY, sampling, response_format=Pick)
+        assert (hot.text, hot.parsed) == (plain.text, plain.parsed)
+    assert hot.cached_tokens > 0
+    for _ in range(2):
+        hot = cached.generate(HISTORY, PENALISED, tools=[get_weather])
+        assert hot.text == cold.generate(HISTORY, PENALISED, tools=[get_weather]).text
+    assert hot.cached_tokens > 0
+    hot = asyncio.run(cached.agenerate(HISTORY, PENALISED))
+    assert hot.cached_tokens > 0 and hot.text == cold.generate(HISTORY, PENALISED).text
 
 
 @pytest.mark.parametrize("name", BACKENDS)
