@@ -1,4 +1,4 @@
-"""Prompt caching on the hf backend: the next turn pays for its new tokens only.
+"""Prompt caching on the hf, mlx and llamacpp backends: the next turn pays for its new tokens only.
 
 1. Time to first token (``generate`` with ``max_new_tokens=1``) of turn 2 of a conversation
    whose history is about 2,000 tokens, against a 20-token prompt alone: goal <= 1.3x with the
@@ -6,8 +6,11 @@
 2. No cost when nothing is shared: a stream of unrelated prompts, per generated token, cache on
    against off (interleaved pairs): goal <= 1.02.
 
-Usage: ``.venv/bin/python benchmarks/bench_prompt_cache.py [--size bench] [--rounds 5]
-[--history 2000] [--threads 2]``.
+Each backend runs on the same checkpoint (llamacpp: its q8_0 GGUF), an instance with the cache on
+(the default budget) against one with ``prompt_cache_mb=0``.
+
+Usage: ``.venv/bin/python benchmarks/bench_prompt_cache.py [--backend hf mlx llamacpp]
+[--size bench] [--rounds 5] [--history 2000] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from paired import per_token_pairs
 
 from qwen_backends import create_backend
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.testing import tiny_checkpoint
+from qwen_backends.testing import tiny_checkpoint, tiny_gguf
 
 FIRST_TOKEN = SamplingParams.preset("greedy", max_new_tokens=1)
 
@@ -29,7 +32,8 @@ FIRST_TOKEN = SamplingParams.preset("greedy", max_new_tokens=1)
 def conversation(backend: Any, history_tokens: int) -> list[dict[str, str]]:
     """A system prompt and one exchange making about ``history_tokens`` prompt tokens."""
     words = "The committee reviewed the quarterly figures and agreed on the next steps. "
-    system = words * max(1, history_tokens // len(backend.tokenizer(words)["input_ids"]))
+    per_copy = len(backend.prompt_ids(words * 2)) - len(backend.prompt_ids(words))
+    system = words * max(1, history_tokens // per_copy)
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": "Summarise the figures."},
@@ -44,26 +48,24 @@ def seconds(backend: Any, messages: Any) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    """Measure and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="bench", help="tiny or bench (512 hidden)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--history", type=int, default=2000, help="history tokens")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--tokens", type=int, default=32, help="new tokens per unrelated prompt")
-    args = parser.parse_args()
+def build(name: str, size: str, threads: int, **section: Any) -> Any:
+    """Backend ``name`` on the ``size`` checkpoint with ``section`` settings."""
+    if name == "llamacpp":
+        options = {"n_threads": threads, "n_threads_batch": threads, "n_ctx": 4096}
+        return create_backend(
+            backend=name, model=str(tiny_gguf("q8_0", size)), llamacpp={**options, **section}
+        )
+    return create_backend(backend=name, model=str(tiny_checkpoint(size)), **{name: section})
 
-    import torch
 
-    torch.set_num_threads(args.threads)
-    model = str(tiny_checkpoint(args.size))
-    cached = create_backend(backend="hf", model=model)
-    cold = create_backend(backend="hf", model=model, hf={"prompt_cache_mb": 0})
+def measure(name: str, args: argparse.Namespace) -> None:
+    """Print the figures of backend ``name``."""
+    cached = build(name, args.size, args.threads)
+    cold = build(name, args.size, args.threads, prompt_cache_mb=0)
     long = conversation(cached, args.history)
     short = [{"role": "user", "content": "Name three primary colours, please, in one line."}]
     print(
-        f"checkpoint {args.size}, torch threads {args.threads}: history "
+        f"[{name}] checkpoint {args.size}, threads {args.threads}: history "
         f"{len(cached.prompt_ids(long))} prompt tokens, short prompt "
         f"{len(cached.prompt_ids(short))} tokens"
     )
@@ -78,7 +80,7 @@ def main() -> None:
         name: statistics.median(v) for name, v in (("hot", hot), ("cold", plain), ("alone", alone))
     }
     print(
-        f"time to first token, turn 2: cache {1000 * ttft['hot']:.1f} ms, no cache "
+        f"  time to first token, turn 2: cache {1000 * ttft['hot']:.1f} ms, no cache "
         f"{1000 * ttft['cold']:.1f} ms; a {len(cached.prompt_ids(short))}-token prompt alone "
         f"{1000 * ttft['alone']:.1f} ms"
     )
@@ -95,13 +97,36 @@ def main() -> None:
 
     figures = per_token_pairs(side(cached), side(cold), 2 * args.rounds + 1)
     print(
-        f"unrelated prompts, per token: cache on {figures['option_ms_per_token']:.2f} ms, off "
+        f"  unrelated prompts, per token: cache on {figures['option_ms_per_token']:.2f} ms, off "
         f"{figures['baseline_ms_per_token']:.2f} ms, ratio {figures['ratio']:.3f} (goal <= 1.02)"
     )
     stats = cached.prompt_cache.stats
-    print(f"cache: {stats.calls} lookups, {stats.hits} hits, {stats.reused_tokens} tokens reused")
+    print(
+        f"  cache: {stats.calls} lookups, {stats.hits} hits, {stats.reused_tokens} tokens "
+        f"reused, {stats.evicted} evicted"
+    )
     cached.close()
     cold.close()
+
+
+def main() -> None:
+    """Measure and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backend", nargs="+", default=["hf", "mlx", "llamacpp"], help="backends to measure"
+    )
+    parser.add_argument("--size", default="bench", help="tiny or bench (512 hidden)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--history", type=int, default=2000, help="history tokens")
+    parser.add_argument("--threads", type=int, default=2, help="torch / llama.cpp threads")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per unrelated prompt")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for name in args.backend:
+        measure(name, args)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import UnknownBackendError
+from qwen_backends.errors import MissingDependencyError, UnknownBackendError
 from qwen_backends.registry import BACKENDS, load_target, missing_modules
 from qwen_backends.settings import Settings
 
 if TYPE_CHECKING:
     from qwen_backends.backends.base import ModelBackend
 
-__all__ = ["backend_class", "create_backend", "readiness"]
+__all__ = ["backend_class", "create_backend", "prompt_cache_status", "readiness"]
 
 
 def backend_class(name: str) -> type[ModelBackend]:
@@ -50,6 +50,30 @@ def readiness(name: str, settings: Settings) -> str:
         )
     verdict: str = load_target(registration.readiness_target)(settings)
     return verdict
+
+
+def prompt_cache_status(name: str, settings: Settings) -> str:
+    """Whether backend ``name`` keeps a prompt cache, and how large (for ``info``).
+
+    In-process backends with :attr:`Capabilities.prompt_cache
+    <qwen_backends.backends.base.Capabilities.prompt_cache>` report their ``prompt_cache_mb``;
+    server backends say their server caches on its own; any other says it has none.
+    """
+    from qwen_backends.backends.local import LocalBackend
+
+    try:
+        cls = backend_class(name)
+    except MissingDependencyError:
+        return "unknown (its extra is not installed)"
+    if not cls.capabilities.prompt_cache:
+        if issubclass(cls, LocalBackend):
+            return "none (every call computes its whole prompt)"
+        return "none in this library (the server keeps its own prompt cache)"
+    budget = getattr(getattr(settings, name, None), "prompt_cache_mb", None)
+    variable = f"QWEN_{name.upper()}__PROMPT_CACHE_MB"
+    if not budget:
+        return f"off ({variable}=0)"
+    return f"on, {budget:,} MiB ({variable}; 0 turns it off)"
 
 
 def create_backend(settings: Settings | None = None, **overrides: Any) -> ModelBackend:

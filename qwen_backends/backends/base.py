@@ -85,6 +85,10 @@ class Capabilities:
         Reports per-token log-probabilities (``sampling.logprobs``).
     scoring
         Scores given text (:meth:`ModelBackend.score`): needs the prompt's log-probabilities.
+    prompt_cache
+        Reuses the work done for a prompt prefix it has seen (a next turn computes only its new
+        tokens; ``Generation.cached_tokens`` counts them); sized by its ``prompt_cache_mb``
+        setting. Server backends report ``False``: their servers cache on their own.
     """
 
     english_only: bool = False
@@ -96,6 +100,7 @@ class Capabilities:
     seeded: bool = True
     logprobs: bool = False
     scoring: bool = False
+    prompt_cache: bool = False
 
 
 class TextStream(Iterator[str]):

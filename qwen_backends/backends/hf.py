@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import LocalBackend
-from qwen_backends.backends.prompt_cache import PromptCache
+from qwen_backends.backends.prompt_cache import MIN_REUSE, PromptCache
 from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
 from qwen_backends.backends.transformers_decode import cache_bytes, decode, reused_cache
@@ -126,6 +126,7 @@ class HFBackend(LocalBackend):
         tools=True,
         logprobs=True,
         scoring=True,
+        prompt_cache=True,
     )
 
     model: PreTrainedModel
@@ -137,7 +138,7 @@ class HFBackend(LocalBackend):
         super().__init__(settings)
         budget = settings.hf.prompt_cache_mb if self.own_decode_loop else 0
         #: The KV state of recent calls (see :mod:`~qwen_backends.backends.prompt_cache`).
-        self.prompt_cache: PromptCache[Any] = PromptCache(budget * 2**20)
+        self.prompt_cache: PromptCache[Any] = PromptCache(budget * 2**20, MIN_REUSE)
 
     # -- loading ----------------------------------------------------------------------------
 

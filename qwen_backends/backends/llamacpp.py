@@ -47,6 +47,9 @@ ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
+Prompt caching: llama.cpp's live context and saved sequence states of other conversations,
+reused by prefix (see :mod:`~qwen_backends.backends.llamacpp_cache`).
+
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
 own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered prompt.
 """
@@ -60,6 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
+from qwen_backends.backends.llamacpp_cache import LlamaPromptCache
 from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
@@ -156,6 +160,7 @@ class LlamaCppBackend(LocalBackend):
         tools=True,
         logprobs=True,
         scoring=True,
+        prompt_cache=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -352,6 +357,10 @@ class LlamaCppBackend(LocalBackend):
         }
         self.n_vocab: int = int(self.llama.n_vocab())
         self.vocab_rows = self.n_vocab
+        #: The live context and saved states of recent calls.
+        self.prompt_cache = LlamaPromptCache(
+            self.llama, self.settings.llamacpp.prompt_cache_mb * 2**20
+        )
 
     def is_end_of_generation(self, token: int) -> bool:
         """Whether llama.cpp itself treats ``token`` as end of generation (its EOG set)."""
@@ -455,7 +464,9 @@ class LlamaCppBackend(LocalBackend):
         import numpy as np
 
         sampling = request.sampling
-        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, compiled))
+        kwargs = self.generate_kwargs(sampling, compiled)
+        self._cached_tokens = self.prompt_cache.prepare(prompt_ids)
+        tokens = self.llama.generate(prompt_ids, **kwargs)
         try:
             for token in tokens:
                 if self._mask_mismatch:
@@ -483,6 +494,8 @@ class LlamaCppBackend(LocalBackend):
 
     def _release(self, *, same_thread: bool) -> None:
         """Free the llama.cpp model and context (after an open stream of this thread ends)."""
+        if hasattr(self, "prompt_cache"):  # a failed load releases before it exists
+            self.prompt_cache.clear(live=False)
         llama, self.llama = self.llama, None
         if llama is not None and not same_thread:
             llama.close()

@@ -38,6 +38,9 @@ The generated ids (:meth:`MLXBackend._tokens`, mlx-lm's ``stream_generate``) go 
 in-process backends' one token loop (:class:`~qwen_backends.backends.local.LocalBackend`):
 decoded with the Hugging Face tokenizer, stop strings, thinking and tool calls removed the same
 however the text is cut, so ``"".join(stream(...)) == generate(...).text`` for the same seed.
+
+Prompt caching: mlx-lm's own prompt-cache objects, reused by prefix (see
+:mod:`~qwen_backends.backends.mlx_cache`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import END_TOKENS, LocalBackend
+from qwen_backends.backends.mlx_cache import MLXPromptCache, WithPrefix
 from qwen_backends.backends.token_loop import Step, numpy_step
 from qwen_backends.errors import (
     MissingDependencyError,
@@ -300,6 +304,7 @@ class MLXBackend(LocalBackend):
         tools=True,
         logprobs=True,
         scoring=True,
+        prompt_cache=True,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -349,6 +354,8 @@ class MLXBackend(LocalBackend):
         """Both Qwen3 end tokens end generation in mlx-lm too."""
         for token in END_TOKENS:
             self.wrapper.add_eos_token(token)
+        #: mlx-lm cache objects of recent calls.
+        self.prompt_cache = MLXPromptCache(self.model, self.settings.mlx.prompt_cache_mb * 2**20)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -365,14 +372,22 @@ class MLXBackend(LocalBackend):
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
     ) -> Iterator[int | Step]:
-        """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs);
-        with ``logprobs``, a first processor keeps each step's raw logits."""
+        """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs),
+        on the cached prefix sharing most with the prompt; with ``logprobs``, a first processor
+        keeps each step's raw logits."""
         import mlx.core as mx
         import numpy as np
         from mlx_lm.generate import stream_generate
 
         sampling = request.sampling
+        cache, reused = self.prompt_cache.take(prompt_ids)
+        self._cached_tokens = reused
         processors = self.logits_processors(sampling, len(prompt_ids))
+        if reused:  # the penalties look back over the whole sequence, the mask does not
+            processors = [
+                p if isinstance(p, AdditiveMask) else WithPrefix(prompt_ids[:reused], p)
+                for p in processors
+            ]
         if compiled is not None:
             # The grammar takes english_only into its own mask (as on the hf backend), in
             # place of the plain one, and runs last.
@@ -384,21 +399,32 @@ class MLXBackend(LocalBackend):
         responses = stream_generate(
             self.model,
             self.wrapper,
-            mx.array(prompt_ids),
+            mx.array(prompt_ids[reused:]),
             max_tokens=sampling.max_new_tokens,
             sampler=make_sampler(sampling, self.vocab_rows),
             logits_processors=processors,
+            prompt_cache=cache,
         )
+        seen = list(prompt_ids)
+        # Only a call that ended cleanly (or was closed by its reader) leaves a cache to keep.
+        clean = False
         try:
             for response in responses:
+                seen.append(response.token)
                 if sampling.logprobs:
                     # mlx-lm computes the next step before handing over this one: oldest first.
                     row = np.array(raw.popleft()[0])
                     yield numpy_step(row, response.token, sampling.top_logprobs)
                 else:
                     yield response.token
+            clean = True
+        except GeneratorExit:
+            clean = True
+            raise
         finally:
             responses.close()
+            if clean:
+                self.prompt_cache.keep(cache, seen)
 
     def logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
         """The per-call processors, in transformers' order: repetition, presence, vocabulary."""
@@ -457,7 +483,9 @@ class MLXBackend(LocalBackend):
         return score_locally(self, requests, mlx_rows(self.model))
 
     def _release(self, *, same_thread: bool) -> None:
-        """Drop the model and tokenizer."""
+        """Drop the model, tokenizer and prompt cache."""
+        if hasattr(self, "prompt_cache"):  # a failed load releases before it exists
+            self.prompt_cache.clear()
         self.model = None
         self.wrapper = None
         self._english_mask = None

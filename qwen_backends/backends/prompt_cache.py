@@ -20,9 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["CacheStats", "PromptCache", "common_prefix"]
+__all__ = ["MIN_REUSE", "CacheStats", "PromptCache", "common_prefix"]
 
 State = TypeVar("State")
+
+#: The in-process backends' ``min_reuse``: a taken entry is cut to the shared prefix, so an
+#: unrelated prompt that shares only the chat header (a few tokens) must not take, and destroy,
+#: a long conversation's state.
+MIN_REUSE = 16
 
 
 def common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
@@ -51,7 +56,8 @@ class CacheStats:
     reused_tokens
         Prompt tokens served from the cache instead of being computed.
     evicted
-        Entries dropped to stay within the budget.
+        Entries dropped to stay within the budget (states larger than the whole budget, never
+        kept, included).
     """
 
     calls: int = 0
@@ -67,10 +73,14 @@ class PromptCache(Generic[State]):
     ----------
     budget_bytes
         Most bytes of state kept; ``0`` keeps nothing (every lookup misses).
+    min_reuse
+        An entry is taken only when it shares at least this many ids with the prompt (or all
+        of its own ids, when it holds fewer).
     """
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, min_reuse: int = 1) -> None:
         self.budget_bytes = budget_bytes
+        self.min_reuse = min_reuse
         self.stats = CacheStats()
         self._entries: OrderedDict[tuple[int, ...], tuple[State, int]] = OrderedDict()
         self._bytes = 0
@@ -89,7 +99,9 @@ class PromptCache(Generic[State]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, prompt_ids: Sequence[int], usable: int) -> tuple[State | None, int]:
+    def take(
+        self, prompt_ids: Sequence[int], usable: int, longer_than: int = 0
+    ) -> tuple[State | None, int]:
         """Remove and return the entry sharing the longest prefix with ``prompt_ids``.
 
         Parameters
@@ -99,6 +111,9 @@ class PromptCache(Generic[State]):
         usable
             At most this many ids may be reused (a runtime needs at least the last prompt id
             computed to get the next token's logits).
+        longer_than
+            Only an entry sharing more than this many ids is taken (a runtime that already
+            holds a state sharing that many, such as llama.cpp's live context, keeps its own).
 
         Returns
         -------
@@ -108,10 +123,10 @@ class PromptCache(Generic[State]):
         """
         with self._lock:
             self.stats.calls += 1
-            best_key, best = None, 0
+            best_key, best = None, longer_than
             for key in self._entries:
                 shared = min(common_prefix(key, prompt_ids), usable)
-                if shared > best:
+                if shared > best and shared >= min(self.min_reuse, len(key)):
                     best_key, best = key, shared
             if best_key is None:
                 return None, 0
@@ -123,7 +138,11 @@ class PromptCache(Generic[State]):
 
     def put(self, ids: Sequence[int], state: State, size: int) -> None:
         """Keep ``state`` (``size`` bytes), which holds ``ids``; evict the oldest to fit."""
-        if not self.enabled or size > self.budget_bytes or not ids:
+        if not self.enabled or not ids:
+            return
+        if size > self.budget_bytes:
+            with self._lock:
+                self.stats.evicted += 1
             return
         key = tuple(ids)
         with self._lock:
@@ -136,6 +155,14 @@ class PromptCache(Generic[State]):
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= dropped
                 self.stats.evicted += 1
+
+    def record_hit(self, reused: int) -> None:
+        """Count ``reused`` tokens of a lookup that took no entry but was served by the
+        runtime's own live state (llama.cpp's context); :meth:`take` counted the lookup."""
+        with self._lock:
+            if reused > 0:
+                self.stats.hits += 1
+                self.stats.reused_tokens += reused
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from qwen_backends.backends.probe import probe_server
 from qwen_backends.cli._options import add_backend_options, settings_from_args
-from qwen_backends.factory import readiness
+from qwen_backends.factory import prompt_cache_status, readiness
 from qwen_backends.family import FAMILIES
 from qwen_backends.memory import describe_need
 from qwen_backends.registry import BACKENDS, missing_modules
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     print("backends:")
     for name, status in report["backends"].items():
         print(f"  {name:<8} model {report['models'][name]}: {status}")
+        print(f"  {'':<8} prompt cache: {report['prompt_cache'][name]}")
     print("memory:")
     for name, need in report["memory"].items():
         print(f"  {name:<8} {need}")
@@ -77,6 +78,7 @@ def collect(settings: Settings) -> dict[str, Any]:
         },
         "accelerators": accelerators(),
         "backends": {name: backend_status(name, settings) for name in BACKENDS},
+        "prompt_cache": {name: prompt_cache_status(name, settings) for name in BACKENDS},
         # In-process backends whose extra is installed: what their model would need here.
         "memory": {
             name: need

@@ -1,20 +1,36 @@
-"""Prompt caching: reused prefixes give the very answers a cold start gives, token for token."""
+"""Prompt caching: reused prefixes give the very answers a cold start gives, token for token.
+
+The same exactness cases run on every in-process backend that caches (hf, mlx, llamacpp), each
+against a twin instance with ``prompt_cache_mb=0``; llama.cpp runs with one thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import pytest
 
 from qwen_backends import create_backend
-from qwen_backends.backends.hf import HFBackend
+from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.prompt_cache import PromptCache, common_prefix
 from qwen_backends.sampling import SamplingParams
-from qwen_backends.testing import tiny_checkpoint
+from qwen_backends.testing import tiny_checkpoint, tiny_gguf
 
 GREEDY = SamplingParams.preset("greedy", max_new_tokens=12)
 SEEDED = SamplingParams(temperature=1.2, top_k=0, top_p=0.95, seed=11, max_new_tokens=12)
+#: Penalties look back over the sequence, reused prefix included (plain greedy on random weights
+#: often repeats one token; these vary it).
+PENALISED = SamplingParams.preset(
+    "greedy", presence_penalty=2.0, repetition_penalty=1.3, max_new_tokens=12
+)
+SAMPLINGS = pytest.mark.parametrize(
+    "sampling", [GREEDY, SEEDED, PENALISED], ids=["greedy", "seeded", "penalised"]
+)
+#: One thread, a small context: llama.cpp on two shared cores.
+LLAMACPP_OPTIONS: dict[str, Any] = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 2048}
 HISTORY = [
     {"role": "system", "content": "You are a terse assistant. " * 20},
     {"role": "user", "content": "Name three primary colours."},
@@ -59,18 +75,56 @@ def test_a_zero_budget_keeps_nothing() -> None:
     assert not cache.enabled and cache.take([1, 2, 3], usable=2) == (None, 0)
 
 
-# -- the hf backend ------------------------------------------------------------------------------
+def test_take_can_ask_for_more_than_the_runtime_already_holds() -> None:
+    cache: PromptCache[str] = PromptCache(1000)
+    cache.put([1, 2, 3, 4], "four", 10)
+    assert cache.take([1, 2, 3, 4, 5], usable=4, longer_than=4) == (None, 0)
+    cache.record_hit(4)
+    assert cache.take([1, 2, 3, 4, 5], usable=4, longer_than=3) == ("four", 4)
+    assert (cache.stats.calls, cache.stats.hits, cache.stats.reused_tokens) == (2, 2, 8)
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[HFBackend, HFBackend]]:
+def test_an_entry_sharing_only_a_header_is_not_taken() -> None:
+    cache: PromptCache[str] = PromptCache(1000, min_reuse=16)
+    cache.put(list(range(100)), "long conversation", 10)
+    cache.put([1000, 1001], "short", 10)
+    assert cache.take([0, 1, 2, 99], usable=3) == (None, 0)  # 3 shared ids: it stays
+    assert cache.take([1000, 1001, 7], usable=2) == ("short", 2)  # all of a short entry
+    assert cache.take(list(range(20)), usable=19) == ("long conversation", 19)
+
+
+# -- every in-process backend that caches --------------------------------------------------------
+
+BACKENDS = [
+    "hf",
+    pytest.param("mlx", marks=[pytest.mark.mlx, pytest.mark.timeout(300)]),
+    "llamacpp",
+]
+
+
+def make(name: str, **section: Any) -> LocalBackend:
+    """The tiny checkpoint on backend ``name`` (its GGUF for llamacpp) with ``section`` set."""
+    if name == "mlx":
+        pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
+    if name == "llamacpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+        backend = create_backend(
+            backend="llamacpp",
+            model=str(tiny_gguf("q8_0")),
+            llamacpp={**LLAMACPP_OPTIONS, **section},
+        )
+    else:
+        backend = create_backend(
+            backend=name, model=str(tiny_checkpoint("tiny")), **{name: section}
+        )
+    assert isinstance(backend, LocalBackend) and backend.capabilities.prompt_cache
+    return backend
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
     """The same weights with the cache on (default budget) and off."""
-    model = str(tiny_checkpoint("tiny"))
-    with (
-        create_backend(backend="hf", model=model) as cached,
-        create_backend(backend="hf", model=model, hf={"prompt_cache_mb": 0}) as cold,
-    ):
-        assert isinstance(cached, HFBackend) and isinstance(cold, HFBackend)
+    with make(request.param) as cached, make(request.param, prompt_cache_mb=0) as cold:
         yield cached, cold
 
 
@@ -79,7 +133,7 @@ def _said(text: str) -> str:
     return text if text.strip() else f"{text}(blank)"
 
 
-def _same(cached: HFBackend, cold: HFBackend, messages: Any, sampling: SamplingParams) -> Any:
+def _same(cached: Any, cold: Any, messages: Any, sampling: SamplingParams) -> Any:
     hot, plain = cached.generate(messages, sampling), cold.generate(messages, sampling)
     assert (hot.text, hot.completion_tokens, hot.finish_reason) == (
         plain.text,
@@ -90,9 +144,9 @@ def _same(cached: HFBackend, cold: HFBackend, messages: Any, sampling: SamplingP
     return hot
 
 
-@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+@SAMPLINGS
 def test_a_next_turn_reuses_the_history_and_answers_the_same(
-    pair: tuple[HFBackend, HFBackend], sampling: SamplingParams
+    pair: tuple[Any, Any], sampling: SamplingParams
 ) -> None:
     cached, cold = pair
     cached.prompt_cache.clear()
@@ -113,50 +167,68 @@ def test_a_next_turn_reuses_the_history_and_answers_the_same(
 
 
 def test_a_prefix_ending_inside_an_earlier_answer_and_an_edited_history(
-    pair: tuple[HFBackend, HFBackend],
+    pair: tuple[Any, Any],
 ) -> None:
     cached, cold = pair
     cached.prompt_cache.clear()
-    first = _same(cached, cold, HISTORY, GREEDY)
+    first = _same(cached, cold, HISTORY, PENALISED)
     half = _said(first.text[: len(first.text) // 2])
     partial = [
         *HISTORY,
         {"role": "assistant", "content": half},
         {"role": "user", "content": "Go on"},
     ]
-    assert _same(cached, cold, partial, GREEDY).cached_tokens > 0
+    assert _same(cached, cold, partial, PENALISED).cached_tokens > 0
     edited = [{**HISTORY[0], "content": "You are verbose. " * 20}, *partial[1:]]
-    again = _same(cached, cold, edited, GREEDY)
+    again = _same(cached, cold, edited, PENALISED)
     assert again.cached_tokens < 6  # the edit is in the system prompt: little is shared
 
 
-def test_a_conversation_longer_than_the_budget_stays_exact() -> None:
-    model = str(tiny_checkpoint("tiny"))
-    with (
-        create_backend(backend="hf", model=model, hf={"prompt_cache_mb": 1}) as small,
-        create_backend(backend="hf", model=model, hf={"prompt_cache_mb": 0}) as cold,
-    ):
-        assert isinstance(small, HFBackend) and isinstance(cold, HFBackend)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_conversation_longer_than_the_budget_stays_exact(name: str) -> None:
+    with make(name, prompt_cache_mb=1) as small, make(name, prompt_cache_mb=0) as cold:
+        lru = _lru(small)
+        # The tiny model's state is small: a budget of about two first turns, which the
+        # conversation outgrows (its state is then refused) while the others push entries out.
+        lru.budget_bytes = min(lru.budget_bytes, 2 * _entry_bytes(small))
         messages: list[dict[str, str]] = list(HISTORY)
+        others = [[{"role": "user", "content": f"Unrelated {n}: " + "words " * 60}] for n in (1, 2)]
         for turn in range(3):
-            answer = _same(small, cold, messages, GREEDY)
+            answer = _same(small, cold, messages, PENALISED)
+            for other in others:  # other conversations in between push it out of the budget
+                _same(small, cold, other, PENALISED)
             messages += [
                 {"role": "assistant", "content": _said(answer.text)},
-                {"role": "user", "content": f"Turn {turn}: " + "more words " * 40},
+                {"role": "user", "content": f"Turn {turn}: " + "more words " * 120},
             ]
-            assert small.prompt_cache.used_bytes <= 2**20
-        assert small.prompt_cache.stats.evicted + small.prompt_cache.stats.hits > 0
+            assert lru.used_bytes <= lru.budget_bytes
+        assert lru.stats.evicted > 0 and lru.stats.hits > 0
 
 
-def test_batches_and_logprobs_still_work_beside_the_cache(
-    pair: tuple[HFBackend, HFBackend],
-) -> None:
+def _lru(backend: Any) -> PromptCache[Any]:
+    """The byte-bounded LRU of a backend's prompt cache."""
+    cache = backend.prompt_cache
+    return cache if isinstance(cache, PromptCache) else cache.lru
+
+
+def _entry_bytes(backend: Any) -> int:
+    """Bytes of one entry holding ``HISTORY`` and an answer (measured on a scratch call)."""
+    lru = _lru(backend)
+    backend.generate(HISTORY, GREEDY)
+    backend.generate([{"role": "user", "content": "measure"}], GREEDY)  # saves the live context
+    size = lru.used_bytes
+    backend.prompt_cache.clear()
+    assert size > 0
+    return size
+
+
+def test_batches_and_logprobs_still_work_beside_the_cache(pair: tuple[Any, Any]) -> None:
     cached, cold = pair
     batch = cached.generate_batch(["Hi", "Name a colour."], GREEDY)
     assert [g.text for g in batch] == [
         g.text for g in cold.generate_batch(["Hi", "Name a colour."], GREEDY)
     ]
-    with_logprobs = GREEDY.replace(logprobs=True)
+    with_logprobs = PENALISED.replace(logprobs=True)
     cached.generate(HISTORY, with_logprobs)
     hot = cached.generate(HISTORY, with_logprobs)
     plain = cold.generate(HISTORY, with_logprobs)
@@ -165,3 +237,72 @@ def test_batches_and_logprobs_still_work_beside_the_cache(
     assert [e.logprob for e in hot.logprobs] == pytest.approx(
         [e.logprob for e in plain.logprobs], abs=1e-4
     )
+
+
+class Pick(pydantic.BaseModel):
+    """A bounded answer: whatever the weights, a grammar can always finish it."""
+
+    colour: Literal["red", "green", "blue"]
+    count: int = pydantic.Field(ge=0, le=9)
+
+
+def get_weather(city: str) -> str:
+    """Get the weather for a city.
+
+    Parameters
+    ----------
+    city
+        The city's name.
+    """
+    return f"sunny in {city}"
+
+
+def test_structured_output_tools_and_async_answer_the_same(pair: tuple[Any, Any]) -> None:
+    cached, cold = pair
+    sampling = SEEDED.replace(max_new_tokens=40)
+    for _ in range(2):  # the second call reuses the first one's prompt
+        hot = cached.generate(HISTORY, sampling, response_format=Pick)
+        plain = cold.generate(HISTORY, sampling, response_format=Pick)
+        assert (hot.text, hot.parsed) == (plain.text, plain.parsed)
+    assert hot.cached_tokens > 0
+    for _ in range(2):
+        hot = cached.generate(HISTORY, PENALISED, tools=[get_weather])
+        assert hot.text == cold.generate(HISTORY, PENALISED, tools=[get_weather]).text
+    assert hot.cached_tokens > 0
+    hot = asyncio.run(cached.agenerate(HISTORY, PENALISED))
+    assert hot.cached_tokens > 0 and hot.text == cold.generate(HISTORY, PENALISED).text
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_zero_budget_reuses_nothing(name: str) -> None:
+    with make(name, prompt_cache_mb=0) as cold:
+        assert not cold.prompt_cache.enabled
+        cold.generate(HISTORY, GREEDY)
+        assert cold.generate(HISTORY, GREEDY).cached_tokens == 0
+
+
+# -- llama.cpp: its live context and saved states ------------------------------------------------
+
+
+def test_llamacpp_reuses_its_live_context_and_restores_other_conversations() -> None:
+    with make("llamacpp") as cached, make("llamacpp", prompt_cache_mb=0) as cold:
+        _live_context_and_saved_states(cached, cold)
+
+
+def _live_context_and_saved_states(cached: Any, cold: Any) -> None:
+    first = _same(cached, cold, HISTORY, SEEDED)
+    held = cached.prompt_cache.held()
+    # What llama-cpp-python keeps on its own: the prompt and the answer's tokens but the last.
+    assert held[: first.prompt_tokens] == cached.prompt_ids(HISTORY)
+    assert len(held) == first.prompt_tokens + first.completion_tokens - 1
+    other = [{"role": "user", "content": "Something else entirely. " * 30}]
+    assert _same(cached, cold, other, SEEDED).cached_tokens < 6
+    assert len(cached.prompt_cache.lru) == 1  # the first conversation was saved, not lost
+    turn = [
+        *HISTORY,
+        {"role": "assistant", "content": _said(first.text)},
+        {"role": "user", "content": "And?"},
+    ]
+    again = _same(cached, cold, turn, SEEDED)
+    assert again.cached_tokens >= len(cached.prompt_ids(HISTORY)) - 6
+    assert len(cached.prompt_cache.lru) == 1  # now the other conversation is the saved one

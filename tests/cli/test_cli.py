@@ -24,6 +24,7 @@ def test_info_reports_settings_extras_and_backends() -> None:
             "QWEN_HF__TOKEN": "hf_topsecret",
             "QWEN_BACKEND": "ollama",
             "QWEN_OLLAMA__HOST": "http://127.0.0.1:9",
+            "QWEN_HF__PROMPT_CACHE_MB": "0",
         },
     )
     assert result.returncode == 0, result.stderr
@@ -36,12 +37,18 @@ def test_info_reports_settings_extras_and_backends() -> None:
     assert report["backends"]["hf"] == "ready"
     assert "no server at http://127.0.0.1:9/api/version" in report["backends"]["ollama"]
     assert "ollama serve" in report["backends"]["ollama"]
+    caches = report["prompt_cache"]
+    assert caches["hf"] == "off (QWEN_HF__PROMPT_CACHE_MB=0)"
+    assert caches["ollama"].startswith("none in this library (the server keeps its own")
 
 
 def test_info_human_output() -> None:
     result = cli("info", "--backend", "vllm", "--model", "served-name")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("backend: vllm  model: served-name")
+    assert "prompt cache: on, 1,024 MiB (QWEN_HF__PROMPT_CACHE_MB; 0 turns it off)" in (
+        result.stdout
+    )
 
 
 @pytest.mark.parametrize(

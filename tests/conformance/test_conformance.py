@@ -472,6 +472,30 @@ async def _collect(stream: Any) -> list[str]:
     return [piece async for piece in stream]
 
 
+def test_a_prompt_cache_gives_the_same_answers_or_the_backend_says_it_has_none(
+    conformant: Harness,
+) -> None:
+    from qwen_backends.factory import prompt_cache_status
+
+    backend = conformant.backend
+    status = prompt_cache_status(conformant.name, backend.settings)
+    first = backend.generate(CONVERSATION, GREEDY)
+    said = first.text if first.text.strip() else f"{first.text}(blank)"
+    turn = [*CONVERSATION, {"role": "assistant", "content": said}, {"role": "user", "content": "?"}]
+    second = backend.generate(turn, GREEDY)
+    if not backend.capabilities.prompt_cache:
+        assert status.startswith("none")  # said in info's report, not silently
+        return
+    assert status.startswith("on, ")
+    assert 0 < second.cached_tokens < second.prompt_tokens  # the first turn's prefix, reused
+    with conformant.make(prompt_cache_mb=0) as cold:
+        assert prompt_cache_status(conformant.name, cold.settings).startswith("off (")
+        plain = cold.generate(turn, GREEDY)
+        assert plain.cached_tokens == 0
+        assert (plain.text, plain.completion_tokens) == (second.text, second.completion_tokens)
+        assert cold.generate(turn, HOT).text == backend.generate(turn, HOT).text
+
+
 def test_agenerate_and_astream_match_the_sync_calls(conformant: Harness) -> None:
     backend = conformant.backend
     expected = backend.generate("Hi", GREEDY)
