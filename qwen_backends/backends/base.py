@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.chat import Conversation, Message, validate_messages
 from qwen_backends.errors import (
@@ -39,6 +39,8 @@ from qwen_backends.results import FinishReason, Generation, Request, Score, Tool
 from qwen_backends.sampling import SamplingParams
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from qwen_backends.scoring import Continuation, ScoreRequest
     from qwen_backends.settings import Settings
     from qwen_backends.thinking import TemplateMode

@@ -47,8 +47,7 @@ ignores numeric bounds.
 ``tools`` are rendered by the chat template and the ``<tool_call>`` blocks are parsed from
 the generated text (:mod:`qwen_backends.tools`), in streams too.
 
-Prompt caching: llama.cpp's live context and saved sequence states of other conversations,
-reused by prefix (see :mod:`~qwen_backends.backends.llamacpp_cache`).
+Prompt caching (live context, saved states): :mod:`~qwen_backends.backends.llamacpp_cache`.
 
 Counting follows the contract: ``completion_tokens`` includes the end-of-turn token (llama.cpp's
 own ``usage`` leaves it out); ``prompt_tokens`` is the length of the rendered prompt.
@@ -464,9 +463,8 @@ class LlamaCppBackend(LocalBackend):
         import numpy as np
 
         sampling = request.sampling
-        kwargs = self.generate_kwargs(sampling, compiled)
         self._cached_tokens = self.prompt_cache.prepare(prompt_ids)
-        tokens = self.llama.generate(prompt_ids, **kwargs)
+        tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, compiled))
         try:
             for token in tokens:
                 if self._mask_mismatch:

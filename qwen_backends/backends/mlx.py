@@ -39,8 +39,7 @@ in-process backends' one token loop (:class:`~qwen_backends.backends.local.Local
 decoded with the Hugging Face tokenizer, stop strings, thinking and tool calls removed the same
 however the text is cut, so ``"".join(stream(...)) == generate(...).text`` for the same seed.
 
-Prompt caching: mlx-lm's own prompt-cache objects, reused by prefix (see
-:mod:`~qwen_backends.backends.mlx_cache`).
+Prompt caching (mlx-lm's cache objects, by prefix): :mod:`~qwen_backends.backends.mlx_cache`.
 """
 
 from __future__ import annotations
