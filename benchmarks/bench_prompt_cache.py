@@ -5,24 +5,35 @@
    cache (without it, the figure grows with the history; printed for reference).
 2. No cost when nothing is shared: a stream of unrelated prompts, per generated token, cache on
    against off (interleaved pairs): goal <= 1.02.
+3. ``--memory``: 200 calls over 20 conversations that each grow a turn at a time (round robin,
+   so entries are evicted), the peak RSS above the loaded model against the budget.
+
+``--size qwen3-4b`` runs item 1 at Qwen3-4B's real shape (hf in bfloat16, llamacpp on the
+Q4_K_M GGUF that bench_real_size.py exported), one round and without the no-cache instance
+(each uncached 2,000-token prefill takes minutes there).
 
 Each backend runs on the same checkpoint (llamacpp: its q8_0 GGUF), an instance with the cache on
 (the default budget) against one with ``prompt_cache_mb=0``.
 
 Usage: ``.venv/bin/python benchmarks/bench_prompt_cache.py [--backend hf mlx llamacpp]
-[--size bench] [--rounds 5] [--history 2000] [--threads 2]``.
+[--size bench|qwen3-4b] [--rounds 5] [--history 2000] [--threads 2] [--memory]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
 from paired import per_token_pairs
 
 from qwen_backends import create_backend
+from qwen_backends._cache import cache_dir
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.testing import tiny_checkpoint, tiny_gguf
 
@@ -50,18 +61,22 @@ def seconds(backend: Any, messages: Any) -> float:
 
 def build(name: str, size: str, threads: int, **section: Any) -> Any:
     """Backend ``name`` on the ``size`` checkpoint with ``section`` settings."""
+    real = size == "qwen3-4b"
     if name == "llamacpp":
         options = {"n_threads": threads, "n_threads_batch": threads, "n_ctx": 4096}
-        return create_backend(
-            backend=name, model=str(tiny_gguf("q8_0", size)), llamacpp={**options, **section}
-        )
+        gguf = cache_dir() / "real-size" / "gguf-q4_k_m.gguf" if real else tiny_gguf("q8_0", size)
+        return create_backend(backend=name, model=str(gguf), llamacpp={**options, **section})
+    if real and name == "hf":
+        section = {"dtype": "bfloat16", **section}
     return create_backend(backend=name, model=str(tiny_checkpoint(size)), **{name: section})
 
 
 def measure(name: str, args: argparse.Namespace) -> None:
     """Print the figures of backend ``name``."""
+    real = args.size == "qwen3-4b"
     cached = build(name, args.size, args.threads)
-    cold = build(name, args.size, args.threads, prompt_cache_mb=0)
+    # At real size a second instance would double the memory: the cache is emptied instead.
+    cold = cached if real else build(name, args.size, args.threads, prompt_cache_mb=0)
     long = conversation(cached, args.history)
     short = [{"role": "user", "content": "Name three primary colours, please, in one line."}]
     print(
@@ -70,12 +85,16 @@ def measure(name: str, args: argparse.Namespace) -> None:
         f"{len(cached.prompt_ids(short))} tokens"
     )
     hot, plain, alone = [], [], []
-    for _ in range(args.rounds):
+    for _ in range(1 if real else args.rounds):
         cached.prompt_cache.clear()
         cached.generate(long[:-2], FIRST_TOKEN)  # turn 1: fills the cache
         hot.append(seconds(cached, long))
-        plain.append(seconds(cold, long))
+        if not real:
+            plain.append(seconds(cold, long))
+        cached.prompt_cache.clear()
         alone.append(seconds(cold, short))
+    if real:
+        plain = [float("nan")]
     ttft = {
         name: statistics.median(v) for name, v in (("hot", hot), ("cold", plain), ("alone", alone))
     }
@@ -89,6 +108,9 @@ def measure(name: str, args: argparse.Namespace) -> None:
         f"(goal <= 1.3x); without the cache: {ttft['cold'] / ttft['alone']:.2f}x"
     )
 
+    if real:
+        cached.close()
+        return
     prompts = [f"Question {i}: what is {i} times {i + 3}?" for i in range(64)]
 
     def side(backend: Any) -> Any:
@@ -109,6 +131,56 @@ def measure(name: str, args: argparse.Namespace) -> None:
     cold.close()
 
 
+def memory(name: str, args: argparse.Namespace) -> None:
+    """Item 3: the memory run with the cache and without, each in a fresh process."""
+    grown = {}
+    for budget in (0, args.budget_mb):
+        command = [sys.executable, __file__, "--backend", name, "--size", args.size]
+        command += ["--threads", str(args.threads), "--memory-child", "--budget-mb", str(budget)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        grown[budget] = report["grown_mib"]
+        print(f"[{name}] budget {budget} MiB: {report}")
+    extra = grown[args.budget_mb] - grown[0]
+    verdict = "within" if extra <= args.budget_mb else "OVER"
+    print(
+        f"[{name}] the cache's own growth: {extra:+.0f} MiB against a {args.budget_mb} MiB budget "
+        f"({verdict} it)"
+    )
+
+
+def memory_child(name: str, args: argparse.Namespace) -> None:
+    """Peak RSS over 200 calls of 20 growing conversations, as one JSON line."""
+    backend = build(name, args.size, args.threads, prompt_cache_mb=args.budget_mb)
+    sampling = SamplingParams.preset("greedy", max_new_tokens=16)
+    talks = [
+        [{"role": "system", "content": f"You are assistant number {i}. " * 30}] for i in range(20)
+    ]
+    backend.generate("warm up", sampling)
+    loaded = _peak_rss()
+    for call in range(200):
+        talk = talks[call % 20]
+        talk.append({"role": "user", "content": f"Tell me fact {call}."})
+        answer = backend.generate(talk, sampling).text.strip() or "(no answer)"
+        talk.append({"role": "assistant", "content": answer})
+    stats = backend.prompt_cache.stats
+    report = {
+        "loaded_mib": round(loaded / 2**20),
+        "grown_mib": round((_peak_rss() - loaded) / 2**20),
+        "longest_prompt": max(len(backend.prompt_ids(talk[:-1])) for talk in talks),
+        "hits": stats.hits,
+        "reused_tokens": stats.reused_tokens,
+        "evicted": stats.evicted,
+    }
+    backend.close()
+    print(json.dumps(report))
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main() -> None:
     """Measure and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,13 +192,21 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=2000, help="history tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch / llama.cpp threads")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per unrelated prompt")
+    parser.add_argument("--memory", action="store_true", help="the memory run (item 3) only")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--budget-mb", type=int, default=64, help="cache budget of --memory")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     for name in args.backend:
-        measure(name, args)
+        if args.memory_child:
+            memory_child(name, args)
+        elif args.memory:
+            memory(name, args)
+        else:
+            measure(name, args)
 
 
 if __name__ == "__main__":
