@@ -56,15 +56,32 @@ def test_chat_logprobs_are_the_librarys_in_openais_shape(hf_served: Served) -> N
     assert plain.choices[0].logprobs is None
 
 
-def test_chat_logprobs_a_backend_cannot_give_are_a_400(
-    ollama_served: Served, ollama_server: Any
-) -> None:
-    response = post(ollama_served, "/chat/completions", {"messages": HI, "logprobs": True})
-    if ollama_served.backend.capabilities.logprobs:
-        pytest.skip("this ollama backend reports logprobs")
+def test_chat_logprobs_a_server_cannot_give_are_a_400(ollama_server: Any) -> None:
+    from qwen_backends import create_backend
+
+    ollama_server.version = "0.12.6"  # Ollama returns logprobs from 0.12.11 on
+    backend = create_backend(
+        backend="ollama", family="qwen3-4b-instruct-2507", ollama={"host": ollama_server.url}
+    )
+    with backend, Served(backend) as served:
+        response = post(served, "/chat/completions", {"messages": HI, "logprobs": True})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "logprobs" and "\n" not in error["message"]
+    assert "Ollama 0.12.6" in error["message"] and "0.12.11" in error["message"]
+    assert "/api/chat" not in ollama_server.paths()
+
+
+def test_chat_logprobs_through_ollama(ollama_served: Served, ollama_server: Any) -> None:
+    body = {"messages": HI, "logprobs": True, "top_logprobs": 2, **SAMPLING}
+    response = post(ollama_served, "/chat/completions", body)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    # Ollama gives no entry to the end-of-turn token: text tokens only, joined to the answer.
+    assert "".join(entry["token"] for entry in content) == choice["message"]["content"]
+    for entry in content:
+        assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 2
 
 
 # -- /v1/completions -----------------------------------------------------------------------------
