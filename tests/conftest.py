@@ -53,11 +53,18 @@ def _isolated_settings(
     isolate(monkeypatch, tmp_path_factory.mktemp("cwd"))
 
 
+#: Entries tests wrote into the shared checkpoints (reported at the end of the run).
+_STRAY_WRITES: list[str] = []
+
+
 @pytest.fixture(autouse=True)
 def _shared_checkpoints_stay_as_built(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The cached tiny checkpoints are shared by the whole run: a test that writes into one is
-    named in a warning and the stray entry removed, so later tests see the checkpoint as built
-    (a CI run once found a ``model/`` copy inside the tiny checkpoint; no local run has)."""
+    """The cached tiny checkpoints are shared by the whole run: an entry a test writes into one
+    is removed, so later tests see the checkpoint as built, and the test is named in the run's
+    summary (a CI run once found a ``model/`` copy inside the tiny checkpoint; no local run
+    has, so the culprit is still unknown)."""
+    import shutil
+
     from qwen_backends._cache import cache_dir
 
     root = cache_dir() / "checkpoints"
@@ -65,18 +72,16 @@ def _shared_checkpoints_stay_as_built(request: pytest.FixtureRequest) -> Iterato
     yield
     for name, entries in before.items():
         folder = root / name
-        stray = set(os.listdir(folder)) - entries if folder.is_dir() else set()
-        for entry in sorted(stray):
-            import shutil
-            import warnings
-
-            warnings.warn(
-                f"{request.node.nodeid} wrote {entry!r} into the shared checkpoint {folder}; "
-                "removed",
-                stacklevel=1,
-            )
+        for entry in sorted(set(os.listdir(folder)) - entries if folder.is_dir() else ()):
+            _STRAY_WRITES.append(f"{request.node.nodeid} wrote {entry!r} into {folder} (removed)")
             path = folder / entry
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the tests that wrote into a shared checkpoint."""
+    for line in _STRAY_WRITES:
+        terminalreporter.write_line(f"shared checkpoint changed: {line}", yellow=True)
 
 
 @pytest.fixture(scope="session")
