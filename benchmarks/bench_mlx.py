@@ -8,7 +8,7 @@ both sides alike; the median of the per-pair ratios, which is the per-token rati
 sides generate exactly ``--tokens`` tokens; the same for process CPU time, steadier on a shared
 machine. Goal: <= 1.03.
 
-Structured output: ``response_format`` (a bounded JSON schema, enforced by the xgrammar mask)
+Structured output: ``response_format`` (a bounded JSON schema, enforced by the llguidance mask)
 against the same call without it, per generated token (the answers differ in length), interleaved;
 the hf backend's figure for the same mask is 1.02 (docs/benchmarks.md).
 
@@ -164,7 +164,7 @@ def main() -> None:
         )
     figures = structured(backend, args.pairs, 2 * args.tokens)
     print(
-        f"response_format (xgrammar mask) / unconstrained, per token: "
+        f"response_format (llguidance mask) / unconstrained, per token: "
         f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
         f"{figures['ratio']:.3f}"
     )
