@@ -30,7 +30,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from qwen_backends.backends.prompt_cache import MIN_REUSE, CacheStats, PromptCache, common_prefix
+from qwen_backends.backends.prompt_cache import RuntimeCache, common_prefix
 
 __all__ = ["KEEP_TAIL", "LlamaPromptCache", "SavedState"]
 
@@ -57,7 +57,7 @@ class SavedState:
         return len(self.data)
 
 
-class LlamaPromptCache:
+class LlamaPromptCache(RuntimeCache[SavedState]):
     """The prompt cache of one ``llama_cpp.Llama``: its live context and saved states.
 
     Parameters
@@ -76,22 +76,7 @@ class LlamaPromptCache:
 
     def __init__(self, llama: Any, budget_bytes: int) -> None:
         self.llama = llama
-        self.lru: PromptCache[SavedState] = PromptCache(budget_bytes, MIN_REUSE)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether caching is on."""
-        return self.lru.enabled
-
-    @property
-    def stats(self) -> CacheStats:
-        """What the cache did (lookups, hits, tokens reused, evictions)."""
-        return self.lru.stats
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes of the entries kept now."""
-        return self.lru.used_bytes
+        super().__init__(budget_bytes)
 
     def prepare(self, prompt_ids: list[int]) -> int:
         """Leave the context holding the longest reusable prefix of ``prompt_ids``.

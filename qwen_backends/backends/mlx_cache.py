@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.prompt_cache import MIN_REUSE, CacheStats, PromptCache
+from qwen_backends.backends.prompt_cache import RuntimeCache
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -51,7 +51,7 @@ class WithPrefix:
         return self.processor(mx.concatenate([self.prefix, tokens.astype(mx.uint32)]), logits)
 
 
-class MLXPromptCache:
+class MLXPromptCache(RuntimeCache[list[Any]]):
     """The mlx backend's prompt cache: lists of mlx-lm cache objects in an LRU.
 
     Parameters
@@ -69,22 +69,7 @@ class MLXPromptCache:
 
     def __init__(self, model: Any, budget_bytes: int) -> None:
         self.model = model
-        self.lru: PromptCache[list[Any]] = PromptCache(budget_bytes, MIN_REUSE)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether caching is on."""
-        return self.lru.enabled
-
-    @property
-    def stats(self) -> CacheStats:
-        """What the cache did (lookups, hits, tokens reused, evictions)."""
-        return self.lru.stats
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes of the entries kept now."""
-        return self.lru.used_bytes
+        super().__init__(budget_bytes)
 
     def take(self, prompt_ids: list[int]) -> tuple[list[Any], int]:
         """A cache list for ``prompt_ids`` and how many of its first ids it already holds.

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["MIN_REUSE", "CacheStats", "PromptCache", "common_prefix"]
+__all__ = [
+    "MIN_REUSE",
+    "CacheStats",
+    "PromptCache",
+    "RuntimeCache",
+    "common_prefix",
+]
 
 State = TypeVar("State")
 
@@ -169,3 +175,31 @@ class PromptCache(Generic[State]):
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+class RuntimeCache(Generic[State]):
+    """Base of a runtime's prompt cache: its :class:`PromptCache` of states as :attr:`lru`.
+
+    Parameters
+    ----------
+    budget_bytes
+        Most bytes of states kept (``0``: off).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.lru: PromptCache[State] = PromptCache(budget_bytes, MIN_REUSE)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether caching is on."""
+        return self.lru.enabled
+
+    @property
+    def stats(self) -> CacheStats:
+        """What the cache did (lookups, hits, tokens reused, evictions)."""
+        return self.lru.stats
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the entries kept now."""
+        return self.lru.used_bytes
