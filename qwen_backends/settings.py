@@ -80,6 +80,12 @@ DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
 ENV_FILE = Path(".env")
 #: Qwen3-4B's native context; YaRN (factor 4) extends it to 4x this.
 NATIVE_CONTEXT = 32_768
+#: What a server backend's ``timeout`` means (the ollama and vllm sections).
+READ_TIMEOUT_HELP = (
+    "Seconds to wait for each read: connecting, the answer's first byte and each next piece of "
+    "a stream. A per-read limit, not a deadline: a server that keeps sending slowly is waited "
+    "for (bound a whole call yourself, e.g. asyncio.wait_for, or close the stream)."
+)
 YARN_FACTOR = 4.0
 
 _config_file_override: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -172,10 +178,7 @@ class OllamaSettings(Section):
         120.0,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds to wait for each read: connecting, the answer's first byte and "
-        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
-        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
-        "close the stream).",
+        description=READ_TIMEOUT_HELP,
     )
     keep_alive: str = Field("5m", description="How long the server keeps the model loaded.")
     num_ctx: int = Field(8192, ge=256, description="Context window the server allocates.")
@@ -223,10 +226,7 @@ class VLLMSettings(Section):
         120.0,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds to wait for each read: connecting, the answer's first byte and "
-        "each next piece of a stream. A per-read limit, not a deadline: a server that keeps "
-        "sending slowly is waited for (bound a whole call yourself, e.g. asyncio.wait_for, or "
-        "close the stream).",
+        description=READ_TIMEOUT_HELP,
     )
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
     tokenizer: str | None = Field(

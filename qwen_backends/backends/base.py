@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from qwen_backends.backends.streams import AsyncTextStream, TextStream, on_worker_thread
 from qwen_backends.chat import Conversation, Message, validate_messages
 from qwen_backends.errors import (
     ConfigurationError,
@@ -103,67 +103,6 @@ class Capabilities:
     logprobs: bool = False
     scoring: bool = False
     prompt_cache: bool = False
-
-
-class TextStream(Iterator[str]):
-    """The text of one answer as it is produced; ``"".join`` equals ``generate().text``.
-
-    Iterate it for the pieces; once exhausted, :attr:`generation` holds the final
-    :class:`Generation` (counts, finish reason, tool calls) when the backend reported one.
-    ``close()`` (or leaving a ``with`` block) stops the generation early.
-    """
-
-    def __init__(self, pieces: Iterator[str | Generation]) -> None:
-        self._pieces = pieces
-        self.generation: Generation | None = None
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        while True:
-            item = next(self._pieces)
-            if isinstance(item, Generation):
-                self.generation = item
-                continue
-            return item
-
-    def close(self) -> None:
-        """Stop the generation (safe to call twice)."""
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> TextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncTextStream(AsyncIterator[str]):
-    """Async :class:`TextStream`: ``async for piece in stream``; then :attr:`generation`."""
-
-    def __init__(self, pieces: AsyncIterator[str | Generation]) -> None:
-        self._pieces = pieces
-        self.generation: Generation | None = None
-
-    def __aiter__(self) -> AsyncTextStream:
-        return self
-
-    async def __anext__(self) -> str:
-        while True:
-            item = await anext(self._pieces)
-            if isinstance(item, Generation):
-                self.generation = item
-                continue
-            return item
-
-    async def aclose(self) -> None:
-        """Stop the generation (safe to call twice)."""
-        close = getattr(self._pieces, "aclose", None)
-        if close is not None:
-            await close()
 
 
 class ModelBackend(ABC):
@@ -510,32 +449,12 @@ class ModelBackend(ABC):
         """Async hook; the default runs :meth:`_generate` on a worker thread."""
         return await asyncio.to_thread(self._generate, request)
 
-    async def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
+    def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
         """Async stream hook; the default iterates :meth:`_stream` on a worker thread.
 
         Closing the async stream early closes the sync one (which stops the generation).
         """
-        iterator = await asyncio.to_thread(self._stream, request)
-        done = object()
-        # A worker thread still inside next() when the consumer goes away must finish before
-        # the iterator is closed; the lock orders the two.
-        lock = threading.Lock()
-
-        def step() -> object:
-            with lock:
-                return next(iterator, done)
-
-        try:
-            while True:
-                item = await asyncio.to_thread(step)
-                if item is done:
-                    return
-                yield item  # type: ignore[misc]
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                with lock:
-                    close()
+        return on_worker_thread(lambda: self._stream(request))
 
     def _prompt_ids(self, messages: list[Message], tools: tuple[dict[str, Any], ...]) -> list[int]:
         """The exact prompt ids; the default refuses."""

@@ -80,29 +80,35 @@ def test_generate_reports_a_missing_model_in_one_line(
     assert "\n" not in error and "does not exist" in error
 
 
-def test_chat_keeps_history_resets_and_exits(tiny_model_dir: Path) -> None:
-    child = pexpect.spawn(
+def _chat(model: Path) -> Any:
+    """``qwen-backends chat`` on ``model`` under a pseudo-terminal."""
+    return pexpect.spawn(
         sys.executable,
-        ["-m", "qwen_backends.cli", "chat", "--model", str(tiny_model_dir), *FLAGS],
+        ["-m", "qwen_backends.cli", "chat", "--model", str(model), *FLAGS],
         encoding="utf-8",
         timeout=300,
         env={**os.environ, "QWEN_BACKEND": "hf"},
     )
+
+
+def _turn(child: Any, message: str) -> str:
+    """Send ``message`` and return the answer printed before the next prompt."""
+    child.sendline(message)
+    child.expect(">>> ")
+    return str(child.before).replace("\r\n", "\n").split("\n", 1)[1].strip()
+
+
+def test_chat_keeps_history_resets_and_exits(tiny_model_dir: Path) -> None:
+    child = _chat(tiny_model_dir)
     try:
-
-        def turn(message: str) -> str:
-            child.sendline(message)
-            child.expect(">>> ")
-            return str(child.before).replace("\r\n", "\n").split("\n", 1)[1].strip()
-
         child.expect(">>> ")
-        first = turn("Hello")
-        second = turn("Hello")  # the history now holds the first exchange: another prompt
+        first = _turn(child, "Hello")
+        second = _turn(child, "Hello")  # the history now holds the first exchange: another prompt
         assert first and second and first != second
         child.sendline("/reset")
         child.expect("history cleared")
         child.expect(">>> ")
-        assert turn("Hello") == first  # same conversation again after the reset
+        assert _turn(child, "Hello") == first  # same conversation again after the reset
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
@@ -111,31 +117,19 @@ def test_chat_keeps_history_resets_and_exits(tiny_model_dir: Path) -> None:
 
 
 def test_ctrl_c_at_the_prompt_keeps_the_session_and_its_history(tiny_model_dir: Path) -> None:
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "qwen_backends.cli", "chat", "--model", str(tiny_model_dir), *FLAGS],
-        encoding="utf-8",
-        timeout=300,
-        env={**os.environ, "QWEN_BACKEND": "hf"},
-    )
+    child = _chat(tiny_model_dir)
     try:
-
-        def turn(message: str) -> str:
-            child.sendline(message)
-            child.expect(">>> ")
-            return str(child.before).replace("\r\n", "\n").split("\n", 1)[1].strip()
-
         child.expect(">>> ")
-        first = turn("Hello")
+        first = _turn(child, "Hello")
         child.send("half a line")
         child.sendintr()
         child.expect("Ctrl-C: line dropped")
         child.expect(">>> ")
-        after_interrupt = turn("Hello")  # answered with the first exchange in the history
+        after_interrupt = _turn(child, "Hello")  # answered with the first exchange in the history
         child.sendline("/reset")
         child.expect(">>> ")
-        assert turn("Hello") == first
-        assert turn("Hello") == after_interrupt  # the same history, never interrupted
+        assert _turn(child, "Hello") == first
+        assert _turn(child, "Hello") == after_interrupt  # the same history, never interrupted
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
