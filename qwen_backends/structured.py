@@ -21,8 +21,10 @@ Dict schemas are checked and validated with ``jsonschema`` (imported when first 
 
 from __future__ import annotations
 
+import fractions
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -318,9 +320,38 @@ def _validator_class() -> Any:
     return jsonschema.Draft202012Validator
 
 
+@functools.lru_cache(maxsize=1)
+def _answer_validator_class() -> Any:
+    """Draft 2020-12 with a ``multipleOf`` that reads numbers as the decimals the model wrote.
+
+    jsonschema divides binary floats, so ``9251.73`` fails ``multipleOf: 0.01``
+    (``9251.73 / 0.01 == 925172.9999999999``) although the grammar produced exactly what the
+    schema asks for; ``repr`` gives back the shortest decimal of each float, which is the text.
+    """
+    import jsonschema.validators
+
+    base = _validator_class()
+    return jsonschema.validators.extend(base, {"multipleOf": _decimal_multiple_of})
+
+
+def _decimal_multiple_of(validator: Any, factor: Any, instance: Any, schema: Any) -> Any:
+    """The ``multipleOf`` keyword with exact decimal arithmetic (a jsonschema keyword function)."""
+    import jsonschema.exceptions
+
+    if not validator.is_type(instance, "number") or not math.isfinite(instance):
+        return
+    if (_exact(instance) / _exact(factor)).denominator != 1:
+        yield jsonschema.exceptions.ValidationError(f"{instance!r} is not a multiple of {factor}")
+
+
+def _exact(number: float) -> fractions.Fraction:
+    """``number`` as the exact value of its shortest decimal text (``0.01`` is 1/100)."""
+    return fractions.Fraction(repr(number))
+
+
 @functools.lru_cache(maxsize=256)
 def _validator(key: str) -> Any:
-    return _validator_class()(json.loads(key))
+    return _answer_validator_class()(json.loads(key))
 
 
 def _best_error(errors: Any) -> Any:

@@ -48,6 +48,27 @@ def test_a_dict_schema_validates_to_plain_data() -> None:
     assert ResponseFormat.of({**SCHEMA, "title": "Thing"}).name == "Thing"
 
 
+@pytest.mark.parametrize(
+    ("factor", "good", "bad"),
+    [
+        (0.01, ["9251.73", "0.3", "-12.07", "1e300", "5"], ["9251.735", "0.001"]),
+        (0.1, ["0.3", "2.7"], ["0.35"]),
+        (3, ["9", "12345678901234567890123456789"], ["10", "4.5"]),
+    ],
+)
+def test_multiple_of_is_checked_on_the_decimals_written(
+    factor: float, good: list[str], bad: list[str]
+) -> None:
+    # Binary floats would reject 9251.73 for multipleOf 0.01 (9251.73 / 0.01 is 925172.99...),
+    # an answer the grammar engines produce and the schema allows.
+    fmt = ResponseFormat.of({"type": "number", "multipleOf": factor})
+    for text in good:
+        assert fmt.validate(text) == json.loads(text)
+    for text in bad:
+        with pytest.raises(OutputValidationError, match="multipleOf"):
+            fmt.validate(text)
+
+
 def test_formats_are_shared_per_schema_and_keep_key_order() -> None:
     assert ResponseFormat.of(City) is ResponseFormat.of(City)
     assert ResponseFormat.of(dict(SCHEMA)) is ResponseFormat.of(json.loads(json.dumps(SCHEMA)))
