@@ -30,7 +30,6 @@ but the stop tokens (``<tool_call>``, ``<think>``, ... are not JSON text).
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -130,17 +129,21 @@ class GrammarEngine:
         self.compile_timeout = compile_timeout
         #: int32 words per mask: bit ``i % 32`` of word ``i // 32`` is token ``i``.
         self.words = (vocab_size + 31) // 32
-        backend_tokenizer = copy.copy(getattr(tokenizer, "backend_tokenizer", tokenizer))
-        backend_tokenizer.no_padding()
-        backend_tokenizer.no_truncation()
+        # Shared, not copied: a copy of a Rust tokenizer costs 170 MB (it goes through JSON),
+        # and the project never sets padding or truncation on it.
+        backend_tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        view = _VocabularyView(backend_tokenizer, vocab_size, self.stop_token_ids)
+        # From token bytes, not from the tokenizer's JSON: llguidance would build a second
+        # Rust tokenizer from the JSON, 230 MB instead of 60 MB (docs/benchmarks.md).
         self._tokenizer = llguidance.LLTokenizer(
-            backend_tokenizer.to_str(), n_vocab=vocab_size, eos_token=list(self.stop_token_ids)
+            llguidance.TokenizerWrapper(view),
+            n_vocab=vocab_size,
+            eos_token=list(self.stop_token_ids),
         )
         #: Tokens never allowed in an answer: bytes with a raw control character, added tokens
         #: other than the stop tokens, rows past the tokenizer's vocabulary.
-        self.blocked: np.ndarray = _never_allowed(
-            backend_tokenizer, vocab_size, self.stop_token_ids
-        )
+        self.blocked: np.ndarray = view.blocked
+        del view.tokens
         self.blocked_words = pack_mask(self.blocked)
         self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
@@ -373,20 +376,45 @@ def apply_mask(logits: Any, words: Any) -> Any:
     return logits
 
 
-def _never_allowed(tokenizer: Any, vocab_size: int, stops: Sequence[int]) -> np.ndarray:
-    """Tokens no JSON answer may contain (see :attr:`GrammarEngine.blocked`)."""
-    import numpy as np
+class _VocabularyView:
+    """A ``tokenizers.Tokenizer`` in the shape ``llguidance.TokenizerWrapper`` reads: every
+    token's bytes (added tokens marked with a leading 0xFF byte, as llguidance expects), the
+    special ids and a ``text -> ids`` call; it also works out :attr:`GrammarEngine.blocked`."""
 
-    from qwen_backends.tokenizer import byte_decoder
+    bos_token_id = None
 
-    control = {char for char, byte in byte_decoder().items() if byte < 0x20}
-    blocked = np.ones(vocab_size, dtype=bool)
-    added = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
-    for piece, index in tokenizer.get_vocab(with_added_tokens=True).items():
-        if index < vocab_size:
-            is_added = piece in added
-            blocked[index] = index not in stops if is_added else not control.isdisjoint(piece)
-    return blocked
+    def __init__(self, tokenizer: Any, vocab_size: int, stops: Sequence[int]) -> None:
+        import numpy as np
+
+        from qwen_backends.tokenizer import byte_decoder
+
+        self._tokenizer = tokenizer
+        self.eos_token_id = stops[0] if stops else None
+        to_byte = byte_decoder()
+        control = {char for char, byte in to_byte.items() if byte < 0x20}
+        added = {
+            index: token
+            for index, token in tokenizer.get_added_tokens_decoder().items()
+            if index < vocab_size
+        }
+        self.special_token_ids = sorted(added)
+        self.tokens: list[bytes] = [b""] * vocab_size
+        self.blocked = np.ones(vocab_size, dtype=bool)
+        for piece, index in tokenizer.get_vocab(with_added_tokens=False).items():
+            if index < vocab_size and index not in added:
+                self.tokens[index] = bytes(to_byte[char] for char in piece)
+                self.blocked[index] = not control.isdisjoint(piece)
+        for index, token in added.items():
+            # Every added token counts as special, as in llguidance's own tokenizer loader:
+            # ``<tool_call>`` or ``<think>`` never stand for their letters in JSON text.
+            self.tokens[index] = b"\xff" + token.content.encode("utf-8")
+            self.blocked[index] = index not in stops
+
+    def __call__(self, text: str) -> list[int]:
+        """The ids of ``text`` (plain text: added tokens are not parsed from it)."""
+        if not isinstance(text, str):
+            raise TypeError("text only")  # TokenizerWrapper probes with bytes first
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def _reason(message: str) -> str:

@@ -6,11 +6,18 @@ torch, trl, datasets, accelerate or pandas. The check asks pip what it *would* i
 (``pip install --dry-run --report``, nothing is installed); it needs PyPI (reachable on the
 development machines and in CI). llama-cpp-python has no Linux wheel on PyPI: the wheel that
 ``scripts/setup.sh`` caches is offered to pip first, so its sdist is not downloaded.
+
+For Apple silicon the same question goes to uv (``uv pip compile --python-platform
+aarch64-apple-darwin``): pip's ``--platform`` only filters wheel tags and still evaluates
+environment markers for the running Linux host, so it cannot resolve the Mac's ``mlx`` (Metal)
+instead of Linux's ``mlx[cpu]``. MLX 0.32 ships wheels for macOS 14 and later.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +57,33 @@ def test_a_light_extra_brings_no_pytorch_stack(extra: str, tmp_path: Path) -> No
     assert "qwen-backends" in names
     assert not HEAVY & set(names), f"[{extra}] pulls {sorted(HEAVY & set(names))}"
     assert len(names) <= MOST[extra], f"[{extra}] resolves to {len(names)} packages: {names}"
+
+
+def resolve_for_apple_silicon(extra: str) -> list[str]:
+    """The distributions uv resolves for ``qwen-backends[extra]`` on macOS 14 arm64."""
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    if not Path(uv).is_file():
+        pytest.fail("uv is missing; it is a dev dependency: pip install -e '.[dev]'")
+    command = [
+        uv, "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", extra,
+        "--python-platform", "aarch64-apple-darwin", "--python-version", "3.11",
+        "--no-header", "--no-annotate", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "MACOSX_DEPLOYMENT_TARGET": "14.0"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    if done.returncode and "No solution found" in done.stderr:
+        pytest.fail(f"uv could not resolve [{extra}] for macOS arm64: {done.stderr[-1500:]}")
+    if done.returncode:
+        pytest.skip(f"uv could not reach the package index: {done.stderr.strip()[-300:]}")
+    lines = done.stdout.splitlines()
+    return sorted(line.split("==")[0].lower() for line in lines if "==" in line)
+
+
+@pytest.mark.parametrize("extra", sorted(MOST))
+def test_a_light_extra_resolves_on_apple_silicon_without_pytorch(extra: str) -> None:
+    names = resolve_for_apple_silicon(extra)
+    assert not HEAVY & set(names), f"[{extra}] pulls {sorted(HEAVY & set(names))} on macOS"
+    # The project itself is the compiled file, not a listed requirement: one more package.
+    assert len(names) + 1 <= MOST[extra], f"[{extra}] resolves to {len(names)} on macOS: {names}"
+    if extra == "mlx":
+        assert {"mlx", "mlx-metal", "mlx-lm"} <= set(names) and "mlx-cpu" not in names

@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import json
 import platform
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -503,3 +505,29 @@ def test_closed_backend_refuses_work(isolated: None, tiny_model_dir: Path) -> No
     instance.close()
     with pytest.raises(GenerationError, match="closed"):
         instance.generate("Hello", VARIED)
+
+
+def test_structured_output_runs_without_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The mlx extra resolves without torch (tests/test_packaging.py), but this venv has it and
+    # transformers imports it whenever it is installed. A None entry in sys.modules makes
+    # importlib report torch as absent, as on a light install: any torch import on the mlx path
+    # (mlx-lm, transformers' tokenizer, the grammar engine, the English mask) then fails.
+    script = f"""
+import sys
+sys.modules["torch"] = None
+from qwen_backends import create_backend
+schema = {{"type": "object", "properties": {{"ok": {{"type": "boolean"}}}}, "required": ["ok"]}}
+with create_backend(backend="mlx", model={str(tiny_model_dir)!r}) as backend:
+    answer = backend.generate(
+        "hi", {{"max_new_tokens": 16, "seed": 0, "english_only": True}}, response_format=schema
+    )
+    scored = backend.score("hi", answer.text)
+assert isinstance(answer.parsed["ok"], bool), answer
+assert scored.logprob < 0, scored
+heavy = [name for name in ("torch", "trl", "datasets") if sys.modules.get(name) is not None]
+assert not heavy, heavy
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
