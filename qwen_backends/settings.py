@@ -317,6 +317,14 @@ class LlamaCppSettings(Section):
     seed: int = Field(
         0, ge=0, description="Seed of the llama.cpp context (each call still seeds sampling)."
     )
+    use_mmap: bool = Field(
+        True,
+        description="Map the GGUF into memory instead of reading it (llama.cpp's default: fast "
+        "starts, pages shared between processes). On a CPU llama.cpp also repacks Q4_K/Q4_0 "
+        "weights into a faster layout, and the mapped originals stay resident beside that copy: "
+        "false reads the file once, so a Q4_K_M Qwen3-4B peaks at 2.8 GiB instead of 4.4 GiB "
+        "(docs/benchmarks.md).",
+    )
     verbose: bool = Field(False, description="Let llama.cpp print its logs to stderr.")
     prompt_cache_mb: int = Field(
         1024,

@@ -194,6 +194,7 @@ class LlamaCppBackend(LocalBackend):
             "n_threads": options.n_threads,
             "n_threads_batch": options.n_threads_batch,
             "n_gpu_layers": options.n_gpu_layers,
+            "use_mmap": options.use_mmap,
             "seed": options.seed,
             "verbose": options.verbose,
             "logits_all": False,

@@ -156,6 +156,23 @@ def test_greedy_text_and_counts_match_the_hf_backend(quant: str, hf: ModelBacken
             assert ours.prompt_tokens == theirs.prompt_tokens
 
 
+def mapped(path: Path) -> bool:
+    """Whether this process maps ``path`` into memory (Linux)."""
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        return any(line.rstrip().endswith(str(path)) for line in maps)
+
+
+def test_use_mmap_false_reads_the_gguf_instead_of_mapping_it() -> None:
+    # f16: no module fixture holds this file open.
+    with llamacpp_backend("f16") as backend:
+        path = Path(backend.model_path).resolve()
+        assert mapped(path), "llama.cpp maps the GGUF by default"
+        expected = backend.generate(CONVERSATIONS[0], GREEDY).text
+    with llamacpp_backend("f16", use_mmap=False) as backend:
+        assert not mapped(path)
+        assert backend.generate(CONVERSATIONS[0], GREEDY).text == expected
+
+
 # -- sampling ------------------------------------------------------------------------------------
 
 
