@@ -84,7 +84,13 @@ NATIVE_CONTEXT = 32_768
 READ_TIMEOUT_HELP = (
     "Seconds to wait for each read: connecting, the answer's first byte and each next piece of "
     "a stream. A per-read limit, not a deadline: a server that keeps sending slowly is waited "
-    "for (bound a whole call yourself, e.g. asyncio.wait_for, or close the stream)."
+    "for; `deadline` bounds a whole call."
+)
+#: What a server backend's ``deadline`` means (the ollama and vllm sections).
+DEADLINE_HELP = (
+    "Seconds a whole call may take: the request, its retries and every piece of the answer "
+    "(None: no limit). When it passes the call raises BackendTimeoutError at once, with the "
+    "text so far in partial_text, and the answer's connection is closed."
 )
 YARN_FACTOR = 4.0
 
@@ -180,6 +186,7 @@ class OllamaSettings(Section):
         allow_inf_nan=False,
         description=READ_TIMEOUT_HELP,
     )
+    deadline: float | None = Field(None, gt=0, allow_inf_nan=False, description=DEADLINE_HELP)
     keep_alive: str = Field("5m", description="How long the server keeps the model loaded.")
     num_ctx: int = Field(8192, ge=256, description="Context window the server allocates.")
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
@@ -228,6 +235,7 @@ class VLLMSettings(Section):
         allow_inf_nan=False,
         description=READ_TIMEOUT_HELP,
     )
+    deadline: float | None = Field(None, gt=0, allow_inf_nan=False, description=DEADLINE_HELP)
     max_retries: int = Field(3, ge=0, description="Retries for 5xx errors and timeouts.")
     tokenizer: str | None = Field(
         None,

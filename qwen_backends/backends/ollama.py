@@ -299,6 +299,8 @@ class OllamaBackend(ServerBackend):
             timeout=config.timeout,
             timeout_setting="QWEN_OLLAMA__TIMEOUT",
             max_retries=config.max_retries,
+            deadline=config.deadline,
+            deadline_setting="QWEN_OLLAMA__DEADLINE",
         )
         # One TLS context for every client: building it loads the CA bundle (~35 ms), which
         # would otherwise dominate each short-lived AsyncClient.

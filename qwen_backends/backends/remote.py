@@ -29,7 +29,8 @@ Retries use exponential backoff with jitter (:data:`BACKOFF_SECONDS` doubling, a
 piece arrived; a failure after that keeps the text received so far in ``partial_text``.
 
 ``timeout`` is a *per-read* limit: the longest the client waits to connect or for the next
-bytes (between two pieces of a stream), not the total duration of an answer.
+bytes (between two pieces of a stream), not the total duration of an answer; ``deadline``
+bounds a whole call (:mod:`qwen_backends.backends.deadline`, :meth:`Remote.deadline_error`).
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ class Remote:
         The per-read timeout and the setting that changes it.
     max_retries
         Retries after the first attempt.
+    deadline, deadline_setting
+        Seconds a whole call may take (``None``: no limit) and the setting that changes it.
     """
 
     def __init__(
@@ -202,6 +205,8 @@ class Remote:
         timeout: float,
         timeout_setting: str,
         max_retries: int,
+        deadline: float | None = None,
+        deadline_setting: str = "",
     ) -> None:
         self.backend = backend
         self.server = server
@@ -210,11 +215,28 @@ class Remote:
         self.timeout = timeout
         self.timeout_setting = timeout_setting
         self.max_retries = max_retries
+        self.deadline = deadline
+        self.deadline_setting = deadline_setting
         #: First backoff delay in seconds (tests set 0 to retry at once).
         self.backoff = BACKOFF_SECONDS
         self.sleep: Callable[[float], None] = time.sleep
 
     # -- the table ---------------------------------------------------------------------------
+
+    def deadline_error(self, partial_text: str) -> BackendTimeoutError:
+        """The error for a call that passed :attr:`deadline`, with the text received so far."""
+        kept = (
+            f"; the {len(partial_text)} characters received are kept in partial_text"
+            if partial_text
+            else ""
+        )
+        return BackendTimeoutError(
+            f"{self.server} at {self.url} did not finish the answer within the "
+            f"{self.deadline:g} s deadline; raise {self.deadline_setting}, ask for fewer tokens "
+            f"(max_new_tokens) or check the server's load{kept}",
+            partial_text=partial_text,
+            backend=self.backend,
+        )
 
     def error(
         self,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from qwen_backends.backends.answer import Assembler
 from qwen_backends.backends.base import ModelBackend, check_open
+from qwen_backends.backends.deadline import awithin_deadline, within_deadline
 from qwen_backends.errors import ConfigurationError, GenerationError, QwenBackendsError
 from qwen_backends.results import FinishReason, Generation, Request
 
@@ -175,20 +176,36 @@ class ServerBackend(ModelBackend):
     # -- the generation hooks, once ----------------------------------------------------------
 
     def _generate(self, request: Request) -> Generation:
-        return _generation(self._answer(request, stream=False))
+        return _generation(self._bounded(request, stream=False))
 
     def _stream(self, request: Request) -> Iterator[str | Generation]:
-        return self._answer(request, stream=True)
+        return self._bounded(request, stream=True)
 
     async def _agenerate(self, request: Request) -> Generation:
         generation = None
-        async for item in self._aanswer(request, stream=False):
+        async for item in self._abounded(request, stream=False):
             generation = item
         assert isinstance(generation, Generation)
         return generation
 
     def _astream(self, request: Request) -> AsyncIterator[str | Generation]:
-        return self._aanswer(request, stream=True)
+        return self._abounded(request, stream=True)
+
+    def _bounded(self, request: Request, *, stream: bool) -> Iterator[str | Generation]:
+        """:meth:`_answer` within the ``deadline`` setting, when there is one."""
+        deadline = self.remote.deadline
+        if deadline is None:
+            return self._answer(request, stream=stream)
+        start = functools.partial(self._answer, request, stream=stream)
+        return within_deadline(start, deadline, self.remote.deadline_error)
+
+    def _abounded(self, request: Request, *, stream: bool) -> AsyncIterator[str | Generation]:
+        """:meth:`_aanswer` within the ``deadline`` setting, when there is one."""
+        deadline = self.remote.deadline
+        answer = self._aanswer(request, stream=stream)
+        if deadline is None:
+            return answer
+        return awithin_deadline(answer, deadline, self.remote.deadline_error)
 
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         # The server runs concurrent requests together; the client's pool is thread-safe.

@@ -132,6 +132,8 @@ class VLLMBackend(ServerBackend):
             timeout=self._config.timeout,
             timeout_setting="QWEN_VLLM__TIMEOUT",
             max_retries=self._config.max_retries,
+            deadline=self._config.deadline,
+            deadline_setting="QWEN_VLLM__DEADLINE",
         )
         self._client: OpenAI | None = None
         # An async client's connections belong to the event loop that opened them.

@@ -23,6 +23,9 @@ hits the generation itself. Modes:
 ``error``      the upstream's stream up to its :attr:`FaultProxy.error_after`-th piece of
                text, then the server's own error in the protocol's form (an ``{"error": ...}``
                line or event carrying :data:`INJECTED_ERROR`): a runtime that fails mid-answer
+``drip``       the upstream's answer :attr:`FaultProxy.drip_bytes` bytes at a time, one piece
+               every :attr:`FaultProxy.drip` seconds: a server that never goes silent for a
+               whole per-read timeout but takes far longer than the call may
 ``pass``       relay everything (a control)
 
 ``inject`` merges fields into every relayed generation request body (``logit_bias`` ...).
@@ -58,7 +61,7 @@ __all__ = [
 
 MODES = (
     "refused", "503", "429", "hang", "html", "truncated", "cut", "think", "tool_call", "error",
-    "pass",
+    "drip", "pass",
 )  # fmt: skip
 #: The server's message in an ``error`` proxy's error line or event.
 INJECTED_ERROR = "injected: the engine failed mid-answer"
@@ -117,6 +120,8 @@ class FaultProxy:
         Fields merged into every relayed generation request (a JSON body).
     error_after
         Pieces of text an ``error`` proxy relays before the server's error.
+    drip, drip_bytes
+        A ``drip`` proxy's pause between pieces (seconds) and its piece size.
 
     Attributes
     ----------
@@ -135,6 +140,8 @@ class FaultProxy:
         upstream_timeout: float = 120.0,
         inject: dict[str, Any] | None = None,
         error_after: int = 3,
+        drip: float = 0.1,
+        drip_bytes: int = 32,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -146,6 +153,8 @@ class FaultProxy:
         self.upstream_timeout = upstream_timeout
         self.inject = inject or {}
         self.error_after = error_after
+        self.drip = drip
+        self.drip_bytes = drip_bytes
         self.hits = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -276,6 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if response.status == 200:
                     data = _with_error(data, self.owner.error_after)
                 self._send(response.status, data, kept)
+            elif mode == "drip":
+                self._drip(response.status, response.read(), kept)
             else:  # cut
                 self._cut(response, kept, chunked)
         finally:
@@ -311,6 +322,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _drip(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+        owner = self.owner
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+        with contextlib.suppress(OSError):  # the client gave up: the point of the test
+            for start in range(0, len(data), owner.drip_bytes):
+                if owner._stop.wait(owner.drip):
+                    break
+                self.wfile.write(data[start : start + owner.drip_bytes])
+                self.wfile.flush()
+        self.close_connection = True
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import pydantic
 import pytest
-from faults import INJECTED_CALL, INJECTED_ERROR, LEAKED_THINKING, FaultProxy
+from faults import INJECTED_CALL, INJECTED_ERROR, LEAKED_THINKING, FaultProxy, wait_until
 from harnesses import Harness
 
 from qwen_backends import create_backend
@@ -684,6 +685,41 @@ def test_retry_after_is_honoured(server_harness: Harness) -> None:
             backend.generate("Hi", GREEDY)
         assert time.monotonic() - started >= 1.0
         assert proxy.hits == 2
+
+
+def test_a_deadline_bounds_a_whole_call_that_the_per_read_timeout_lets_run(
+    server_harness: Harness,
+) -> None:
+    assert server_harness.through is not None
+    sampling = GREEDY.replace(max_new_tokens=24)
+    with FaultProxy(server_harness.upstream, "pass") as proxy:
+        with server_harness.through(proxy.url) as backend:
+            whole = backend.generate("Hi", sampling).text
+        # A piece every 0.1 s: never silent for the 30 s per-read timeout, far longer than 1 s.
+        proxy.mode = "drip"
+        with server_harness.through(proxy.url, timeout=30.0, deadline=1.0) as backend:
+            received: list[str] = []
+
+            def stream() -> None:
+                for piece in backend.stream("Hi", sampling):
+                    received.append(piece)
+
+            calls = {**_calls(backend, sampling), "stream": stream}
+            for call_name, call in calls.items():
+                with pytest.raises(BackendTimeoutError) as caught:
+                    call()
+                where = f"{server_harness.name} {call_name}"
+                message = str(caught.value)
+                assert "1 s deadline" in message and "_DEADLINE" in message, (where, message)
+                assert "\n" not in message and caught.value.backend == server_harness.name
+                assert whole.startswith(caught.value.partial_text), where
+            assert whole.startswith("".join(received))
+    # The sync calls' workers close their answers after the read they were in.
+    assert wait_until(lambda: not _deadline_workers()), _deadline_workers()
+
+
+def _deadline_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "qwen-backends-deadline"]
 
 
 def test_a_stream_cut_mid_way_keeps_the_text_received(server_harness: Harness) -> None:
