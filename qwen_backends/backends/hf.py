@@ -43,13 +43,14 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.prompt_cache import MIN_REUSE, PromptCache
-from qwen_backends.backends.token_loop import AnswerAssembler, Step, decode_ids
+from qwen_backends.backends.token_loop import AnswerAssembler, PendingStep, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
 from qwen_backends.backends.transformers_decode import cache_bytes, decode, reused_cache
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
@@ -204,18 +205,25 @@ class HFBackend(LocalBackend):
         )
         kwargs = self._generate_kwargs(request.sampling, width, compiled)
         steps: list[list[Step]] = [[] for _ in prompts]
-        if request.sampling.logprobs:
-            top = request.sampling.top_logprobs
+        top = request.sampling.top_logprobs
 
-            def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
-                for row, step in enumerate(logprob_steps(logits, chosen, top)):
-                    steps[row].append(step)
+        def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+            for row, step in enumerate(logprob_steps(logits.float(), chosen, top)):
+                steps[row].append(step)
 
+        late = request.sampling.logprobs and not self.own_decode_loop
+        if late:  # a model's own generate: the raw logits come back with the answer
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
+        elif request.sampling.logprobs:
             kwargs["record"] = record
         with self._guard.generation(), self._attributed():
             self._check_open()
             with self._rng_scope(request.sampling):
-                output = self._model_generate(input_ids, attention_mask, **kwargs)
+                output: Any = self._model_generate(input_ids, attention_mask, **kwargs)
+        if late:
+            for column, logits in enumerate(output.logits):
+                record(logits, output.sequences[:, width + column])
+            output = output.sequences
         rows: list[list[Any]] = steps if request.sampling.logprobs else output[:, width:].tolist()
         seconds = time.perf_counter() - start
         results = []
@@ -230,7 +238,7 @@ class HFBackend(LocalBackend):
 
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
-    ) -> Iterator[int | Step]:
+    ) -> Iterator[int | Step | PendingStep]:
         """Decode on a worker thread; its ids (:class:`Step` with ``logprobs``) arrive through a
         queue as they are chosen."""
         import torch
@@ -243,8 +251,14 @@ class HFBackend(LocalBackend):
         criteria = [*kwargs.get("stopping_criteria", []), CancelCriterion(cancel)]
         kwargs["stopping_criteria"] = criteria
         streamer = _IdStreamer(ids)
-        if request.sampling.logprobs:
-            kwargs["record"] = streamer.recorder(request.sampling.top_logprobs)
+        top = request.sampling.top_logprobs
+        if request.sampling.logprobs and self.own_decode_loop:
+            kwargs["record"] = streamer.recorder(top)
+        elif request.sampling.logprobs:
+            # A model's own generate hands out the raw logits only at the end: the ids stream
+            # out as PendingSteps that are settled from output.logits once it returns.
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
+            streamer.late = True
         cache = None
         if self.prompt_cache.enabled:
             cache, self._cached_tokens = reused_cache(
@@ -256,15 +270,19 @@ class HFBackend(LocalBackend):
         def work() -> None:
             try:
                 with self._rng_scope(request.sampling):
-                    output = self._model_generate(
+                    output: Any = self._model_generate(
                         input_ids, torch.ones_like(input_ids), streamer=streamer, **kwargs
                     )
+                if streamer.late:  # a GenerateDecoderOnlyOutput
+                    streamer.settle(output.logits, top)
+                    output = output.sequences
                 if cache is not None:
                     held = cache.get_seq_length()
                     self.prompt_cache.put(output[0, :held].tolist(), cache, cache_bytes(cache))
             except BaseException as exc:  # re-raised on the consumer's thread
                 ids.put(_Raised(exc))
             finally:
+                streamer.abandon()
                 ids.put(finished)
 
         worker = threading.Thread(target=work, name="qwen-hf-decode", daemon=True)
@@ -434,12 +452,15 @@ class HFBackend(LocalBackend):
 
 class _IdStreamer:
     """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id,
-    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities."""
+    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities, or (``late``)
+    as a :class:`PendingStep` that :meth:`settle` completes from ``generate``'s logits."""
 
     def __init__(self, ids: queue.SimpleQueue[Any]) -> None:
         self.ids = ids
         self.prompt_seen = False
         self.recorded: list[Step] = []
+        self.late = False
+        self.pending: list[tuple[int, Future[Step]]] = []
 
     def recorder(self, top: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
         """``decode``'s ``record``: the log-probabilities of the step about to be put."""
@@ -459,10 +480,29 @@ class _IdStreamer:
             self.recorded = []
             return
         for token in value.reshape(-1).tolist():
-            self.ids.put(token)
+            if self.late:
+                future: Future[Step] = Future()
+                self.pending.append((token, future))
+                self.ids.put(PendingStep(token, future))
+            else:
+                self.ids.put(token)
 
     def end(self) -> None:
         """Nothing to do: the worker marks the end itself."""
+
+    def settle(self, logits: Sequence[torch.Tensor], top: int) -> None:
+        """Complete the pending steps from ``generate``'s raw logits (one row per step)."""
+        import torch
+
+        for (token, future), row in zip(self.pending, logits, strict=False):
+            chosen = torch.tensor([token], device=row.device)
+            future.set_result(logprob_steps(row[:1].float(), chosen, top)[0])
+
+    def abandon(self) -> None:
+        """Fail the steps :meth:`settle` did not complete (generation failed or was cut)."""
+        for _, future in self.pending:
+            if not future.done():
+                future.set_exception(GenerationError("generate returned no logits for this token"))
 
 
 class _Raised:

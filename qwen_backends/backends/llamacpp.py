@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.llamacpp_cache import LlamaPromptCache
 from qwen_backends.backends.local import LocalBackend
-from qwen_backends.backends.token_loop import Step, numpy_step
+from qwen_backends.backends.token_loop import BackgroundSteps, PendingStep, Step
 from qwen_backends.errors import (
     GenerationError,
     MissingDependencyError,
@@ -456,7 +456,7 @@ class LlamaCppBackend(LocalBackend):
 
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
-    ) -> Iterator[int | Step]:
+    ) -> Iterator[int | Step | PendingStep]:
         """``Llama.generate`` with every sampling value mapped (see the module docs). With
         ``logprobs``, each step's raw logits are read from the context after the token is drawn:
         llama.cpp's samplers work on a copy, so the context still holds the model's own."""
@@ -466,6 +466,7 @@ class LlamaCppBackend(LocalBackend):
         sampling = request.sampling
         self._cached_tokens = self.prompt_cache.prepare(prompt_ids)
         tokens = self.llama.generate(prompt_ids, **self.generate_kwargs(sampling, compiled))
+        steps = BackgroundSteps(sampling.top_logprobs) if sampling.logprobs else None
         try:
             for token in tokens:
                 if self._mask_mismatch:
@@ -474,14 +475,17 @@ class LlamaCppBackend(LocalBackend):
                         f"{self.n_vocab} of the vocabulary; this llama-cpp-python version is not "
                         "supported (use 0.3.36)"
                     )
-                if sampling.logprobs:
+                if steps is not None:
                     pointer = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
-                    row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
-                    yield numpy_step(row, token, sampling.top_logprobs)
+                    # A copy: the next decode writes the same buffer.
+                    row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+                    yield steps.submit(row, token)
                 else:
                     yield token
         finally:
             tokens.close()
+            if steps is not None:
+                steps.close()
 
     def _score(self, requests: list[ScoreRequest]) -> list[Score]:
         """Score with llama.cpp's batch API, logits only at the scored positions (``logits_all``

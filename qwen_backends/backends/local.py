@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import ModelBackend, check_open
-from qwen_backends.backends.token_loop import AnswerAssembler, Step
+from qwen_backends.backends.token_loop import AnswerAssembler, PendingStep, Step
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
     ContextLengthError,
@@ -132,7 +132,7 @@ class LocalBackend(ModelBackend):
     @abstractmethod
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
-    ) -> Iterator[int | Step]:
+    ) -> Iterator[int | Step | PendingStep]:
         """The ids the model generates after ``prompt_ids`` (called with the lock held).
 
         The loop stops reading at the end of the answer (end of turn, stop string,
@@ -140,7 +140,9 @@ class LocalBackend(ModelBackend):
         ``compiled`` is what :meth:`_compile` returned for this request. With
         ``request.sampling.logprobs`` each id comes as a
         :class:`~qwen_backends.backends.token_loop.Step` (see
-        :func:`~qwen_backends.backends.token_loop.numpy_step`).
+        :func:`~qwen_backends.backends.token_loop.numpy_step`) or a
+        :class:`~qwen_backends.backends.token_loop.PendingStep` of
+        :class:`~qwen_backends.backends.token_loop.BackgroundSteps`.
         """
 
     @property

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import END_TOKENS, LocalBackend
 from qwen_backends.backends.mlx_cache import MLXPromptCache, WithPrefix
-from qwen_backends.backends.token_loop import Step, numpy_step
+from qwen_backends.backends.token_loop import BackgroundSteps, PendingStep, Step
 from qwen_backends.errors import (
     MissingDependencyError,
     ModelNotFoundError,
@@ -370,7 +370,7 @@ class MLXBackend(LocalBackend):
 
     def _tokens(
         self, prompt_ids: list[int], request: Request, compiled: Any
-    ) -> Iterator[int | Step]:
+    ) -> Iterator[int | Step | PendingStep]:
         """mlx-lm's ``stream_generate`` with every sampling value mapped (see the module docs),
         on the cached prefix sharing most with the prompt; with ``logprobs``, a first processor
         keeps each step's raw logits."""
@@ -405,15 +405,16 @@ class MLXBackend(LocalBackend):
             prompt_cache=cache,
         )
         seen = list(prompt_ids)
+        steps = BackgroundSteps(sampling.top_logprobs) if sampling.logprobs else None
         # Only a call that ended cleanly (or was closed by its reader) leaves a cache to keep.
         clean = False
         try:
             for response in responses:
                 seen.append(response.token)
-                if sampling.logprobs:
+                if steps is not None:
                     # mlx-lm computes the next step before handing over this one: oldest first.
                     row = np.array(raw.popleft()[0])
-                    yield numpy_step(row, response.token, sampling.top_logprobs)
+                    yield steps.submit(row, response.token)
                 else:
                     yield response.token
             clean = True
@@ -422,6 +423,8 @@ class MLXBackend(LocalBackend):
             raise
         finally:
             responses.close()
+            if steps is not None:
+                steps.close()
             if clean:
                 self.prompt_cache.keep(cache, seen)
 

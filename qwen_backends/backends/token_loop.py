@@ -7,7 +7,9 @@ those ids and a :class:`~qwen_backends.results.Generation` is the same everywher
 - :class:`IncrementalDecoder` -- ids one at a time to text pieces whose concatenation equals the
   one-shot decode (a trailing incomplete UTF-8 character waits for the next id);
 - :class:`Step` -- a generated id with its log-probabilities, when the call asked for them
-  (a runtime's token iterator yields plain ids otherwise);
+  (a runtime's token iterator yields plain ids otherwise); :func:`numpy_step` computes one from
+  a row of raw logits, and :class:`BackgroundSteps` does so on a worker thread beside the
+  runtime's next decode (a :class:`PendingStep` until the answer is finished);
 - :class:`AnswerAssembler` -- the visible-text pipeline of one answer: end-of-turn ids, the
   decoder, stop strings and thinking removal (:class:`~qwen_backends.thinking.TextPipeline`),
   the tool-call filter (:class:`~qwen_backends.tools.ToolCallFilter`), ``max_new_tokens``, and
@@ -20,8 +22,10 @@ row's ids), so a streamed answer and a generated one are built by the same code.
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Container, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 from qwen_backends.results import FinishReason, Generation, TokenLogprob, TopLogprob
@@ -36,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerAssembler",
+    "BackgroundSteps",
     "IncrementalDecoder",
+    "PendingStep",
     "Step",
     "decode_ids",
     "numpy_step",
@@ -146,6 +152,57 @@ def numpy_step(logits: np.ndarray, token: int, top: int) -> Step:
     return Step(int(token), float(row[token]) - total, best)
 
 
+class PendingStep(NamedTuple):
+    """A generated id whose :class:`Step` a :class:`BackgroundSteps` worker is computing."""
+
+    id: int
+    future: Future[Step]
+
+    def result(self) -> Step:
+        """The finished :class:`Step` (waits for the worker)."""
+        return self.future.result()
+
+
+class BackgroundSteps:
+    """:func:`numpy_step` on one worker thread, beside the runtime's next decode.
+
+    llama.cpp and MLX release the GIL while they compute a step, and numpy releases it in its
+    loops, so the log-softmax and top-k of step *n* (~0.2 ms over 151,936 logits) run while the
+    runtime decodes step *n + 1*; the token loop only copies the row. At most :attr:`backlog`
+    rows wait (a slow worker then holds the loop back instead of piling up 600 KB rows). Use it
+    as a context manager around one answer: leaving it waits for every step.
+    """
+
+    #: Rows queued before :meth:`submit` waits for the oldest.
+    backlog = 8
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-logprobs")
+        self._waiting: collections.deque[Future[Step]] = collections.deque()
+
+    def submit(self, row: np.ndarray, token: int) -> PendingStep:
+        """Queue the :class:`Step` of ``token`` from ``row``, a 1-D float array that nothing
+        changes afterwards (a copy of the runtime's buffer)."""
+        while self._waiting and self._waiting[0].done():
+            self._waiting.popleft()
+        if len(self._waiting) >= self.backlog:
+            self._waiting.popleft().result()
+        future = self._pool.submit(numpy_step, row, token, self.top)
+        self._waiting.append(future)
+        return PendingStep(int(token), future)
+
+    def close(self) -> None:
+        """Wait for every queued step and end the worker thread."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> BackgroundSteps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class AnswerAssembler:
     """Token ids of one answer -> visible text pieces -> the final :class:`Generation`.
 
@@ -184,7 +241,8 @@ class AnswerAssembler:
         self.pieces: list[str] = []
         self.count = 0
         self.ended = False
-        self.steps: list[Step | None] = []  # per counted id: None when it came without one
+        # Per counted id: None when it came without one.
+        self.steps: list[Step | PendingStep | None] = []
         self.raw: list[str] = []  # each counted id's decoded text, to place thinking spans
 
     @property
@@ -197,12 +255,14 @@ class AnswerAssembler:
         """The visible text produced so far (the partial text of a failed generation)."""
         return "".join(self.pieces)
 
-    def feed(self, token: int | Step) -> str:
+    def feed(self, token: int | Step | PendingStep) -> str:
         """Add one generated id (or :class:`Step`); return the text that can be shown now."""
         self.count += 1
-        self.steps.append(token if isinstance(token, Step) else None)
-        if isinstance(token, Step):
+        if isinstance(token, Step | PendingStep):
+            self.steps.append(token)
             token = token.id
+        else:
+            self.steps.append(None)
         if token in self.end_ids:
             self.ended = True
             self.raw.append("")
@@ -211,7 +271,7 @@ class AnswerAssembler:
         self.raw.append(piece)
         return self._show(self.pipeline.feed(piece))
 
-    def feed_all(self, ids: Sequence[int | Step]) -> None:
+    def feed_all(self, ids: Sequence[int | Step | PendingStep]) -> None:
         """Feed a finished row of ids (a batch answer) up to the end of the answer."""
         for token in ids:
             if self.done:
@@ -256,7 +316,9 @@ class AnswerAssembler:
 
 
 def reported_logprobs(
-    tokenizer: PreTrainedTokenizerBase, steps: Sequence[Step | None], raw: Sequence[str]
+    tokenizer: PreTrainedTokenizerBase,
+    steps: Sequence[Step | PendingStep | None],
+    raw: Sequence[str],
 ) -> tuple[TokenLogprob, ...]:
     """The :class:`~qwen_backends.results.TokenLogprob` entries of an answer.
 
@@ -288,6 +350,8 @@ def reported_logprobs(
         start = end
         if inside or step is None:
             continue
+        if isinstance(step, PendingStep):
+            step = step.result()
         top = tuple(TopLogprob(name(i), i, value) for i, value in step.top)
         kept.append(TokenLogprob(name(step.id), step.id, step.logprob, top))
     return tuple(kept)

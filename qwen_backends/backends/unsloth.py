@@ -197,9 +197,9 @@ class UnslothBackend(HFBackend):
 
     name = "unsloth"
     own_decode_loop = False
-    # Unsloth's generate applies its processors before any hook sees the raw logits, and the
-    # prompt cache needs the own decode loop (its budget is 0 here).
-    capabilities = dataclasses.replace(HFBackend.capabilities, logprobs=False, prompt_cache=False)
+    # Log-probabilities come from generate's raw logits (output_logits); the prompt cache
+    # needs the own decode loop (its budget is 0 here).
+    capabilities = dataclasses.replace(HFBackend.capabilities, prompt_cache=False)
 
     @classmethod
     def readiness(cls, settings: Settings) -> str:

@@ -2,7 +2,9 @@
 
 The number is the log-softmax of the model's raw logits at each step (before temperature,
 penalties, top-k/top-p/min-p and masks). hf, llama.cpp (an f32 GGUF of the same checkpoint) and
-mlx-lm (the same safetensors) must agree within 1e-3 on the tiny checkpoint.
+mlx-lm (the same safetensors) must agree within 1e-3 on the tiny checkpoint. ``hf-generate`` is
+the hf backend decoding through ``model.generate`` (``own_decode_loop = False``), the path the
+Unsloth backend takes on a GPU: its log-probabilities come from generate's ``output_logits``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import pytest
 
 from qwen_backends import create_backend
 from qwen_backends.backends.base import ModelBackend
+from qwen_backends.backends.hf import HFBackend
 from qwen_backends.results import Generation
 from qwen_backends.sampling import SamplingParams
+from qwen_backends.settings import Settings
 from qwen_backends.testing import tiny_checkpoint, tiny_gguf
 
 GREEDY = SamplingParams.preset("greedy", max_new_tokens=8, logprobs=True, top_logprobs=5)
@@ -34,9 +38,17 @@ SHAPED = SamplingParams(
 TOLERANCE = 1e-3
 
 
+class GenerateLoopBackend(HFBackend):
+    """The hf backend through ``model.generate``, as the Unsloth backend decodes."""
+
+    own_decode_loop = False
+
+
 def _build(name: str) -> ModelBackend:
     if name == "hf":
         return create_backend(backend="hf", model=str(tiny_checkpoint("tiny")))
+    if name == "hf-generate":
+        return GenerateLoopBackend(Settings(model=str(tiny_checkpoint("tiny"))))
     if name == "llamacpp":
         pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
         options = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 1024}
@@ -45,7 +57,7 @@ def _build(name: str) -> ModelBackend:
     return create_backend(backend="mlx", model=str(tiny_checkpoint("tiny")))
 
 
-@pytest.fixture(scope="module", params=["hf", "llamacpp", "mlx"])
+@pytest.fixture(scope="module", params=["hf", "hf-generate", "llamacpp", "mlx"])
 def backend(request: pytest.FixtureRequest) -> Iterator[ModelBackend]:
     with _build(request.param) as built:
         yield built

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
 
 from qwen_backends.backends.token_loop import (
     AnswerAssembler,
+    BackgroundSteps,
     IncrementalDecoder,
+    PendingStep,
     Step,
     decode_ids,
     numpy_step,
@@ -126,6 +129,29 @@ def test_numpy_step_is_the_log_softmax_and_its_top_tokens(top: int) -> None:
     order = sorted(range(row.shape[0]), key=lambda i: (-row[i], i))[:top]
     assert [token for token, _ in step.top] == order
     assert [value for _, value in step.top] == pytest.approx(reference[order], abs=1e-4)
+
+
+def test_background_steps_equal_numpy_steps_and_the_worker_ends_with_the_answer(
+    offline_tokenizer: Any,
+) -> None:
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(size=151_936).astype(np.float32) for _ in range(20)]
+    ids = [*ids_of(offline_tokenizer, "Hello there, world"), IM_END]
+    expected = AnswerAssembler(offline_tokenizer, END_IDS, SamplingParams(logprobs=True))
+    late = AnswerAssembler(offline_tokenizer, END_IDS, SamplingParams(logprobs=True))
+    with BackgroundSteps(top=3) as steps:
+        for row, token in zip(rows, ids, strict=False):
+            pending = steps.submit(row.copy(), token)
+            assert [t for t in threading.enumerate() if t.name.startswith("qwen-logprobs")]
+            assert isinstance(pending, PendingStep) and pending.id == token
+            assert len(steps._waiting) <= BackgroundSteps.backlog
+            late.feed(pending)
+            expected.feed(numpy_step(row, token, 3))
+    assert not [t for t in threading.enumerate() if t.name.startswith("qwen-logprobs")]
+    for answer in (expected, late):
+        answer.finish()
+    assert late.generation(3, 0.0).logprobs == expected.generation(3, 0.0).logprobs
 
 
 def test_logprobs_leave_out_thinking_and_count_the_end_token(offline_tokenizer: Any) -> None:
