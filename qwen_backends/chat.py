@@ -319,8 +319,12 @@ def render_prompt_ids(
     allow_control_tokens: bool = False,
     **template_kwargs: Any,
 ) -> list[int]:
-    """Token ids of :func:`render_prompt` (no BOS is added: Qwen3 has none)."""
+    """Token ids of :func:`render_prompt` (no BOS is added: Qwen3 has none); the long pieces
+    of earlier prompts (a system prompt, tools, the history) are not tokenized again
+    (:func:`~qwen_backends.prompt_encoding.encode_prompt`)."""
+    from qwen_backends.prompt_encoding import encode_prompt
+
     prompt = render_prompt(
         tokenizer, messages, allow_control_tokens=allow_control_tokens, **template_kwargs
     )
-    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return encode_prompt(tokenizer, prompt)
