@@ -43,8 +43,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import Capabilities
@@ -52,7 +51,7 @@ from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.prompt_cache import MIN_REUSE, PromptCache
 from qwen_backends.backends.token_loop import AnswerAssembler, PendingStep, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
-from qwen_backends.backends.transformers_decode import cache_bytes, decode, reused_cache
+from qwen_backends.backends.transformers_decode import IdStreamer, cache_bytes, decode, reused_cache
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
 from qwen_backends.backends.transformers_loading import load_model, vocab_rows
 from qwen_backends.backends.transformers_sampling import (
@@ -250,7 +249,7 @@ class HFBackend(LocalBackend):
         kwargs = self._generate_kwargs(request.sampling, len(prompt_ids), compiled)
         criteria = [*kwargs.get("stopping_criteria", []), CancelCriterion(cancel)]
         kwargs["stopping_criteria"] = criteria
-        streamer = _IdStreamer(ids)
+        streamer = IdStreamer(ids)
         top = request.sampling.top_logprobs
         if request.sampling.logprobs and self.own_decode_loop:
             kwargs["record"] = streamer.recorder(top)
@@ -448,61 +447,6 @@ class HFBackend(LocalBackend):
             import torch
 
             torch.cuda.empty_cache()
-
-
-class _IdStreamer:
-    """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id,
-    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities, or (``late``)
-    as a :class:`PendingStep` that :meth:`settle` completes from ``generate``'s logits."""
-
-    def __init__(self, ids: queue.SimpleQueue[Any]) -> None:
-        self.ids = ids
-        self.prompt_seen = False
-        self.recorded: list[Step] = []
-        self.late = False
-        self.pending: list[tuple[int, Future[Step]]] = []
-
-    def recorder(self, top: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """``decode``'s ``record``: the log-probabilities of the step about to be put."""
-
-        def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
-            self.recorded = logprob_steps(logits, chosen, top)
-
-        return record
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        if self.recorded:
-            for step in self.recorded:
-                self.ids.put(step)
-            self.recorded = []
-            return
-        for token in value.reshape(-1).tolist():
-            if self.late:
-                future: Future[Step] = Future()
-                self.pending.append((token, future))
-                self.ids.put(PendingStep(token, future))
-            else:
-                self.ids.put(token)
-
-    def end(self) -> None:
-        """Nothing to do: the worker marks the end itself."""
-
-    def settle(self, logits: Sequence[torch.Tensor], top: int) -> None:
-        """Complete the pending steps from ``generate``'s raw logits (one row per step)."""
-        import torch
-
-        for (token, future), row in zip(self.pending, logits, strict=False):
-            chosen = torch.tensor([token], device=row.device)
-            future.set_result(logprob_steps(row[:1].float(), chosen, top)[0])
-
-    def abandon(self) -> None:
-        """Fail the steps :meth:`settle` did not complete (generation failed or was cut)."""
-        for _, future in self.pending:
-            if not future.done():
-                future.set_exception(GenerationError("generate returned no logits for this token"))
 
 
 class _Raised:

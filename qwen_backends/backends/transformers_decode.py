@@ -22,6 +22,9 @@ orders it), the caller's processors in order, then the sampler's draw or the ``a
 ended get the pad token; a row ends at an end-of-turn token or when a stopping criterion says so,
 and the loop ends when every row has ended or ``max_new_tokens`` are made.
 
+:class:`IdStreamer` is the streamer both loops feed: the new ids for the hf backend's token
+loop, with their log-probabilities when asked (see its docs).
+
 torch and transformers are imported inside the functions, so importing this module stays light.
 """
 
@@ -29,10 +32,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import queue
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.backends.transformers_sampling import TokenSampler, greedy_tokens
+from qwen_backends.backends.token_loop import PendingStep, Step
+from qwen_backends.backends.transformers_sampling import TokenSampler, greedy_tokens, logprob_steps
+from qwen_backends.errors import GenerationError
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +47,7 @@ if TYPE_CHECKING:
 
     from qwen_backends.backends.prompt_cache import PromptCache
 
-__all__ = ["DecodeSteps", "cache_bytes", "crop_cache", "decode", "reused_cache"]
+__all__ = ["DecodeSteps", "IdStreamer", "cache_bytes", "crop_cache", "decode", "reused_cache"]
 
 
 class DecodeSteps:
@@ -272,3 +279,60 @@ def cache_bytes(cache: Any) -> int:
             if tensor is not None:
                 total += tensor.numel() * tensor.element_size()
     return total
+
+
+class IdStreamer:
+    """The streamer protocol of ``generate``/``decode``: skips the prompt, queues each new id,
+    as a :class:`Step` when :meth:`recorder` took the step's log-probabilities, or (``late``)
+    as a :class:`PendingStep` that :meth:`settle` completes from ``generate``'s logits."""
+
+    def __init__(self, ids: queue.SimpleQueue[Any]) -> None:
+        """Queue the new ids on ``ids``."""
+        self.ids = ids
+        self.prompt_seen = False
+        self.recorded: list[Step] = []
+        self.late = False
+        self.pending: list[tuple[int, Future[Step]]] = []
+
+    def recorder(self, top: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``decode``'s ``record``: the log-probabilities of the step about to be put."""
+
+        def record(logits: torch.Tensor, chosen: torch.Tensor) -> None:
+            self.recorded = logprob_steps(logits, chosen, top)
+
+        return record
+
+    def put(self, value: torch.Tensor) -> None:
+        """The streamer call: the prompt first (skipped), then each step's new ids."""
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.recorded:
+            for step in self.recorded:
+                self.ids.put(step)
+            self.recorded = []
+            return
+        for token in value.reshape(-1).tolist():
+            if self.late:
+                future: Future[Step] = Future()
+                self.pending.append((token, future))
+                self.ids.put(PendingStep(token, future))
+            else:
+                self.ids.put(token)
+
+    def end(self) -> None:
+        """Nothing to do: the worker marks the end itself."""
+
+    def settle(self, logits: Sequence[torch.Tensor], top: int) -> None:
+        """Complete the pending steps from ``generate``'s raw logits (one row per step)."""
+        import torch
+
+        for (token, future), row in zip(self.pending, logits, strict=False):
+            chosen = torch.tensor([token], device=row.device)
+            future.set_result(logprob_steps(row[:1].float(), chosen, top)[0])
+
+    def abandon(self) -> None:
+        """Fail the steps :meth:`settle` did not complete (generation failed or was cut)."""
+        for _, future in self.pending:
+            if not future.done():
+                future.set_exception(GenerationError("generate returned no logits for this token"))
