@@ -18,7 +18,8 @@ so the sampler can only draw tokens that keep the answer schema-valid.
 Every :class:`~qwen_backends.sampling.SamplingParams` field is mapped explicitly, with
 transformers' semantics so the same values mean the same thing as on the hf backend:
 
-- ``temperature`` / ``top_k`` / ``top_p`` / ``min_p``: :func:`make_sampler` -- temperature first,
+- ``temperature`` / ``top_k`` / ``top_p`` / ``min_p``:
+  :func:`~qwen_backends.backends.mlx_sampling.make_sampler` -- temperature first,
   then top-k, top-p and min-p (transformers' and vLLM's order, built from mlx-lm's
   ``apply_top_k`` / ``apply_top_p`` / ``apply_min_p``; mlx-lm's own ``make_sampler`` applies the
   temperature after the filters), greedy (argmax) at temperature 0;
@@ -26,10 +27,11 @@ transformers' semantics so the same values mean the same thing as on the hf back
   neither used nor changed (no seed: a fresh random key);
 - ``repetition_penalty``: mlx-lm's CTRL-style processor over the whole sequence (prompt and
   answer, as transformers does);
-- ``presence_penalty``: :class:`PresencePenalty`, a flat amount per token already *generated*
+- ``presence_penalty``: :class:`~qwen_backends.backends.mlx_sampling.PresencePenalty`, a flat
+  amount per token already *generated*
   (mlx-lm's counts prompt tokens too);
 - ``english_only``: an additive 0/-inf mask over the vocabulary, built once per instance
-  (:class:`AdditiveMask`);
+  (:class:`~qwen_backends.backends.mlx_sampling.AdditiveMask`);
 - ``stop``: :class:`~qwen_backends.thinking.TextPipeline` on the decoded text, generation ends at
   the token that completes a stop string;
 - ``max_new_tokens``: mlx-lm's ``max_tokens``.
@@ -47,14 +49,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import platform
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwen_backends.backends.base import Capabilities
 from qwen_backends.backends.local import END_TOKENS, LocalBackend
 from qwen_backends.backends.mlx_cache import MLXPromptCache, WithPrefix
+from qwen_backends.backends.mlx_sampling import (
+    AdditiveMask,
+    PresencePenalty,
+    RawLogits,
+    make_sampler,
+)
 from qwen_backends.backends.token_loop import BackgroundSteps, PendingStep, Step
 from qwen_backends.errors import (
     MissingDependencyError,
@@ -92,108 +99,6 @@ HUB_PATTERNS = (
     "*.jsonl",
     "*.jinja",
 )
-
-#: A logits processor as mlx-lm calls it: ``(tokens so far, logits) -> logits``.
-LogitsProcessor = Callable[["mx.array", "mx.array"], "mx.array"]
-
-
-# -- sampling ---------------------------------------------------------------------------------
-
-
-def make_sampler(sampling: SamplingParams, vocab_size: int) -> Callable[[mx.array], mx.array]:
-    """A sampler for mlx-lm's ``generate_step`` that honours ``sampling`` like transformers.
-
-    Temperature 0 is argmax. Otherwise the log-probabilities are divided by the temperature,
-    then top-k (``0`` or ``>= vocab_size``: off), top-p (``1``: off) and min-p (``0``: off) are
-    applied in that order, and a token is drawn with a key derived from ``sampling.seed`` (a
-    fresh random seed when it is ``None``), split once per step.
-    """
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
-
-    if sampling.is_greedy:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    inverse_temperature = 1.0 / sampling.temperature
-    top_k = sampling.top_k if 0 < sampling.top_k < vocab_size else 0
-    top_p, min_p = sampling.top_p, sampling.min_p
-    seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
-    state = [mx.random.key(seed)]
-
-    def sample(logprobs: mx.array) -> mx.array:
-        scores = logprobs * inverse_temperature
-        if top_k:
-            scores = apply_top_k(scores, top_k)
-        if top_p < 1.0:
-            scores = apply_top_p(scores, top_p)
-        if min_p > 0.0:
-            scores = apply_min_p(scores, min_p)
-        state[0], key = mx.random.split(state[0])
-        return mx.random.categorical(scores, axis=-1, key=key)
-
-    return sample
-
-
-class PresencePenalty:
-    """Subtract ``penalty`` once from the logit of every token already *generated*.
-
-    OpenAI-style (a flat amount whatever the count), on the answer only, as the hf backend does.
-
-    Parameters
-    ----------
-    penalty
-        Amount to subtract, > 0.
-    prompt_length
-        Leading entries of mlx-lm's token history that are the prompt.
-    """
-
-    def __init__(self, penalty: float, prompt_length: int) -> None:
-        self.penalty = penalty
-        self.prompt_length = prompt_length
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        """Return the penalised logits."""
-        generated = tokens[self.prompt_length :]
-        if generated.size == 0:
-            return logits
-        # Indexed assignment writes each position once however often it repeats: a flat penalty.
-        logits[:, generated] = logits[:, generated] - self.penalty
-        return logits
-
-
-class AdditiveMask:
-    """Add a precomputed 0 / -inf vector to the logits (``english_only``): one add per step.
-
-    Parameters
-    ----------
-    mask
-        Float vector of the model's vocabulary size: 0 for allowed tokens, -inf for the others.
-    """
-
-    def __init__(self, mask: mx.array) -> None:
-        self.mask = mask
-        self._cast: dict[Any, mx.array] = {}
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        """Return ``logits + mask`` (the mask cast once to the logits' dtype)."""
-        mask = self._cast.get(logits.dtype)
-        if mask is None:
-            mask = self._cast[logits.dtype] = self.mask.astype(logits.dtype)
-        return logits + mask
-
-
-class _RawLogits:
-    """Logits processor that keeps each step's raw logits (it runs first) and changes nothing."""
-
-    def __init__(self, kept: collections.deque[mx.array]) -> None:
-        self.kept = kept
-
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        import mlx.core as mx
-
-        # A new array: later processors assign into ``logits`` in place (mlx-lm's penalties).
-        self.kept.append(logits.astype(mx.float32))
-        return logits
-
 
 # -- loading ----------------------------------------------------------------------------------
 
@@ -394,7 +299,7 @@ class MLXBackend(LocalBackend):
             processors.append(self._grammar_mask(compiled, sampling.english_only))
         raw: collections.deque[mx.array] = collections.deque()
         if sampling.logprobs:
-            processors.insert(0, _RawLogits(raw))
+            processors.insert(0, RawLogits(raw))
         responses = stream_generate(
             self.model,
             self.wrapper,
