@@ -16,7 +16,7 @@ hidden 512, whose widths allow real k-quant tensors), built once and cached
 4. Peak RSS of a process that loads each backend and generates (one subprocess each).
 
 Usage: ``.venv/bin/python benchmarks/bench_llamacpp.py [--size bench] [--pairs 9] [--tokens 64]
-[--threads 1]``.
+[--threads 1] [--only logprobs]`` (``--only logprobs``: the log-probability pairs alone).
 """
 
 from __future__ import annotations
@@ -248,8 +248,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=("logprobs",), default=None)
     args = parser.parse_args()
     report: dict[str, Any] = {"size": args.size, "threads": args.threads, "tokens": args.tokens}
+    if args.only == "logprobs":
+        with llamacpp("q8_0", args.size, args.threads) as backend:
+            figures = logprobs_cost(backend, args.tokens, args.pairs)
+        print("logprobs top 5 / off, per token (goal <= 1.05):", figures)
+        return
     with llamacpp("q8_0", args.size, args.threads) as backend:
         report["overhead_q8_0"] = overhead(backend, args.tokens, args.pairs)
         print("overhead (backend / raw llama-cpp-python, per token):", report["overhead_q8_0"])

@@ -13,7 +13,8 @@ against the same call without it, per generated token (the answers differ in len
 the hf backend's figure for the same mask is 1.02 (docs/benchmarks.md).
 
 Runs wherever MLX runs; on Linux that is MLX's CPU build (Apple GPU figures must be measured on a
-Mac). Usage: ``.venv/bin/python benchmarks/bench_mlx.py [--size bench] [--pairs 9] [--tokens 32]``.
+Mac). Usage: ``.venv/bin/python benchmarks/bench_mlx.py [--size bench] [--pairs 9] [--tokens 32]
+[--only overhead|structured|logprobs]``.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def main() -> None:
     parser.add_argument("--size", default="bench", help="tiny, vllm or bench (512 hidden)")
     parser.add_argument("--pairs", type=int, default=9, help="interleaved rounds")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per answer")
+    parser.add_argument("--only", choices=("overhead", "structured", "logprobs"), default=None)
     args = parser.parse_args()
+    wanted = {args.only} if args.only else {"overhead", "structured", "logprobs"}
 
     import mlx.core as mx
 
@@ -152,22 +155,26 @@ def main() -> None:
         f"checkpoint {args.size}, MLX {mx.__version__} on {mx.default_device()}, "
         f"{args.tokens} tokens"
     )
-    for label, sampling in (
+    overhead_runs = (
         ("default sampling (0.7/0.8/20, seed 1)", SamplingParams(seed=1)),
         ("greedy", SamplingParams.preset("greedy")),
-    ):
+    )
+    for label, sampling in overhead_runs if "overhead" in wanted else ():
         figures = overhead(backend, sampling.replace(max_new_tokens=args.tokens), args.pairs)
         print(
             f"overhead, {label}: backend {figures['backend_ms_per_token']:.2f} ms/token, raw "
             f"mlx-lm {figures['raw_ms_per_token']:.2f} ms/token, ratio {figures['ratio']:.3f} "
             f"(CPU time {figures['cpu_ratio']:.3f}; goal <= 1.03)"
         )
-    figures = structured(backend, args.pairs, 2 * args.tokens)
-    print(
-        f"response_format (llguidance mask) / unconstrained, per token: "
-        f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
-        f"{figures['ratio']:.3f}"
-    )
+    if "structured" in wanted:
+        figures = structured(backend, args.pairs, 2 * args.tokens)
+        print(
+            f"response_format (llguidance mask) / unconstrained, per token: "
+            f"{figures['constrained_ms']:.2f} / {figures['free_ms']:.2f} ms, ratio "
+            f"{figures['ratio']:.3f}"
+        )
+    if "logprobs" not in wanted:
+        return
     from paired import per_token_pairs
 
     def side(**extra: Any) -> Any:
