@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -261,12 +262,27 @@ def test_what_cannot_be_enforced_is_refused_in_one_line(
 def test_a_compile_over_the_time_limit_is_refused(
     engine: GrammarEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine, "compile_timeout", 1e-9)
-    with pytest.raises(UnsupportedFeatureError, match="structured_compile_timeout"):
-        engine.compile(ResponseFormat.of({"type": "array", "items": {"type": "string"}}))
-    for thread in threading.enumerate():
-        if thread.name == "grammar-compile":
-            thread.join()
+    # The compile waits for `release`, so it is over the limit however fast this machine is.
+    release = threading.Event()
+    real = engine._llg.LLMatcher
+
+    class HeldMatcher:
+        grammar_from_json_schema = staticmethod(real.grammar_from_json_schema)
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            release.wait(30)
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_llg", SimpleNamespace(LLMatcher=HeldMatcher))
+    monkeypatch.setattr(engine, "compile_timeout", 0.05)
+    try:
+        with pytest.raises(UnsupportedFeatureError, match="structured_compile_timeout"):
+            engine.compile(ResponseFormat.of({"type": "array", "items": {"type": "string"}}))
+    finally:
+        release.set()
+        for thread in threading.enumerate():
+            if thread.name == "grammar-compile":
+                thread.join()
 
 
 def test_masks_pack_and_apply_the_same_on_numpy_and_torch() -> None:
