@@ -86,7 +86,8 @@ def raw_generate(backend: HFBackend, prompt: list[int], sampling: SamplingParams
         input_ids = torch.tensor([prompt], device=backend.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sampling.seed or 0)
-            output = backend.model.generate(
+            generate: Any = backend.model.generate
+            output = generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=config,

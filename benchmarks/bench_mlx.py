@@ -152,7 +152,7 @@ def main() -> None:
     backend = create_backend(backend="mlx", model=str(tiny_checkpoint(args.size)))
     assert isinstance(backend, MLXBackend)
     print(
-        f"checkpoint {args.size}, MLX {mx.__version__} on {mx.default_device()}, "
+        f"checkpoint {args.size}, MLX {getattr(mx, '__version__', '?')} on {mx.default_device()}, "
         f"{args.tokens} tokens"
     )
     overhead_runs = (

@@ -68,7 +68,7 @@ def build(name: str, size: str, threads: int, **section: Any) -> Any:
         return create_backend(backend=name, model=str(gguf), llamacpp={**options, **section})
     if real and name == "hf":
         section = {"dtype": "bfloat16", **section}
-    return create_backend(backend=name, model=str(tiny_checkpoint(size)), **{name: section})
+    return create_backend(None, backend=name, model=str(tiny_checkpoint(size)), **{name: section})
 
 
 def measure(name: str, args: argparse.Namespace) -> None:

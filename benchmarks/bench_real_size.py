@@ -347,7 +347,7 @@ def child(name: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     elif run.backend == "llamacpp":
         section.update(n_threads=args.threads, n_threads_batch=args.threads)
     started = time.perf_counter()
-    backend = create_backend(backend=run.backend, model=model, **{run.backend: section})
+    backend = create_backend(None, backend=run.backend, model=model, **{run.backend: section})
     load = time.perf_counter() - started
     greedy = SamplingParams.preset("greedy", max_new_tokens=1)
     backend.generate("warm up", greedy)
@@ -399,7 +399,7 @@ def vllm_child(model: str, args: argparse.Namespace) -> dict[str, Any]:
         load = time.perf_counter() - started
 
         def tree_rss() -> int:
-            root = psutil.Process(server._process.pid)  # type: ignore[union-attr]
+            root = psutil.Process(server._process.pid)
             members = [root, *root.children(recursive=True)]
             return sum(member.memory_info().rss for member in members)
 

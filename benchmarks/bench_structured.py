@@ -36,6 +36,7 @@ is shared (other jobs stretch wall time unevenly); ratios are measured side by s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -326,7 +327,9 @@ def run_corpus(
             figures["failures"][entry["name"]] = f"refused: {exc}"[:120]
             continue
         schema = entry["schema"] if isinstance(candidate, LLGuidanceCandidate) else prepared.schema
-        status, compiled, seconds = _bounded(lambda s=schema: candidate.compile_schema(s), timeout)
+        status, compiled, seconds = _bounded(
+            functools.partial(candidate.compile_schema, schema), timeout
+        )
         if status != "ok":
             timeouts += status == "timeout"
             figures["failures"][entry["name"]] = f"{status}: {compiled or ''}"
@@ -534,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for library in args.libraries.split(","):
         try:
             setup, candidate = _timed(
-                lambda lib=library: make_candidate(lib, tokenizer, blocked_words)
+                functools.partial(make_candidate, library, tokenizer, blocked_words)
             )
         except ImportError as exc:
             print(f"{library:<14} not installed ({exc})")

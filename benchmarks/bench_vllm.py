@@ -87,7 +87,8 @@ def _overhead(backend: VLLMBackend, calls: int, tokens: int) -> tuple[float, flo
         validate_messages(PROMPTS[0]), sampling, model=backend.model_name, stream=False
     )
     raw = OpenAI(base_url=backend.settings.vllm.base_url, api_key="EMPTY", max_retries=0)
-    backend_times, raw_times = [], []
+    backend_times: list[float] = []
+    raw_times: list[float] = []
     try:
         for index in range(calls + 2):
             # Alternate who goes first so drift on the shared machine hits both sides alike.
@@ -111,7 +112,8 @@ def _english_only_cost(backend: VLLMBackend, calls: int, tokens: int) -> tuple[f
     """Median seconds per ``generate``: (english_only, unrestricted), interleaved."""
     sampling = SamplingParams(temperature=0.7, max_new_tokens=tokens, seed=1)
     backend.generate(PROMPTS[0], sampling.replace(english_only=True))  # loads the tokenizer
-    english, free = [], []
+    english: list[float] = []
+    free: list[float] = []
     for _ in range(calls):
         for restricted, times in ((True, english), (False, free)):
             started = time.perf_counter()
