@@ -214,6 +214,8 @@ class MLXBackend(LocalBackend):
     def __init__(self, settings: Settings) -> None:
         self._english_mask: AdditiveMask | None = None
         self._grammar_engine: GrammarEngine | None = None
+        #: Whether the model's logits are float32 (seen on the first call with logprobs).
+        self._float32_logits = False
         super().__init__(settings)
 
     @classmethod
@@ -298,8 +300,13 @@ class MLXBackend(LocalBackend):
             processors = [p for p in processors if not isinstance(p, AdditiveMask)]
             processors.append(self._grammar_mask(compiled, sampling.english_only))
         raw: collections.deque[mx.array] = collections.deque()
-        if sampling.logprobs:
-            processors.insert(0, RawLogits(raw))
+        # With no processor the log-probabilities mlx-lm computes for its sampler are the raw
+        # log-softmax already; used once the model's logits are known to be float32 (half
+        # precision ones are kept and upcast first).
+        own = sampling.logprobs and not processors and self._float32_logits
+        keeper = RawLogits(raw) if sampling.logprobs and not own else None
+        if keeper is not None:
+            processors.insert(0, keeper)
         responses = stream_generate(
             self.model,
             self.wrapper,
@@ -318,8 +325,10 @@ class MLXBackend(LocalBackend):
                 seen.append(response.token)
                 if steps is not None:
                     # mlx-lm computes the next step before handing over this one: oldest first.
-                    row = np.array(raw.popleft()[0])
+                    row = np.array(response.logprobs if own else raw.popleft()[0])
                     yield steps.submit(row, response.token)
+                    if keeper is not None and keeper.dtype is not None:
+                        self._float32_logits = keeper.dtype == mx.float32
                 else:
                     yield response.token
             clean = True

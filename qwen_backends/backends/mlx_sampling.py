@@ -111,10 +111,13 @@ class RawLogits:
 
     def __init__(self, kept: collections.deque[mx.array]) -> None:
         self.kept = kept
+        #: The dtype of the model's logits, once seen.
+        self.dtype: Any = None
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         import mlx.core as mx
 
+        self.dtype = logits.dtype
         # A new array: later processors assign into ``logits`` in place (mlx-lm's penalties).
         self.kept.append(logits.astype(mx.float32))
         return logits

@@ -531,3 +531,19 @@ assert not heavy, heavy
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_logprobs_without_processors_come_from_mlx_lm_once_logits_are_float32(
+    isolated: None, tiny_model_dir: Path
+) -> None:
+    sampling = SamplingParams.preset("greedy", max_new_tokens=6, logprobs=True, top_logprobs=3)
+    with create_backend(backend="mlx", model=str(tiny_model_dir)) as fresh:
+        assert isinstance(fresh, MLXBackend) and not fresh._float32_logits
+        kept = fresh.generate("Hello", sampling)  # through the raw-logits processor
+        assert fresh._float32_logits, "the tiny checkpoint's logits are float32"
+        own = fresh.generate("Hello", sampling)  # mlx-lm's own log-softmax
+    assert own.logprobs is not None and kept.logprobs is not None
+    assert [e.id for e in own.logprobs] == [e.id for e in kept.logprobs]
+    for mine, theirs in zip(own.logprobs, kept.logprobs, strict=True):
+        assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-5)
+        assert [t.id for t in mine.top] == [t.id for t in theirs.top]
