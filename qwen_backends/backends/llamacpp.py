@@ -91,7 +91,6 @@ __all__ = ["LlamaCppBackend", "gguf_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
-#: The first four bytes of every GGUF file.
 #: A string whose ids must agree between llama.cpp and the tokenizer (Qwen3 vocabulary check).
 _VOCAB_PROBE = "<|im_start|>user\nHello, world! Schöne Grüße 😀<|im_end|>\n<think>\n\n</think>\n\n"
 

@@ -327,8 +327,6 @@ class MLXBackend(LocalBackend):
                     # mlx-lm computes the next step before handing over this one: oldest first.
                     row = np.array(response.logprobs if own else raw.popleft()[0])
                     yield steps.submit(row, response.token)
-                    if keeper is not None and keeper.dtype is not None:
-                        self._float32_logits = keeper.dtype == mx.float32
                 else:
                     yield response.token
             clean = True
@@ -339,6 +337,8 @@ class MLXBackend(LocalBackend):
             responses.close()
             if steps is not None:
                 steps.close()
+            if keeper is not None and keeper.dtype is not None:
+                self._float32_logits = keeper.dtype == mx.float32
             if clean:
                 self.prompt_cache.keep(cache, seen)
 

@@ -225,11 +225,7 @@ class Remote:
 
     def deadline_error(self, partial_text: str) -> BackendTimeoutError:
         """The error for a call that passed :attr:`deadline`, with the text received so far."""
-        kept = (
-            f"; the {len(partial_text)} characters received are kept in partial_text"
-            if partial_text
-            else ""
-        )
+        kept = _kept_note(partial_text)
         return BackendTimeoutError(
             f"{self.server} at {self.url} did not finish the answer within the "
             f"{self.deadline:g} s deadline; raise {self.deadline_setting}, ask for fewer tokens "
@@ -254,11 +250,7 @@ class Remote:
         server, url, status = self.server, self.url, failure.status
         after = f" (gave up after {retries} retries)" if retries else ""
         where = f"{server} at {url}"
-        kept = (
-            f"; the {len(partial_text)} characters received are kept in partial_text"
-            if partial_text
-            else ""
-        )
+        kept = _kept_note(partial_text)
         if failure.kind == "refused":
             return BackendUnavailableError(
                 f"{where} is not reachable ({failure.detail}); start it with "
@@ -435,6 +427,13 @@ class Remote:
                     raise self.translate(exc, retries=attempt, status_errors=status_errors) from exc
                 attempt += 1
                 await asyncio.sleep(delay)
+
+
+def _kept_note(partial_text: str) -> str:
+    """What an error message says of the text received before it (nothing when there is none)."""
+    if not partial_text:
+        return ""
+    return f"; the {len(partial_text)} characters received are kept in partial_text"
 
 
 def _describe(exc: BaseException) -> str:
