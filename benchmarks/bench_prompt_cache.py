@@ -34,6 +34,7 @@ from paired import per_token_pairs
 
 from qwen_backends import create_backend
 from qwen_backends._cache import cache_dir
+from qwen_backends.backends.next_turn import WAIT_S
 from qwen_backends.sampling import SamplingParams
 from qwen_backends.testing import tiny_checkpoint, tiny_gguf
 
@@ -108,27 +109,77 @@ def measure(name: str, args: argparse.Namespace) -> None:
         f"(goal <= 1.3x); without the cache: {ttft['cold'] / ttft['alone']:.2f}x"
     )
 
+    own_answer(name, args, cached, long[:-2], short, ttft["alone"])
     if real:
         cached.close()
         return
     prompts = [f"Question {i}: what is {i} times {i + 3}?" for i in range(64)]
+    ahead_seconds: list[float] = []
 
     def side(backend: Any) -> Any:
         sampling = SamplingParams(max_new_tokens=args.tokens)
-        return lambda index: backend.generate(prompts[index % 64], sampling.replace(seed=index))
 
+        def call(index: int) -> Any:
+            result = backend.generate(prompts[index % 64], sampling.replace(seed=index))
+            # Outside the timed call: work ahead never overlaps the other side's timing.
+            start = time.perf_counter()
+            backend.wait_idle()
+            ahead_seconds.append(time.perf_counter() - start - WAIT_S)
+            return result
+
+        return call
+
+    stats = cached.prompt_cache.stats
+    ahead_before = stats.ahead_tokens
     figures = per_token_pairs(side(cached), side(cold), 2 * args.rounds + 1)
+    calls = 2 * args.rounds + 2
     print(
         f"  unrelated prompts, per token: cache on {figures['option_ms_per_token']:.2f} ms, off "
         f"{figures['baseline_ms_per_token']:.2f} ms, ratio {figures['ratio']:.3f} (goal <= 1.02)"
     )
-    stats = cached.prompt_cache.stats
+    per_call = (stats.ahead_tokens - ahead_before) / calls
+    print(
+        f"  work ahead on them (never inside a call): {per_call:.0f} tokens a call, median "
+        f"{1000 * statistics.median(ahead_seconds):.1f} ms of idle time"
+    )
     print(
         f"  cache: {stats.calls} lookups, {stats.hits} hits, {stats.reused_tokens} tokens "
-        f"reused, {stats.evicted} evicted"
+        f"reused, {stats.evicted} evicted, {stats.ahead_tokens} computed ahead"
     )
     cached.close()
     cold.close()
+
+
+def own_answer(
+    name: str, args: argparse.Namespace, cached: Any, asked: Any, short: Any, alone: float
+) -> None:
+    """Turn 2 after the model's own answer (``--answer-tokens``), the next turn prepared ahead
+    (the reader's pause: ``wait_idle``) and not, against the short prompt alone."""
+    sampling = SamplingParams.preset("greedy", max_new_tokens=args.answer_tokens)
+    # The switch is read per call: flipped on the one instance (memory, at real size).
+    section = getattr(cached.settings, name)
+    figures: dict[bool, tuple[float, int]] = {}
+    for ahead in (True, False):
+        section.prompt_cache_next_turn = ahead
+        times, reused = [], 0
+        for _ in range(1 if args.size == "qwen3-4b" else args.rounds):
+            cached.prompt_cache.clear()
+            answer = cached.generate(asked, sampling)
+            said = answer.text if answer.text.strip() else f"{answer.text}(blank)"
+            cached.wait_idle()  # the reader's pause
+            turn = [*asked, {"role": "assistant", "content": said}, asked[-1] | {"content": "Why?"}]
+            start = time.perf_counter()
+            reused = cached.generate(turn, FIRST_TOKEN).cached_tokens
+            times.append(time.perf_counter() - start)
+            prompt = len(cached.prompt_ids(turn))
+        figures[ahead] = (statistics.median(times), prompt - reused)
+    section.prompt_cache_next_turn = True
+    (on, on_new), (plain, plain_new) = figures[True], figures[False]
+    print(
+        f"  turn 2 after its own {args.answer_tokens}-token answer: prepared ahead "
+        f"{1000 * on:.1f} ms ({on_new} tokens computed, {on / alone:.2f}x the short prompt "
+        f"alone), not prepared {1000 * plain:.1f} ms ({plain_new} tokens, {plain / alone:.2f}x)"
+    )
 
 
 def memory(name: str, args: argparse.Namespace) -> None:
@@ -192,6 +243,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=2000, help="history tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch / llama.cpp threads")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per unrelated prompt")
+    parser.add_argument("--answer-tokens", type=int, default=64, help="turn 1's own answer")
     parser.add_argument("--memory", action="store_true", help="the memory run (item 3) only")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=int, default=64, help="cache budget of --memory")

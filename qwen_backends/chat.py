@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qwen_backends.errors import ConfigurationError, InvalidMessagesError
+from qwen_backends.errors import ChatTemplateError, ConfigurationError, InvalidMessagesError
 from qwen_backends.thinking import (
     check_generation_prompt,
     reject_thinking,
@@ -34,6 +34,7 @@ __all__ = [
     "Message",
     "check_caller_text",
     "find_control_token",
+    "render_history",
     "render_prompt",
     "render_prompt_ids",
     "validate_messages",
@@ -328,3 +329,52 @@ def render_prompt_ids(
         tokenizer, messages, allow_control_tokens=allow_control_tokens, **template_kwargs
     )
     return encode_prompt(tokenizer, prompt)
+
+
+#: The user turn appended after an answer so that the template renders the answer as history.
+_NEXT_TURN = "next"
+
+
+def render_history(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Conversation,
+    answer: Mapping[str, Any],
+    *,
+    allow_control_tokens: bool = False,
+    **template_kwargs: Any,
+) -> str:
+    """The text every next prompt of a conversation starts with once ``answer`` is in it.
+
+    ``messages`` is the conversation that was answered (ending with a user or tool turn),
+    ``answer`` the assistant message a caller appends to it (see
+    :func:`~qwen_backends.tools.assistant_message`). The answer is rendered as a *past* turn:
+    for the hybrid Qwen3-4B that is without the empty think block that its generation prompt
+    had, so this text is not the answered prompt plus the answer. It ends after the answer's
+    ``<|im_end|>\n``, where the next user or tool turn begins, and is rendered by the same
+    template and keyword arguments as :func:`render_prompt` (a probe user turn is appended
+    and cut off again: the template renders a past answer by what follows it).
+
+    Raises
+    ------
+    InvalidMessagesError
+        When the conversation or the answer could not be sent back as history (an empty
+        answer without tool calls, control-token text).
+    ChatTemplateError
+        If the template does not render the probe turn the way Qwen3's does.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    probe = {"role": "user", "content": _NEXT_TURN}
+    prompt = render_prompt(
+        tokenizer,
+        [*messages, answer, probe],
+        allow_control_tokens=allow_control_tokens,
+        **template_kwargs,
+    )
+    cut = prompt.rfind(f"<|im_start|>user\n{_NEXT_TURN}<|im_end|>")
+    if cut < 0:
+        raise ChatTemplateError(
+            "the chat template did not render a user turn as <|im_start|>user; use Qwen3's "
+            "own template"
+        )
+    return prompt[:cut]

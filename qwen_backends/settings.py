@@ -92,6 +92,14 @@ DEADLINE_HELP = (
     "(None: no limit). When it passes the call raises BackendTimeoutError at once, with the "
     "text so far in partial_text, and the answer's connection is closed."
 )
+#: What the in-process backends' ``prompt_cache_next_turn`` means (hf, mlx, llamacpp).
+NEXT_TURN_HELP = (
+    "After an answer, once the backend is idle, compute the conversation as its next turn "
+    "will begin (the answer rendered as history: for the hybrid Qwen3-4B without the empty "
+    "think block its prompt had) into the prompt cache, so the next turn computes only its new "
+    "message. Gives way to any call that arrives first. false: the next turn computes the "
+    "answer again."
+)
 YARN_FACTOR = 4.0
 
 _config_file_override: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -147,6 +155,10 @@ class HFSettings(Section):
         "answers is kept and the longest shared prefix of a new prompt is reused (a next turn "
         "computes only its new tokens). 0 turns it off. Qwen3-4B's KV state is 144 KiB a token "
         "in bfloat16, 288 KiB in float32.",
+    )
+    prompt_cache_next_turn: bool = Field(
+        True,
+        description=NEXT_TURN_HELP,
     )
 
     @property
@@ -272,6 +284,10 @@ class MLXSettings(Section):
         "(a next turn computes only its new tokens). 0 turns it off. Qwen3-4B's KV state is "
         "144 KiB a token in bfloat16.",
     )
+    prompt_cache_next_turn: bool = Field(
+        True,
+        description=NEXT_TURN_HELP,
+    )
 
 
 class LlamaCppSettings(Section):
@@ -342,6 +358,10 @@ class LlamaCppSettings(Section):
         "conversations is saved within this budget and restored when one comes back. 0 turns "
         "it off (every call starts from an empty context). Qwen3-4B's KV state is 144 KiB a "
         "token in f16.",
+    )
+    prompt_cache_next_turn: bool = Field(
+        True,
+        description=NEXT_TURN_HELP,
     )
 
     @field_validator("n_ctx")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from qwen_backends.chat import (
     check_caller_text,
+    render_history,
     render_prompt,
     render_prompt_ids,
     validate_messages,
@@ -364,3 +365,33 @@ def test_caller_text_names_the_path_inside_a_structure() -> None:
 def test_a_message_of_the_wrong_type_is_named_in_plain_words(message: Any, words: str) -> None:
     with pytest.raises(InvalidMessagesError, match=f"^message 0 {words}; each message must be"):
         validate_messages([message])
+
+
+# -- an answer as history --------------------------------------------------------------------
+
+
+def test_history_renders_the_answer_as_a_past_turn(offline_tokenizer: Any) -> None:
+    history = render_history(offline_tokenizer, SYSTEM_USER, {"role": "assistant", "content": "4"})
+    assert history == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n"
+    )  # no empty think block: the hybrid template leaves it out of history
+    turn = [*SYSTEM_USER, {"role": "assistant", "content": "4"}, {"role": "user", "content": "x"}]
+    assert render_prompt(offline_tokenizer, turn).startswith(history)
+
+
+def test_history_of_a_template_without_think_blocks_is_prompt_plus_answer() -> None:
+    from qwen_backends.testing import chat_template
+    from qwen_backends.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("offline")
+    tokenizer.chat_template = chat_template("instruct-2507")
+    answer = {"role": "assistant", "content": "4"}
+    history = render_history(tokenizer, SYSTEM_USER, answer)
+    assert history == render_prompt(tokenizer, SYSTEM_USER) + "4<|im_end|>\n"
+
+
+def test_an_answer_that_cannot_be_history_is_refused(offline_tokenizer: Any) -> None:
+    with pytest.raises(InvalidMessagesError, match="empty content"):
+        render_history(offline_tokenizer, SYSTEM_USER, {"role": "assistant", "content": "  "})

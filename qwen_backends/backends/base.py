@@ -398,6 +398,11 @@ class ModelBackend(ABC):
             )
         return resolved
 
+    def wait_idle(self) -> None:  # noqa: B027 - a server backend does nothing between calls
+        """Return once work the backend does between calls has finished (the in-process
+        backends prepare a conversation's next turn ahead, see
+        :mod:`~qwen_backends.backends.next_turn`); server backends do none."""
+
     def close(self) -> None:
         """Release the model or connection. Safe to call twice."""
         self._closed = True

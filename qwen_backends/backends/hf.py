@@ -51,7 +51,13 @@ from qwen_backends.backends.local import LocalBackend
 from qwen_backends.backends.prompt_cache import MIN_REUSE, PromptCache
 from qwen_backends.backends.token_loop import AnswerAssembler, PendingStep, Step, decode_ids
 from qwen_backends.backends.torch_devices import DeviceProbes
-from qwen_backends.backends.transformers_decode import IdStreamer, cache_bytes, decode, reused_cache
+from qwen_backends.backends.transformers_decode import (
+    IdStreamer,
+    cache_bytes,
+    decode,
+    extend_cache,
+    reused_cache,
+)
 from qwen_backends.backends.transformers_grammar import GrammarLogitsProcessor
 from qwen_backends.backends.transformers_loading import load_model, vocab_rows
 from qwen_backends.backends.transformers_sampling import (
@@ -433,6 +439,21 @@ class HFBackend(LocalBackend):
 
         rows = transformers_rows(self.model, self.device, self.pad_token_id)
         return score_locally(self, requests, rows)
+
+    def _prepares_next_turn(self) -> bool:
+        """With the prompt cache on and ``hf.prompt_cache_next_turn``."""
+        return self.prompt_cache.enabled and self.settings.hf.prompt_cache_next_turn
+
+    def _extend_cache(self, ids: list[int]) -> None:
+        """Compute ``ids`` past the longest cached prefix (:func:`extend_cache`) and keep them."""
+        import torch
+
+        cache, reused = reused_cache(self.prompt_cache, ids, self.model.config, counted=False)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            extend_cache(self.model, input_ids, cache)
+        self.prompt_cache.record_ahead(len(ids) - reused)
+        self.prompt_cache.put(ids, cache, cache_bytes(cache))
 
     def _release(self, *, same_thread: bool) -> None:
         """Drop the model, tokenizer and prompt cache and free accelerator memory."""

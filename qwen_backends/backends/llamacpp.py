@@ -423,6 +423,14 @@ class LlamaCppBackend(LocalBackend):
             if steps is not None:
                 steps.close()
 
+    def _prepares_next_turn(self) -> bool:
+        """With the prompt cache on and ``llamacpp.prompt_cache_next_turn``."""
+        return self.prompt_cache.enabled and self.settings.llamacpp.prompt_cache_next_turn
+
+    def _extend_cache(self, ids: list[int]) -> None:
+        """Leave ``ids`` in llama.cpp's live context (:meth:`LlamaPromptCache.extend`)."""
+        self.prompt_cache.extend(ids)
+
     def _score(self, requests: list[ScoreRequest]) -> list[Score]:
         """Score with llama.cpp's batch API, logits only at the scored positions (``logits_all``
         stays off; see :func:`~qwen_backends.backends.scoring_rows.llamacpp_rows`)."""

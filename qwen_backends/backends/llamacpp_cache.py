@@ -78,10 +78,17 @@ class LlamaPromptCache(RuntimeCache[SavedState]):
         self.llama = llama
         super().__init__(budget_bytes)
 
-    def prepare(self, prompt_ids: list[int]) -> int:
+    def prepare(self, prompt_ids: list[int], *, ahead: bool = False) -> int:
         """Leave the context holding the longest reusable prefix of ``prompt_ids``.
 
         ``Llama.generate(prompt_ids, reset=True)`` then evaluates only the rest.
+
+        Parameters
+        ----------
+        ahead
+            For a next turn's history computed ahead: the live context it replaces is not
+            saved (it holds the answer as generated, which no next prompt repeats past the
+            answer's header) and the lookup is not counted in :attr:`stats`.
 
         Returns
         -------
@@ -95,14 +102,21 @@ class LlamaPromptCache(RuntimeCache[SavedState]):
         usable = len(prompt_ids) - 1
         live = self.held()
         shared = min(common_prefix(live, prompt_ids), usable)
-        if len(live) - shared >= KEEP_TAIL:
+        if len(live) - shared >= KEEP_TAIL and not ahead:
             self._save(live)
-        state, taken = self.lru.take(prompt_ids, usable, longer_than=shared)
+        state, taken = self.lru.take(prompt_ids, usable, longer_than=shared, counted=not ahead)
         if state is not None:
             shared = taken if self._restore(state, prompt_ids[:taken]) else 0
-        else:
+        elif not ahead:
             self.lru.record_hit(shared)
         return self._cut(shared)
+
+    def extend(self, ids: list[int]) -> None:
+        """Leave the live context holding ``ids``, computing what it does not hold yet (a next
+        turn's history computed ahead)."""
+        kept = self.prepare(ids, ahead=True)
+        self.llama.eval(ids[kept:])
+        self.lru.record_ahead(len(ids) - kept)
 
     def held(self) -> list[int]:
         """The ids the live context holds."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwen_backends.backends.base import ModelBackend, check_open
+from qwen_backends.backends.next_turn import AheadWorker, next_turn_ids
 from qwen_backends.backends.token_loop import AnswerAssembler, PendingStep, Step
 from qwen_backends.chat import Message, render_prompt, render_prompt_ids
 from qwen_backends.errors import (
@@ -96,6 +97,7 @@ class LocalBackend(ModelBackend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._guard = GenerationLock(self.name)
+        self._ahead = AheadWorker(self._guard, self.name)
         self._english_blocked_mask: np.ndarray | None = None
         self._cached_tokens = 0
         with self._attributed():
@@ -165,6 +167,16 @@ class LocalBackend(ModelBackend):
     def _release(self, *, same_thread: bool) -> None:
         """Drop the runtime's objects on :meth:`close`. ``same_thread`` is ``True`` when a stream
         of the closing thread is still open (it keeps its own references and finishes)."""
+
+    def _prepares_next_turn(self) -> bool:
+        """Whether each answer is computed ahead, while the backend is idle, as the next
+        turn's history (:mod:`~qwen_backends.backends.next_turn`): a runtime whose prompt
+        cache is on and whose ``prompt_cache_next_turn`` setting is true. Default ``False``."""
+        return False
+
+    def _extend_cache(self, ids: list[int]) -> None:
+        """Compute ``ids`` into the prompt cache, from the longest prefix it holds, and keep
+        the state (with the lock held; only when :meth:`_prepares_next_turn`)."""
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -251,6 +263,7 @@ class LocalBackend(ModelBackend):
         twice. A stream still open on *this* thread keeps its own references and finishes."""
         if self._closed:
             return
+        self._ahead.stop()
         same_thread = self._guard.held_here
         with self._guard.closing():
             super().close()
@@ -265,6 +278,7 @@ class LocalBackend(ModelBackend):
         """Generate; yield visible pieces, then the final :class:`Generation`."""
         with self._guard.generation():
             self._check_open()
+            arrivals = self._guard.arrivals  # a call arriving after this one is waited for
             start = time.perf_counter()
             self._cached_tokens = 0  # a runtime with a prompt cache sets it in _tokens
             tokenizer = self.tokenizer  # close() on this thread drops the attribute
@@ -301,7 +315,31 @@ class LocalBackend(ModelBackend):
             if tail:
                 yield tail
             seconds = time.perf_counter() - start
-            yield answer.generation(len(prompt_ids), seconds, self._cached_tokens)
+            generation = answer.generation(len(prompt_ids), seconds, self._cached_tokens)
+            yield generation
+            if self._prepares_next_turn():
+                held = [*prompt_ids, *answer.ids]
+                self._ahead.submit(
+                    lambda: self._prepare_next_turn(request, generation, held), arrivals
+                )
+
+    def _prepare_next_turn(self, request: Request, generation: Generation, held: list[int]) -> None:
+        """Compute the conversation as its next turn will begin into the prompt cache (on the
+        :class:`~qwen_backends.backends.next_turn.AheadWorker`, the lock held)."""
+        ids = next_turn_ids(
+            self.tokenizer,
+            request,
+            generation,
+            held,
+            allow_control_tokens=self.settings.allow_control_tokens,
+        )
+        if ids is not None:
+            self._extend_cache(ids)
+
+    def wait_idle(self) -> None:
+        """Return once the work done ahead after the last answer (its next turn's history
+        computed into the prompt cache) has run or given way."""
+        self._ahead.wait()
 
     def _checked_prompt(self, request: Request) -> list[int]:
         """Render the non-thinking prompt and check it fits with ``max_new_tokens``."""
@@ -354,6 +392,9 @@ class GenerationLock:
         self.backend = backend
         self._lock = threading.Lock()
         self._owner: int | None = None
+        # Calls that asked for the lock so far: work done ahead (see ahead()) gives way to them.
+        self._arrivals = 0
+        self._arrived = threading.Condition()
 
     @property
     def busy(self) -> bool:
@@ -380,12 +421,45 @@ class GenerationLock:
                 "finish or close() that stream first",
                 backend=self.backend,
             )
+        with self._arrived:
+            self._arrivals += 1
+            self._arrived.notify_all()
         with self._lock:
             self._owner = threading.get_ident()
             try:
                 yield
             finally:
                 self._owner = None
+
+    @property
+    def arrivals(self) -> int:
+        """How many generations have asked for the lock so far."""
+        return self._arrivals
+
+    @contextlib.contextmanager
+    def ahead(self, seen: int, wait_s: float) -> Iterator[bool]:
+        """Hold the lock for work done ahead of time (yields ``True``), but only once no
+        generation has asked for it for ``wait_s`` seconds after ``seen`` arrivals and it is
+        free; otherwise yield ``False`` at once. A caller never waits behind work that has not
+        started; it waits for one that has, as behind any generation."""
+        with self._arrived:
+            arrived = self._arrived.wait_for(lambda: self._arrivals != seen, wait_s)
+            taken = not arrived and self._lock.acquire(blocking=False)
+        if not taken:
+            yield False
+            return
+        self._owner = threading.get_ident()
+        try:
+            yield True
+        finally:
+            self._owner = None
+            self._lock.release()
+
+    def interrupt(self) -> None:
+        """Count an arrival without generating (``close()``): waiting work ahead gives up."""
+        with self._arrived:
+            self._arrivals += 1
+            self._arrived.notify_all()
 
     @contextlib.contextmanager
     def closing(self) -> Iterator[None]:

@@ -342,6 +342,22 @@ class MLXBackend(LocalBackend):
             if clean:
                 self.prompt_cache.keep(cache, seen)
 
+    def _prepares_next_turn(self) -> bool:
+        """With the prompt cache on and ``mlx.prompt_cache_next_turn``."""
+        return self.prompt_cache.enabled and self.settings.mlx.prompt_cache_next_turn
+
+    def _extend_cache(self, ids: list[int]) -> None:
+        """Run the model over ``ids`` past the longest cached prefix and keep the cache list."""
+        import mlx.core as mx
+        from mlx_lm.generate import generation_stream
+
+        cache, reused = self.prompt_cache.take(ids, counted=False)
+        with mx.stream(generation_stream):  # the stream mlx-lm computes prompts on
+            self.model(mx.array(ids[reused:])[None], cache=cache)
+            mx.eval([layer.state for layer in cache])
+        self.prompt_cache.lru.record_ahead(len(ids) - reused)
+        self.prompt_cache.keep(cache, ids)
+
     def logits_processors(self, sampling: SamplingParams, prompt_length: int) -> list[Any]:
         """The per-call processors, in transformers' order: repetition, presence, vocabulary."""
         processors: list[Any] = []

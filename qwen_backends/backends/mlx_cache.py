@@ -71,15 +71,16 @@ class MLXPromptCache(RuntimeCache[list[Any]]):
         self.model = model
         super().__init__(budget_bytes)
 
-    def take(self, prompt_ids: list[int]) -> tuple[list[Any], int]:
+    def take(self, prompt_ids: list[int], *, counted: bool = True) -> tuple[list[Any], int]:
         """A cache list for ``prompt_ids`` and how many of its first ids it already holds.
 
         The entry sharing the longest prefix, trimmed to it, or a fresh list (reused ``0``).
         At least the last prompt id is always left to compute (its logits pick the first token).
+        ``counted``: whether the lookup counts in :attr:`stats` (not for work done ahead).
         """
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
-        cache, reused = self.lru.take(prompt_ids, len(prompt_ids) - 1)
+        cache, reused = self.lru.take(prompt_ids, len(prompt_ids) - 1, counted=counted)
         if cache is not None and can_trim_prompt_cache(cache):
             held = held_tokens(cache)
             if trim_prompt_cache(cache, held - reused) == held - reused:

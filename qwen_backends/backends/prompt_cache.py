@@ -64,12 +64,17 @@ class CacheStats:
     evicted
         Entries dropped to stay within the budget (states larger than the whole budget, never
         kept, included).
+    ahead_tokens
+        Tokens computed ahead of a next turn while the backend was idle (an answer as the
+        history renders it, see :mod:`~qwen_backends.backends.next_turn`); their lookups are
+        not counted in the fields above.
     """
 
     calls: int = 0
     hits: int = 0
     reused_tokens: int = 0
     evicted: int = 0
+    ahead_tokens: int = 0
 
 
 class PromptCache(Generic[State]):
@@ -106,7 +111,7 @@ class PromptCache(Generic[State]):
         return len(self._entries)
 
     def take(
-        self, prompt_ids: Sequence[int], usable: int, longer_than: int = 0
+        self, prompt_ids: Sequence[int], usable: int, longer_than: int = 0, *, counted: bool = True
     ) -> tuple[State | None, int]:
         """Remove and return the entry sharing the longest prefix with ``prompt_ids``.
 
@@ -120,6 +125,9 @@ class PromptCache(Generic[State]):
         longer_than
             Only an entry sharing more than this many ids is taken (a runtime that already
             holds a state sharing that many, such as llama.cpp's live context, keeps its own).
+        counted
+            Whether the lookup counts in :attr:`stats` (work done ahead is counted apart, in
+            :meth:`record_ahead`).
 
         Returns
         -------
@@ -128,7 +136,7 @@ class PromptCache(Generic[State]):
             prompt's first ``length`` (the runtime cuts it to ``length``), or ``(None, 0)``.
         """
         with self._lock:
-            self.stats.calls += 1
+            self.stats.calls += counted
             best_key, best = None, longer_than
             for key in self._entries:
                 shared = min(common_prefix(key, prompt_ids), usable)
@@ -138,8 +146,9 @@ class PromptCache(Generic[State]):
                 return None, 0
             state, size = self._entries.pop(best_key)
             self._bytes -= size
-            self.stats.hits += 1
-            self.stats.reused_tokens += best
+            if counted:
+                self.stats.hits += 1
+                self.stats.reused_tokens += best
             return state, best
 
     def put(self, ids: Sequence[int], state: State, size: int) -> None:
@@ -169,6 +178,11 @@ class PromptCache(Generic[State]):
             if reused > 0:
                 self.stats.hits += 1
                 self.stats.reused_tokens += reused
+
+    def record_ahead(self, computed: int) -> None:
+        """Count ``computed`` tokens computed ahead of a next turn."""
+        with self._lock:
+            self.stats.ahead_tokens += computed
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -239,6 +239,7 @@ class AnswerAssembler:
         self.calls = ToolCallFilter() if tools else None
         self.tokenizer = tokenizer
         self.pieces: list[str] = []
+        self.ids: list[int] = []  # every id fed, the end-of-turn one included
         self.count = 0
         self.ended = False
         # Per counted id: None when it came without one.
@@ -263,6 +264,7 @@ class AnswerAssembler:
             token = token.id
         else:
             self.steps.append(None)
+        self.ids.append(token)
         if token in self.end_ids:
             self.ended = True
             self.raw.append("")

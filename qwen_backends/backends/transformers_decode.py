@@ -47,7 +47,15 @@ if TYPE_CHECKING:
 
     from qwen_backends.backends.prompt_cache import PromptCache
 
-__all__ = ["DecodeSteps", "IdStreamer", "cache_bytes", "crop_cache", "decode", "reused_cache"]
+__all__ = [
+    "DecodeSteps",
+    "IdStreamer",
+    "cache_bytes",
+    "crop_cache",
+    "decode",
+    "extend_cache",
+    "reused_cache",
+]
 
 
 class DecodeSteps:
@@ -241,20 +249,41 @@ def _keeps_last_logits(model_type: Any) -> bool:
 
 
 def reused_cache(
-    prompt_cache: PromptCache[Any], prompt_ids: list[int], config: Any
+    prompt_cache: PromptCache[Any], prompt_ids: list[int], config: Any, *, counted: bool = True
 ) -> tuple[Any, int]:
     """``(cache, reused)``: a ``DynamicCache`` for this prompt -- the prompt cache's entry
     sharing the longest prefix, cut to that prefix, or a new one -- and how many prompt tokens
-    it already holds (the last prompt token is always computed, for its logits)."""
+    it already holds (the last prompt token is always computed, for its logits). ``counted``:
+    whether the lookup counts in the cache's stats (not for work done ahead)."""
     from transformers import DynamicCache
 
-    cache, reused = prompt_cache.take(prompt_ids, len(prompt_ids) - 1)
+    cache, reused = prompt_cache.take(prompt_ids, len(prompt_ids) - 1, counted=counted)
     if cache is None or not crop_cache(cache, reused):
         try:
             return DynamicCache(config=config), 0
         except TypeError:  # older transformers take no config here
             return DynamicCache(), 0
     return cache, reused
+
+
+def extend_cache(model: Any, input_ids: torch.Tensor, cache: Any) -> None:
+    """Compute the ids of ``input_ids`` (one unpadded row) that ``cache`` does not hold yet
+    into it, as :func:`decode` computes a prompt (same positions, no mask, the last position's
+    logits only), choosing no token: a next turn's history prepared ahead."""
+    import torch
+
+    reused = cache.get_seq_length()
+    width = input_ids.shape[1]
+    positions = torch.arange(reused, width, dtype=torch.long, device=input_ids.device)[None, :]
+    extra = {"logits_to_keep": 1} if _keeps_last_logits(model.__class__) else {}
+    model(
+        input_ids=input_ids[:, reused:],
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+        **extra,
+    )
 
 
 def crop_cache(cache: Any, length: int) -> bool:

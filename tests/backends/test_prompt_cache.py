@@ -103,7 +103,12 @@ BACKENDS = [
 
 
 def make(name: str, **section: Any) -> LocalBackend:
-    """The tiny checkpoint on backend ``name`` (its GGUF for llamacpp) with ``section`` set."""
+    """The tiny checkpoint on backend ``name`` (its GGUF for llamacpp) with ``section`` set.
+
+    The next turn is not prepared ahead unless ``section`` asks for it: these tests look at
+    what one call leaves in the cache, and work done between calls would change it.
+    """
+    section = {"prompt_cache_next_turn": False, **section}
     if name == "mlx":
         pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
     if name == "llamacpp":
@@ -279,6 +284,97 @@ def test_a_zero_budget_reuses_nothing(name: str) -> None:
         assert not cold.prompt_cache.enabled
         cold.generate(HISTORY, GREEDY)
         assert cold.generate(HISTORY, GREEDY).cached_tokens == 0
+
+
+# -- the next turn, prepared ahead ---------------------------------------------------------------
+
+#: A next turn's new message.
+QUESTION = {"role": "user", "content": "?"}
+#: An answer long enough that the next turn has more than MIN_AHEAD tokens to compute (the
+#: penalties make the tiny checkpoint say more than newlines).
+ANSWER = PENALISED.replace(max_new_tokens=32)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def ahead_pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
+    """The cache on with the next turn prepared ahead, and the cache off."""
+    with (
+        make(request.param, prompt_cache_next_turn=True) as cached,
+        make(request.param, prompt_cache_mb=0) as cold,
+    ):
+        yield cached, cold
+
+
+def _history_ids(backend: Any, answer: str) -> list[int]:
+    """The ids every next prompt starts with once ``answer`` follows ``HISTORY``."""
+    from qwen_backends.chat import render_history
+    from qwen_backends.prompt_encoding import encode_prompt
+
+    text = render_history(backend.tokenizer, HISTORY, {"role": "assistant", "content": answer})
+    return encode_prompt(backend.tokenizer, text)
+
+
+@SAMPLINGS
+def test_a_next_turn_prepared_ahead_computes_only_its_new_message(
+    ahead_pair: tuple[Any, Any], sampling: SamplingParams
+) -> None:
+    cached, cold = ahead_pair
+    cached.prompt_cache.clear()
+    lru = _lru(cached)
+    ahead = lru.stats.ahead_tokens
+    first = _same(cached, cold, HISTORY, ANSWER)
+    assert first.text.strip(), "the tiny checkpoint answered with whitespace only"
+    cached.wait_idle()
+    history = _history_ids(cached, first.text)
+    assert lru.stats.ahead_tokens - ahead >= first.completion_tokens  # the answer, recomputed
+    turn = [*HISTORY, {"role": "assistant", "content": first.text}, QUESTION]
+    second = _same(cached, cold, turn, sampling)
+    assert second.cached_tokens == len(history)  # all of the history, answer included
+    assert second.prompt_tokens - second.cached_tokens < 16  # "?" and the turn markers
+    if isinstance(cached.prompt_cache, PromptCache):
+        return
+    held = getattr(cached.prompt_cache, "held", None)
+    if held is not None:  # llama.cpp: the live context held the history, then this turn
+        assert held()[: len(history)] == history
+
+
+def test_without_the_next_turn_ahead_the_answer_is_computed_again(
+    pair: tuple[Any, Any],
+) -> None:
+    cached, cold = pair
+    cached.prompt_cache.clear()
+    first = _same(cached, cold, HISTORY, ANSWER)
+    cached.wait_idle()  # returns at once: nothing was submitted
+    assert _lru(cached).stats.ahead_tokens == 0
+    turn = [*HISTORY, {"role": "assistant", "content": first.text}, QUESTION]
+    second = _same(cached, cold, turn, ANSWER)
+    # Reused up to the answer's header only: the answer was held behind the empty think block.
+    assert second.cached_tokens <= len(cached.prompt_ids(HISTORY)) - 4
+
+
+def test_work_ahead_gives_way_to_the_next_call(
+    ahead_pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qwen_backends.backends.next_turn as next_turn
+
+    # The work waits for an idle hour: the next call always arrives first, and it neither
+    # waits for the work nor finds its state changed.
+    monkeypatch.setattr(next_turn, "WAIT_S", 3600.0)
+    cached, cold = ahead_pair
+    cached.prompt_cache.clear()
+    sampling = ANSWER
+    lru = _lru(cached)
+    ahead = lru.stats.ahead_tokens
+    try:
+        first = _same(cached, cold, HISTORY, sampling)
+        other = [{"role": "user", "content": "Something else. " * 10}]
+        _same(cached, cold, other, sampling)  # arrives while the first answer's work waits
+        turn = [*HISTORY, {"role": "assistant", "content": first.text}, QUESTION]
+        second = _same(cached, cold, turn, sampling)
+        assert second.cached_tokens < len(_history_ids(cached, first.text))
+        assert lru.stats.ahead_tokens == ahead  # every piece of work gave way, none ran
+    finally:
+        cached._ahead.stop()  # the last answer's work is still waiting: it gives way now
 
 
 # -- llama.cpp: its live context and saved states ------------------------------------------------
