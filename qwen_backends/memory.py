@@ -6,14 +6,16 @@ from the model's own files (``config.json``, a GGUF header, MLX safetensors); a 
 on disk is taken to be Qwen3-4B (:data:`QWEN3_4B`), the model every family of this project has.
 
 The figures were checked against measured peaks at Qwen3-4B's real size (docs/benchmarks.md,
-``benchmarks/bench_real_size.py``).
+``benchmarks/bench_real_size.py``). :func:`release_free_heap` hands freed C-heap pages back after
+work done on a thread of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +33,7 @@ __all__ = [
     "kv_cache_bytes",
     "lora_parameters",
     "read_config",
+    "release_free_heap",
 ]
 
 GIB = 1024**3
@@ -383,3 +386,33 @@ def check_finetune_memory(config: Any) -> None:
         "lower max_seq_length or training.per_device_train_batch_size, set "
         "training.gradient_checkpointing: true, or export.verify_gguf: false"
     )
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing).
+
+    glibc gives each thread that allocates its own arena and keeps freed blocks resident there.
+    The hf backend decodes on a thread of its own and the work ahead for a next turn runs on
+    another, so the activations and KV states they free stay resident beside the arenas of the
+    threads that come next: over 200 calls of the bench checkpoint peak RSS grew 66 MiB with
+    the prompt cache off and 142 MiB with a 16 MiB cache, against 0 and 0 with this called at
+    the end of each (1.9 ms median a call; docs/benchmarks.md).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        function: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc, or no C library found
+        return None
+    return function

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ import pytest
 from qwen_backends.memory import (
     QWEN3_4B,
     ModelShape,
+    _malloc_trim,
     backend_need,
     config_shape,
     gguf_shape,
     kv_cache_bytes,
+    release_free_heap,
 )
 from qwen_backends.settings import Settings
 
@@ -171,3 +174,9 @@ def test_the_pipeline_refuses_a_run_that_cannot_fit(
     with pytest.raises(ConfigurationError, match=r"would need ~\d+\.\d GiB of RAM but 1\.0 GiB"):
         run_finetune(config)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())  # refused before anything was loaded or written
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_c_heap_can_be_given_back_on_glibc() -> None:
+    assert _malloc_trim() is not None
+    release_free_heap()  # returns; what it frees is measured by bench_prompt_cache --memory

@@ -70,6 +70,7 @@ from qwen_backends.backends.transformers_sampling import (
     logprob_steps,
 )
 from qwen_backends.errors import GenerationError, QwenBackendsError, first_line
+from qwen_backends.memory import release_free_heap
 from qwen_backends.settings import NATIVE_CONTEXT, YARN_FACTOR
 
 if TYPE_CHECKING:
@@ -288,6 +289,7 @@ class HFBackend(LocalBackend):
                 ids.put(_Raised(exc))
             finally:
                 streamer.abandon()
+                release_free_heap()  # this thread's arena would keep the call's memory resident
                 ids.put(finished)
 
         worker = threading.Thread(target=work, name="qwen-hf-decode", daemon=True)

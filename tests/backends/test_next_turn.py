@@ -7,7 +7,6 @@ is tested in tests/backends/test_prompt_cache.py.
 from __future__ import annotations
 
 import logging
-import platform
 import threading
 from typing import Any
 
@@ -170,11 +169,3 @@ def test_tool_calls_ahead_match_the_tool_round_trip(offline_tokenizer: Any) -> N
     assert ids is not None
     turn = [*HISTORY, assistant_message("", [call]), tool_message(call, 5)]
     assert render_prompt_ids(offline_tokenizer, turn, tools=[tool])[: len(ids)] == ids
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
-def test_the_work_ahead_can_give_the_heap_back_on_glibc() -> None:
-    from qwen_backends.backends.next_turn import _malloc_trim, release_free_heap
-
-    assert _malloc_trim() is not None
-    release_free_heap()  # returns; what it frees is measured by bench_prompt_cache --memory
