@@ -678,7 +678,11 @@ def test_each_fault_gives_one_error_class_and_a_one_line_message(
                     assert "not reachable" in message and delays == [None], (where, delays)
                     continue
                 attempts = proxy.hits - before
-                assert attempts == (2 if fault in RETRIED else 1), (where, attempts)
+                if fault == "hang":
+                    # The retry itself can time out while connecting (0.5 s) on a loaded machine
+                    # and never reach the proxy: count the backend's failed attempts instead.
+                    attempts = len(delays)
+                assert attempts == (2 if fault in RETRIED else 1), (where, attempts, delays)
                 if fault == "hang":
                     assert "QWEN_" in message and "TIMEOUT" in message, where
 
