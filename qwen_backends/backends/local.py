@@ -421,9 +421,7 @@ class GenerationLock:
                 "finish or close() that stream first",
                 backend=self.backend,
             )
-        with self._arrived:
-            self._arrivals += 1
-            self._arrived.notify_all()
+        self.interrupt()  # an arrival: waiting work ahead gives way
         with self._lock:
             self._owner = threading.get_ident()
             try:
@@ -456,7 +454,7 @@ class GenerationLock:
             self._lock.release()
 
     def interrupt(self) -> None:
-        """Count an arrival without generating (``close()``): waiting work ahead gives up."""
+        """Count an arrival (each generation, and ``close()``): waiting work ahead gives up."""
         with self._arrived:
             self._arrivals += 1
             self._arrived.notify_all()
